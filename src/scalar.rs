@@ -1,0 +1,79 @@
+//! [`Scalar`]: the one bound all of opcount's generic numeric code asks for.
+
+use std::fmt::{Debug, Display};
+use std::iter::{Product, Sum};
+use std::ops::{AddAssign, DivAssign, MulAssign, RemAssign, SubAssign};
+
+use num_traits::{Float, FloatConst, FromPrimitive, Signed};
+
+/// Records activation calls: a no-op for plain floats, a count of [`Op::Act`] for
+/// [`Counted`].
+///
+/// Implement it with an empty body (`impl RecordAct for MyFloat {}`) to use your own number
+/// type as a [`Scalar`].
+///
+/// [`Op::Act`]: crate::Op::Act
+/// [`Counted`]: crate::Counted
+pub trait RecordAct {
+    /// Records `calls` calls of an activation function (see `docs/counting.md`).
+    #[inline]
+    fn record_act(calls: u64) {
+        let _ = calls;
+    }
+}
+
+impl RecordAct for f32 {}
+impl RecordAct for f64 {}
+
+/// A number that opcount's generic code can compute with: `f32`, `f64`, `Counted<f32>`,
+/// `Counted<f64>`, or any type with the same abilities.
+///
+/// An empty trait with a blanket implementation: it only names the bounds once.
+/// [`RecordAct::record_act`] is its hook for counting activation calls.
+pub trait Scalar:
+    Float
+    + FloatConst
+    + Signed
+    + FromPrimitive
+    + Sum
+    + Product
+    + for<'a> Sum<&'a Self>
+    + for<'a> Product<&'a Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + RemAssign
+    + Debug
+    + Display
+    + Default
+    + Send
+    + Sync
+    + 'static
+    + RecordAct
+{
+}
+
+impl<T> Scalar for T where
+    T: Float
+        + FloatConst
+        + Signed
+        + FromPrimitive
+        + Sum
+        + Product
+        + for<'a> Sum<&'a T>
+        + for<'a> Product<&'a T>
+        + AddAssign
+        + SubAssign
+        + MulAssign
+        + DivAssign
+        + RemAssign
+        + Debug
+        + Display
+        + Default
+        + Send
+        + Sync
+        + 'static
+        + RecordAct
+{
+}

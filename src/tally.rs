@@ -1,0 +1,129 @@
+//! The per-thread tally that [`Counted`](crate::Counted) operations increment, and the ways
+//! to read it.
+//!
+//! # Thread semantics
+//!
+//! Every thread has its own tally, starting at zero. An operation is counted on the thread
+//! that performs it and nowhere else, so two threads counting at once never see each other's
+//! operations, and no synchronisation is needed on the per-operation path.
+//!
+//! Read the tally by difference: [`measure`] runs a closure and returns what it counted on
+//! this thread, whatever was counted before. Measurements nest.
+//!
+//! Work sent to other threads is counted there. To bring it home, the worker runs its part
+//! under [`take`], which returns what the part counted and removes it from the worker's
+//! tally, and the caller adds the returned [`Counts`] to its own tally with [`merge`]. This is
+//! exact even when a thread pool runs a part on the calling thread itself: `take` removes it,
+//! `merge` puts it back once.
+//!
+//! ```
+//! use opcount::{Counted, tally};
+//!
+//! let x = Counted::new(2.0f64);
+//! let (_, counts) = tally::measure(|| {
+//!     let worker = std::thread::spawn(move || tally::take(|| x * x * x));
+//!     let (_cube, worker_counts) = worker.join().unwrap();
+//!     tally::merge(worker_counts);
+//! });
+//! assert_eq!(counts.mul, 2);
+//! ```
+//!
+//! # Cost
+//!
+//! The tally is a `thread_local!` array of `Cell<u64>` with a `const` initializer and no
+//! destructor, so reaching it compiles to a plain load and store at a fixed offset from the
+//! thread pointer: no lazy-initialisation check, no destructor registration, no atomics.
+//! Every function on the per-operation path is `#[inline]`, which lets the compiler keep a
+//! counter in a register across a loop and add the trip count once.
+
+use std::cell::Cell;
+
+use crate::counts::{Counts, Op};
+
+thread_local! {
+    static TALLY: [Cell<u64>; Op::COUNT] = const { [const { Cell::new(0) }; Op::COUNT] };
+}
+
+/// Adds one operation of kind `op` to this thread's tally. Only `Counted` calls this.
+#[inline]
+pub(crate) fn bump(op: Op) {
+    bump_by(op, 1);
+}
+
+/// Adds `n` operations of kind `op` to this thread's tally.
+#[inline]
+pub(crate) fn bump_by(op: Op, n: u64) {
+    TALLY.with(|t| {
+        let cell = &t[op as usize];
+        cell.set(cell.get().wrapping_add(n));
+    });
+}
+
+/// Everything counted on this thread since it started.
+///
+/// Useful only as the two ends of a difference; prefer [`measure`].
+pub fn snapshot() -> Counts {
+    TALLY.with(|t| {
+        let mut counts = Counts::ZERO;
+        for op in Op::ALL {
+            counts[op] = t[op as usize].get();
+        }
+        counts
+    })
+}
+
+/// Runs `f` and returns its result with the operations it counted on this thread.
+///
+/// The counts stay in this thread's tally too, so an enclosing `measure` sees them.
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Counts) {
+    let before = snapshot();
+    let result = f();
+    (result, snapshot() - before)
+}
+
+/// Runs `f` and returns its result with the operations it counted, removing them from this
+/// thread's tally. For a worker whose counts the caller will [`merge`].
+pub fn take<R>(f: impl FnOnce() -> R) -> (R, Counts) {
+    let (result, counts) = measure(f);
+    unmerge(counts);
+    (result, counts)
+}
+
+/// Adds counts returned by another thread (see [`take`]) to this thread's tally.
+pub fn merge(counts: Counts) {
+    for (op, n) in counts.iter() {
+        bump_by(op, n);
+    }
+}
+
+/// Removes counts that [`take`] hands to another thread.
+fn unmerge(counts: Counts) {
+    for (op, n) in counts.iter() {
+        bump_by(op, n.wrapping_neg());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_take_cancel() {
+        let (_, outer) = measure(|| {
+            let ((), taken) = take(|| merge(Counts::of(Op::Mul, 5)));
+            assert_eq!(taken, Counts::of(Op::Mul, 5));
+        });
+        assert_eq!(outer, Counts::ZERO);
+    }
+
+    #[test]
+    fn measurements_nest() {
+        let (inner, outer) = measure(|| {
+            bump(Op::Add);
+            let ((), inner) = measure(|| bump(Op::Add));
+            inner
+        });
+        assert_eq!(inner.add, 1);
+        assert_eq!(outer.add, 2);
+    }
+}
