@@ -20,7 +20,7 @@ use num_traits::{
 use serde::{Deserialize, Serialize};
 
 use crate::counts::Op;
-use crate::scalar::RecordAct;
+use crate::scalar::Counting;
 use crate::tally::{bump, bump_by};
 
 /// A number of type `T` (`f32`, `f64`) whose operations are counted in the thread's tally.
@@ -75,7 +75,9 @@ impl<T> From<T> for Counted<T> {
     }
 }
 
-impl<T> RecordAct for Counted<T> {
+impl<T> Counting for Counted<T> {
+    const IS_COUNTED: bool = true;
+
     #[inline]
     fn record_act(calls: u64) {
         bump_by(Op::Act, calls);

@@ -46,6 +46,18 @@ macro_rules! kinds {
         impl Counts {
             /// All counts zero.
             pub const ZERO: Counts = Counts { $( $field: 0, )+ };
+
+            /// The counts as an array in [`Op::ALL`] order.
+            #[inline]
+            pub const fn to_array(&self) -> [u64; Op::COUNT] {
+                [ $( self.$field, )+ ]
+            }
+
+            /// Counts from an array in [`Op::ALL`] order.
+            #[inline]
+            pub const fn from_array(a: [u64; Op::COUNT]) -> Counts {
+                Counts { $( $field: a[Op::$variant as usize], )+ }
+            }
         }
 
         impl Index<Op> for Counts {
@@ -118,12 +130,10 @@ impl Counts {
     }
 
     /// Applies `f` to the counts of each kind pairwise.
+    #[inline]
     fn zip_with(self, other: Counts, f: impl Fn(u64, u64) -> u64) -> Counts {
-        let mut out = Counts::ZERO;
-        for op in Op::ALL {
-            out[op] = f(self[op], other[op]);
-        }
-        out
+        let (a, b) = (self.to_array(), other.to_array());
+        Counts::from_array(std::array::from_fn(|i| f(a[i], b[i])))
     }
 
     /// Adds, or `None` if any kind would overflow `u64`.
@@ -191,6 +201,7 @@ impl Counts {
 
 impl Add for Counts {
     type Output = Counts;
+    #[inline]
     fn add(self, other: Counts) -> Counts {
         self.zip_with(other, |a, b| a + b)
     }
@@ -206,6 +217,7 @@ impl AddAssign for Counts {
 /// builds if any kind would go below zero.
 impl Sub for Counts {
     type Output = Counts;
+    #[inline]
     fn sub(self, other: Counts) -> Counts {
         self.zip_with(other, |a, b| a - b)
     }

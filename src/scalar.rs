@@ -6,15 +6,20 @@ use std::ops::{AddAssign, DivAssign, MulAssign, RemAssign, SubAssign};
 
 use num_traits::{Float, FloatConst, FromPrimitive, Signed};
 
-/// Records activation calls: a no-op for plain floats, a count of [`Op::Act`] for
-/// [`Counted`].
+/// How a number type takes part in counting: whether its operations are counted at all, and
+/// its hook for activation calls (a no-op for plain floats, a count of [`Op::Act`] for
+/// [`Counted`]).
 ///
-/// Implement it with an empty body (`impl RecordAct for MyFloat {}`) to use your own number
+/// Implement it with an empty body (`impl Counting for MyFloat {}`) to use your own number
 /// type as a [`Scalar`].
 ///
 /// [`Op::Act`]: crate::Op::Act
 /// [`Counted`]: crate::Counted
-pub trait RecordAct {
+pub trait Counting {
+    /// Whether operations on this type are counted. Code that measures (the interpreter's
+    /// per-node attribution) skips measuring for types that count nothing.
+    const IS_COUNTED: bool = false;
+
     /// Records `calls` calls of an activation function (see `docs/counting.md`).
     #[inline]
     fn record_act(calls: u64) {
@@ -22,14 +27,14 @@ pub trait RecordAct {
     }
 }
 
-impl RecordAct for f32 {}
-impl RecordAct for f64 {}
+impl Counting for f32 {}
+impl Counting for f64 {}
 
 /// A number that opcount's generic code can compute with: `f32`, `f64`, `Counted<f32>`,
 /// `Counted<f64>`, or any type with the same abilities.
 ///
 /// An empty trait with a blanket implementation: it only names the bounds once.
-/// [`RecordAct::record_act`] is its hook for counting activation calls.
+/// [`Counting::record_act`] is its hook for counting activation calls.
 pub trait Scalar:
     Float
     + FloatConst
@@ -50,7 +55,7 @@ pub trait Scalar:
     + Send
     + Sync
     + 'static
-    + RecordAct
+    + Counting
 {
 }
 
@@ -74,6 +79,6 @@ impl<T> Scalar for T where
         + Send
         + Sync
         + 'static
-        + RecordAct
+        + Counting
 {
 }

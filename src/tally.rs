@@ -62,14 +62,9 @@ pub(crate) fn bump_by(op: Op, n: u64) {
 /// Everything counted on this thread since it started.
 ///
 /// Useful only as the two ends of a difference; prefer [`measure`].
+#[inline]
 pub fn snapshot() -> Counts {
-    TALLY.with(|t| {
-        let mut counts = Counts::ZERO;
-        for op in Op::ALL {
-            counts[op] = t[op as usize].get();
-        }
-        counts
-    })
+    TALLY.with(|t| Counts::from_array(std::array::from_fn(|i| t[i].get())))
 }
 
 /// Runs `f` and returns its result with the operations it counted on this thread.
