@@ -5,6 +5,10 @@
 //! per-thread [`tally`]. Generic numeric code written against [`Scalar`] runs unchanged with
 //! `f32` (fast, plain) and with `Counted<f32>` (measured, same bits).
 //!
+//! On top of that sits a small neural-network interpreter: a [`Model`] read from a RON file
+//! is validated into a [`Plan`], built into a [`Network<S>`](Network) and trained; each
+//! node's operations are measured per phase ([`StepCounts`]).
+//!
 //! What counts as what is decided once, in `docs/counting.md`.
 //!
 //! ```
@@ -26,12 +30,25 @@
 pub mod bench;
 mod counted;
 mod counts;
+pub mod data;
+mod error;
+pub mod files;
+pub mod model;
+mod nn;
+mod phases;
+pub mod report;
+pub mod rng;
 mod scalar;
 pub mod tally;
+pub mod train;
 
 pub use counted::Counted;
 pub use counts::{Counts, CountsMismatch, Op};
-pub use scalar::{RecordAct, Scalar};
+pub use error::{Error, Result};
+pub use model::{Model, Plan};
+pub use nn::Network;
+pub use phases::{NodeCounts, Phase, StepCounts, Totals};
+pub use scalar::{Counting, Scalar};
 
 /// The README's examples run as doctests, so they cannot go stale.
 #[cfg(doctest)]

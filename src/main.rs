@@ -1,10 +1,20 @@
-//! The `opcount` command line. Owns stdout, stderr and the exit code; everything else is
-//! the library's.
+//! The `opcount` command line. Owns stdout, stderr and the exit code (0 success, 1 a count
+//! that disagrees with its closed form, 2 bad input); everything else is the library's.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use opcount::Op;
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use opcount::data::{Batch, Dataset};
+use opcount::model::Data;
+use opcount::report::{phase_table, thousands};
+use opcount::train::{Settings, evaluate, train};
+use opcount::{Counted, Model, Network, Op, Plan, bench, files};
+use serde_json::json;
 
 /// Count every arithmetic operation of a neural network, by kind.
 #[derive(Parser, Debug)]
@@ -16,14 +26,65 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a model with plain f32 and count one training step with Counted<f32>.
+    Train(TrainArgs),
+    /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
+    Bench(BenchArgs),
     /// List the kinds of operation opcount counts (see docs/counting.md).
     Kinds,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// The model file (RON) with a training block.
+    model: PathBuf,
+    /// Passes over the data (default: the model file's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// SGD learning rate (default: the model file's).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Examples per step (default: the model file's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Write the trained model here (same schema, weights inline).
+    #[arg(long, value_name = "OUT.ron")]
+    save: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// The model file (RON).
+    model: PathBuf,
+    /// Examples per step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Interleaved rounds of each side; the medians are reported.
+    #[arg(long, default_value_t = 21)]
+    rounds: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Text for people.
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("opcount: {err:#}");
             ExitCode::from(2)
@@ -31,12 +92,268 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Train(args) => train_command(&args)?,
+        Command::Bench(args) => bench_command(&args)?,
         Command::Kinds => {
             for op in Op::ALL {
                 println!("{:<6} {}", op.name(), op.description().replace('`', ""));
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A model file, read and validated.
+struct Loaded {
+    model: Model,
+    plan: Plan,
+    origin: String,
+    dir: PathBuf,
+}
+
+fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let model = Model::load(path)?;
+    let origin = path.display().to_string();
+    let plan = model.plan(&origin)?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    Ok(Loaded {
+        model,
+        plan,
+        origin,
+        dir,
+    })
+}
+
+/// The model's data set, or `n` seeded made-up examples if it has none.
+fn data_or_synthetic(loaded: &Loaded, n: usize) -> anyhow::Result<Dataset> {
+    Ok(match &loaded.model.training {
+        Some(t) => Dataset::load(&t.data, &loaded.dir, &loaded.origin, &loaded.plan)?,
+        None => Dataset::synthetic(&loaded.plan, n, 0),
+    })
+}
+
+/// The first `size` examples of `data` (repeating it if it is smaller).
+fn first_batch<S: opcount::Scalar>(data: &Dataset, plan: &Plan, size: usize) -> Batch<S> {
+    let indices: Vec<usize> = (0..size).map(|i| i % data.len()).collect();
+    let mut batch = Batch::default();
+    data.gather(&indices, plan.loss, &mut batch);
+    batch
+}
+
+fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.model)?;
+    let Some(training) = &loaded.model.training else {
+        bail!(
+            "{}: the model has no training block, so there is nothing to train on \
+             (see docs/model-format.md)",
+            loaded.origin
+        );
+    };
+    let mut settings = Settings::of(training);
+    settings.epochs = args.epochs.unwrap_or(settings.epochs);
+    settings.lr = args.lr.unwrap_or(settings.lr);
+    settings.batch = args.batch.unwrap_or(settings.batch);
+    check_settings(&settings)?;
+    let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
+
+    let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
+    let steps = data.len().div_ceil(settings.batch) * settings.epochs;
+    let bar = progress_bar(steps as u64, args.quiet);
+    let mut step = 0u64;
+    train(&mut net, &data, &settings, |p| {
+        step += 1;
+        if step.is_multiple_of(64) || step == steps as u64 {
+            bar.set_position(step);
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.4}",
+                p.epoch, settings.epochs, p.loss
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+    let result = evaluate(&mut net, &data);
+
+    // One counted step at the training batch size (counts depend on shapes only).
+    let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
+    let batch_size = settings.batch.min(data.len());
+    let batch = first_batch::<Counted<f32>>(&data, &loaded.plan, batch_size);
+    counted.step(&batch, Counted::new(settings.lr));
+    let totals = counted.counts().totals();
+
+    if let Some(out) = &args.save {
+        let mut saved = net.to_model(&loaded.model);
+        if let Some(t) = &mut saved.training {
+            relocate_data(&mut t.data, &loaded.dir, out);
+        }
+        files::write_atomic(out, saved.to_ron().as_bytes())?;
+    }
+
+    match args.format {
+        Format::Json => {
+            let summary = json!({
+                "model": loaded.plan.name,
+                "params": loaded.plan.params(),
+                "examples": data.len(),
+                "epochs": settings.epochs,
+                "batch": settings.batch,
+                "lr": settings.lr,
+                "final_loss": result.loss,
+                "train_accuracy": result.accuracy(),
+                "step_batch": batch_size,
+                "step": totals,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Format::Table => {
+            println!(
+                "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
+                loaded.plan.name,
+                thousands(loaded.plan.params()),
+                data.len(),
+                settings.epochs,
+                settings.batch,
+                settings.lr
+            );
+            print!("final loss {:.6}", result.loss);
+            match (result.accuracy(), result.correct) {
+                (Some(acc), Some(correct)) => println!(
+                    ", training accuracy {:.1}% ({correct}/{})",
+                    acc * 100.0,
+                    result.examples
+                ),
+                _ => println!(),
+            }
+            println!(
+                "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
+            );
+            println!("{}", phase_table(&totals));
+            if let Some(out) = &args.save {
+                println!("saved the trained model to {}", out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_settings(s: &Settings) -> anyhow::Result<()> {
+    if s.epochs == 0 || s.batch == 0 {
+        bail!(
+            "epochs and batch must be at least 1, found epochs {} and batch {}",
+            s.epochs,
+            s.batch
+        );
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        bail!(
+            "the learning rate must be a positive number, found {}",
+            s.lr
+        );
+    }
+    Ok(())
+}
+
+/// Rewrites a CSV path relative to the model file so that it still points at the same file
+/// when the model is saved to `out`.
+fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
+    let Data::Csv { path, .. } = data else { return };
+    let Ok(target) = std::fs::canonicalize(model_dir.join(&*path)) else {
+        return;
+    };
+    let out_dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+    let Ok(out_dir) = std::fs::canonicalize(out_dir.unwrap_or(Path::new("."))) else {
+        return;
+    };
+    let common = target
+        .components()
+        .zip(out_dir.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut relative = PathBuf::new();
+    for _ in out_dir.components().skip(common) {
+        relative.push("..");
+    }
+    relative.extend(target.components().skip(common));
+    *path = relative.to_string_lossy().into_owned();
+}
+
+fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.rounds == 0 {
+        bail!("--batch and --rounds must be at least 1");
+    }
+    let loaded = load(&args.model)?;
+    let data = data_or_synthetic(&loaded, args.batch)?;
+    let mut plain = Network::<f32>::new(&loaded.model, &loaded.plan);
+    let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
+    let plain_batch = first_batch::<f32>(&data, &loaded.plan, args.batch);
+    let counted_batch = first_batch::<Counted<f32>>(&data, &loaded.plan, args.batch);
+
+    // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
+    // the speed of the arithmetic) where they started; the step does the same operations.
+    let plain_loss = plain.step(&plain_batch, 0.0);
+    let counted_loss = counted.step(&counted_batch, Counted::new(0.0));
+    if plain_loss.to_bits() != counted_loss.get().to_bits() {
+        bail!(
+            "internal error: Counted<f32> loss {counted_loss} differs from f32 loss {plain_loss}"
+        );
+    }
+    let ops = counted.counts().totals().all;
+    let result = bench::compare(
+        args.rounds,
+        Duration::from_millis(40),
+        || {
+            std::hint::black_box(plain.step(&plain_batch, 0.0));
+        },
+        || {
+            std::hint::black_box(counted.step(&counted_batch, Counted::new(0.0)));
+        },
+    );
+    let per_s = |seconds: f64| args.batch as f64 / seconds;
+    match args.format {
+        Format::Json => {
+            let out = json!({
+                "model": loaded.plan.name,
+                "batch": args.batch,
+                "rounds": result.rounds,
+                "plain_s": result.plain_s,
+                "counted_s": result.counted_s,
+                "ratio": result.ratio(),
+                "plain_examples_per_s": per_s(result.plain_s),
+                "counted_examples_per_s": per_s(result.counted_s),
+                "ops_per_step": ops.total(),
+                "counts_per_step": ops,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Table => {
+            println!(
+                "{}: one SGD step at batch {}, {} operations, median of {} interleaved rounds",
+                loaded.plan.name,
+                args.batch,
+                thousands(ops.total()),
+                result.rounds
+            );
+            for (name, s) in [("f32", result.plain_s), ("Counted<f32>", result.counted_s)] {
+                println!(
+                    "  {name:<13} {:>12.3} us/step {:>14.0} examples/s",
+                    s * 1e6,
+                    per_s(s)
+                );
+            }
+            println!("  ratio counted/plain {:.3}", result.ratio());
         }
     }
     Ok(())

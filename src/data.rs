@@ -1,0 +1,400 @@
+//! Training examples: read from a CSV file or from the model file, or made up from a seed,
+//! and checked against the plan (feature count, class range, finite values).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::{Data, InlineTargets, Loss, Plan, Target};
+use crate::rng::Rng;
+use crate::scalar::Scalar;
+
+/// What each example should produce.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Targets {
+    /// A class index per example.
+    Classes(Vec<usize>),
+    /// `outputs` values per example, example after example.
+    Values(Vec<f32>),
+}
+
+/// Examples, checked against a plan: `features` inputs and one target each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// `len x features` values, example after example.
+    pub inputs: Vec<f32>,
+    /// Values per example in.
+    pub features: usize,
+    /// Values per example out.
+    pub outputs: usize,
+    /// One target per example.
+    pub targets: Targets,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.inputs.len() / self.features
+    }
+
+    /// Whether there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Loads a model's training data; relative paths are relative to `model_dir`.
+    /// `origin` names the model file in messages about inline data.
+    pub fn load(data: &Data, model_dir: &Path, origin: &str, plan: &Plan) -> Result<Dataset> {
+        let (inputs, features, targets) = match data {
+            Data::Csv {
+                path,
+                features,
+                target,
+            } => read_csv(&model_dir.join(path), features.as_deref(), target)?,
+            Data::Inline { inputs, targets } => {
+                let err = |message: String| Error::Data {
+                    origin: origin.to_string(),
+                    message,
+                };
+                let features = inputs.first().map_or(0, Vec::len);
+                if let Some(i) = inputs.iter().position(|row| row.len() != features) {
+                    return Err(err(format!(
+                        "inline inputs: example {i} has {} values, the first has {features}",
+                        inputs[i].len()
+                    )));
+                }
+                let n_targets = match targets {
+                    InlineTargets::Classes(c) => c.len(),
+                    InlineTargets::Values(v) => v.len(),
+                };
+                if n_targets != inputs.len() {
+                    return Err(err(format!(
+                        "inline data: {} inputs but {n_targets} targets",
+                        inputs.len()
+                    )));
+                }
+                let flat: Vec<f32> = inputs.concat();
+                let targets = match targets {
+                    InlineTargets::Classes(c) => Targets::Classes(c.clone()),
+                    InlineTargets::Values(v) => {
+                        let width = v.first().map_or(0, Vec::len);
+                        if let Some(i) = v.iter().position(|row| row.len() != width) {
+                            return Err(err(format!(
+                                "inline targets: example {i} has {} values, the first has {width}",
+                                v[i].len()
+                            )));
+                        }
+                        Targets::Values(v.concat())
+                    }
+                };
+                (flat, features, targets)
+            }
+        };
+        let origin = match data {
+            Data::Csv { path, .. } => model_dir.join(path).display().to_string(),
+            Data::Inline { .. } => origin.to_string(),
+        };
+        Dataset::checked(inputs, features, targets, plan, &origin)
+    }
+
+    /// Checks examples against a plan.
+    fn checked(
+        inputs: Vec<f32>,
+        features: usize,
+        targets: Targets,
+        plan: &Plan,
+        origin: &str,
+    ) -> Result<Dataset> {
+        let err = |message: String| Error::Data {
+            origin: origin.to_string(),
+            message,
+        };
+        if inputs.is_empty() {
+            return Err(err("no examples".into()));
+        }
+        let expected = plan.input.len();
+        if features != expected {
+            return Err(err(format!(
+                "the model's input takes {expected} values ({}), the data has {features} features",
+                plan.input
+            )));
+        }
+        if let Some(i) = inputs.iter().position(|v| !v.is_finite()) {
+            return Err(err(format!(
+                "example {}, feature {}: {} is not a finite number",
+                i / features,
+                i % features,
+                inputs[i]
+            )));
+        }
+        let outputs = plan.output().len();
+        match &targets {
+            Targets::Classes(classes) => {
+                // One output scores a two-class problem: class 1 above 0.5.
+                let n_classes = if outputs == 1 { 2 } else { outputs };
+                if let Some(i) = classes.iter().position(|&c| c >= n_classes) {
+                    return Err(err(format!(
+                        "example {i}: class {} is out of range, the model has {n_classes} classes (0..{})",
+                        classes[i],
+                        n_classes - 1
+                    )));
+                }
+                if plan.loss == Loss::SoftmaxCrossEntropy && outputs < 2 {
+                    return Err(err("cross-entropy needs at least 2 outputs".into()));
+                }
+            }
+            Targets::Values(values) => {
+                if plan.loss == Loss::SoftmaxCrossEntropy {
+                    return Err(err(
+                        "loss SoftmaxCrossEntropy needs class targets, the data has values".into(),
+                    ));
+                }
+                let n = inputs.len() / features;
+                if values.len() != n * outputs {
+                    return Err(err(format!(
+                        "the model has {outputs} outputs, the data has {} target values per example",
+                        values.len() as f64 / n as f64
+                    )));
+                }
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(err(format!(
+                        "example {}, target {}: {} is not a finite number",
+                        i / outputs,
+                        i % outputs,
+                        values[i]
+                    )));
+                }
+            }
+        }
+        Ok(Dataset {
+            inputs,
+            features,
+            outputs,
+            targets,
+        })
+    }
+
+    /// `n` made-up examples for a plan: inputs uniform in `[-1, 1)`, and a random class (for
+    /// cross-entropy) or random values in `[0, 1)` (for MSE).
+    pub fn synthetic(plan: &Plan, n: usize, seed: u64) -> Dataset {
+        let mut rng = Rng::new(seed);
+        let features = plan.input.len();
+        let outputs = plan.output().len();
+        let inputs = (0..n * features).map(|_| rng.symmetric(1.0)).collect();
+        let targets = match plan.loss {
+            Loss::SoftmaxCrossEntropy => {
+                Targets::Classes((0..n).map(|_| rng.below(outputs)).collect())
+            }
+            Loss::Mse => Targets::Values((0..n * outputs).map(|_| rng.unit()).collect()),
+        };
+        Dataset {
+            inputs,
+            features,
+            outputs,
+            targets,
+        }
+    }
+
+    /// Copies the examples `indices` into `batch`, converting to `S` (free) and turning
+    /// classes into one-hot values where the loss needs values.
+    pub fn gather<S: Scalar>(&self, indices: &[usize], loss: Loss, batch: &mut Batch<S>) {
+        batch.size = indices.len();
+        batch.inputs.clear();
+        batch.classes.clear();
+        batch.values.clear();
+        for &i in indices {
+            let row = &self.inputs[i * self.features..(i + 1) * self.features];
+            batch.inputs.extend(row.iter().map(|&v| scalar::<S>(v)));
+        }
+        match (&self.targets, loss) {
+            (Targets::Classes(c), Loss::SoftmaxCrossEntropy) => {
+                batch.classes.extend(indices.iter().map(|&i| c[i]));
+            }
+            (Targets::Classes(c), Loss::Mse) => {
+                batch.classes.extend(indices.iter().map(|&i| c[i]));
+                for &i in indices {
+                    batch.values.extend(one_hot::<S>(c[i], self.outputs));
+                }
+            }
+            (Targets::Values(v), _) => {
+                for &i in indices {
+                    let row = &v[i * self.outputs..(i + 1) * self.outputs];
+                    batch.values.extend(row.iter().map(|&x| scalar::<S>(x)));
+                }
+            }
+        }
+    }
+}
+
+/// The target vector of class `c`: one-hot over `outputs` values, or `[c]` for a single
+/// output (a two-class problem).
+fn one_hot<S: Scalar>(c: usize, outputs: usize) -> impl Iterator<Item = S> {
+    (0..outputs).map(move |j| {
+        let hit = if outputs == 1 { c == 1 } else { j == c };
+        if hit { S::one() } else { S::zero() }
+    })
+}
+
+/// Converts an `f32` to `S`: free, and exact for every `Scalar` opcount ships.
+pub(crate) fn scalar<S: Scalar>(v: f32) -> S {
+    S::from_f32(v).expect("every Scalar holds an f32")
+}
+
+/// One batch of examples in the network's number type.
+#[derive(Clone, Debug, Default)]
+pub struct Batch<S> {
+    /// Examples in the batch.
+    pub size: usize,
+    /// `size x features` values.
+    pub inputs: Vec<S>,
+    /// A class per example (empty for value targets).
+    pub classes: Vec<usize>,
+    /// `size x outputs` target values (empty for cross-entropy).
+    pub values: Vec<S>,
+}
+
+/// Reads a CSV file with a header row.
+fn read_csv(
+    path: &Path,
+    features: Option<&[String]>,
+    target: &Target,
+) -> Result<(Vec<f32>, usize, Targets)> {
+    let shown = path.display().to_string();
+    let err_at = |line: u64, message: String| Error::Data {
+        origin: format!("{shown}:{line}"),
+        message,
+    };
+    if path.is_dir() {
+        return Err(Error::Data {
+            origin: shown.clone(),
+            message: "is a directory, expected a CSV file".into(),
+        });
+    }
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        action: "cannot read the data file",
+        source,
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(file);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(&shown, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let column = |name: &str| -> Result<usize> {
+        header.iter().position(|h| h == name).ok_or_else(|| {
+            err_at(
+                1,
+                format!(
+                    "no column named '{name}'; the header has: {}",
+                    header.join(", ")
+                ),
+            )
+        })
+    };
+    let target_columns: Vec<usize> = match target {
+        Target::Class { column: c, .. } => vec![column(c)?],
+        Target::Values { columns } => columns.iter().map(|c| column(c)).collect::<Result<_>>()?,
+    };
+    let feature_columns: Vec<usize> = match features {
+        Some(names) => names.iter().map(|c| column(c)).collect::<Result<_>>()?,
+        None => (0..header.len())
+            .filter(|i| !target_columns.contains(i))
+            .collect(),
+    };
+
+    let mut inputs = Vec::new();
+    let mut classes = Vec::new();
+    let mut values = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(&shown, e))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let number = |col: usize| -> Result<f32> {
+            let text = &record[col];
+            let v: f32 = text.parse().map_err(|_| {
+                err_at(
+                    line,
+                    format!(
+                        "column {} ({}): expected a number, found '{text}'",
+                        col + 1,
+                        header[col]
+                    ),
+                )
+            })?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(err_at(
+                    line,
+                    format!(
+                        "column {} ({}): {text} is not a finite number",
+                        col + 1,
+                        header[col]
+                    ),
+                ))
+            }
+        };
+        for &c in &feature_columns {
+            inputs.push(number(c)?);
+        }
+        match target {
+            Target::Class {
+                classes: labels, ..
+            } => {
+                let col = target_columns[0];
+                let text = &record[col];
+                let class = match labels {
+                    Some(labels) => labels.iter().position(|l| l == text).ok_or_else(|| {
+                        err_at(
+                            line,
+                            format!(
+                                "column {} ({}): unknown class '{text}', expected one of: {}",
+                                col + 1,
+                                header[col],
+                                labels.join(", ")
+                            ),
+                        )
+                    })?,
+                    None => text.parse().map_err(|_| {
+                        err_at(
+                            line,
+                            format!(
+                                "column {} ({}): expected a class number 0, 1, 2, ..., found '{text}'",
+                                col + 1,
+                                header[col]
+                            ),
+                        )
+                    })?,
+                };
+                classes.push(class);
+            }
+            Target::Values { .. } => {
+                for &c in &target_columns {
+                    values.push(number(c)?);
+                }
+            }
+        }
+    }
+    let targets = match target {
+        Target::Class { .. } => Targets::Classes(classes),
+        Target::Values { .. } => Targets::Values(values),
+    };
+    Ok((inputs, feature_columns.len(), targets))
+}
+
+fn csv_error(shown: &str, e: csv::Error) -> Error {
+    let line = e.position().map_or(0, |p| p.line());
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("expected {expected_len} fields like the header, found {len}"),
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8 text".to_string(),
+        _ => e.to_string(),
+    };
+    Error::Data {
+        origin: format!("{shown}:{line}"),
+        message,
+    }
+}

@@ -1,0 +1,664 @@
+//! Model files: the serde types that mirror a RON file exactly ([`Model`]), and their
+//! validation into a [`Plan`], the flat list of computation nodes with their shapes that
+//! both the interpreter and the closed forms work from. Nothing here knows the scalar type.
+//!
+//! The schema is documented, with an annotated example, in `docs/model-format.md`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ron::extensions::Extensions;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A model file, as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// A name for reports.
+    pub name: String,
+    /// The shape of one example: `[features]`, or `[channels, height, width]`.
+    pub input: Vec<usize>,
+    /// The layers, first to last.
+    pub layers: Vec<Layer>,
+    /// The loss the last layer's output is trained against.
+    pub loss: Loss,
+    /// How parameters not given inline are initialised.
+    #[serde(default)]
+    pub init: Init,
+    /// Training data and settings, if the model can be trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
+}
+
+/// One layer of a model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Layer {
+    /// Fully connected: `a_j = f(b_j + sum_i W_ji x_i)`.
+    Dense {
+        /// Number of neurons (outputs).
+        units: usize,
+        /// Activation applied to the outputs; it becomes a node (and a table row) of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation: Option<Activation>,
+        /// Whether the layer has biases.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        bias: bool,
+        /// A name for reports; default `dense<k>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Inline weights, `units x inputs` values, one neuron's weights after another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f32>>,
+        /// Inline biases, `units` values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        biases: Option<Vec<f32>>,
+    },
+    /// `x` unchanged.
+    Identity,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(x, 0)`.
+    Relu,
+    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    Softmax,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// An activation function.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Activation {
+    /// `x` unchanged.
+    Identity,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(x, 0)`.
+    Relu,
+    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    Softmax,
+}
+
+impl Activation {
+    /// Lower-case name, as in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Softmax => "softmax",
+        }
+    }
+}
+
+/// A loss function.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Loss {
+    /// Mean squared error over every output of every example.
+    Mse,
+    /// Softmax over each example's outputs (logits), then cross-entropy against its class.
+    #[serde(alias = "CrossEntropy")]
+    SoftmaxCrossEntropy,
+}
+
+impl Loss {
+    /// Lower-case name, as in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Mse => "mse",
+            Loss::SoftmaxCrossEntropy => "softmax_cross_entropy",
+        }
+    }
+}
+
+/// How parameters not given inline are initialised. Biases start at zero.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Init {
+    /// Glorot/Xavier uniform: `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`.
+    Xavier {
+        /// Seed of the random stream.
+        seed: u64,
+    },
+    /// He/Kaiming uniform: `U(-a, a)`, `a = sqrt(6 / fan_in)`.
+    He {
+        /// Seed of the random stream.
+        seed: u64,
+    },
+}
+
+impl Default for Init {
+    fn default() -> Self {
+        Init::Xavier { seed: 0 }
+    }
+}
+
+/// Training data and settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// Where the examples come from.
+    pub data: Data,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Examples per step.
+    pub batch: usize,
+    /// Seed of the shuffle before each epoch.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Training examples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Data {
+    /// A CSV file with a header row.
+    Csv {
+        /// Path, relative to the model file.
+        path: String,
+        /// Feature columns by name; default: every column but the target's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        features: Option<Vec<String>>,
+        /// What to learn.
+        target: Target,
+    },
+    /// Examples written in the model file.
+    Inline {
+        /// One list of feature values per example.
+        inputs: Vec<Vec<f32>>,
+        /// One target per example.
+        targets: InlineTargets,
+    },
+}
+
+/// The target of a CSV data set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Target {
+    /// A class per row: a label from `classes`, or an integer `0..outputs` if `classes` is
+    /// not given.
+    Class {
+        /// The column holding the class.
+        column: String,
+        /// Class labels, in output order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<Vec<String>>,
+    },
+    /// Regression: one column per output.
+    Values {
+        /// The columns, in output order.
+        columns: Vec<String>,
+    },
+}
+
+/// The targets of inline data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InlineTargets {
+    /// A class index per example.
+    Classes(Vec<usize>),
+    /// A list of output values per example.
+    Values(Vec<Vec<f32>>),
+}
+
+/// The shape of one example's values at some point of the network.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Shape {
+    /// A vector of values.
+    Flat(usize),
+    /// Channels x height x width.
+    Image {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+}
+
+impl Shape {
+    /// Number of values.
+    pub fn len(self) -> usize {
+        match self {
+            Shape::Flat(n) => n,
+            Shape::Image { c, h, w } => c * h * w,
+        }
+    }
+
+    /// Whether the shape holds no values (never true for a validated plan).
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Flat(n) => write!(f, "{n}"),
+            Shape::Image { c, h, w } => write!(f, "{c}x{h}x{w}"),
+        }
+    }
+}
+
+/// What a node computes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NodeOp {
+    /// Weighted sums of `inputs` values into `units` outputs.
+    Dense {
+        /// N, values per example in.
+        inputs: usize,
+        /// M, values per example out.
+        units: usize,
+        /// Whether each sum starts from a bias.
+        bias: bool,
+    },
+    /// An activation over every value.
+    Activation(Activation),
+}
+
+impl NodeOp {
+    /// Short kind name for tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeOp::Dense { .. } => "dense",
+            NodeOp::Activation(a) => a.name(),
+        }
+    }
+
+    /// Number of trainable parameters.
+    pub fn params(&self) -> u64 {
+        match *self {
+            NodeOp::Dense {
+                inputs,
+                units,
+                bias,
+            } => (inputs as u64) * (units as u64) + if bias { units as u64 } else { 0 },
+            NodeOp::Activation(_) => 0,
+        }
+    }
+}
+
+/// One computation of the network: a layer, or the activation a layer declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Index of the layer in the model file this node comes from.
+    pub layer: usize,
+    /// Name for reports: `dense1`, or `dense1.sigmoid` for a declared activation.
+    pub name: String,
+    /// What it computes.
+    pub op: NodeOp,
+    /// Shape of one example's input.
+    pub input: Shape,
+    /// Shape of one example's output.
+    pub output: Shape,
+    /// Whether backward computes the gradient with respect to this node's input: only if
+    /// some earlier node has parameters.
+    pub needs_input_grad: bool,
+}
+
+/// A validated model: every node with its shapes, ready to be run or estimated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The model's name.
+    pub name: String,
+    /// Shape of one example.
+    pub input: Shape,
+    /// The nodes, first to last.
+    pub nodes: Vec<Node>,
+    /// The loss.
+    pub loss: Loss,
+}
+
+impl Plan {
+    /// Shape of one example's output.
+    pub fn output(&self) -> Shape {
+        self.nodes.last().map_or(self.input, |n| n.output)
+    }
+
+    /// Number of trainable parameters.
+    pub fn params(&self) -> u64 {
+        self.nodes.iter().map(|n| n.op.params()).sum()
+    }
+}
+
+/// The largest value any single dimension may have: larger is surely a typo.
+pub const MAX_DIM: usize = 1 << 31;
+
+/// How RON files are read and written: `Some(..)` may be left out around optional values.
+fn ron_options() -> ron::Options {
+    ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME)
+}
+
+impl Model {
+    /// Reads and parses a model file (it is not validated yet; see [`Model::plan`]).
+    pub fn load(path: &Path) -> Result<Model> {
+        let text = read_text(path)?;
+        Model::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses RON text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Model> {
+        ron_options()
+            .from_str(text)
+            .map_err(|e: ron::error::SpannedError| Error::Syntax {
+                origin: origin.to_string(),
+                line: e.span.start.line,
+                column: e.span.start.col,
+                message: e.code.to_string(),
+            })
+    }
+
+    /// The model as RON text, in the same schema it was read from.
+    pub fn to_ron(&self) -> String {
+        let pretty = ron::ser::PrettyConfig::new()
+            .struct_names(false)
+            .compact_arrays(true);
+        ron_options()
+            .to_string_pretty(self, pretty)
+            .expect("a Model always serializes")
+    }
+
+    /// Checks the model and lays out its nodes, naming the layer at fault if something does
+    /// not fit. `origin` names the file in error messages.
+    pub fn plan(&self, origin: &str) -> Result<Plan> {
+        let model_error = |message: String| Error::Model {
+            origin: origin.to_string(),
+            message,
+        };
+        let input = match self.input[..] {
+            [n] => Shape::Flat(n),
+            [c, h, w] => Shape::Image { c, h, w },
+            _ => {
+                return Err(model_error(format!(
+                    "input: expected [features] or [channels, height, width], found {} numbers",
+                    self.input.len()
+                )));
+            }
+        };
+        if let Some(&d) = self.input.iter().find(|&&d| d == 0 || d > MAX_DIM) {
+            return Err(model_error(format!(
+                "input: every size must be between 1 and {MAX_DIM}, found {d}"
+            )));
+        }
+        checked_len(input).ok_or_else(|| model_error(format!("input {input} is too large")))?;
+        if self.layers.is_empty() {
+            return Err(model_error("layers: expected at least one layer".into()));
+        }
+
+        let mut b = Builder {
+            nodes: Vec::new(),
+            shape: input,
+            seen_params: false,
+        };
+        let mut counters = std::collections::HashMap::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            let kind = layer_kind(layer);
+            let k = counters.entry(kind).or_insert(0usize);
+            *k += 1;
+            let name = layer_name(layer).unwrap_or_else(|| format!("{kind}{k}"));
+            let layer_error = |message: String| Error::Layer {
+                origin: origin.to_string(),
+                index,
+                name: name.clone(),
+                message,
+            };
+            let shape = b.shape;
+            match layer {
+                Layer::Dense {
+                    units,
+                    activation,
+                    bias,
+                    weights,
+                    biases,
+                    ..
+                } => {
+                    let Shape::Flat(inputs) = shape else {
+                        return Err(layer_error(format!(
+                            "dense expects a flat input, found {shape}; add a Flatten layer before it"
+                        )));
+                    };
+                    check_size("units", *units).map_err(&layer_error)?;
+                    let count = inputs.checked_mul(*units).ok_or_else(|| {
+                        layer_error(format!(
+                            "{units} units x {inputs} inputs is too many weights"
+                        ))
+                    })?;
+                    check_inline("weights", weights, count, || {
+                        format!("{units} units x {inputs} inputs")
+                    })
+                    .map_err(&layer_error)?;
+                    if !bias && biases.is_some() {
+                        return Err(layer_error("biases are given but bias is false".into()));
+                    }
+                    check_inline("biases", biases, *units, || format!("{units} units"))
+                        .map_err(&layer_error)?;
+                    let op = NodeOp::Dense {
+                        inputs,
+                        units: *units,
+                        bias: *bias,
+                    };
+                    b.push(index, name.clone(), op, Shape::Flat(*units));
+                    if let Some(a) = activation {
+                        b.push_activation(index, format!("{name}.{}", a.name()), *a)
+                            .map_err(&layer_error)?;
+                    }
+                }
+                Layer::Identity | Layer::Sigmoid | Layer::Tanh | Layer::Relu | Layer::Softmax => {
+                    b.push_activation(index, name.clone(), standalone_activation(layer))
+                        .map_err(&layer_error)?;
+                }
+            }
+        }
+
+        let plan = Plan {
+            name: self.name.clone(),
+            input,
+            nodes: b.nodes,
+            loss: self.loss,
+        };
+        check_loss(&plan).map_err(model_error)?;
+        Ok(plan)
+    }
+}
+
+/// Lays out nodes one after another, tracking the current shape and whether any parameters
+/// came before (which decides whether a node needs its input's gradient).
+struct Builder {
+    nodes: Vec<Node>,
+    shape: Shape,
+    seen_params: bool,
+}
+
+impl Builder {
+    fn push(&mut self, layer: usize, name: String, op: NodeOp, output: Shape) {
+        self.nodes.push(Node {
+            layer,
+            name,
+            op,
+            input: self.shape,
+            output,
+            needs_input_grad: self.seen_params,
+        });
+        self.seen_params |= op.params() > 0;
+        self.shape = output;
+    }
+
+    fn push_activation(
+        &mut self,
+        layer: usize,
+        name: String,
+        a: Activation,
+    ) -> std::result::Result<(), String> {
+        if a == Activation::Softmax && !matches!(self.shape, Shape::Flat(_)) {
+            return Err(format!(
+                "softmax expects a flat input, found {}; add a Flatten layer before it",
+                self.shape
+            ));
+        }
+        self.push(layer, name, NodeOp::Activation(a), self.shape);
+        Ok(())
+    }
+}
+
+/// Reads a whole text file, with the path in the error.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    if path.is_dir() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            action: "cannot read",
+            source: std::io::Error::other("is a directory, expected a file"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: PathBuf::from(path),
+        action: "cannot read",
+        source,
+    })
+}
+
+fn layer_kind(layer: &Layer) -> &'static str {
+    match layer {
+        Layer::Dense { .. } => "dense",
+        other => standalone_activation(other).name(),
+    }
+}
+
+fn layer_name(layer: &Layer) -> Option<String> {
+    match layer {
+        Layer::Dense { name, .. } => name.clone(),
+        _ => None,
+    }
+}
+
+/// The activation of an activation layer. Only called on those five variants.
+fn standalone_activation(layer: &Layer) -> Activation {
+    match layer {
+        Layer::Identity => Activation::Identity,
+        Layer::Sigmoid => Activation::Sigmoid,
+        Layer::Tanh => Activation::Tanh,
+        Layer::Relu => Activation::Relu,
+        Layer::Softmax => Activation::Softmax,
+        Layer::Dense { .. } => unreachable!("a dense layer is not an activation"),
+    }
+}
+
+fn checked_len(shape: Shape) -> Option<usize> {
+    match shape {
+        Shape::Flat(n) => Some(n),
+        Shape::Image { c, h, w } => c.checked_mul(h)?.checked_mul(w),
+    }
+}
+
+fn check_size(what: &str, n: usize) -> std::result::Result<(), String> {
+    if n == 0 || n > MAX_DIM {
+        Err(format!(
+            "{what}: expected between 1 and {MAX_DIM}, found {n}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_inline(
+    what: &str,
+    values: &Option<Vec<f32>>,
+    expected: usize,
+    explain: impl Fn() -> String,
+) -> std::result::Result<(), String> {
+    let Some(values) = values else { return Ok(()) };
+    if values.len() != expected {
+        return Err(format!(
+            "{what}: expected {expected} values ({}), found {}",
+            explain(),
+            values.len()
+        ));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "{what}: value {i} is {}, expected a finite number",
+            values[i]
+        ));
+    }
+    Ok(())
+}
+
+fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
+    let output = plan.output();
+    if plan.loss == Loss::SoftmaxCrossEntropy {
+        if let Some(last) = plan.nodes.last()
+            && last.op == NodeOp::Activation(Activation::Softmax)
+        {
+            return Err(format!(
+                "loss SoftmaxCrossEntropy applies softmax itself, but the last layer ({}) is \
+                 already a softmax; remove it so the loss sees logits",
+                last.name
+            ));
+        }
+        match output {
+            Shape::Flat(n) if n >= 2 => {}
+            _ => {
+                return Err(format!(
+                    "loss SoftmaxCrossEntropy needs a flat output of at least 2 classes, found {output}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XOR: &str = r#"(
+        name: "xor",
+        input: [2],
+        layers: [Dense(units: 2, activation: Sigmoid), Dense(units: 1, activation: Sigmoid)],
+        loss: Mse,
+    )"#;
+
+    #[test]
+    fn declared_activations_become_nodes_of_their_own() {
+        let plan = Model::parse(XOR, "xor.ron")
+            .unwrap()
+            .plan("xor.ron")
+            .unwrap();
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["dense1", "dense1.sigmoid", "dense2", "dense2.sigmoid"]
+        );
+        let grads: Vec<bool> = plan.nodes.iter().map(|n| n.needs_input_grad).collect();
+        assert_eq!(grads, [false, true, true, true]);
+        assert_eq!(plan.params(), 2 * 2 + 2 + 2 + 1);
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let err = Model::parse("(\n  name: \"x\",\n  input: [2,\n", "m.ron").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("m.ron:"), "{text}");
+        assert!(matches!(err, Error::Syntax { line: 3, .. }), "{text}");
+    }
+
+    #[test]
+    fn round_trips_through_ron() {
+        let model = Model::parse(XOR, "xor.ron").unwrap();
+        let again = Model::parse(&model.to_ron(), "again").unwrap();
+        assert_eq!(model, again);
+    }
+}

@@ -1,0 +1,421 @@
+//! The interpreter: a [`Network<S>`] built from a validated [`Plan`], generic over the
+//! number type. Forward over a batch, the loss, backward node by node with analytic
+//! derivatives, and the SGD update; every node's work in every phase is measured and kept
+//! as [`StepCounts`].
+//!
+//! Memory is the parameters, their gradients, and one activation and one gradient buffer per
+//! node boundary for the current batch: no per-scalar tape.
+
+mod activation;
+mod buffer;
+mod dense;
+mod loss;
+
+use crate::counts::Counts;
+use crate::data::{Batch, scalar};
+use crate::model::{Activation, Init, Layer, Loss, Model, NodeOp, Plan};
+use crate::phases::{NodeCounts, Phase, StepCounts};
+use crate::rng::Rng;
+use crate::scalar::Scalar;
+use crate::tally;
+
+use buffer::Buffer;
+use dense::Dense;
+
+/// A node's runtime state: parameters for the layers that have them.
+#[derive(Clone, Debug)]
+enum State<S> {
+    Dense(Dense<S>),
+    Activation(Activation),
+}
+
+/// A network ready to run, with numbers of type `S`.
+#[derive(Clone, Debug)]
+pub struct Network<S> {
+    plan: Plan,
+    states: Vec<State<S>>,
+    /// `acts[k]` is node k's input for the current batch; the last is the network's output.
+    acts: Vec<Buffer<S>>,
+    /// `grads[k]` is dL/d`acts[k]` (left empty where nothing needs it).
+    grads: Vec<Buffer<S>>,
+    batch: usize,
+    marks: Marks,
+}
+
+impl<S: Scalar> Network<S> {
+    /// Builds the network of a validated plan, with the model's inline parameters or its
+    /// seeded initialisation.
+    pub fn new(model: &Model, plan: &Plan) -> Network<S> {
+        let mut rng = Rng::new(match model.init {
+            Init::Xavier { seed } | Init::He { seed } => seed,
+        });
+        let states = plan
+            .nodes
+            .iter()
+            .map(|node| match node.op {
+                NodeOp::Dense {
+                    inputs,
+                    units,
+                    bias,
+                } => {
+                    let (weights, biases) = match &model.layers[node.layer] {
+                        Layer::Dense {
+                            weights, biases, ..
+                        } => (weights.as_deref(), biases.as_deref()),
+                        _ => (None, None),
+                    };
+                    // Inline weights and the random stream are both in neuron-major order
+                    // (`[unit][input]`, as PyTorch stores them); the layer keeps input-major.
+                    let neuron_major: Vec<f32> = match weights {
+                        Some(w) => w.to_vec(),
+                        None => {
+                            let bound = init_bound(model.init, inputs, units);
+                            (0..inputs * units).map(|_| rng.symmetric(bound)).collect()
+                        }
+                    };
+                    let mut w = vec![S::zero(); inputs * units];
+                    for j in 0..units {
+                        for i in 0..inputs {
+                            w[i * units + j] = scalar(neuron_major[j * inputs + i]);
+                        }
+                    }
+                    let b = match (bias, biases) {
+                        (false, _) => Vec::new(),
+                        (true, Some(b)) => b.iter().map(|&v| scalar(v)).collect(),
+                        (true, None) => vec![S::zero(); units],
+                    };
+                    State::Dense(Dense::new(inputs, units, &w, &b))
+                }
+                NodeOp::Activation(a) => State::Activation(a),
+            })
+            .collect();
+        Network {
+            plan: plan.clone(),
+            states,
+            acts: Vec::new(),
+            grads: Vec::new(),
+            batch: 0,
+            marks: Marks::new(plan.nodes.len()),
+        }
+    }
+
+    /// The plan this network runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// What each node counted in the most recent call of each phase (all zero for number
+    /// types that count nothing).
+    pub fn counts(&self) -> StepCounts {
+        self.marks.counts()
+    }
+
+    /// Sizes the buffers for `batch` examples (no work if the size is unchanged).
+    fn resize(&mut self, batch: usize) {
+        if batch == self.batch && !self.acts.is_empty() {
+            return;
+        }
+        self.batch = batch;
+        let mut sizes = vec![self.plan.input.len()];
+        sizes.extend(self.plan.nodes.iter().map(|n| n.output.len()));
+        self.acts = sizes
+            .iter()
+            .map(|&s| Buffer::filled(s * batch, S::zero()))
+            .collect();
+        self.grads = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| {
+                let needed = k == sizes.len() - 1 || self.plan.nodes[k].needs_input_grad;
+                Buffer::filled(if needed { s * batch } else { 0 }, S::zero())
+            })
+            .collect();
+    }
+
+    /// Runs the batch forward and returns the network's output.
+    ///
+    /// # Shapes
+    /// `inputs`: batch x input values; result: batch x output values.
+    pub fn forward(&mut self, inputs: &[S], batch: usize) -> &[S] {
+        self.resize(batch);
+        self.acts[0].copy_from_slice(inputs);
+        self.marks.start::<S>(Phase::Forward, false);
+        for k in 0..self.states.len() {
+            let (before, after) = self.acts.split_at_mut(k + 1);
+            let (x, y) = (&before[k], &mut after[0]);
+            let width = self.plan.nodes[k].output.len();
+            match &self.states[k] {
+                State::Dense(d) => d.forward(x, y),
+                State::Activation(a) => activation::forward(*a, x, y, width),
+            }
+            self.marks.lap::<S>(Phase::Forward, k, true);
+        }
+        self.output()
+    }
+
+    /// The output of the most recent forward pass.
+    pub fn output(&self) -> &[S] {
+        self.acts.last().map_or(&[], |b| b)
+    }
+
+    /// The loss of the most recent forward pass against `batch`'s targets; also sets the
+    /// gradient that [`Network::backward`] starts from.
+    pub fn loss(&mut self, batch: &Batch<S>) -> S {
+        self.loss_phase(batch, false)
+    }
+
+    /// [`Network::loss`]; `chained` if it runs right after the forward pass, whose last mark
+    /// is then also its first.
+    fn loss_phase(&mut self, batch: &Batch<S>, chained: bool) -> S {
+        let last = self.acts.len() - 1;
+        let width = self.plan.output().len();
+        let (y, grad) = (&self.acts[last], &mut self.grads[last]);
+        self.marks.start::<S>(Phase::Loss, chained);
+        let loss = match self.plan.loss {
+            Loss::Mse => loss::mse(y, &batch.values, grad),
+            Loss::SoftmaxCrossEntropy => {
+                loss::softmax_cross_entropy(y, &batch.classes, width, grad)
+            }
+        };
+        self.marks.lap::<S>(Phase::Loss, 0, true);
+        loss
+    }
+
+    /// Gradients of every parameter, last node to first, from the gradient the loss set.
+    /// A node computes the gradient of its input only if an earlier node has parameters.
+    pub fn backward(&mut self) {
+        self.backward_phase(false);
+    }
+
+    /// [`Network::backward`]; `chained` if it runs right after the loss.
+    fn backward_phase(&mut self, chained: bool) {
+        let n = self.states.len();
+        self.marks.start::<S>(Phase::Backward, chained);
+        for k in (0..n).rev() {
+            let (before, after) = self.grads.split_at_mut(k + 1);
+            let dy = &after[0];
+            let dx = if self.plan.nodes[k].needs_input_grad {
+                Some(&mut *before[k])
+            } else {
+                None
+            };
+            let (x, y) = (&self.acts[k], &self.acts[k + 1]);
+            let width = self.plan.nodes[k].output.len();
+            let worked = match &mut self.states[k] {
+                State::Dense(d) => {
+                    d.backward(x, dy, dx);
+                    true
+                }
+                State::Activation(a) => match dx {
+                    Some(dx) => {
+                        activation::backward(*a, y, dy, dx, width);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            self.marks.lap::<S>(Phase::Backward, k, worked);
+        }
+    }
+
+    /// One SGD step on every parameter: `p -= lr * dp`.
+    pub fn update(&mut self, lr: S) {
+        self.update_phase(lr, false);
+    }
+
+    /// [`Network::update`]; `chained` if it runs right after the backward pass.
+    fn update_phase(&mut self, lr: S, chained: bool) {
+        self.marks.start::<S>(Phase::Update, chained);
+        for (k, state) in self.states.iter_mut().enumerate() {
+            let worked = match state {
+                State::Dense(d) => {
+                    d.update(lr);
+                    true
+                }
+                State::Activation(_) => false,
+            };
+            self.marks.lap::<S>(Phase::Update, k, worked);
+        }
+    }
+
+    /// A whole training step on a batch: forward, loss, backward, update. Returns the loss
+    /// before the update.
+    pub fn step(&mut self, batch: &Batch<S>, lr: S) -> S {
+        self.forward(&batch.inputs, batch.size);
+        let loss = self.loss_phase(batch, true);
+        self.backward_phase(true);
+        self.update_phase(lr, true);
+        loss
+    }
+
+    /// Every node's parameters, in plan order, as `(weights, biases)` in the layer's own
+    /// storage order (dense: input-major).
+    pub fn params(&self) -> Vec<(&[S], &[S])> {
+        self.states
+            .iter()
+            .filter_map(|s| match s {
+                State::Dense(d) => Some((&*d.w, &*d.b)),
+                State::Activation(_) => None,
+            })
+            .collect()
+    }
+
+    /// Mutable parameters together with their gradients from the last backward pass, as
+    /// `[(params, grads)]`, two entries (weights, biases) per dense node. For gradient checks.
+    pub fn params_and_grads_mut(&mut self) -> Vec<(&mut [S], &[S])> {
+        let mut out = Vec::new();
+        for s in &mut self.states {
+            if let State::Dense(d) = s {
+                out.push((&mut *d.w, &*d.dw));
+                out.push((&mut *d.b, &*d.db));
+            }
+        }
+        out
+    }
+
+    /// The model file of this network: `model` with every parameter written inline.
+    pub fn to_model(&self, model: &Model) -> Model {
+        let mut out = model.clone();
+        for (node, state) in self.plan.nodes.iter().zip(&self.states) {
+            if let (
+                State::Dense(d),
+                Layer::Dense {
+                    weights, biases, ..
+                },
+            ) = (state, &mut out.layers[node.layer])
+            {
+                let mut neuron_major = Vec::with_capacity(d.w.len());
+                for j in 0..d.units {
+                    for i in 0..d.inputs {
+                        neuron_major.push(to_f32(d.w[i * d.units + j]));
+                    }
+                }
+                *weights = Some(neuron_major);
+                *biases = (!d.b.is_empty()).then(|| d.b.iter().map(|&v| to_f32(v)).collect());
+            }
+        }
+        out
+    }
+}
+
+/// Snapshots of the tally between nodes: node k's work in a phase is the difference of the
+/// snapshots on either side of it. The differences are only computed when
+/// [`Network::counts`] asks, and number types that count nothing take no snapshots at all.
+///
+/// Reading the whole tally is the one cost of attribution, so a step reads it as few times
+/// as it can: a node that does nothing in a phase (an activation's update) reuses the
+/// snapshot before it, and in [`Network::step`] each phase starts from the snapshot the
+/// previous phase ended on. Snapshots live in `slots`; the rest are indices into it.
+#[derive(Clone, Debug)]
+struct Marks {
+    slots: Vec<Counts>,
+    /// Per phase (forward, loss, backward, update), the slot it starts from.
+    start: [usize; 4],
+    /// Per phase, per node, the slot after the node (the loss has one "node").
+    end: [Vec<usize>; 4],
+    /// The slot index of the last snapshot taken, where a chained phase starts.
+    last: usize,
+}
+
+impl Marks {
+    /// Slots: one own start per phase, then one per node and phase (and one for the loss).
+    fn new(nodes: usize) -> Marks {
+        Marks {
+            slots: vec![Counts::ZERO; 4 + 3 * nodes + 1],
+            start: [0, 1, 2, 3],
+            end: [vec![0; nodes], vec![0; 1], vec![0; nodes], vec![0; nodes]],
+            last: 0,
+        }
+    }
+
+    fn index(phase: Phase) -> usize {
+        match phase {
+            Phase::Forward => 0,
+            Phase::Loss => 1,
+            Phase::Backward => 2,
+            Phase::Update => 3,
+        }
+    }
+
+    /// The slot a phase's node k writes its snapshot to.
+    fn slot(&self, phase: Phase, k: usize) -> usize {
+        let nodes = self.end[0].len();
+        4 + match phase {
+            Phase::Forward => k,
+            Phase::Loss => nodes,
+            Phase::Backward => nodes + 1 + k,
+            Phase::Update => 2 * nodes + 1 + k,
+        }
+    }
+
+    /// Starts `phase`: from a fresh snapshot, or if `chained`, from the last one taken.
+    #[inline]
+    fn start<S: Scalar>(&mut self, phase: Phase, chained: bool) {
+        if !S::IS_COUNTED {
+            return;
+        }
+        let p = Marks::index(phase);
+        if !chained {
+            self.slots[p] = tally::snapshot();
+            self.last = p;
+        }
+        self.start[p] = self.last;
+    }
+
+    /// Ends node `k` of `phase`: a snapshot if the node did any work, else the snapshot
+    /// before it.
+    #[inline]
+    fn lap<S: Scalar>(&mut self, phase: Phase, k: usize, worked: bool) {
+        if !S::IS_COUNTED {
+            return;
+        }
+        if worked {
+            let slot = self.slot(phase, k);
+            self.slots[slot] = tally::snapshot();
+            self.last = slot;
+        }
+        self.end[Marks::index(phase)][k] = self.last;
+    }
+
+    fn counts(&self) -> StepCounts {
+        let n = self.end[0].len();
+        // Node k's counts in a phase: its end snapshot minus the snapshot before it, which
+        // is the end of the node that ran just before (or the phase's start).
+        let per_node = |p: usize, order: &mut dyn Iterator<Item = usize>| {
+            let mut out = vec![Counts::ZERO; n];
+            let mut before = self.start[p];
+            for k in order {
+                let after = self.end[p][k];
+                out[k] = self.slots[after] - self.slots[before];
+                before = after;
+            }
+            out
+        };
+        let forward = per_node(0, &mut (0..n));
+        let backward = per_node(2, &mut (0..n).rev());
+        let update = per_node(3, &mut (0..n));
+        StepCounts {
+            nodes: (0..n)
+                .map(|k| NodeCounts {
+                    forward: forward[k],
+                    backward: backward[k],
+                    update: update[k],
+                })
+                .collect(),
+            loss: self.slots[self.end[1][0]] - self.slots[self.start[1]],
+        }
+    }
+}
+
+/// The uniform bound of an initialisation scheme for a layer of `fan_in` inputs and
+/// `fan_out` outputs.
+fn init_bound(init: Init, fan_in: usize, fan_out: usize) -> f32 {
+    match init {
+        Init::Xavier { .. } => (6.0 / (fan_in + fan_out) as f64).sqrt() as f32,
+        Init::He { .. } => (6.0 / fan_in as f64).sqrt() as f32,
+    }
+}
+
+fn to_f32<S: Scalar>(v: S) -> f32 {
+    v.to_f32().expect("every Scalar converts to f32")
+}

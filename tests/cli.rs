@@ -1,0 +1,138 @@
+//! The `opcount` binary, run as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn opcount(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON value")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+#[test]
+fn train_prints_a_json_summary() {
+    let out = json(&opcount(&["train", "models/xor.ron", "--format", "json"]));
+    assert_eq!(out["epochs"], 3000);
+    assert_eq!(out["train_accuracy"], 1.0);
+    assert!(out["final_loss"].as_f64().unwrap() < 0.05);
+    for phase in ["forward", "loss", "backward", "update", "all"] {
+        assert!(out["step"][phase]["mul"].as_u64().is_some(), "{phase}");
+    }
+}
+
+#[test]
+fn train_saves_a_model_that_loads_and_trains_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("iris-trained.ron");
+    let first = opcount(&[
+        "train",
+        model("iris.ron").to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--save",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(text.contains("weights:"), "{text}");
+    // The data path was rewritten relative to the new location.
+    let again = json(&opcount(&[
+        "train",
+        saved.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(again["examples"], 150);
+}
+
+#[test]
+fn bench_reports_both_medians_and_their_ratio() {
+    let out = json(&opcount(&[
+        "bench",
+        "models/mlp-30-30-30.ron",
+        "--rounds",
+        "1",
+        "--format",
+        "json",
+    ]));
+    let (plain, counted) = (
+        out["plain_s"].as_f64().unwrap(),
+        out["counted_s"].as_f64().unwrap(),
+    );
+    assert!(plain > 0.0 && counted > 0.0);
+    assert!((out["ratio"].as_f64().unwrap() - counted / plain).abs() < 1e-9);
+    // Forward 900 + 900; MSE 2 x 30; backward: sigmoids 2 x 30 each, dense2 dW 900 and dX
+    // 900, dense1 dW 900; update 930 + 930.
+    assert_eq!(
+        out["counts_per_step"]["mul"],
+        1800 + 60 + 60 + 1800 + 60 + 900 + 1860
+    );
+}
+
+#[test]
+fn a_model_without_data_cannot_be_trained() {
+    let out = opcount(&["train", "models/mlp-30-30-30.ron"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no training block"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.ron");
+    std::fs::write(
+        &bad,
+        "(\n  name: \"bad\",\n  input: [2],\n  layers: [Dense(units: )],\n)",
+    )
+    .unwrap();
+    let out = opcount(&["train", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = stderr(&out);
+    assert!(message.contains("bad.ron:4:"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+}
+
+#[test]
+fn a_layer_error_names_the_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.ron");
+    std::fs::write(
+        &bad,
+        "(name: \"bad\", input: [2], loss: Mse,\n layers: [Dense(units: 3), Dense(units: 0)])",
+    )
+    .unwrap();
+    let out = opcount(&["train", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = stderr(&out);
+    assert!(message.contains("layer 1 (dense2)"), "{message}");
+    assert!(message.contains("found 0"), "{message}");
+}
