@@ -194,6 +194,14 @@ impl Dataset {
         }
     }
 
+    /// The first `size` examples as a batch, starting over from the first if there are fewer.
+    pub fn head<S: Scalar>(&self, size: usize, loss: Loss) -> Batch<S> {
+        let indices: Vec<usize> = (0..size).map(|i| i % self.len()).collect();
+        let mut batch = Batch::default();
+        self.gather(&indices, loss, &mut batch);
+        batch
+    }
+
     /// Copies the examples `indices` into `batch`, converting to `S` (free) and turning
     /// classes into one-hot values where the loss needs values.
     pub fn gather<S: Scalar>(&self, indices: &[usize], loss: Loss, batch: &mut Batch<S>) {

@@ -32,6 +32,7 @@ mod counted;
 mod counts;
 pub mod data;
 mod error;
+pub mod estimate;
 pub mod files;
 pub mod model;
 mod nn;
@@ -46,7 +47,7 @@ pub use counted::Counted;
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
 pub use model::{Model, Plan};
-pub use nn::Network;
+pub use nn::{Network, measure_step};
 pub use phases::{NodeCounts, Phase, StepCounts, Totals};
 pub use scalar::{Counting, Scalar};
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opcount::data::{Batch, Dataset};
+use opcount::data::Dataset;
 use opcount::model::Data;
-use opcount::report::{phase_table, thousands};
+use opcount::report::{Report, phase_table, thousands};
 use opcount::train::{Settings, evaluate, train};
-use opcount::{Counted, Model, Network, Op, Plan, bench, files};
+use opcount::{Counted, Model, Network, Op, Plan, bench, estimate, files, measure_step};
 use serde_json::json;
 
 /// Count every arithmetic operation of a neural network, by kind.
@@ -26,12 +26,43 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Count one training step per layer, phase and kind: measured by running it with
+    /// Counted<f32>, next to the closed form.
+    Count(CountArgs),
     /// Train a model with plain f32 and count one training step with Counted<f32>.
     Train(TrainArgs),
     /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
     Bench(BenchArgs),
     /// List the kinds of operation opcount counts (see docs/counting.md).
     Kinds,
+}
+
+#[derive(clap::Args, Debug)]
+struct CountArgs {
+    /// The model file (RON).
+    model: PathBuf,
+    /// Examples in the step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    format: ReportFormat,
+    /// Only the closed form: allocate nothing, run nothing (for models too big to run).
+    #[arg(long)]
+    closed_form_only: bool,
+    /// Write the report to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    /// Text for people.
+    Table,
+    /// One JSON object (schema in docs/report-format.md).
+    Json,
+    /// One row per layer and phase.
+    Csv,
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +125,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Count(args) => return count_command(&args),
         Command::Train(args) => train_command(&args)?,
         Command::Bench(args) => bench_command(&args)?,
         Command::Kinds => {
@@ -134,12 +166,41 @@ fn data_or_synthetic(loaded: &Loaded, n: usize) -> anyhow::Result<Dataset> {
     })
 }
 
-/// The first `size` examples of `data` (repeating it if it is smaller).
-fn first_batch<S: opcount::Scalar>(data: &Dataset, plan: &Plan, size: usize) -> Batch<S> {
-    let indices: Vec<usize> = (0..size).map(|i| i % data.len()).collect();
-    let mut batch = Batch::default();
-    data.gather(&indices, plan.loss, &mut batch);
-    batch
+fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let loaded = load(&args.model)?;
+    let estimated = estimate::step(&loaded.plan, args.batch)?;
+    let measured = if args.closed_form_only {
+        None
+    } else {
+        let data = data_or_synthetic(&loaded, args.batch)?;
+        Some(measure_step(&loaded.model, &loaded.plan, &data, args.batch))
+    };
+    let report = Report::new(&loaded.plan, args.batch, measured, estimated);
+    let text = match args.format {
+        ReportFormat::Table => report.table(),
+        ReportFormat::Json => serde_json::to_string_pretty(&report.json())? + "\n",
+        ReportFormat::Csv => report.csv(),
+    };
+    match &args.output {
+        Some(path) => files::write_atomic(path, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    let mismatches = report.mismatches();
+    if mismatches.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "opcount: bug: {} measured counts differ from their closed forms:",
+        mismatches.len()
+    );
+    for m in &mismatches {
+        eprintln!("  {m}");
+    }
+    eprintln!("Please report this with the model file.");
+    Ok(ExitCode::from(1))
 }
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
@@ -178,7 +239,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     // One counted step at the training batch size (counts depend on shapes only).
     let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
     let batch_size = settings.batch.min(data.len());
-    let batch = first_batch::<Counted<f32>>(&data, &loaded.plan, batch_size);
+    let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss);
     counted.step(&batch, Counted::new(settings.lr));
     let totals = counted.counts().totals();
 
@@ -298,8 +359,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let data = data_or_synthetic(&loaded, args.batch)?;
     let mut plain = Network::<f32>::new(&loaded.model, &loaded.plan);
     let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
-    let plain_batch = first_batch::<f32>(&data, &loaded.plan, args.batch);
-    let counted_batch = first_batch::<Counted<f32>>(&data, &loaded.plan, args.batch);
+    let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss);
+    let counted_batch = data.head::<Counted<f32>>(args.batch, loaded.plan.loss);
 
     // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
     // the speed of the arithmetic) where they started; the step does the same operations.

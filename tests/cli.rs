@@ -136,3 +136,87 @@ fn a_layer_error_names_the_layer() {
     assert!(message.contains("layer 1 (dense2)"), "{message}");
     assert!(message.contains("found 0"), "{message}");
 }
+
+#[test]
+fn count_prints_json_with_every_kind_measured_and_estimated() {
+    let out = json(&opcount(&[
+        "count",
+        "models/iris.ron",
+        "--batch",
+        "7",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["batch"], 7);
+    assert_eq!(out["params"], 4 * 16 + 16 + 16 * 3 + 3);
+    let layers = out["layers"].as_array().unwrap();
+    // dense1, dense1.tanh, dense2.
+    assert_eq!(layers.len(), 3);
+    for layer in layers {
+        for key in ["index", "name", "kind", "params", "output"] {
+            assert!(!layer[key].is_null(), "{key}");
+        }
+        for phase in ["forward", "backward", "update"] {
+            assert_eq!(layer["measured"][phase], layer["estimated"][phase]);
+            for kind in ["mul", "add", "sub", "div", "cmp", "exp", "tanh", "act"] {
+                assert!(layer["estimated"][phase][kind].is_u64(), "{phase} {kind}");
+            }
+        }
+    }
+    assert_eq!(out["loss"]["measured"], out["loss"]["estimated"]);
+    for phase in ["forward", "loss", "backward", "update", "all"] {
+        assert_eq!(
+            out["totals"]["measured"][phase],
+            out["totals"]["estimated"][phase]
+        );
+    }
+}
+
+#[test]
+fn count_writes_csv_with_a_row_per_layer_and_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xor.csv");
+    let out = opcount(&[
+        "count",
+        "models/xor.ron",
+        "--format",
+        "csv",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // A header, 4 nodes x 3 phases, and the loss.
+    assert_eq!(lines.len(), 1 + 4 * 3 + 1);
+    assert!(lines[0].starts_with("index,name,kind,output,params,phase,measured_add"));
+    assert!(lines[1].starts_with("0,dense1,dense,2,6,forward,"));
+}
+
+#[test]
+fn closed_form_only_counts_a_175_billion_parameter_model_without_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.ron");
+    // 12 dense layers of 120,000 units: 12 x 1.44e10 = 1.73e11 weights (plus biases);
+    // running it would need about 700 GB for the weights alone.
+    let layers = ["Dense(units: 120000, activation: Relu)"; 12].join(", ");
+    std::fs::write(
+        &path,
+        format!("(name: \"huge\", input: [120000], loss: Mse, layers: [{layers}])"),
+    )
+    .unwrap();
+    let out = json(&opcount(&[
+        "count",
+        path.to_str().unwrap(),
+        "--closed-form-only",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["params"], 12u64 * (120_000 * 120_000 + 120_000));
+    assert!(out["totals"]["measured"].is_null());
+    assert_eq!(
+        out["layers"][0]["estimated"]["forward"]["mul"],
+        120_000u64 * 120_000
+    );
+}

@@ -11,8 +11,9 @@ mod buffer;
 mod dense;
 mod loss;
 
+use crate::Counted;
 use crate::counts::Counts;
-use crate::data::{Batch, scalar};
+use crate::data::{Batch, Dataset, scalar};
 use crate::model::{Activation, Init, Layer, Loss, Model, NodeOp, Plan};
 use crate::phases::{NodeCounts, Phase, StepCounts};
 use crate::rng::Rng;
@@ -296,6 +297,31 @@ impl<S: Scalar> Network<S> {
         }
         out
     }
+}
+
+/// Runs one real training step of `model` with `Counted<f32>` on the first `batch` examples of
+/// `data` (starting over if it has fewer) and returns what every node counted in every phase.
+///
+/// ```
+/// use opcount::{Model, data::Dataset, estimate, measure_step};
+///
+/// let model = Model::parse(
+///     "(name: \"tiny\", input: [3], loss: Mse,
+///       layers: [Dense(units: 4, activation: Tanh), Dense(units: 2)])",
+///     "tiny.ron",
+/// )?;
+/// let plan = model.plan("tiny.ron")?;
+/// let data = Dataset::synthetic(&plan, 5, 42);
+/// let measured = measure_step(&model, &plan, &data, 5);
+/// assert_eq!(measured, estimate::step(&plan, 5)?);
+/// assert_eq!(measured.nodes[0].forward.mul, 5 * 3 * 4);
+/// # Ok::<(), opcount::Error>(())
+/// ```
+pub fn measure_step(model: &Model, plan: &Plan, data: &Dataset, batch: usize) -> StepCounts {
+    let mut net = Network::<Counted<f32>>::new(model, plan);
+    let lr = model.training.as_ref().map_or(0.01, |t| t.lr);
+    net.step(&data.head(batch, plan.loss), Counted::new(lr));
+    net.counts()
 }
 
 /// Snapshots of the tally between nodes: node k's work in a phase is the difference of the

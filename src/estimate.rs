@@ -1,0 +1,262 @@
+//! Closed forms: the counts of every node, phase and kind of operation as formulas of the
+//! shapes and the batch size alone. Nothing here runs the interpreter or allocates more than
+//! the result, so it answers for models far too big to run.
+//!
+//! Every formula is derived in `docs/counting.md` ("Networks") and reads like the loop it
+//! predicts. B is the batch size, N a dense layer's inputs, M its units (or an activation's
+//! or loss's values per example). Arithmetic is done in `u128` and checked: a count that does
+//! not fit in `u64` is an [`Error::Overflow`], never a wrapped number.
+
+use std::ops::{Add, Mul, Sub};
+
+use crate::counts::Counts;
+use crate::error::{Error, Result};
+use crate::model::{Activation, Loss, Node, NodeOp, Plan};
+use crate::phases::{NodeCounts, StepCounts};
+
+/// A count under construction: `None` once any step overflowed or went below zero.
+#[derive(Copy, Clone, Debug)]
+struct Q(Option<u128>);
+
+/// A size as a count.
+fn q(n: usize) -> Q {
+    Q(Some(n as u128))
+}
+
+impl Mul<usize> for Q {
+    type Output = Q;
+    fn mul(self, n: usize) -> Q {
+        Q(self.0.and_then(|a| a.checked_mul(n as u128)))
+    }
+}
+
+impl Mul for Q {
+    type Output = Q;
+    fn mul(self, other: Q) -> Q {
+        Q(self.0.zip(other.0).and_then(|(a, b)| a.checked_mul(b)))
+    }
+}
+
+impl Add for Q {
+    type Output = Q;
+    fn add(self, other: Q) -> Q {
+        Q(self.0.zip(other.0).and_then(|(a, b)| a.checked_add(b)))
+    }
+}
+
+impl Add<usize> for Q {
+    type Output = Q;
+    fn add(self, n: usize) -> Q {
+        self + q(n)
+    }
+}
+
+impl Sub<usize> for Q {
+    type Output = Q;
+    fn sub(self, n: usize) -> Q {
+        Q(self.0.and_then(|a| a.checked_sub(n as u128)))
+    }
+}
+
+/// Zero, for terms that do not apply.
+const NONE: Q = Q(Some(0));
+
+/// `q` if `cond`, else zero.
+fn when(cond: bool, q: Q) -> Q {
+    if cond { q } else { NONE }
+}
+
+/// Builds [`Counts`] from `kind: formula` pairs, failing with [`Error::Overflow`] (naming
+/// `$what`) if a formula does not fit in `u64`.
+macro_rules! counts {
+    ($what:expr; $($kind:ident: $value:expr),* $(,)?) => {{
+        let mut c = Counts::ZERO;
+        $( c.$kind = fit($value, || format!("{} ({})", $what, stringify!($kind)))?; )*
+        Ok::<Counts, Error>(c)
+    }};
+}
+
+fn fit(value: Q, what: impl Fn() -> String) -> Result<u64> {
+    value
+        .0
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| Error::Overflow { what: what() })
+}
+
+/// The counts of one training step of `plan` on a batch of `batch` examples.
+pub fn step(plan: &Plan, batch: usize) -> Result<StepCounts> {
+    let nodes = plan
+        .nodes
+        .iter()
+        .map(|n| node(n, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let step = StepCounts {
+        nodes,
+        loss: loss(plan, batch)?,
+    };
+    // The totals must fit too, so that every sum a report makes is exact.
+    let mut all = step.loss;
+    for n in &step.nodes {
+        for c in [n.forward, n.backward, n.update] {
+            all = all.checked_add(c).ok_or_else(|| Error::Overflow {
+                what: format!("the total of a step of {}", plan.name),
+            })?;
+        }
+    }
+    Ok(step)
+}
+
+/// The counts of one node in each phase, for a batch of `batch` examples.
+pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
+    let b = q(batch);
+    let dx = node.needs_input_grad;
+    let name = &node.name;
+    match node.op {
+        NodeOp::Dense {
+            inputs: n,
+            units: m,
+            bias,
+        } => {
+            // Forward, per example and unit: z_j = b_j + sum_i x_i W_ij, N products summed
+            // from the bias (N adds), or from the first product without bias (N - 1 adds).
+            let forward = counts! { format!("{name} forward");
+                mul: b * n * m,
+                add: if bias { b * n * m } else { b * (n - 1) * m },
+            }?;
+            // Backward: dW_ij = sum_e x_ei dz_ej (B products, B - 1 adds, for N*M weights);
+            // db_j = sum_e dz_ej (B - 1 adds, for M biases); dx_ei = sum_j W_ij dz_ej
+            // (M products, M - 1 adds, for B*N inputs) only if an earlier node learns.
+            let backward = counts! { format!("{name} backward");
+                mul: b * n * m + when(dx, b * n * m),
+                add: (b - 1) * n * m + when(bias, (b - 1) * m) + when(dx, b * n * (m - 1)),
+            }?;
+            // Update: p -= lr * dp, one mul and one sub per parameter.
+            let params = q(n) * m + when(bias, q(m));
+            let update = counts! { format!("{name} update"); mul: params, sub: params }?;
+            Ok(NodeCounts {
+                forward,
+                backward,
+                update,
+            })
+        }
+        NodeOp::Activation(f) => {
+            let width = node.output.len();
+            Ok(NodeCounts {
+                forward: activation_forward(f, b, width, name)?,
+                backward: if dx {
+                    activation_backward(f, b, width, name)?
+                } else {
+                    Counts::ZERO
+                },
+                update: Counts::ZERO,
+            })
+        }
+    }
+}
+
+/// An activation over B examples of `w` values: one call per value, plus its arithmetic.
+fn activation_forward(f: Activation, b: Q, w: usize, name: &str) -> Result<Counts> {
+    let what = format!("{name} forward");
+    let e = b * w; // values
+    match f {
+        // y = z.
+        Activation::Identity => counts! { what; act: e },
+        // y = 1 / (1 + exp(-z)).
+        Activation::Sigmoid => counts! { what; neg: e, exp: e, add: e, div: e, act: e },
+        // y = tanh(z).
+        Activation::Tanh => counts! { what; tanh: e, act: e },
+        // y = max(z, 0).
+        Activation::Relu => counts! { what; cmp: e, act: e },
+        // Per example: max of W values (W - 1 cmp), exp(z - max) (W sub, W exp), their sum
+        // (W - 1 add), y = e / sum (W div).
+        Activation::Softmax => counts! { what;
+            cmp: b * (w - 1), sub: e, exp: e, add: b * (w - 1), div: e, act: e,
+        },
+    }
+}
+
+/// The gradient through an activation, from its output y: dz = dy * f'(z).
+fn activation_backward(f: Activation, b: Q, w: usize, name: &str) -> Result<Counts> {
+    let what = format!("{name} backward");
+    let e = b * w;
+    match f {
+        // dz = dy.
+        Activation::Identity => Ok(Counts::ZERO),
+        // dz = dy * (y * (1 - y)).
+        Activation::Sigmoid => counts! { what; sub: e, mul: e * 2 },
+        // dz = dy * (1 - y * y).
+        Activation::Tanh => counts! { what; mul: e * 2, sub: e },
+        // dz = dy if y > 0, else 0.
+        Activation::Relu => counts! { what; cmp: e },
+        // Per example: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
+        // (W sub, W mul).
+        Activation::Softmax => counts! { what; mul: e * 2, add: b * (w - 1), sub: e },
+    }
+}
+
+/// The loss of a batch and its gradient with respect to the network's outputs.
+pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
+    let b = q(batch);
+    let w = plan.output().len();
+    let what = format!("loss {}", plan.loss.name());
+    match plan.loss {
+        // d = y - t (n sub), sum of d * d (n mul, n - 1 add) over n = B*W values, / n (1 div);
+        // gradient d * (2 / n) (1 div for the factor, n mul).
+        Loss::Mse => {
+            let n = b * w;
+            counts! { what; sub: n, mul: n * 2, add: n - 1, div: q(2) }
+        }
+        // Per example: max (W - 1 cmp), exp(z - max) (W sub, W exp), sum (W - 1 add),
+        // loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
+        // e / sum * (1/B) (W div, W mul) and minus 1/B at the class (1 sub).
+        // Per batch: the mean of B losses (B - 1 add, 1 div) and 1/B (1 div).
+        Loss::SoftmaxCrossEntropy => counts! { what;
+            cmp: b * (w - 1),
+            sub: b * (w + 2),
+            exp: b * w,
+            add: b * w + (b - 1),
+            ln: b,
+            div: b * w + 2,
+            mul: b * w,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    fn plan(text: &str) -> Plan {
+        Model::parse(text, "t").unwrap().plan("t").unwrap()
+    }
+
+    #[test]
+    fn the_classic_question_forward() {
+        let p = plan(
+            "(name: \"c\", input: [30], loss: Mse, layers: [
+                Dense(units: 30, activation: Sigmoid), Dense(units: 30, activation: Sigmoid)])",
+        );
+        let s = step(&p, 1).unwrap();
+        let dense_mul: u64 = [0, 2].iter().map(|&k| s.nodes[k].forward.mul).sum();
+        assert_eq!(dense_mul, 1800);
+        assert_eq!(s.totals().forward.act, 60);
+    }
+
+    #[test]
+    fn counts_too_large_for_u64_are_errors_not_wrapped() {
+        let p = plan(
+            "(name: \"huge\", input: [1000000000], loss: Mse,
+              layers: [Dense(units: 1000000000), Dense(units: 1000000000)])",
+        );
+        // 1e18 weights per layer: a step is about 1.3e19 operations at batch 1, which fits
+        // in u64 (up to 1.8e19); at batch 8 every node fits but their total does not; at
+        // batch 20 the first layer's forward multiplications alone do not.
+        assert!(step(&p, 1).is_ok());
+        let err = step(&p, 8).unwrap_err();
+        assert!(err.to_string().contains("total"), "{err}");
+        let err = step(&p, 20).unwrap_err();
+        assert!(matches!(err, Error::Overflow { .. }), "{err}");
+        assert!(err.to_string().contains("dense1 forward (mul)"), "{err}");
+    }
+}
