@@ -11,7 +11,7 @@ use std::ops::{Add, Mul, Sub};
 
 use crate::counts::Counts;
 use crate::error::{Error, Result};
-use crate::model::{Activation, Loss, Node, NodeOp, Plan};
+use crate::model::{Activation, Loss, Node, NodeOp, Plan, Shape};
 use crate::phases::{NodeCounts, StepCounts};
 
 /// A count under construction: `None` once any step overflowed or went below zero.
@@ -48,6 +48,13 @@ impl Add<usize> for Q {
     type Output = Q;
     fn add(self, n: usize) -> Q {
         self + q(n)
+    }
+}
+
+impl Sub for Q {
+    type Output = Q;
+    fn sub(self, other: Q) -> Q {
+        Q(self.0.zip(other.0).and_then(|(a, b)| a.checked_sub(b)))
     }
 }
 
@@ -139,6 +146,82 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
                 update,
             })
         }
+        NodeOp::Conv2d {
+            in_channels: c_in,
+            out_channels: c_out,
+            kernel: k,
+            stride,
+            padding,
+            bias,
+        } => {
+            let (Shape::Image { h, w, .. }, Shape::Image { h: ho, w: wo, .. }) =
+                (node.input, node.output)
+            else {
+                unreachable!("the plan gives a convolution image shapes")
+            };
+            let patch = c_in * k * k; // K: products per output value
+            let positions = q(ho) * wo; // P: output values per channel
+            // Forward, per example, output channel and position: K products summed onto the
+            // bias (K adds), or from the first product (K - 1 adds).
+            let forward = counts! { format!("{name} forward");
+                mul: b * positions * c_out * patch,
+                add: if bias {
+                    b * positions * c_out * patch
+                } else {
+                    b * positions * c_out * (patch - 1)
+                },
+            }?;
+            // Backward: dW[o][k] sums B*P products (B*P - 1 adds) for C_out*K weights;
+            // db[o] sums B*P values; the input gradient multiplies W^T (K x C_out) by dout
+            // (C_out x P) per example (C_out products, C_out - 1 adds, for K*P patch values),
+            // then adds each patch value that lies inside the input onto its position:
+            // per example and input channel, one add per contribution less one per position
+            // reached.
+            let all = b * positions;
+            let (rows, cols) = (
+                reach(h, ho, k, stride, padding),
+                reach(w, wo, k, stride, padding),
+            );
+            let contributions = q(rows.0) * cols.0;
+            let reached = q(rows.1) * cols.1;
+            let backward = counts! { format!("{name} backward");
+                mul: all * c_out * patch + when(dx, b * patch * positions * c_out),
+                add: (all - 1) * c_out * patch
+                    + when(bias, (all - 1) * c_out)
+                    + when(dx, b * patch * positions * (c_out - 1))
+                    + when(dx, b * c_in * (contributions - reached)),
+            }?;
+            let params = q(c_out) * patch + when(bias, q(c_out));
+            let update = counts! { format!("{name} update"); mul: params, sub: params }?;
+            Ok(NodeCounts {
+                forward,
+                backward,
+                update,
+            })
+        }
+        NodeOp::MaxPool2d { size, .. } => {
+            // Per output value: the largest of size^2 values (size^2 - 1 cmp). Backward
+            // only routes each gradient to its window's maximum.
+            let outputs = b * node.output.len();
+            Ok(NodeCounts {
+                forward: counts! { format!("{name} forward"); cmp: outputs * (size * size - 1) }?,
+                ..NodeCounts::default()
+            })
+        }
+        NodeOp::AvgPool2d { size, .. } => {
+            // Per output value: a sum of size^2 values (size^2 - 1 add) over size^2 (1 div).
+            // Backward: each gradient over size^2 (1 div), copied to the window.
+            let outputs = b * node.output.len();
+            Ok(NodeCounts {
+                forward: counts! { format!("{name} forward");
+                    add: outputs * (size * size - 1), div: outputs,
+                }?,
+                backward: counts! { format!("{name} backward"); div: when(dx, outputs) }?,
+                update: Counts::ZERO,
+            })
+        }
+        // A copy, forward and backward.
+        NodeOp::Flatten => Ok(NodeCounts::default()),
         NodeOp::Activation(f) => {
             let width = node.output.len();
             Ok(NodeCounts {
@@ -152,6 +235,27 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
             })
         }
     }
+}
+
+/// Along one axis of a convolution's input (`size` long, `out` output positions): how many
+/// (output position, kernel offset) pairs land inside the input, and how many input positions
+/// at least one of them reaches. Offset `i` of output `y` lands on `y*stride + i - padding`.
+fn reach(size: usize, out: usize, kernel: usize, stride: usize, padding: usize) -> (usize, usize) {
+    let landing: usize = (0..kernel)
+        .map(|i| {
+            let lo = padding.saturating_sub(i).div_ceil(stride);
+            let hi = (size + padding).saturating_sub(i).div_ceil(stride).min(out);
+            hi.saturating_sub(lo)
+        })
+        .sum();
+    let reached = if stride >= kernel {
+        // Windows do not overlap: every landing pair reaches its own position.
+        landing
+    } else {
+        // Overlapping windows cover one run, from -padding to (out-1)*stride - padding + kernel.
+        size.min(((out - 1) * stride + kernel).saturating_sub(padding))
+    };
+    (landing, reached)
 }
 
 /// An activation over B examples of `w` values: one call per value, plus its arithmetic.

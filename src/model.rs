@@ -56,6 +56,54 @@ pub enum Layer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         biases: Option<Vec<f32>>,
     },
+    /// 2-D convolution over a `channels x height x width` input with a square kernel:
+    /// `out[o][y][x] = b_o + sum_{c,i,j} W[o][c][i][j] in[c][y*stride+i-padding][x*stride+j-padding]`,
+    /// zeros outside the input.
+    Conv2d {
+        /// Output channels (filters).
+        out_channels: usize,
+        /// Kernel height and width.
+        kernel: usize,
+        /// Step between windows.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        stride: usize,
+        /// Zeros added on every side of the input.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
+        /// Whether each output starts from a bias.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        bias: bool,
+        /// Activation applied to the outputs; it becomes a node (and a table row) of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation: Option<Activation>,
+        /// A name for reports; default `conv<k>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Inline weights, `out_channels x in_channels x kernel x kernel` values in that order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f32>>,
+        /// Inline biases, `out_channels` values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        biases: Option<Vec<f32>>,
+    },
+    /// The maximum of each `size x size` window, per channel.
+    MaxPool2d {
+        /// Window height and width.
+        size: usize,
+        /// Step between windows; default `size`. Windows must not overlap (stride >= size).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of each `size x size` window, per channel.
+    AvgPool2d {
+        /// Window height and width.
+        size: usize,
+        /// Step between windows; default `size`. Windows must not overlap (stride >= size).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// `channels x height x width` values as one flat vector, in that order.
+    Flatten,
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.
@@ -66,6 +114,18 @@ pub enum Layer {
     Relu,
     /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
     Softmax,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn yes() -> bool {
@@ -266,6 +326,37 @@ pub enum NodeOp {
         /// Whether each sum starts from a bias.
         bias: bool,
     },
+    /// A 2-D convolution; the node's input and output shapes give the image sizes.
+    Conv2d {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel height and width.
+        kernel: usize,
+        /// Step between windows.
+        stride: usize,
+        /// Zeros on every side of the input.
+        padding: usize,
+        /// Whether each output starts from a bias.
+        bias: bool,
+    },
+    /// Max pooling over non-overlapping windows.
+    MaxPool2d {
+        /// Window height and width.
+        size: usize,
+        /// Step between windows (at least `size`).
+        stride: usize,
+    },
+    /// Average pooling over non-overlapping windows.
+    AvgPool2d {
+        /// Window height and width.
+        size: usize,
+        /// Step between windows (at least `size`).
+        stride: usize,
+    },
+    /// An image as a flat vector.
+    Flatten,
     /// An activation over every value.
     Activation(Activation),
 }
@@ -275,19 +366,37 @@ impl NodeOp {
     pub fn kind(&self) -> &'static str {
         match self {
             NodeOp::Dense { .. } => "dense",
+            NodeOp::Conv2d { .. } => "conv2d",
+            NodeOp::MaxPool2d { .. } => "maxpool2d",
+            NodeOp::AvgPool2d { .. } => "avgpool2d",
+            NodeOp::Flatten => "flatten",
             NodeOp::Activation(a) => a.name(),
         }
     }
 
     /// Number of trainable parameters.
     pub fn params(&self) -> u64 {
+        let biases = |bias: bool, n: usize| if bias { n as u64 } else { 0 };
         match *self {
             NodeOp::Dense {
                 inputs,
                 units,
                 bias,
-            } => (inputs as u64) * (units as u64) + if bias { units as u64 } else { 0 },
-            NodeOp::Activation(_) => 0,
+            } => (inputs as u64) * (units as u64) + biases(bias, units),
+            NodeOp::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
+                (out_channels as u64) * (in_channels as u64) * (kernel as u64).pow(2)
+                    + biases(bias, out_channels)
+            }
+            NodeOp::MaxPool2d { .. }
+            | NodeOp::AvgPool2d { .. }
+            | NodeOp::Flatten
+            | NodeOp::Activation(_) => 0,
         }
     }
 }
@@ -457,6 +566,113 @@ impl Model {
                             .map_err(&layer_error)?;
                     }
                 }
+                Layer::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    activation,
+                    weights,
+                    biases,
+                    ..
+                } => {
+                    let Shape::Image { c, h, w } = shape else {
+                        return Err(layer_error(format!(
+                            "conv2d expects a channels x height x width input, found {shape}"
+                        )));
+                    };
+                    check_size("out_channels", *out_channels).map_err(&layer_error)?;
+                    check_size("kernel", *kernel).map_err(&layer_error)?;
+                    check_size("stride", *stride).map_err(&layer_error)?;
+                    if *padding > MAX_DIM {
+                        return Err(layer_error(format!(
+                            "padding: expected at most {MAX_DIM}, found {padding}"
+                        )));
+                    }
+                    let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+                    if *kernel > ph || *kernel > pw {
+                        return Err(layer_error(format!(
+                            "kernel {kernel}x{kernel} is larger than its padded input {ph}x{pw} \
+                             ({h}x{w} with padding {padding})"
+                        )));
+                    }
+                    let output = Shape::Image {
+                        c: *out_channels,
+                        h: (ph - kernel) / stride + 1,
+                        w: (pw - kernel) / stride + 1,
+                    };
+                    checked_len(output)
+                        .ok_or_else(|| layer_error(format!("output {output} is too large")))?;
+                    let count = [c, *kernel, *kernel]
+                        .iter()
+                        .try_fold(*out_channels, |a, &b| a.checked_mul(b))
+                        .ok_or_else(|| layer_error("too many weights".into()))?;
+                    check_inline("weights", weights, count, || {
+                        format!("{out_channels} out x {c} in x {kernel} x {kernel}")
+                    })
+                    .map_err(&layer_error)?;
+                    if !bias && biases.is_some() {
+                        return Err(layer_error("biases are given but bias is false".into()));
+                    }
+                    check_inline("biases", biases, *out_channels, || {
+                        format!("{out_channels} out channels")
+                    })
+                    .map_err(&layer_error)?;
+                    let op = NodeOp::Conv2d {
+                        in_channels: c,
+                        out_channels: *out_channels,
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                        bias: *bias,
+                    };
+                    b.push(index, name.clone(), op, output);
+                    if let Some(a) = activation {
+                        b.push_activation(index, format!("{name}.{}", a.name()), *a)
+                            .map_err(&layer_error)?;
+                    }
+                }
+                Layer::MaxPool2d { size, stride } | Layer::AvgPool2d { size, stride } => {
+                    let Shape::Image { c, h, w } = shape else {
+                        return Err(layer_error(format!(
+                            "pooling expects a channels x height x width input, found {shape}"
+                        )));
+                    };
+                    check_size("size", *size).map_err(&layer_error)?;
+                    let stride = stride.unwrap_or(*size);
+                    if stride < *size || stride > MAX_DIM {
+                        return Err(layer_error(format!(
+                            "stride: expected at least the window size {size} (windows must not \
+                             overlap, or the backward pass's count would depend on the data), \
+                             found {stride}"
+                        )));
+                    }
+                    if *size > h || *size > w {
+                        return Err(layer_error(format!(
+                            "window {size}x{size} is larger than its input {h}x{w}"
+                        )));
+                    }
+                    let output = Shape::Image {
+                        c,
+                        h: (h - size) / stride + 1,
+                        w: (w - size) / stride + 1,
+                    };
+                    let op = match layer {
+                        Layer::MaxPool2d { .. } => NodeOp::MaxPool2d {
+                            size: *size,
+                            stride,
+                        },
+                        _ => NodeOp::AvgPool2d {
+                            size: *size,
+                            stride,
+                        },
+                    };
+                    b.push(index, name.clone(), op, output);
+                }
+                Layer::Flatten => {
+                    b.push(index, name.clone(), NodeOp::Flatten, Shape::Flat(shape.len()));
+                }
                 Layer::Identity | Layer::Sigmoid | Layer::Tanh | Layer::Relu | Layer::Softmax => {
                     b.push_activation(index, name.clone(), standalone_activation(layer))
                         .map_err(&layer_error)?;
@@ -533,13 +749,17 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 fn layer_kind(layer: &Layer) -> &'static str {
     match layer {
         Layer::Dense { .. } => "dense",
+        Layer::Conv2d { .. } => "conv",
+        Layer::MaxPool2d { .. } => "maxpool",
+        Layer::AvgPool2d { .. } => "avgpool",
+        Layer::Flatten => "flatten",
         other => standalone_activation(other).name(),
     }
 }
 
 fn layer_name(layer: &Layer) -> Option<String> {
     match layer {
-        Layer::Dense { name, .. } => name.clone(),
+        Layer::Dense { name, .. } | Layer::Conv2d { name, .. } => name.clone(),
         _ => None,
     }
 }
@@ -552,7 +772,7 @@ fn standalone_activation(layer: &Layer) -> Activation {
         Layer::Tanh => Activation::Tanh,
         Layer::Relu => Activation::Relu,
         Layer::Softmax => Activation::Softmax,
-        Layer::Dense { .. } => unreachable!("a dense layer is not an activation"),
+        _ => unreachable!("only called on the five activation layers"),
     }
 }
 

@@ -276,7 +276,10 @@ impl Report {
             for phase in NODE_PHASES {
                 let estimated = self.estimated.nodes[k].phase(phase);
                 let measured = self.measured.as_ref().map(|m| m.nodes[k].phase(phase));
-                if estimated == Counts::ZERO && measured.is_none_or(|m| m == Counts::ZERO) {
+                // Phases a node does nothing in are left out, but every node keeps its
+                // forward row, so the table lists every node.
+                let idle = estimated == Counts::ZERO && measured.is_none_or(|m| m == Counts::ZERO);
+                if idle && phase != Phase::Forward {
                     continue;
                 }
                 push(

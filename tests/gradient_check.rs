@@ -122,3 +122,43 @@ fn deep_stacks_match_finite_differences() {
         check(&model, 1 + rng.below(6), rng.next_u64());
     }
 }
+
+#[test]
+fn convolutions_and_pooling_match_finite_differences() {
+    let mut rng = Rng::new(14);
+    let mut checked = 0;
+    for case in 0..24 {
+        let (c, h, w) = (1 + rng.below(3), 5 + rng.below(5), 5 + rng.below(5));
+        let kernel = 1 + rng.below(3);
+        let stride = 1 + rng.below(2);
+        let padding = rng.below(3);
+        let bias = rng.below(2) == 0;
+        let pool = ["MaxPool2d", "AvgPool2d"][case % 2];
+        let act = ACTIVATIONS[rng.below(4)];
+        let model = format!(
+            "(name: \"g\", input: [{c}, {h}, {w}], loss: {}, init: Xavier(seed: {}),
+              layers: [
+                Conv2d(out_channels: {}, kernel: {kernel}, stride: {stride}, padding: {padding},
+                       bias: {bias}, activation: {act}),
+                {pool}(size: 2),
+                Conv2d(out_channels: 2, kernel: {k2}, stride: {s2}, padding: {p2}),
+                Flatten,
+                Dense(units: 3),
+              ])",
+            LOSSES[rng.below(2)],
+            rng.below(1000),
+            1 + rng.below(3),
+            // The second convolution's input gradient goes through col2im; padding k2 - 1
+            // keeps it valid on the smallest pooled input.
+            k2 = 1 + rng.below(3),
+            s2 = 1 + rng.below(2),
+            p2 = rng.below(3),
+        );
+        if Model::parse(&model, "g").unwrap().plan("g").is_err() {
+            continue;
+        }
+        check(&model, 1 + rng.below(3), rng.next_u64());
+        checked += 1;
+    }
+    assert!(checked >= 16, "only {checked} valid random models");
+}

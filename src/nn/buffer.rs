@@ -27,6 +27,22 @@ impl<S: Clone> Buffer<S> {
         Buffer { data, start, len }
     }
 
+    /// The values of an iterator, each written once.
+    pub fn from_iter(values: impl ExactSizeIterator<Item = S>) -> Buffer<S> {
+        let len = values.len();
+        let pad = ALIGN / size_of::<S>().max(1);
+        let mut values = values.peekable();
+        let Some(first) = values.peek().cloned() else {
+            return Buffer::empty();
+        };
+        let mut data: Vec<S> = Vec::with_capacity(len + pad);
+        let start = data.as_ptr().align_offset(ALIGN).min(pad);
+        data.extend(std::iter::repeat_n(first.clone(), start));
+        data.extend(values);
+        data.extend(std::iter::repeat_n(first, pad - start));
+        Buffer { data, start, len }
+    }
+
     /// A copy of `values`.
     pub fn from_slice(values: &[S]) -> Buffer<S> {
         let Some(first) = values.first() else {

@@ -23,14 +23,14 @@ pub(crate) struct Dense<S> {
 
 impl<S: Scalar> Dense<S> {
     /// A layer with the given weights (input-major) and biases (empty for none).
-    pub fn new(inputs: usize, units: usize, w: &[S], b: &[S]) -> Dense<S> {
+    pub fn new(inputs: usize, units: usize, w: Buffer<S>, b: &[S]) -> Dense<S> {
         debug_assert_eq!(w.len(), inputs * units);
         Dense {
             inputs,
             units,
-            w: Buffer::from_slice(w),
-            b: Buffer::from_slice(b),
             dw: Buffer::filled(w.len(), S::zero()),
+            w,
+            b: Buffer::from_slice(b),
             db: Buffer::filled(b.len(), S::zero()),
         }
     }
@@ -210,7 +210,7 @@ mod tests {
         } else {
             Vec::new()
         };
-        Dense::new(n, m, &w, &b)
+        Dense::new(n, m, Buffer::from_slice(&w), &b)
     }
 
     #[test]

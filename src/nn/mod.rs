@@ -8,25 +8,35 @@
 
 mod activation;
 mod buffer;
+mod conv;
 mod dense;
+mod gemm;
 mod loss;
+mod pool;
 
 use crate::Counted;
 use crate::counts::Counts;
 use crate::data::{Batch, Dataset, scalar};
-use crate::model::{Activation, Init, Layer, Loss, Model, NodeOp, Plan};
+use crate::model::{Activation, Init, Layer, Loss, Model, NodeOp, Plan, Shape};
 use crate::phases::{NodeCounts, Phase, StepCounts};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
 use crate::tally;
 
 use buffer::Buffer;
+use conv::{Conv, Geometry};
 use dense::Dense;
+use pool::Window;
 
 /// A node's runtime state: parameters for the layers that have them.
 #[derive(Clone, Debug)]
 enum State<S> {
     Dense(Dense<S>),
+    Conv(Conv<S>),
+    /// Max pooling remembers where each window's maximum was.
+    MaxPool(Window, Vec<usize>),
+    AvgPool(Window),
+    Flatten,
     Activation(Activation),
 }
 
@@ -41,6 +51,10 @@ pub struct Network<S> {
     grads: Vec<Buffer<S>>,
     batch: usize,
     marks: Marks,
+    /// Scratch space shared by the nodes' backward passes (a convolution's patch
+    /// gradients and which input positions they reached).
+    scratch: Vec<S>,
+    touched: Vec<bool>,
 }
 
 impl<S: Scalar> Network<S> {
@@ -53,41 +67,93 @@ impl<S: Scalar> Network<S> {
         let states = plan
             .nodes
             .iter()
-            .map(|node| match node.op {
-                NodeOp::Dense {
-                    inputs,
-                    units,
-                    bias,
-                } => {
-                    let (weights, biases) = match &model.layers[node.layer] {
-                        Layer::Dense {
-                            weights, biases, ..
-                        } => (weights.as_deref(), biases.as_deref()),
-                        _ => (None, None),
-                    };
-                    // Inline weights and the random stream are both in neuron-major order
-                    // (`[unit][input]`, as PyTorch stores them); the layer keeps input-major.
-                    let neuron_major: Vec<f32> = match weights {
-                        Some(w) => w.to_vec(),
-                        None => {
-                            let bound = init_bound(model.init, inputs, units);
-                            (0..inputs * units).map(|_| rng.symmetric(bound)).collect()
-                        }
-                    };
-                    let mut w = vec![S::zero(); inputs * units];
-                    for j in 0..units {
-                        for i in 0..inputs {
-                            w[i * units + j] = scalar(neuron_major[j * inputs + i]);
-                        }
+            .map(|node| {
+                let (weights, biases) = match &model.layers[node.layer] {
+                    Layer::Dense {
+                        weights, biases, ..
                     }
-                    let b = match (bias, biases) {
+                    | Layer::Conv2d {
+                        weights, biases, ..
+                    } => (weights.as_deref(), biases.as_deref()),
+                    _ => (None, None),
+                };
+                // Random weights are drawn in the layer's storage order; inline weights come
+                // in PyTorch's order (dense `[unit][input]`, conv `[out][in][i][j]`).
+                let init = model.init;
+                let mut draw = |count: usize, fan_in: usize, fan_out: usize| {
+                    let bound = init_bound(init, fan_in, fan_out);
+                    Buffer::from_iter((0..count).map(|_| scalar::<S>(rng.symmetric(bound))))
+                };
+                let biases = |bias: bool, n: usize| -> Vec<S> {
+                    match (bias, biases) {
                         (false, _) => Vec::new(),
                         (true, Some(b)) => b.iter().map(|&v| scalar(v)).collect(),
-                        (true, None) => vec![S::zero(); units],
-                    };
-                    State::Dense(Dense::new(inputs, units, &w, &b))
+                        (true, None) => vec![S::zero(); n],
+                    }
+                };
+                match node.op {
+                    NodeOp::Dense {
+                        inputs,
+                        units,
+                        bias,
+                    } => {
+                        let b = biases(bias, units);
+                        State::Dense(match weights {
+                            // The layer keeps its weights input-major: `w[i][j]`.
+                            Some(w) => Dense::new(
+                                inputs,
+                                units,
+                                Buffer::from_iter(
+                                    (0..inputs * units)
+                                        .map(|at| scalar(w[(at % units) * inputs + at / units])),
+                                ),
+                                &b,
+                            ),
+                            None => Dense::new(
+                                inputs,
+                                units,
+                                draw(inputs * units, inputs, units),
+                                &b,
+                            ),
+                        })
+                    }
+                    NodeOp::Conv2d {
+                        in_channels,
+                        out_channels,
+                        kernel,
+                        stride,
+                        padding,
+                        bias,
+                    } => {
+                        let Shape::Image { h, w, .. } = node.input else {
+                            unreachable!("the plan gives a convolution an image input")
+                        };
+                        let area = kernel * kernel;
+                        let count = out_channels * in_channels * area;
+                        let weights = match weights {
+                            Some(w) => Buffer::from_iter(w.iter().map(|&v| scalar(v))),
+                            None => draw(count, in_channels * area, out_channels * area),
+                        };
+                        let geometry = Geometry {
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            stride,
+                            padding,
+                            height: h,
+                            width: w,
+                        };
+                        State::Conv(Conv::new(geometry, weights, &biases(bias, out_channels)))
+                    }
+                    NodeOp::MaxPool2d { size, stride } => {
+                        State::MaxPool(window(node.input, size, stride), Vec::new())
+                    }
+                    NodeOp::AvgPool2d { size, stride } => {
+                        State::AvgPool(window(node.input, size, stride))
+                    }
+                    NodeOp::Flatten => State::Flatten,
+                    NodeOp::Activation(a) => State::Activation(a),
                 }
-                NodeOp::Activation(a) => State::Activation(a),
             })
             .collect();
         Network {
@@ -97,6 +163,8 @@ impl<S: Scalar> Network<S> {
             grads: Vec::new(),
             batch: 0,
             marks: Marks::new(plan.nodes.len()),
+            scratch: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -145,8 +213,15 @@ impl<S: Scalar> Network<S> {
             let (before, after) = self.acts.split_at_mut(k + 1);
             let (x, y) = (&before[k], &mut after[0]);
             let width = self.plan.nodes[k].output.len();
-            match &self.states[k] {
+            match &mut self.states[k] {
                 State::Dense(d) => d.forward(x, y),
+                State::Conv(c) => c.forward(x, y),
+                State::MaxPool(w, argmax) => {
+                    argmax.resize(y.len(), 0);
+                    pool::max_forward(w, x, y, argmax);
+                }
+                State::AvgPool(w) => pool::avg_forward(w, x, y),
+                State::Flatten => y.copy_from_slice(x),
                 State::Activation(a) => activation::forward(*a, x, y, width),
             }
             self.marks.lap::<S>(Phase::Forward, k, true);
@@ -202,18 +277,32 @@ impl<S: Scalar> Network<S> {
             };
             let (x, y) = (&self.acts[k], &self.acts[k + 1]);
             let width = self.plan.nodes[k].output.len();
-            let worked = match &mut self.states[k] {
-                State::Dense(d) => {
+            let worked = match (&mut self.states[k], dx) {
+                (State::Dense(d), dx) => {
                     d.backward(x, dy, dx);
                     true
                 }
-                State::Activation(a) => match dx {
-                    Some(dx) => {
-                        activation::backward(*a, y, dy, dx, width);
-                        true
-                    }
-                    None => false,
-                },
+                (State::Conv(c), dx) => {
+                    c.backward(x, dy, dx, &mut self.scratch, &mut self.touched);
+                    true
+                }
+                (_, None) => false,
+                (State::MaxPool(w, argmax), Some(dx)) => {
+                    pool::max_backward(w, dy, argmax, dx);
+                    true
+                }
+                (State::AvgPool(w), Some(dx)) => {
+                    pool::avg_backward(w, dy, dx);
+                    true
+                }
+                (State::Flatten, Some(dx)) => {
+                    dx.copy_from_slice(dy);
+                    true
+                }
+                (State::Activation(a), Some(dx)) => {
+                    activation::backward(*a, y, dy, dx, width);
+                    true
+                }
             };
             self.marks.lap::<S>(Phase::Backward, k, worked);
         }
@@ -233,7 +322,11 @@ impl<S: Scalar> Network<S> {
                     d.update(lr);
                     true
                 }
-                State::Activation(_) => false,
+                State::Conv(c) => {
+                    c.update(lr);
+                    true
+                }
+                _ => false,
             };
             self.marks.lap::<S>(Phase::Update, k, worked);
         }
@@ -256,7 +349,8 @@ impl<S: Scalar> Network<S> {
             .iter()
             .filter_map(|s| match s {
                 State::Dense(d) => Some((&*d.w, &*d.b)),
-                State::Activation(_) => None,
+                State::Conv(c) => Some((&*c.w, &*c.b)),
+                _ => None,
             })
             .collect()
     }
@@ -266,9 +360,16 @@ impl<S: Scalar> Network<S> {
     pub fn params_and_grads_mut(&mut self) -> Vec<(&mut [S], &[S])> {
         let mut out = Vec::new();
         for s in &mut self.states {
-            if let State::Dense(d) = s {
-                out.push((&mut *d.w, &*d.dw));
-                out.push((&mut *d.b, &*d.db));
+            match s {
+                State::Dense(d) => {
+                    out.push((&mut *d.w, &*d.dw));
+                    out.push((&mut *d.b, &*d.db));
+                }
+                State::Conv(c) => {
+                    out.push((&mut *c.w, &*c.dw));
+                    out.push((&mut *c.b, &*c.db));
+                }
+                _ => {}
             }
         }
         out
@@ -278,24 +379,44 @@ impl<S: Scalar> Network<S> {
     pub fn to_model(&self, model: &Model) -> Model {
         let mut out = model.clone();
         for (node, state) in self.plan.nodes.iter().zip(&self.states) {
-            if let (
-                State::Dense(d),
-                Layer::Dense {
-                    weights, biases, ..
-                },
-            ) = (state, &mut out.layers[node.layer])
-            {
-                let mut neuron_major = Vec::with_capacity(d.w.len());
-                for j in 0..d.units {
-                    for i in 0..d.inputs {
-                        neuron_major.push(to_f32(d.w[i * d.units + j]));
+            let (torch_order, b): (Vec<f32>, &[S]) = match state {
+                State::Dense(d) => {
+                    let mut neuron_major = Vec::with_capacity(d.w.len());
+                    for j in 0..d.units {
+                        for i in 0..d.inputs {
+                            neuron_major.push(to_f32(d.w[i * d.units + j]));
+                        }
                     }
+                    (neuron_major, &d.b)
                 }
-                *weights = Some(neuron_major);
-                *biases = (!d.b.is_empty()).then(|| d.b.iter().map(|&v| to_f32(v)).collect());
+                State::Conv(c) => (c.w.iter().map(|&v| to_f32(v)).collect(), &c.b),
+                _ => continue,
+            };
+            if let Layer::Dense {
+                weights, biases, ..
+            }
+            | Layer::Conv2d {
+                weights, biases, ..
+            } = &mut out.layers[node.layer]
+            {
+                *weights = Some(torch_order);
+                *biases = (!b.is_empty()).then(|| b.iter().map(|&v| to_f32(v)).collect());
             }
         }
         out
+    }
+}
+
+/// The pooling window of a node with an image input.
+fn window(input: Shape, size: usize, stride: usize) -> Window {
+    let Shape::Image { h, w, .. } = input else {
+        unreachable!("the plan gives pooling an image input")
+    };
+    Window {
+        size,
+        stride,
+        height: h,
+        width: w,
     }
 }
 

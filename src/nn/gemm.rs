@@ -1,0 +1,498 @@
+//! A blocked matrix product `C = start + A B`, generic over the number type, on both cores.
+//!
+//! Every element `C[i][j]` is the sum of its K products `A[i][k] B[k][j]` added one at a time in
+//! ascending `k`, starting from a bias, from the value already in `C`, or from the first
+//! product. Blocking, packing, vectorizing and splitting the rows among threads change which
+//! element is computed when, never the order of an element's own sum, so results are the same
+//! bits on every machine and every thread count, and an element costs exactly K
+//! multiplications and K (or K - 1) additions, as `docs/counting.md` says.
+//!
+//! The structure is the usual one (Goto and van de Geijn, 2008): blocks of B and A are copied
+//! ("packed") into contiguous panels, and a small tile of C is kept in registers while a
+//! panel of K is streamed through it. The tile is `MR x NR` with `NR` a multiple of the
+//! vector width; the widest instruction set the CPU has is picked at run time. A tile at the
+//! edge of C computes exactly its own elements: no lane does arithmetic on padding, which
+//! would be counted.
+//!
+//! Work split among threads is counted on those threads; each part's counts are taken out
+//! there and merged into the caller's tally (see `tally::take`), so the caller's counts are
+//! exact.
+
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::counts::Counts;
+use crate::scalar::Scalar;
+use crate::tally;
+
+/// Where each element's sum starts.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Start<'a, S> {
+    /// From `bias[i]`, the same for a whole row of C (K additions).
+    RowBias(&'a [S]),
+    /// From the value already in C (K additions).
+    Existing,
+    /// From the first product (K - 1 additions).
+    FirstProduct,
+}
+
+/// A matrix operand read by element; packing calls it block by block.
+pub(crate) trait Operand<S>: Sync {
+    /// Copies `rows` x `cols` elements starting at (`r0`, `c0`) into `out`, row by row
+    /// (`out[r * cols + c]`).
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]);
+}
+
+/// A matrix stored in a slice: element (r, c) is `data[r * row_stride + c * col_stride]`.
+/// Row-major with `col_stride` 1; a transposed view with `row_stride` 1.
+pub(crate) struct Strided<'a, S> {
+    pub data: &'a [S],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        for (r, row) in out.chunks_exact_mut(cols).take(rows).enumerate() {
+            let base = (r0 + r) * self.row_stride + c0 * self.col_stride;
+            if self.col_stride == 1 {
+                row.copy_from_slice(&self.data[base..base + cols]);
+            } else {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = self.data[base + c * self.col_stride];
+                }
+            }
+        }
+    }
+}
+
+/// Panel sizes: a packed block of A is `MC x KC`, of B `KC x NC`.
+const KC: usize = 256;
+const MC: usize = 96;
+const NC: usize = 2048;
+
+/// Below this many multiply-adds a product runs on the calling thread alone.
+const PARALLEL_WORK: usize = 1 << 18;
+
+/// `C (m x n, row-major) = start + A (m x k) B (k x n)`.
+pub(crate) fn gemm<S: Scalar>(
+    (m, n, k): (usize, usize, usize),
+    a: &dyn Operand<S>,
+    b: &dyn Operand<S>,
+    start: Start<'_, S>,
+    c: &mut [S],
+) {
+    debug_assert!(c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let isa = Isa::detect();
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * n * k < PARALLEL_WORK || m < 2 * isa.mr() {
+        isa.run((0, m), (n, k), a, b, start, c);
+        return;
+    }
+    // Split the rows into one part per thread, on tile boundaries.
+    let per = m.div_ceil(threads).next_multiple_of(isa.mr());
+    let parts: Vec<Counts> = c[..m * n]
+        .par_chunks_mut(per * n)
+        .enumerate()
+        .map(|(part, rows)| {
+            let i0 = part * per;
+            let i1 = (i0 + per).min(m);
+            let ((), counts) = tally::take(|| isa.run((i0, i1), (n, k), a, b, start, rows));
+            counts
+        })
+        .collect();
+    for counts in parts {
+        tally::merge(counts);
+    }
+}
+
+/// The instruction set the kernels are compiled for, picked once at run time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Isa {
+    /// x86-64 baseline (SSE2): 4-wide vectors.
+    Baseline,
+    /// AVX2: 8-wide vectors, 16 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512: 16-wide vectors, 32 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    /// Rows of a register tile.
+    fn mr(self) -> usize {
+        4
+    }
+
+    /// Computes rows `i0..i1` of C into `c` (which holds exactly those rows).
+    fn run<S: Scalar>(
+        self,
+        (i0, i1): (usize, usize),
+        (n, k): (usize, usize),
+        a: &dyn Operand<S>,
+        b: &dyn Operand<S>,
+        start: Start<'_, S>,
+        c: &mut [S],
+    ) {
+        let job = Job {
+            i0,
+            i1,
+            n,
+            k,
+            a,
+            b,
+            start,
+        };
+        match self {
+            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline),
+            // SAFETY: `detect` found the instruction set on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { rows_avx2(job, c) },
+            // SAFETY: `detect` found the instruction set on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { rows_avx512(job, c) },
+        }
+    }
+}
+
+/// One call's rows of C and its operands.
+#[derive(Copy, Clone)]
+struct Job<'a, S> {
+    i0: usize,
+    i1: usize,
+    n: usize,
+    k: usize,
+    a: &'a dyn Operand<S>,
+    b: &'a dyn Operand<S>,
+    start: Start<'a, S>,
+}
+
+/// The tile kernel stands alone, never inlined into the blocking loops: in a small function
+/// whose slices are its arguments, the compiler can tell the tile's memory from the
+/// thread-local tally and keeps both the sums and the counters in registers; inlined into
+/// the big loop nest it does neither, and the counted kernel runs several times slower.
+#[inline(never)]
+fn tile_baseline<S: Scalar>(
+    a: &[[S; 4]],
+    b: &[[S; 8]],
+    first: bool,
+    bias: Option<&[S]>,
+    c: &mut [S],
+    ldc: usize,
+) {
+    full_tile(a, b, first, bias, c, ldc);
+}
+
+/// The blocking loops and the tile kernel compiled for one instruction set.
+macro_rules! kernels_for {
+    ($rows:ident, $tile:ident, $feature:literal, $mr:literal, $nr:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [S]) {
+            // The closure inherits the instruction set, so it may call the tile directly.
+            rows::<S, $mr, $nr>(job, c, |a, b, first, bias, c, ldc| {
+                $tile(a, b, first, bias, c, ldc)
+            });
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[inline(never)]
+        fn $tile<S: Scalar>(
+            a: &[[S; $mr]],
+            b: &[[S; $nr]],
+            first: bool,
+            bias: Option<&[S]>,
+            c: &mut [S],
+            ldc: usize,
+        ) {
+            full_tile(a, b, first, bias, c, ldc);
+        }
+    };
+}
+
+kernels_for!(rows_avx2, tile_avx2, "avx2", 4, 16);
+kernels_for!(rows_avx512, tile_avx512, "avx512f", 4, 32);
+
+/// Rows `i0..i1` of C, block by block: for each block of columns and of K, pack B, then for
+/// each block of rows pack A and run the tiles. `c` holds rows `i0..i1` only.
+#[inline(always)]
+fn rows<S: Scalar, const MR: usize, const NR: usize>(
+    job: Job<'_, S>,
+    c: &mut [S],
+    tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize),
+) {
+    let Job {
+        i0,
+        i1,
+        n,
+        k,
+        a,
+        b,
+        start,
+    } = job;
+    // Buffers as large as this product needs, up to one block each, kept by the thread
+    // between products: fresh ones would cost a page fault per 4 KiB on every call.
+    let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(n), MC.min(i1 - i0));
+    let sizes = [
+        kc_max * nc_max.max(mc_max),
+        kc_max * nc_max.next_multiple_of(NR),
+        kc_max * mc_max.next_multiple_of(MR),
+    ];
+    let mut workspace = take_workspace::<S>(sizes.iter().sum());
+    let (scratch, rest) = workspace.split_at_mut(sizes[0]);
+    let (bpack, apack) = rest.split_at_mut(sizes[1]);
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            b.copy_block(pc, kc, jc, nc, scratch);
+            pack_b::<S, NR>(&scratch[..kc * nc], kc, nc, bpack);
+            // Only the first block of K starts the sums; later blocks continue them.
+            let block_start = if pc == 0 { start } else { Start::Existing };
+            for ic in (i0..i1).step_by(MC) {
+                let mc = MC.min(i1 - ic);
+                a.copy_block(ic, mc, pc, kc, scratch);
+                pack_a::<S, MR>(&scratch[..mc * kc], mc, kc, apack);
+                for (jr, bpanel) in bpack.chunks_exact(kc * NR).take(nc.div_ceil(NR)).enumerate() {
+                    let j = jc + jr * NR;
+                    let nr = NR.min(n - j);
+                    let (bk, _) = bpanel.as_chunks::<NR>();
+                    for (ir, apanel) in apack.chunks_exact(kc * MR).take(mc.div_ceil(MR)).enumerate()
+                    {
+                        let i = ic + ir * MR;
+                        let mr = MR.min(i1 - i);
+                        let (ak, _) = apanel.as_chunks::<MR>();
+                        let first = matches!(block_start, Start::FirstProduct);
+                        let bias = match block_start {
+                            Start::RowBias(bias) => Some(&bias[i..i + mr]),
+                            _ => None,
+                        };
+                        let out = &mut c[(i - i0) * n + j..];
+                        if mr == MR && nr == NR {
+                            tile(ak, bk, first, bias, out, n);
+                        } else {
+                            edge_tile::<S, MR, NR>(ak, bk, first, bias, out, n, mr, nr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    give_back_workspace(workspace);
+}
+
+thread_local! {
+    /// Each thread's packing workspace, one per number type.
+    static WORKSPACES: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
+}
+
+/// This thread's workspace for `S`, at least `len` long (taken out of the cache, so that a
+/// nested product cannot find it borrowed).
+fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
+    let cached = WORKSPACES.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
+    let mut buffer = cached
+        .and_then(|b| b.downcast::<Vec<S>>().ok())
+        .map_or_else(Vec::new, |b| *b);
+    if buffer.len() < len {
+        buffer.resize(len, S::zero());
+    }
+    buffer
+}
+
+fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
+    WORKSPACES.with(|w| {
+        w.borrow_mut()
+            .insert(TypeId::of::<S>(), Box::new(buffer) as Box<dyn Any>)
+    });
+}
+
+/// Packs a `rows x cols` row-major block of B into panels of `NR` columns, each panel K-major
+/// (`panel[k][j]`). Columns past the end of the last panel are left as they are: no tile
+/// reads them.
+#[inline(always)]
+fn pack_b<S: Scalar, const NR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
+    for (p, panel) in out.chunks_exact_mut(rows * NR).take(cols.div_ceil(NR)).enumerate() {
+        let j0 = p * NR;
+        let width = NR.min(cols - j0);
+        for (r, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            dst[..width].copy_from_slice(&block[r * cols + j0..r * cols + j0 + width]);
+        }
+    }
+}
+
+/// Packs a `rows x cols` row-major block of A into panels of `MR` rows, each panel K-major
+/// (`panel[k][i]`).
+#[inline(always)]
+fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
+    for (p, panel) in out.chunks_exact_mut(cols * MR).take(rows.div_ceil(MR)).enumerate() {
+        let i0 = p * MR;
+        let height = MR.min(rows - i0);
+        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            for (i, v) in dst[..height].iter_mut().enumerate() {
+                *v = block[(i0 + i) * cols + kk];
+            }
+        }
+    }
+}
+
+/// One full `MR x NR` tile: the sums stay in registers while the panel of K streams through.
+/// The loop over K cannot panic (iterators, no indexing), so the counters stay in registers
+/// too.
+#[inline(always)]
+fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
+    a: &[[S; MR]],
+    b: &[[S; NR]],
+    first: bool,
+    bias: Option<&[S]>,
+    c: &mut [S],
+    ldc: usize,
+) {
+    let mut acc = [[S::zero(); NR]; MR];
+    let skip = usize::from(first);
+    if first {
+        for (row, &ai) in acc.iter_mut().zip(&a[0]) {
+            for (v, &bj) in row.iter_mut().zip(&b[0]) {
+                *v = ai * bj;
+            }
+        }
+    } else {
+        for (i, row) in acc.iter_mut().enumerate() {
+            match bias {
+                Some(bias) => *row = [bias[i]; NR],
+                None => row.copy_from_slice(&c[i * ldc..i * ldc + NR]),
+            }
+        }
+    }
+    for (ak, bk) in a.iter().zip(b).skip(skip) {
+        for (row, &ai) in acc.iter_mut().zip(ak) {
+            for (v, &bj) in row.iter_mut().zip(bk) {
+                *v += ai * bj;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        c[i * ldc..i * ldc + NR].copy_from_slice(row);
+    }
+}
+
+/// A tile at the edge of C, `mr x nr` with `mr <= MR`, `nr <= NR`: the same sums, on exactly
+/// its own elements.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
+    a: &[[S; MR]],
+    b: &[[S; NR]],
+    first: bool,
+    bias: Option<&[S]>,
+    c: &mut [S],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    for i in 0..mr {
+        let out = &mut c[i * ldc..i * ldc + nr];
+        let mut rest = a.iter().zip(b);
+        if first {
+            let (ak, bk) = rest.next().expect("K is at least 1");
+            for (v, &bj) in out.iter_mut().zip(&bk[..nr]) {
+                *v = ak[i] * bj;
+            }
+        } else if let Some(bias) = bias {
+            out.fill(bias[i]);
+        }
+        for (ak, bk) in rest {
+            let ai = ak[i];
+            for (v, &bj) in out.iter_mut().zip(&bk[..nr]) {
+                *v += ai * bj;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counted, Counts, Op};
+
+    /// The definition, one element at a time.
+    fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], bias: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = bias[i];
+                for kk in 0..k {
+                    acc += a[i * k + kk] * b[kk * n + j];
+                }
+                c[i * n + j] = acc;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_the_definition_bit_for_bit_with_exact_counts() {
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (4, 16, 256), (9, 33, 300), (70, 90, 513)] {
+            let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
+            let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
+            let expected = naive(m, n, k, &a, &b, &bias);
+            let (ca, cb, cbias) = (Counted::vec(&a), Counted::vec(&b), Counted::vec(&bias));
+            let mut c = vec![Counted::new(0.0); m * n];
+            let ((), counts) = tally::measure(|| {
+                gemm(
+                    (m, n, k),
+                    &Strided { data: &ca, row_stride: k, col_stride: 1 },
+                    &Strided { data: &cb, row_stride: n, col_stride: 1 },
+                    Start::RowBias(&cbias),
+                    &mut c,
+                )
+            });
+            let got: Vec<u64> = c.iter().map(|v| v.get().to_bits()).collect();
+            let want: Vec<u64> = expected.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{m}x{n}x{k}");
+            let macs = (m * n * k) as u64;
+            assert_eq!(counts, Counts { mul: macs, add: macs, ..Counts::ZERO });
+        }
+    }
+
+    #[test]
+    fn first_product_start_costs_one_add_less_per_element() {
+        let (m, n, k) = (6, 20, 40);
+        let a = Counted::vec(&vec![1.5f32; m * k]);
+        let b = Counted::vec(&vec![0.25f32; k * n]);
+        let mut c = vec![Counted::new(9.0f32); m * n];
+        let ((), counts) = tally::measure(|| {
+            gemm(
+                (m, n, k),
+                &Strided { data: &a, row_stride: k, col_stride: 1 },
+                &Strided { data: &b, row_stride: 1, col_stride: k },
+                Start::FirstProduct,
+                &mut c,
+            )
+        });
+        assert!(c.iter().all(|v| v.get() == 1.5 * 0.25 * 40.0));
+        assert_eq!(counts[Op::Mul], (m * n * k) as u64);
+        assert_eq!(counts[Op::Add], (m * n * (k - 1)) as u64);
+    }
+}

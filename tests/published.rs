@@ -1,0 +1,63 @@
+//! Published figures of LeNet-5 and VGG-16, reproduced from the closed form and, for LeNet-5,
+//! from a measured run.
+//!
+//! Sources: LeNet-5's 61,706 parameters and per-layer multiplications are the standard
+//! figures for its modern form (conv 6@5x5 and 16@5x5 with biases, dense 120-84-10); VGG-16's
+//! 138,357,544 parameters and 15,470,264,320 forward multiply-adds are torchvision's
+//! (`torchvision.models.vgg16`, reported there as 15.47 GFLOPS).
+
+use std::path::Path;
+
+use opcount::data::Dataset;
+use opcount::{Model, Plan, StepCounts, estimate, measure_step};
+
+fn load(name: &str) -> (Model, Plan) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    let model = Model::load(&path).unwrap();
+    let plan = model.plan(name).unwrap();
+    (model, plan)
+}
+
+/// Forward multiplications of each convolution and dense node, in order.
+fn weighted_sums(plan: &Plan, step: &StepCounts) -> Vec<u64> {
+    plan.nodes
+        .iter()
+        .zip(&step.nodes)
+        .filter(|(n, _)| matches!(n.op.kind(), "conv2d" | "dense"))
+        .map(|(_, c)| c.forward.mul)
+        .collect()
+}
+
+#[test]
+fn lenet5_closed_form_and_measured_run_give_the_published_figures() {
+    let (model, plan) = load("lenet5.ron");
+    assert_eq!(plan.params(), 61_706);
+    let estimated = estimate::step(&plan, 1).unwrap();
+    let per_layer = [117_600, 240_000, 48_000, 10_080, 840];
+    assert_eq!(weighted_sums(&plan, &estimated), per_layer);
+    assert_eq!(per_layer.iter().sum::<u64>(), 416_520);
+
+    let data = Dataset::synthetic(&plan, 1, 9);
+    let measured = measure_step(&model, &plan, &data, 1);
+    assert_eq!(weighted_sums(&plan, &measured), per_layer);
+    assert_eq!(measured, estimated);
+}
+
+#[test]
+fn vgg16_closed_form_gives_the_published_figures() {
+    let (_, plan) = load("vgg16.ron");
+    assert_eq!(plan.params(), 138_357_544);
+    let estimated = estimate::step(&plan, 1).unwrap();
+    let sums = weighted_sums(&plan, &estimated);
+    assert_eq!(sums.len(), 13 + 3);
+    assert_eq!(sums.iter().sum::<u64>(), 15_470_264_320);
+    // Each forward sum starts from its bias: as many additions as multiplications.
+    let adds: u64 = plan
+        .nodes
+        .iter()
+        .zip(&estimated.nodes)
+        .filter(|(n, _)| matches!(n.op.kind(), "conv2d" | "dense"))
+        .map(|(_, c)| c.forward.add)
+        .sum();
+    assert_eq!(adds, 15_470_264_320);
+}
