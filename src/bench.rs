@@ -15,8 +15,6 @@ pub struct Comparison {
     pub counted_s: f64,
     /// How many rounds each side ran.
     pub rounds: usize,
-    /// Calls per round (each round's time is divided by it).
-    pub calls_per_round: usize,
 }
 
 impl Comparison {
@@ -34,27 +32,37 @@ pub fn compare(
     mut plain: impl FnMut(),
     mut counted: impl FnMut(),
 ) -> Comparison {
-    // Warm up both sides and find how many calls fill a round.
-    plain();
-    counted();
-    let calls = calls_per(round_time, &mut plain);
-    let mut plain_times = Vec::with_capacity(rounds);
-    let mut counted_times = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            plain_times.push(time(calls, &mut plain));
-            counted_times.push(time(calls, &mut counted));
-        } else {
-            counted_times.push(time(calls, &mut counted));
-            plain_times.push(time(calls, &mut plain));
-        }
-    }
+    let medians = interleave(rounds, round_time, &mut [&mut plain, &mut counted], |_| {});
     Comparison {
-        plain_s: median(&mut plain_times),
-        counted_s: median(&mut counted_times),
+        plain_s: medians[0],
+        counted_s: medians[1],
         rounds,
-        calls_per_round: calls,
     }
+}
+
+/// Times several sides in turn for `rounds` rounds (the side that goes first rotates from
+/// round to round) and returns each side's median seconds per call. Every side makes as many
+/// calls per round as fill about `round_time` for the first side. `on_round` is called after
+/// each round (for a progress bar).
+pub fn interleave(
+    rounds: usize,
+    round_time: Duration,
+    sides: &mut [&mut dyn FnMut()],
+    mut on_round: impl FnMut(usize),
+) -> Vec<f64> {
+    for side in sides.iter_mut() {
+        side();
+    }
+    let calls = calls_per(round_time, &mut *sides[0]);
+    let mut times = vec![Vec::with_capacity(rounds); sides.len()];
+    for round in 0..rounds {
+        for i in 0..sides.len() {
+            let side = (round + i) % sides.len();
+            times[side].push(time(calls, &mut *sides[side]));
+        }
+        on_round(round + 1);
+    }
+    times.iter_mut().map(|t| median(t)).collect()
 }
 
 /// Median seconds of one call of `f`, over `rounds` rounds of about `round_time` each.
@@ -65,8 +73,42 @@ pub fn time_median(rounds: usize, round_time: Duration, mut f: impl FnMut()) -> 
     median(&mut times)
 }
 
+/// The practical peak of this machine for `f32` arithmetic: a 1024 x 1024 x 1024 matrix
+/// product (the `matrixmultiply` crate, on every core), in floating-point operations (one
+/// per multiplication, one per addition: 2 n^3) per second, the median of `rounds` runs.
+pub fn sgemm_flops(rounds: usize) -> f64 {
+    const N: usize = 1024;
+    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut c = vec![0.0f32; N * N];
+    let seconds = time_median(rounds, Duration::ZERO, || {
+        // SAFETY: a, b and c each hold N * N values, laid out row-major with row stride N
+        // and column stride 1, exactly as described to sgemm; c is not aliased.
+        unsafe {
+            matrixmultiply::sgemm(
+                N,
+                N,
+                N,
+                1.0,
+                a.as_ptr(),
+                N as isize,
+                1,
+                b.as_ptr(),
+                N as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                N as isize,
+                1,
+            );
+        }
+    });
+    std::hint::black_box(&c);
+    2.0 * (N * N * N) as f64 / seconds
+}
+
 /// How many calls of `f` take about `target` (at least one).
-fn calls_per(target: Duration, f: &mut impl FnMut()) -> usize {
+fn calls_per(target: Duration, f: &mut dyn FnMut()) -> usize {
     let mut calls = 1usize;
     loop {
         let start = Instant::now();
@@ -83,7 +125,7 @@ fn calls_per(target: Duration, f: &mut impl FnMut()) -> usize {
 }
 
 /// Seconds per call of `calls` back-to-back calls of `f`.
-fn time(calls: usize, f: &mut impl FnMut()) -> f64 {
+fn time(calls: usize, f: &mut dyn FnMut()) -> f64 {
     let start = Instant::now();
     for _ in 0..calls {
         f();
@@ -91,7 +133,8 @@ fn time(calls: usize, f: &mut impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64() / calls as f64
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of some values (reordering them).
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {

@@ -47,7 +47,7 @@ pub use counted::Counted;
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
 pub use model::{Model, Plan};
-pub use nn::{Network, measure_step};
+pub use nn::{Event, Network, measure_step, measure_step_watched};
 pub use phases::{NodeCounts, Phase, StepCounts, Totals};
 pub use scalar::{Counting, Scalar};
 

@@ -13,7 +13,9 @@ use opcount::data::Dataset;
 use opcount::model::Data;
 use opcount::report::{Report, phase_table, thousands};
 use opcount::train::{Settings, evaluate, train};
-use opcount::{Counted, Model, Network, Op, Plan, bench, estimate, files, measure_step};
+use opcount::{
+    Counted, Event, Model, Network, Op, Phase, Plan, bench, estimate, files, measure_step_watched,
+};
 use serde_json::json;
 
 /// Count every arithmetic operation of a neural network, by kind.
@@ -53,6 +55,9 @@ struct CountArgs {
     /// Write the report to this file (atomically) instead of standard output.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,12 +101,19 @@ struct BenchArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Interleaved rounds of each side; the medians are reported.
-    #[arg(long, default_value_t = 21)]
-    rounds: usize,
+    /// Interleaved rounds of each side; the medians are reported (default: 21, or 5 when a
+    /// step takes over half a second).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Time the forward pass only, not a whole training step.
+    #[arg(long)]
+    forward_only: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -176,7 +188,18 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let data = data_or_synthetic(&loaded, args.batch)?;
-        Some(measure_step(&loaded.model, &loaded.plan, &data, args.batch))
+        // A progress bar for steps likely to take over a second (a billion operations).
+        let long = estimated.totals().all.total() > 1_000_000_000;
+        let nodes = loaded.plan.nodes.len() as u64;
+        let bar = progress_bar(3 * nodes + 1, args.quiet || !long);
+        let step = measure_step_watched(&loaded.model, &loaded.plan, &data, args.batch, |e| {
+            if e.node.is_some() {
+                bar.inc(1);
+                bar.set_message(e.phase.name());
+            }
+        });
+        bar.finish_and_clear();
+        Some(step)
     };
     let report = Report::new(&loaded.plan, args.batch, measured, estimated);
     let text = match args.format {
@@ -241,7 +264,10 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let batch_size = settings.batch.min(data.len());
     let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss);
     counted.step(&batch, Counted::new(settings.lr));
-    let totals = counted.counts().totals();
+    let totals = counted
+        .counts()
+        .expect("a counted network with attribution on has counts")
+        .totals();
 
     if let Some(out) = &args.save {
         let mut saved = net.to_model(&loaded.model);
@@ -339,6 +365,15 @@ fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
     *path = relative.to_string_lossy().into_owned();
 }
 
+/// Seconds in the unit that keeps three significant digits readable.
+fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s >= 1.0 => format!("{s:.3} s"),
+        s if s >= 1e-3 => format!("{:.3} ms", s * 1e3),
+        s => format!("{:.3} us", s * 1e6),
+    }
+}
+
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
@@ -352,7 +387,7 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.batch == 0 || args.rounds == 0 {
+    if args.batch == 0 || args.rounds == Some(0) {
         bail!("--batch and --rounds must be at least 1");
     }
     let loaded = load(&args.model)?;
@@ -364,44 +399,164 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
 
     // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
     // the speed of the arithmetic) where they started; the step does the same operations.
-    let plain_loss = plain.step(&plain_batch, 0.0);
-    let counted_loss = counted.step(&counted_batch, Counted::new(0.0));
-    if plain_loss.to_bits() != counted_loss.get().to_bits() {
-        bail!(
-            "internal error: Counted<f32> loss {counted_loss} differs from f32 loss {plain_loss}"
-        );
+    // The timed runs call the unwatched entry points, so neither side pays for watching.
+    let run_plain = |net: &mut Network<f32>| {
+        if args.forward_only {
+            net.forward(&plain_batch.inputs, args.batch);
+        } else {
+            net.step(&plain_batch, 0.0);
+        }
+    };
+    let watch_plain = |net: &mut Network<f32>, watch: &mut dyn FnMut(Event)| {
+        if args.forward_only {
+            net.forward_watched(&plain_batch.inputs, args.batch, watch);
+        } else {
+            net.step_watched(&plain_batch, 0.0, watch);
+        }
+    };
+    let run_counted = |net: &mut Network<Counted<f32>>| {
+        if args.forward_only {
+            net.forward(&counted_batch.inputs, args.batch);
+        } else {
+            net.step(&counted_batch, Counted::new(0.0));
+        }
+    };
+
+    // One step of each, untimed: the counts, and a check that counting changed no bit.
+    let started = std::time::Instant::now();
+    run_plain(&mut plain);
+    let one_step = started.elapsed();
+    run_counted(&mut counted);
+    let same = plain
+        .output()
+        .iter()
+        .zip(counted.output())
+        .all(|(p, c)| p.to_bits() == c.get().to_bits());
+    if !same {
+        bail!("internal error: Counted<f32> outputs differ from f32 outputs");
     }
-    let ops = counted.counts().totals().all;
-    let result = bench::compare(
-        args.rounds,
-        Duration::from_millis(40),
-        || {
-            std::hint::black_box(plain.step(&plain_batch, 0.0));
-        },
-        || {
-            std::hint::black_box(counted.step(&counted_batch, Counted::new(0.0)));
-        },
+    let step_counts = counted
+        .counts()
+        .expect("a counted network with attribution on has counts");
+    let totals = step_counts.totals();
+    let ops = if args.forward_only {
+        totals.forward
+    } else {
+        totals.all
+    };
+
+    let rounds = args
+        .rounds
+        .unwrap_or(if one_step > Duration::from_millis(500) {
+            5
+        } else {
+            21
+        });
+    let expected = one_step * 3 * rounds as u32;
+    let bar = progress_bar(
+        rounds as u64,
+        args.quiet || expected < Duration::from_secs(1),
     );
+    // Three sides, interleaved: plain f32; Counted<f32> as `opcount count` runs it, with a
+    // snapshot of the tally between nodes; and Counted<f32> with the snapshots turned off,
+    // which is what counting alone costs.
+    let mut bare = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
+    bare.set_attribution(false);
+    let medians = bench::interleave(
+        rounds,
+        Duration::from_millis(40),
+        &mut [
+            &mut || run_plain(&mut plain),
+            &mut || run_counted(&mut counted),
+            &mut || run_counted(&mut bare),
+        ],
+        |round| bar.set_position(round as u64),
+    );
+    bar.finish_and_clear();
+    let result = bench::Comparison {
+        plain_s: medians[0],
+        counted_s: medians[1],
+        rounds,
+    };
+    let bare_s = medians[2];
+
+    // The convolution and dense kernels alone: their share of plain steps' time, per node.
+    let kernel_nodes: Vec<bool> = loaded
+        .plan
+        .nodes
+        .iter()
+        .map(|n| matches!(n.op.kind(), "conv2d" | "dense"))
+        .collect();
+    let kernel_ops: u64 = step_counts
+        .nodes
+        .iter()
+        .zip(&kernel_nodes)
+        .filter(|&(_, &k)| k)
+        .map(|(c, _)| {
+            if args.forward_only {
+                c.forward.total()
+            } else {
+                (c.forward + c.backward).total()
+            }
+        })
+        .sum();
+    let mut samples: Vec<f64> = (0..rounds.min(9))
+        .map(|_| {
+            let mut seconds = 0.0;
+            let mut last = std::time::Instant::now();
+            watch_plain(&mut plain, &mut |event| {
+                let now = std::time::Instant::now();
+                let kernel = matches!(event.phase, Phase::Forward | Phase::Backward)
+                    && event.node.is_some_and(|k| kernel_nodes[k]);
+                if kernel {
+                    seconds += (now - last).as_secs_f64();
+                }
+                last = now;
+            });
+            seconds
+        })
+        .collect();
+    let kernel_s = bench::median(&mut samples);
+    let sgemm = bench::sgemm_flops(5);
+
     let per_s = |seconds: f64| args.batch as f64 / seconds;
+    let kernel_rate = kernel_ops as f64 / kernel_s;
     match args.format {
         Format::Json => {
             let out = json!({
                 "model": loaded.plan.name,
                 "batch": args.batch,
+                "forward_only": args.forward_only,
                 "rounds": result.rounds,
                 "plain_s": result.plain_s,
                 "counted_s": result.counted_s,
                 "ratio": result.ratio(),
+                "counted_unattributed_s": bare_s,
+                "ratio_unattributed": bare_s / result.plain_s,
                 "plain_examples_per_s": per_s(result.plain_s),
                 "counted_examples_per_s": per_s(result.counted_s),
                 "ops_per_step": ops.total(),
+                "plain_ops_per_s": ops.total() as f64 / result.plain_s,
+                "counted_ops_per_s": ops.total() as f64 / result.counted_s,
+                "kernels": {
+                    "ops": kernel_ops,
+                    "seconds": kernel_s,
+                    "ops_per_s": kernel_rate,
+                },
+                "sgemm_flops_per_s": sgemm,
+                "kernel_efficiency": kernel_rate / sgemm,
                 "counts_per_step": ops,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Table => {
+            let what = if args.forward_only {
+                "forward pass"
+            } else {
+                "SGD step"
+            };
             println!(
-                "{}: one SGD step at batch {}, {} operations, median of {} interleaved rounds",
+                "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
                 loaded.plan.name,
                 args.batch,
                 thousands(ops.total()),
@@ -409,12 +564,29 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             );
             for (name, s) in [("f32", result.plain_s), ("Counted<f32>", result.counted_s)] {
                 println!(
-                    "  {name:<13} {:>12.3} us/step {:>14.0} examples/s",
-                    s * 1e6,
-                    per_s(s)
+                    "  {name:<13} {:>12}/step {:>14} examples/s {:>8.2} Gop/s",
+                    duration(s),
+                    thousands(per_s(s).round() as u64),
+                    ops.total() as f64 / s / 1e9
                 );
             }
-            println!("  ratio counted/plain {:.3}", result.ratio());
+            println!(
+                "  ratio counted/plain {:.3} (with per-node attribution, as `count` runs); \
+                 {:.3} counting alone",
+                result.ratio(),
+                bare_s / result.plain_s
+            );
+            println!(
+                "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
+                thousands(kernel_ops),
+                duration(kernel_s),
+                kernel_rate / 1e9
+            );
+            println!(
+                "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; kernels at {:.0}% of it",
+                sgemm / 1e9,
+                100.0 * kernel_rate / sgemm
+            );
         }
     }
     Ok(())

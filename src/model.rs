@@ -671,7 +671,12 @@ impl Model {
                     b.push(index, name.clone(), op, output);
                 }
                 Layer::Flatten => {
-                    b.push(index, name.clone(), NodeOp::Flatten, Shape::Flat(shape.len()));
+                    b.push(
+                        index,
+                        name.clone(),
+                        NodeOp::Flatten,
+                        Shape::Flat(shape.len()),
+                    );
                 }
                 Layer::Identity | Layer::Sigmoid | Layer::Tanh | Layer::Relu | Layer::Softmax => {
                     b.push_activation(index, name.clone(), standalone_activation(layer))

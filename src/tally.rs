@@ -40,8 +40,12 @@ use std::cell::Cell;
 
 use crate::counts::{Counts, Op};
 
+/// The counters, one per kind, on their own two cache lines.
+#[repr(align(64))]
+struct Counters([Cell<u64>; Op::COUNT]);
+
 thread_local! {
-    static TALLY: [Cell<u64>; Op::COUNT] = const { [const { Cell::new(0) }; Op::COUNT] };
+    static TALLY: Counters = const { Counters([const { Cell::new(0) }; Op::COUNT]) };
 }
 
 /// Adds one operation of kind `op` to this thread's tally. Only `Counted` calls this.
@@ -54,7 +58,7 @@ pub(crate) fn bump(op: Op) {
 #[inline]
 pub(crate) fn bump_by(op: Op, n: u64) {
     TALLY.with(|t| {
-        let cell = &t[op as usize];
+        let cell = &t.0[op as usize];
         cell.set(cell.get().wrapping_add(n));
     });
 }
@@ -64,7 +68,7 @@ pub(crate) fn bump_by(op: Op, n: u64) {
 /// Useful only as the two ends of a difference; prefer [`measure`].
 #[inline]
 pub fn snapshot() -> Counts {
-    TALLY.with(|t| Counts::from_array(std::array::from_fn(|i| t[i].get())))
+    TALLY.with(|t| Counts::from_array(std::array::from_fn(|i| t.0[i].get())))
 }
 
 /// Runs `f` and returns its result with the operations it counted on this thread.

@@ -95,6 +95,24 @@ fn bench_reports_both_medians_and_their_ratio() {
 }
 
 #[test]
+fn bench_can_time_the_forward_pass_alone() {
+    let out = json(&opcount(&[
+        "bench",
+        "models/lenet5.ron",
+        "--forward-only",
+        "--rounds",
+        "1",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["forward_only"], true);
+    // The forward pass of LeNet-5: 416,520 multiplications and as many additions in its
+    // convolution and dense layers, plus activations and pooling.
+    assert!(out["ops_per_step"].as_u64().unwrap() > 2 * 416_520);
+    assert_eq!(out["counts_per_step"]["mul"], 416_520);
+}
+
+#[test]
 fn a_model_without_data_cannot_be_trained() {
     let out = opcount(&["train", "models/mlp-30-30-30.ron"]);
     assert_eq!(out.status.code(), Some(2));

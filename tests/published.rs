@@ -12,7 +12,9 @@ use opcount::data::Dataset;
 use opcount::{Model, Plan, StepCounts, estimate, measure_step};
 
 fn load(name: &str) -> (Model, Plan) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
     let model = Model::load(&path).unwrap();
     let plan = model.plan(name).unwrap();
     (model, plan)

@@ -146,7 +146,9 @@ impl<S: Scalar> Conv<S> {
     ) {
         let g = self.geometry;
         let (k, p) = (g.patch(), g.positions());
-        let examples = x.chunks_exact(g.input_len()).zip(dout.chunks_exact(g.out_channels * p));
+        let examples = x
+            .chunks_exact(g.input_len())
+            .zip(dout.chunks_exact(g.out_channels * p));
         for (e, (xe, doute)) in examples.enumerate() {
             pad(&g, xe, &mut self.padded);
             let dout_e = Strided {
@@ -163,7 +165,13 @@ impl<S: Scalar> Conv<S> {
             } else {
                 Start::Existing
             };
-            gemm((g.out_channels, k, p), &dout_e, &patches_t, start, &mut self.dw);
+            gemm(
+                (g.out_channels, k, p),
+                &dout_e,
+                &patches_t,
+                start,
+                &mut self.dw,
+            );
             if !self.db.is_empty() {
                 row_sums(doute, p, &mut self.db, e == 0);
             }
@@ -174,7 +182,13 @@ impl<S: Scalar> Conv<S> {
                     row_stride: 1,
                     col_stride: k,
                 };
-                gemm((k, p, g.out_channels), &w_t, &dout_e, Start::FirstProduct, scratch);
+                gemm(
+                    (k, p, g.out_channels),
+                    &w_t,
+                    &dout_e,
+                    Start::FirstProduct,
+                    scratch,
+                );
                 let dxe = &mut dx[e * g.input_len()..(e + 1) * g.input_len()];
                 col2im(&g, scratch, dxe, touched);
             }
@@ -306,7 +320,9 @@ fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], dx: &mut [S], touched: &mut V
     }
 }
 
-/// `col2im` for one input channel: `rows` are its K/C_in patch rows `(i, j)`.
+/// `col2im` for one input channel: `rows` are its K/C_in patch rows `(i, j)`. The inner loop
+/// walks zipped iterators (no indexing, so no panic path that would pin the counters to
+/// memory on every iteration).
 #[inline(never)]
 fn col2im_channel<S: Scalar>(g: &Geometry, rows: &[S], dx: &mut [S], seen: &mut [bool]) {
     let (ho, wo) = g.output();
@@ -316,17 +332,23 @@ fn col2im_channel<S: Scalar>(g: &Geometry, rows: &[S], dx: &mut [S], seen: &mut 
         // Output columns x whose input column x*s + j - pad lies in 0..width.
         let x_lo = pad.saturating_sub(j).div_ceil(s);
         let x_hi = (g.width + pad).saturating_sub(j).div_ceil(s).min(wo);
+        if x_lo >= x_hi {
+            continue;
+        }
+        let first_column = x_lo * s + j - pad;
         for (y, values) in row.chunks_exact(wo).enumerate() {
             let Some(yy) = (y * s + i).checked_sub(pad).filter(|&yy| yy < g.height) else {
                 continue;
             };
-            for x in x_lo..x_hi {
-                let at = yy * g.width + x * s + j - pad;
-                if seen[at] {
-                    dx[at] += values[x];
+            let line = yy * g.width..(yy + 1) * g.width;
+            let targets = dx[line.clone()][first_column..].iter_mut().step_by(s);
+            let flags = seen[line][first_column..].iter_mut().step_by(s);
+            for ((d, seen), &v) in targets.zip(flags).zip(&values[x_lo..x_hi]) {
+                if *seen {
+                    *d += v;
                 } else {
-                    dx[at] = values[x];
-                    seen[at] = true;
+                    *d = v;
+                    *seen = true;
                 }
             }
         }

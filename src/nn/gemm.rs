@@ -164,7 +164,7 @@ impl Isa {
             start,
         };
         match self {
-            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline),
+            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline, edge_baseline),
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(job, c) },
@@ -203,16 +203,49 @@ fn tile_baseline<S: Scalar>(
     full_tile(a, b, first, bias, c, ldc);
 }
 
+/// The edge tile, likewise on its own.
+#[inline(never)]
+fn edge_baseline<S: Scalar>(
+    a: &[[S; 4]],
+    b: &[[S; 8]],
+    first: bool,
+    bias: Option<&[S]>,
+    c: &mut [S],
+    ldc: usize,
+    size: (usize, usize),
+) {
+    edge_tile(a, b, first, bias, c, ldc, size);
+}
+
 /// The blocking loops and the tile kernel compiled for one instruction set.
 macro_rules! kernels_for {
-    ($rows:ident, $tile:ident, $feature:literal, $mr:literal, $nr:literal) => {
+    ($rows:ident, $tile:ident, $edge:ident, $feature:literal, $mr:literal, $nr:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
         fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [S]) {
-            // The closure inherits the instruction set, so it may call the tile directly.
-            rows::<S, $mr, $nr>(job, c, |a, b, first, bias, c, ldc| {
-                $tile(a, b, first, bias, c, ldc)
-            });
+            // The closures inherit the instruction set, so they may call the tiles directly.
+            rows::<S, $mr, $nr>(
+                job,
+                c,
+                |a, b, first, bias, c, ldc| $tile(a, b, first, bias, c, ldc),
+                |a, b, first, bias, c, ldc, size| $edge(a, b, first, bias, c, ldc, size),
+            );
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)]
+        fn $edge<S: Scalar>(
+            a: &[[S; $mr]],
+            b: &[[S; $nr]],
+            first: bool,
+            bias: Option<&[S]>,
+            c: &mut [S],
+            ldc: usize,
+            size: (usize, usize),
+        ) {
+            edge_tile(a, b, first, bias, c, ldc, size);
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -231,8 +264,8 @@ macro_rules! kernels_for {
     };
 }
 
-kernels_for!(rows_avx2, tile_avx2, "avx2", 4, 16);
-kernels_for!(rows_avx512, tile_avx512, "avx512f", 4, 32);
+kernels_for!(rows_avx2, tile_avx2, edge_avx2, "avx2", 4, 16);
+kernels_for!(rows_avx512, tile_avx512, edge_avx512, "avx512f", 4, 32);
 
 /// Rows `i0..i1` of C, block by block: for each block of columns and of K, pack B, then for
 /// each block of rows pack A and run the tiles. `c` holds rows `i0..i1` only.
@@ -241,6 +274,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
     job: Job<'_, S>,
     c: &mut [S],
     tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize),
+    edge: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize, (usize, usize)),
 ) {
     let Job {
         i0,
@@ -274,11 +308,18 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                 let mc = MC.min(i1 - ic);
                 a.copy_block(ic, mc, pc, kc, scratch);
                 pack_a::<S, MR>(&scratch[..mc * kc], mc, kc, apack);
-                for (jr, bpanel) in bpack.chunks_exact(kc * NR).take(nc.div_ceil(NR)).enumerate() {
+                for (jr, bpanel) in bpack
+                    .chunks_exact(kc * NR)
+                    .take(nc.div_ceil(NR))
+                    .enumerate()
+                {
                     let j = jc + jr * NR;
                     let nr = NR.min(n - j);
                     let (bk, _) = bpanel.as_chunks::<NR>();
-                    for (ir, apanel) in apack.chunks_exact(kc * MR).take(mc.div_ceil(MR)).enumerate()
+                    for (ir, apanel) in apack
+                        .chunks_exact(kc * MR)
+                        .take(mc.div_ceil(MR))
+                        .enumerate()
                     {
                         let i = ic + ir * MR;
                         let mr = MR.min(i1 - i);
@@ -292,7 +333,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         if mr == MR && nr == NR {
                             tile(ak, bk, first, bias, out, n);
                         } else {
-                            edge_tile::<S, MR, NR>(ak, bk, first, bias, out, n, mr, nr);
+                            edge(ak, bk, first, bias, out, n, (mr, nr));
                         }
                     }
                 }
@@ -332,7 +373,11 @@ fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
 /// reads them.
 #[inline(always)]
 fn pack_b<S: Scalar, const NR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out.chunks_exact_mut(rows * NR).take(cols.div_ceil(NR)).enumerate() {
+    for (p, panel) in out
+        .chunks_exact_mut(rows * NR)
+        .take(cols.div_ceil(NR))
+        .enumerate()
+    {
         let j0 = p * NR;
         let width = NR.min(cols - j0);
         for (r, dst) in panel.chunks_exact_mut(NR).enumerate() {
@@ -345,7 +390,11 @@ fn pack_b<S: Scalar, const NR: usize>(block: &[S], rows: usize, cols: usize, out
 /// (`panel[k][i]`).
 #[inline(always)]
 fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out.chunks_exact_mut(cols * MR).take(rows.div_ceil(MR)).enumerate() {
+    for (p, panel) in out
+        .chunks_exact_mut(cols * MR)
+        .take(rows.div_ceil(MR))
+        .enumerate()
+    {
         let i0 = p * MR;
         let height = MR.min(rows - i0);
         for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
@@ -369,7 +418,7 @@ fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
     ldc: usize,
 ) {
     let mut acc = [[S::zero(); NR]; MR];
-    let skip = usize::from(first);
+    let rest = usize::from(first);
     if first {
         for (row, &ai) in acc.iter_mut().zip(&a[0]) {
             for (v, &bj) in row.iter_mut().zip(&b[0]) {
@@ -384,7 +433,7 @@ fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
             }
         }
     }
-    for (ak, bk) in a.iter().zip(b).skip(skip) {
+    for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
         for (row, &ai) in acc.iter_mut().zip(ak) {
             for (v, &bj) in row.iter_mut().zip(bk) {
                 *v += ai * bj;
@@ -397,7 +446,8 @@ fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
 }
 
 /// A tile at the edge of C, `mr x nr` with `mr <= MR`, `nr <= NR`: the same sums, on exactly
-/// its own elements.
+/// its own elements. Like the full tile, its loops over K cannot panic (`get` and zipped
+/// iterators instead of indexing), so the counters stay in registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
@@ -407,23 +457,25 @@ fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
     bias: Option<&[S]>,
     c: &mut [S],
     ldc: usize,
-    mr: usize,
-    nr: usize,
+    (mr, nr): (usize, usize),
 ) {
-    for i in 0..mr {
-        let out = &mut c[i * ldc..i * ldc + nr];
-        let mut rest = a.iter().zip(b);
+    for (i, out) in c.chunks_mut(ldc).take(mr).enumerate() {
+        let out = &mut out[..nr];
+        let row_of = |ak: &[S; MR]| ak.get(i).copied().unwrap_or_else(S::zero);
+        let mut pairs = a.iter().zip(b);
         if first {
-            let (ak, bk) = rest.next().expect("K is at least 1");
-            for (v, &bj) in out.iter_mut().zip(&bk[..nr]) {
-                *v = ak[i] * bj;
+            if let Some((ak, bk)) = pairs.next() {
+                let ai = row_of(ak);
+                for (v, &bj) in out.iter_mut().zip(bk) {
+                    *v = ai * bj;
+                }
             }
-        } else if let Some(bias) = bias {
-            out.fill(bias[i]);
+        } else if let Some(&bias) = bias.and_then(|bias| bias.get(i)) {
+            out.fill(bias);
         }
-        for (ak, bk) in rest {
-            let ai = ak[i];
-            for (v, &bj) in out.iter_mut().zip(&bk[..nr]) {
+        for (ak, bk) in pairs {
+            let ai = row_of(ak);
+            for (v, &bj) in out.iter_mut().zip(bk) {
                 *v += ai * bj;
             }
         }
@@ -452,7 +504,13 @@ mod tests {
 
     #[test]
     fn matches_the_definition_bit_for_bit_with_exact_counts() {
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (4, 16, 256), (9, 33, 300), (70, 90, 513)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (4, 16, 256),
+            (9, 33, 300),
+            (70, 90, 513),
+        ] {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
             let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
@@ -462,8 +520,16 @@ mod tests {
             let ((), counts) = tally::measure(|| {
                 gemm(
                     (m, n, k),
-                    &Strided { data: &ca, row_stride: k, col_stride: 1 },
-                    &Strided { data: &cb, row_stride: n, col_stride: 1 },
+                    &Strided {
+                        data: &ca,
+                        row_stride: k,
+                        col_stride: 1,
+                    },
+                    &Strided {
+                        data: &cb,
+                        row_stride: n,
+                        col_stride: 1,
+                    },
                     Start::RowBias(&cbias),
                     &mut c,
                 )
@@ -472,7 +538,14 @@ mod tests {
             let want: Vec<u64> = expected.iter().map(|v| v.to_bits()).collect();
             assert_eq!(got, want, "{m}x{n}x{k}");
             let macs = (m * n * k) as u64;
-            assert_eq!(counts, Counts { mul: macs, add: macs, ..Counts::ZERO });
+            assert_eq!(
+                counts,
+                Counts {
+                    mul: macs,
+                    add: macs,
+                    ..Counts::ZERO
+                }
+            );
         }
     }
 
@@ -485,8 +558,16 @@ mod tests {
         let ((), counts) = tally::measure(|| {
             gemm(
                 (m, n, k),
-                &Strided { data: &a, row_stride: k, col_stride: 1 },
-                &Strided { data: &b, row_stride: 1, col_stride: k },
+                &Strided {
+                    data: &a,
+                    row_stride: k,
+                    col_stride: 1,
+                },
+                &Strided {
+                    data: &b,
+                    row_stride: 1,
+                    col_stride: k,
+                },
                 Start::FirstProduct,
                 &mut c,
             )

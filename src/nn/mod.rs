@@ -28,6 +28,29 @@ use conv::{Conv, Geometry};
 use dense::Dense;
 use pool::Window;
 
+/// What a watched step reports: a phase starting (`node` is `None`), or a node finishing its
+/// part of a phase (the loss is node 0 of [`Phase::Loss`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The phase.
+    pub phase: Phase,
+    /// The node that just finished, or `None` when the phase starts.
+    pub node: Option<usize>,
+}
+
+impl Event {
+    fn start(phase: Phase) -> Event {
+        Event { phase, node: None }
+    }
+
+    fn end(phase: Phase, node: usize) -> Event {
+        Event {
+            phase,
+            node: Some(node),
+        }
+    }
+}
+
 /// A node's runtime state: parameters for the layers that have them.
 #[derive(Clone, Debug)]
 enum State<S> {
@@ -109,12 +132,9 @@ impl<S: Scalar> Network<S> {
                                 ),
                                 &b,
                             ),
-                            None => Dense::new(
-                                inputs,
-                                units,
-                                draw(inputs * units, inputs, units),
-                                &b,
-                            ),
+                            None => {
+                                Dense::new(inputs, units, draw(inputs * units, inputs, units), &b)
+                            }
                         })
                     }
                     NodeOp::Conv2d {
@@ -173,10 +193,18 @@ impl<S: Scalar> Network<S> {
         &self.plan
     }
 
-    /// What each node counted in the most recent call of each phase (all zero for number
-    /// types that count nothing).
-    pub fn counts(&self) -> StepCounts {
-        self.marks.counts()
+    /// What each node counted in the most recent call of each phase, or `None` for number
+    /// types that count nothing or with attribution turned off.
+    pub fn counts(&self) -> Option<StepCounts> {
+        (S::IS_COUNTED && self.marks.on).then(|| self.marks.counts())
+    }
+
+    /// Turns the per-node attribution of counts on (the default) or off. Off, a counted
+    /// network still counts every operation in the thread's tally, but takes no snapshots
+    /// between nodes, so [`Network::counts`] has nothing to report; `opcount bench` uses
+    /// this to time what counting itself costs.
+    pub fn set_attribution(&mut self, on: bool) {
+        self.marks.on = on;
     }
 
     /// Sizes the buffers for `batch` examples (no work if the size is unchanged).
@@ -206,9 +234,16 @@ impl<S: Scalar> Network<S> {
     /// # Shapes
     /// `inputs`: batch x input values; result: batch x output values.
     pub fn forward(&mut self, inputs: &[S], batch: usize) -> &[S] {
+        self.forward_phase(inputs, batch, &mut |_| {});
+        self.output()
+    }
+
+    /// [`Network::forward`], telling `watch` when the phase starts and each node ends.
+    fn forward_phase(&mut self, inputs: &[S], batch: usize, watch: &mut impl FnMut(Event)) {
         self.resize(batch);
         self.acts[0].copy_from_slice(inputs);
         self.marks.start::<S>(Phase::Forward, false);
+        watch(Event::start(Phase::Forward));
         for k in 0..self.states.len() {
             let (before, after) = self.acts.split_at_mut(k + 1);
             let (x, y) = (&before[k], &mut after[0]);
@@ -225,8 +260,8 @@ impl<S: Scalar> Network<S> {
                 State::Activation(a) => activation::forward(*a, x, y, width),
             }
             self.marks.lap::<S>(Phase::Forward, k, true);
+            watch(Event::end(Phase::Forward, k));
         }
-        self.output()
     }
 
     /// The output of the most recent forward pass.
@@ -237,16 +272,17 @@ impl<S: Scalar> Network<S> {
     /// The loss of the most recent forward pass against `batch`'s targets; also sets the
     /// gradient that [`Network::backward`] starts from.
     pub fn loss(&mut self, batch: &Batch<S>) -> S {
-        self.loss_phase(batch, false)
+        self.loss_phase(batch, false, &mut |_| {})
     }
 
     /// [`Network::loss`]; `chained` if it runs right after the forward pass, whose last mark
     /// is then also its first.
-    fn loss_phase(&mut self, batch: &Batch<S>, chained: bool) -> S {
+    fn loss_phase(&mut self, batch: &Batch<S>, chained: bool, watch: &mut impl FnMut(Event)) -> S {
         let last = self.acts.len() - 1;
         let width = self.plan.output().len();
         let (y, grad) = (&self.acts[last], &mut self.grads[last]);
         self.marks.start::<S>(Phase::Loss, chained);
+        watch(Event::start(Phase::Loss));
         let loss = match self.plan.loss {
             Loss::Mse => loss::mse(y, &batch.values, grad),
             Loss::SoftmaxCrossEntropy => {
@@ -254,19 +290,21 @@ impl<S: Scalar> Network<S> {
             }
         };
         self.marks.lap::<S>(Phase::Loss, 0, true);
+        watch(Event::end(Phase::Loss, 0));
         loss
     }
 
     /// Gradients of every parameter, last node to first, from the gradient the loss set.
     /// A node computes the gradient of its input only if an earlier node has parameters.
     pub fn backward(&mut self) {
-        self.backward_phase(false);
+        self.backward_phase(false, &mut |_| {});
     }
 
     /// [`Network::backward`]; `chained` if it runs right after the loss.
-    fn backward_phase(&mut self, chained: bool) {
+    fn backward_phase(&mut self, chained: bool, watch: &mut impl FnMut(Event)) {
         let n = self.states.len();
         self.marks.start::<S>(Phase::Backward, chained);
+        watch(Event::start(Phase::Backward));
         for k in (0..n).rev() {
             let (before, after) = self.grads.split_at_mut(k + 1);
             let dy = &after[0];
@@ -305,17 +343,19 @@ impl<S: Scalar> Network<S> {
                 }
             };
             self.marks.lap::<S>(Phase::Backward, k, worked);
+            watch(Event::end(Phase::Backward, k));
         }
     }
 
     /// One SGD step on every parameter: `p -= lr * dp`.
     pub fn update(&mut self, lr: S) {
-        self.update_phase(lr, false);
+        self.update_phase(lr, false, &mut |_| {});
     }
 
     /// [`Network::update`]; `chained` if it runs right after the backward pass.
-    fn update_phase(&mut self, lr: S, chained: bool) {
+    fn update_phase(&mut self, lr: S, chained: bool, watch: &mut impl FnMut(Event)) {
         self.marks.start::<S>(Phase::Update, chained);
+        watch(Event::start(Phase::Update));
         for (k, state) in self.states.iter_mut().enumerate() {
             let worked = match state {
                 State::Dense(d) => {
@@ -329,17 +369,29 @@ impl<S: Scalar> Network<S> {
                 _ => false,
             };
             self.marks.lap::<S>(Phase::Update, k, worked);
+            watch(Event::end(Phase::Update, k));
         }
     }
 
     /// A whole training step on a batch: forward, loss, backward, update. Returns the loss
     /// before the update.
     pub fn step(&mut self, batch: &Batch<S>, lr: S) -> S {
-        self.forward(&batch.inputs, batch.size);
-        let loss = self.loss_phase(batch, true);
-        self.backward_phase(true);
-        self.update_phase(lr, true);
+        self.step_watched(batch, lr, |_| {})
+    }
+
+    /// [`Network::step`], telling `watch` when each phase starts and each node ends (for
+    /// progress bars and per-node timing).
+    pub fn step_watched(&mut self, batch: &Batch<S>, lr: S, mut watch: impl FnMut(Event)) -> S {
+        self.forward_phase(&batch.inputs, batch.size, &mut watch);
+        let loss = self.loss_phase(batch, true, &mut watch);
+        self.backward_phase(true, &mut watch);
+        self.update_phase(lr, true, &mut watch);
         loss
+    }
+
+    /// The forward pass alone, watched like [`Network::step_watched`].
+    pub fn forward_watched(&mut self, inputs: &[S], batch: usize, mut watch: impl FnMut(Event)) {
+        self.forward_phase(inputs, batch, &mut watch);
     }
 
     /// Every node's parameters, in plan order, as `(weights, biases)` in the layer's own
@@ -439,10 +491,22 @@ fn window(input: Shape, size: usize, stride: usize) -> Window {
 /// # Ok::<(), opcount::Error>(())
 /// ```
 pub fn measure_step(model: &Model, plan: &Plan, data: &Dataset, batch: usize) -> StepCounts {
+    measure_step_watched(model, plan, data, batch, |_| {})
+}
+
+/// [`measure_step`], telling `watch` how the step progresses (see [`Network::step_watched`]).
+pub fn measure_step_watched(
+    model: &Model,
+    plan: &Plan,
+    data: &Dataset,
+    batch: usize,
+    watch: impl FnMut(Event),
+) -> StepCounts {
     let mut net = Network::<Counted<f32>>::new(model, plan);
     let lr = model.training.as_ref().map_or(0.01, |t| t.lr);
-    net.step(&data.head(batch, plan.loss), Counted::new(lr));
+    net.step_watched(&data.head(batch, plan.loss), Counted::new(lr), watch);
     net.counts()
+        .expect("a counted network with attribution on has counts")
 }
 
 /// Snapshots of the tally between nodes: node k's work in a phase is the difference of the
@@ -462,6 +526,8 @@ struct Marks {
     end: [Vec<usize>; 4],
     /// The slot index of the last snapshot taken, where a chained phase starts.
     last: usize,
+    /// Whether to take snapshots at all.
+    on: bool,
 }
 
 impl Marks {
@@ -472,6 +538,7 @@ impl Marks {
             start: [0, 1, 2, 3],
             end: [vec![0; nodes], vec![0; 1], vec![0; nodes], vec![0; nodes]],
             last: 0,
+            on: true,
         }
     }
 
@@ -498,7 +565,7 @@ impl Marks {
     /// Starts `phase`: from a fresh snapshot, or if `chained`, from the last one taken.
     #[inline]
     fn start<S: Scalar>(&mut self, phase: Phase, chained: bool) {
-        if !S::IS_COUNTED {
+        if !S::IS_COUNTED || !self.on {
             return;
         }
         let p = Marks::index(phase);
@@ -513,7 +580,7 @@ impl Marks {
     /// before it.
     #[inline]
     fn lap<S: Scalar>(&mut self, phase: Phase, k: usize, worked: bool) {
-        if !S::IS_COUNTED {
+        if !S::IS_COUNTED || !self.on {
             return;
         }
         if worked {

@@ -39,7 +39,9 @@ impl Window {
 pub(crate) fn max_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize]) {
     let (ho, wo) = w.output();
     let planes = x.chunks_exact(w.height * w.width);
-    let outs = out.chunks_exact_mut(ho * wo).zip(argmax.chunks_exact_mut(ho * wo));
+    let outs = out
+        .chunks_exact_mut(ho * wo)
+        .zip(argmax.chunks_exact_mut(ho * wo));
     for (plane, (o, arg)) in planes.zip(outs) {
         for y in 0..ho {
             for x in 0..wo {
@@ -63,7 +65,9 @@ pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], 
     let (ho, wo) = w.output();
     dx.fill(S::zero());
     let planes = dx.chunks_exact_mut(w.height * w.width);
-    for (plane, (d, arg)) in planes.zip(dout.chunks_exact(ho * wo).zip(argmax.chunks_exact(ho * wo))) {
+    for (plane, (d, arg)) in
+        planes.zip(dout.chunks_exact(ho * wo).zip(argmax.chunks_exact(ho * wo)))
+    {
         for (&g, &at) in d.iter().zip(arg) {
             plane[at] = g;
         }
@@ -75,7 +79,10 @@ pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], 
 pub(crate) fn avg_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
     let (ho, wo) = w.output();
     let area = area::<S>(w);
-    for (plane, o) in x.chunks_exact(w.height * w.width).zip(out.chunks_exact_mut(ho * wo)) {
+    for (plane, o) in x
+        .chunks_exact(w.height * w.width)
+        .zip(out.chunks_exact_mut(ho * wo))
+    {
         for y in 0..ho {
             for x in 0..wo {
                 let mut cells = w.cells(y, x);
@@ -96,7 +103,10 @@ pub(crate) fn avg_backward<S: Scalar>(w: &Window, dout: &[S], dx: &mut [S]) {
     let (ho, wo) = w.output();
     let area = area::<S>(w);
     dx.fill(S::zero());
-    for (plane, d) in dx.chunks_exact_mut(w.height * w.width).zip(dout.chunks_exact(ho * wo)) {
+    for (plane, d) in dx
+        .chunks_exact_mut(w.height * w.width)
+        .zip(dout.chunks_exact(ho * wo))
+    {
         for y in 0..ho {
             for x in 0..wo {
                 let share = d[y * wo + x] / area;
@@ -120,18 +130,31 @@ mod tests {
 
     #[test]
     fn max_pooling_counts_comparisons_and_routes_gradients() {
-        let w = Window { size: 2, stride: 2, height: 2, width: 4 };
+        let w = Window {
+            size: 2,
+            stride: 2,
+            height: 2,
+            width: 4,
+        };
         let x = Counted::vec(&[1.0f32, 5.0, 2.0, 2.0, 3.0, 4.0, 9.0, 0.0]);
         let mut out = vec![Counted::new(0.0); 2];
         let mut arg = vec![0; 2];
         let ((), counts) = tally::measure(|| max_forward(&w, &x, &mut out, &mut arg));
         assert_eq!(Counted::unwrap_slice(&out), [5.0, 9.0]);
-        assert_eq!(counts, Counts { cmp: 2 * 3, ..Counts::ZERO });
+        assert_eq!(
+            counts,
+            Counts {
+                cmp: 2 * 3,
+                ..Counts::ZERO
+            }
+        );
         let mut dx = vec![Counted::new(7.0); 8];
-        let ((), counts) = tally::measure(|| {
-            max_backward(&w, &Counted::vec(&[1.0, 2.0]), &arg, &mut dx)
-        });
-        assert_eq!(Counted::unwrap_slice(&dx), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+        let ((), counts) =
+            tally::measure(|| max_backward(&w, &Counted::vec(&[1.0, 2.0]), &arg, &mut dx));
+        assert_eq!(
+            Counted::unwrap_slice(&dx),
+            [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0]
+        );
         assert_eq!(counts, Counts::ZERO);
     }
 }
