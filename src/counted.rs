@@ -40,19 +40,20 @@ use crate::tally::{bump, bump_by};
 #[derive(Copy, Clone, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 #[repr(transparent)]
-pub struct Counted<T>(T);
+pub struct Counted<T, const ZEROS: bool = false>(T);
 
+/// [`Counted`] that also counts multiplications with an operand exactly zero
+/// ([`Op::Zmul`]): work a sparse kernel could skip. Costs a comparison per multiplication, so
+/// plain `Counted` leaves it out.
+pub type CountedZeros<T> = Counted<T, true>;
+
+// Constructors are written for plain `Counted<T>` only, so that `Counted::new(1.0)` needs no
+// annotation; build a `CountedZeros<T>` with `x.into()`.
 impl<T> Counted<T> {
     /// Wraps a value. Free.
     #[inline]
     pub const fn new(value: T) -> Self {
         Counted(value)
-    }
-
-    /// The wrapped value. Free.
-    #[inline]
-    pub fn get(self) -> T {
-        self.0
     }
 }
 
@@ -61,21 +62,31 @@ impl<T: Copy> Counted<T> {
     pub fn vec(values: &[T]) -> Vec<Counted<T>> {
         values.iter().map(|&v| Counted(v)).collect()
     }
+}
 
+impl<T, const Z: bool> Counted<T, Z> {
+    /// The wrapped value. Free.
+    #[inline]
+    pub fn get(self) -> T {
+        self.0
+    }
+}
+
+impl<T: Copy, const Z: bool> Counted<T, Z> {
     /// Unwraps every value of a slice.
-    pub fn unwrap_slice(values: &[Counted<T>]) -> Vec<T> {
+    pub fn unwrap_slice(values: &[Counted<T, Z>]) -> Vec<T> {
         values.iter().map(|v| v.0).collect()
     }
 }
 
-impl<T> From<T> for Counted<T> {
+impl<T, const Z: bool> From<T> for Counted<T, Z> {
     #[inline]
     fn from(value: T) -> Self {
         Counted(value)
     }
 }
 
-impl<T> Counting for Counted<T> {
+impl<T, const Z: bool> Counting for Counted<T, Z> {
     const IS_COUNTED: bool = true;
 
     #[inline]
@@ -89,7 +100,7 @@ impl<T> Counting for Counted<T> {
 
 macro_rules! forward_fmt {
     ($($Trait:ident),*) => {$(
-        impl<T: fmt::$Trait> fmt::$Trait for Counted<T> {
+        impl<T: fmt::$Trait, const Z: bool> fmt::$Trait for Counted<T, Z> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::$Trait::fmt(&self.0, f)
             }
@@ -103,7 +114,7 @@ forward_fmt!(Debug, Display, LowerExp, UpperExp);
 
 macro_rules! binary_operator {
     ($Trait:ident::$method:ident, $Assign:ident::$assign:ident, $kind:ident, $op:tt) => {
-        impl<T: Float> $Trait for Counted<T> {
+        impl<T: Float, const Z: bool> $Trait for Counted<T, Z> {
             type Output = Self;
             #[inline]
             fn $method(self, rhs: Self) -> Self {
@@ -111,49 +122,76 @@ macro_rules! binary_operator {
                 Counted(self.0 $op rhs.0)
             }
         }
-        impl<T: Float> $Trait<&Counted<T>> for Counted<T> {
-            type Output = Counted<T>;
+        borrowed_forms!($Trait::$method, $Assign::$assign);
+    };
+}
+
+/// The forms with borrowed operands and the assigning form, all through the owned one.
+macro_rules! borrowed_forms {
+    ($Trait:ident::$method:ident, $Assign:ident::$assign:ident) => {
+        impl<T: Float, const Z: bool> $Trait<&Counted<T, Z>> for Counted<T, Z> {
+            type Output = Counted<T, Z>;
             #[inline]
-            fn $method(self, rhs: &Counted<T>) -> Counted<T> {
+            fn $method(self, rhs: &Counted<T, Z>) -> Counted<T, Z> {
                 self.$method(*rhs)
             }
         }
-        impl<T: Float> $Trait<Counted<T>> for &Counted<T> {
-            type Output = Counted<T>;
+        impl<T: Float, const Z: bool> $Trait<Counted<T, Z>> for &Counted<T, Z> {
+            type Output = Counted<T, Z>;
             #[inline]
-            fn $method(self, rhs: Counted<T>) -> Counted<T> {
+            fn $method(self, rhs: Counted<T, Z>) -> Counted<T, Z> {
                 (*self).$method(rhs)
             }
         }
-        impl<T: Float> $Trait<&Counted<T>> for &Counted<T> {
-            type Output = Counted<T>;
+        impl<T: Float, const Z: bool> $Trait<&Counted<T, Z>> for &Counted<T, Z> {
+            type Output = Counted<T, Z>;
             #[inline]
-            fn $method(self, rhs: &Counted<T>) -> Counted<T> {
+            fn $method(self, rhs: &Counted<T, Z>) -> Counted<T, Z> {
                 (*self).$method(*rhs)
             }
         }
-        impl<T: Float> $Assign for Counted<T> {
+        impl<T: Float, const Z: bool> $Assign for Counted<T, Z> {
             #[inline]
             fn $assign(&mut self, rhs: Self) {
                 *self = (*self).$method(rhs);
             }
         }
-        impl<T: Float> $Assign<&Counted<T>> for Counted<T> {
+        impl<T: Float, const Z: bool> $Assign<&Counted<T, Z>> for Counted<T, Z> {
             #[inline]
-            fn $assign(&mut self, rhs: &Counted<T>) {
+            fn $assign(&mut self, rhs: &Counted<T, Z>) {
                 *self = (*self).$method(*rhs);
             }
         }
     };
 }
 
+/// Multiplication also counts a zero operand, for [`CountedZeros`] (`Z`); for plain
+/// `Counted` the check compiles away.
+impl<T: Float, const Z: bool> Mul for Counted<T, Z> {
+    type Output = Self;
+    #[inline]
+    fn mul(self, rhs: Self) -> Self {
+        bump(Op::Mul);
+        count_zero_operand::<T, Z>(self.0, rhs.0);
+        Counted(self.0 * rhs.0)
+    }
+}
+borrowed_forms!(Mul::mul, MulAssign::mul_assign);
+
+/// Bumps [`Op::Zmul`] if `Z` and either factor is exactly zero (either sign).
+#[inline]
+fn count_zero_operand<T: Float, const Z: bool>(a: T, b: T) {
+    if Z {
+        bump_by(Op::Zmul, (a == T::zero() || b == T::zero()) as u64);
+    }
+}
+
 binary_operator!(Add::add, AddAssign::add_assign, Add, +);
 binary_operator!(Sub::sub, SubAssign::sub_assign, Sub, -);
-binary_operator!(Mul::mul, MulAssign::mul_assign, Mul, *);
 binary_operator!(Div::div, DivAssign::div_assign, Div, /);
 binary_operator!(Rem::rem, RemAssign::rem_assign, Rem, %);
 
-impl<T: Float> Neg for Counted<T> {
+impl<T: Float, const Z: bool> Neg for Counted<T, Z> {
     type Output = Self;
     #[inline]
     fn neg(self) -> Self {
@@ -162,36 +200,36 @@ impl<T: Float> Neg for Counted<T> {
     }
 }
 
-impl<T: Float> Neg for &Counted<T> {
-    type Output = Counted<T>;
+impl<T: Float, const Z: bool> Neg for &Counted<T, Z> {
+    type Output = Counted<T, Z>;
     #[inline]
-    fn neg(self) -> Counted<T> {
+    fn neg(self) -> Counted<T, Z> {
         -*self
     }
 }
 
 /// A sum of k values costs k-1 additions: it starts from the first value. The standard
 /// library starts from `-0.0`, which gives the same bits because `-0.0 + x == x`.
-impl<T: Float> Sum for Counted<T> {
+impl<T: Float, const Z: bool> Sum for Counted<T, Z> {
     fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
         iter.reduce(|a, b| a + b).unwrap_or(Counted(T::neg_zero()))
     }
 }
 
-impl<'a, T: Float> Sum<&'a Counted<T>> for Counted<T> {
+impl<'a, T: Float, const Z: bool> Sum<&'a Counted<T, Z>> for Counted<T, Z> {
     fn sum<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
         iter.copied().sum()
     }
 }
 
 /// A product of k values costs k-1 multiplications: it starts from the first value.
-impl<T: Float> Product for Counted<T> {
+impl<T: Float, const Z: bool> Product for Counted<T, Z> {
     fn product<I: Iterator<Item = Self>>(iter: I) -> Self {
         iter.reduce(|a, b| a * b).unwrap_or(Counted(T::one()))
     }
 }
 
-impl<'a, T: Float> Product<&'a Counted<T>> for Counted<T> {
+impl<'a, T: Float, const Z: bool> Product<&'a Counted<T, Z>> for Counted<T, Z> {
     fn product<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
         iter.copied().product()
     }
@@ -201,7 +239,7 @@ impl<'a, T: Float> Product<&'a Counted<T>> for Counted<T> {
 // Comparisons: one `cmp` each. Written out rather than derived so that `lt`, `le`, ... call
 // `T`'s own comparison once instead of going through `partial_cmp`.
 
-impl<T: Float> PartialEq for Counted<T> {
+impl<T: Float, const Z: bool> PartialEq for Counted<T, Z> {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         bump(Op::Cmp);
@@ -215,7 +253,7 @@ impl<T: Float> PartialEq for Counted<T> {
     }
 }
 
-impl<T: Float> PartialOrd for Counted<T> {
+impl<T: Float, const Z: bool> PartialOrd for Counted<T, Z> {
     #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         bump(Op::Cmp);
@@ -243,7 +281,7 @@ impl<T: Float> PartialOrd for Counted<T> {
     }
 }
 
-impl<T: Float + TotalOrder> TotalOrder for Counted<T> {
+impl<T: Float + TotalOrder, const Z: bool> TotalOrder for Counted<T, Z> {
     #[inline]
     fn total_cmp(&self, other: &Self) -> Ordering {
         bump(Op::Cmp);
@@ -254,7 +292,7 @@ impl<T: Float + TotalOrder> TotalOrder for Counted<T> {
 // ---------------------------------------------------------------------------------------
 // num-traits: constants, conversions and classification are free.
 
-impl<T: Float> Zero for Counted<T> {
+impl<T: Float, const Z: bool> Zero for Counted<T, Z> {
     #[inline]
     fn zero() -> Self {
         Counted(T::zero())
@@ -265,7 +303,7 @@ impl<T: Float> Zero for Counted<T> {
     }
 }
 
-impl<T: Float> One for Counted<T> {
+impl<T: Float, const Z: bool> One for Counted<T, Z> {
     #[inline]
     fn one() -> Self {
         Counted(T::one())
@@ -277,14 +315,14 @@ impl<T: Float> One for Counted<T> {
     }
 }
 
-impl<T: Float> Num for Counted<T> {
+impl<T: Float, const Z: bool> Num for Counted<T, Z> {
     type FromStrRadixErr = T::FromStrRadixErr;
     fn from_str_radix(s: &str, radix: u32) -> Result<Self, Self::FromStrRadixErr> {
         T::from_str_radix(s, radix).map(Counted)
     }
 }
 
-impl<T: Float> NumCast for Counted<T> {
+impl<T: Float, const Z: bool> NumCast for Counted<T, Z> {
     #[inline]
     fn from<N: ToPrimitive>(n: N) -> Option<Self> {
         <T as NumCast>::from(n).map(Counted)
@@ -293,7 +331,7 @@ impl<T: Float> NumCast for Counted<T> {
 
 macro_rules! forward_to_primitive {
     ($($method:ident -> $ty:ty;)*) => {
-        impl<T: Float> ToPrimitive for Counted<T> {
+        impl<T: Float, const Z: bool> ToPrimitive for Counted<T, Z> {
             $( #[inline] fn $method(&self) -> Option<$ty> { self.0.$method() } )*
         }
     };
@@ -306,7 +344,7 @@ forward_to_primitive! {
 
 macro_rules! forward_from_primitive {
     ($($method:ident($ty:ty);)*) => {
-        impl<T: Float + FromPrimitive> FromPrimitive for Counted<T> {
+        impl<T: Float + FromPrimitive, const Z: bool> FromPrimitive for Counted<T, Z> {
             $( #[inline] fn $method(n: $ty) -> Option<Self> { T::$method(n).map(Counted) } )*
         }
     };
@@ -317,7 +355,7 @@ forward_from_primitive! {
     from_u64(u64); from_u128(u128); from_f32(f32); from_f64(f64);
 }
 
-impl<T: Float + Bounded> Bounded for Counted<T> {
+impl<T: Float + Bounded, const Z: bool> Bounded for Counted<T, Z> {
     #[inline]
     fn min_value() -> Self {
         Counted(<T as Bounded>::min_value())
@@ -330,7 +368,7 @@ impl<T: Float + Bounded> Bounded for Counted<T> {
 
 macro_rules! forward_float_const {
     ($($name:ident)*) => {
-        impl<T: Float + FloatConst> FloatConst for Counted<T> {
+        impl<T: Float + FloatConst, const Z: bool> FloatConst for Counted<T, Z> {
             $( #[inline] fn $name() -> Self { Counted(T::$name()) } )*
         }
     };
@@ -340,7 +378,7 @@ forward_float_const! {
     FRAC_PI_6 FRAC_PI_8 LN_10 LN_2 LOG10_E LOG2_E PI SQRT_2 TAU LOG10_2 LOG2_10
 }
 
-impl<T: Float + Signed> Signed for Counted<T> {
+impl<T: Float + Signed, const Z: bool> Signed for Counted<T, Z> {
     #[inline]
     fn abs(&self) -> Self {
         bump(Op::Abs);
@@ -397,7 +435,7 @@ macro_rules! float_methods {
     };
 }
 
-impl<T: Float> Float for Counted<T> {
+impl<T: Float, const Z: bool> Float for Counted<T, Z> {
     float_methods! {
         constants {
             nan infinity neg_infinity neg_zero min_value min_positive_value epsilon max_value
@@ -464,6 +502,7 @@ impl<T: Float> Float for Counted<T> {
     #[inline]
     fn mul_add(self, a: Self, b: Self) -> Self {
         bump(Op::Mul);
+        count_zero_operand::<T, Z>(self.0, a.0);
         bump(Op::Add);
         Counted(self.0.mul_add(a.0, b.0))
     }

@@ -94,6 +94,16 @@ kinds! {
     pow => Pow: "`powi`, `powf`";
     trans => Trans: "other library functions: trigonometric, hyperbolic but `tanh`, `cbrt`, `hypot`";
     act => Act: "activation calls: one per output value of an activation layer (not an operation, not in totals)";
+    zmul => Zmul: "multiplications with an operand exactly zero, counted by `CountedZeros` (a part of `mul`, not in totals; data-dependent, no closed form)";
+}
+
+impl Op {
+    /// Whether the kind is an arithmetic operation of its own, counted in totals. Not
+    /// [`Op::Act`] (calls whose arithmetic is counted under its own kinds) nor [`Op::Zmul`]
+    /// (a part of [`Op::Mul`]).
+    pub const fn is_operation(self) -> bool {
+        !matches!(self, Op::Act | Op::Zmul)
+    }
 }
 
 impl fmt::Display for Op {
@@ -110,13 +120,19 @@ impl Counts {
         c
     }
 
-    /// The number of arithmetic operations: every kind but [`Op::Act`], which counts calls
-    /// whose inner operations are already counted under their own kinds.
+    /// The number of arithmetic operations: every kind that is an operation of its own
+    /// (see [`Op::is_operation`]).
     pub fn total(&self) -> u64 {
         self.iter()
-            .filter(|&(op, _)| op != Op::Act)
+            .filter(|&(op, _)| op.is_operation())
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// The counts a closed form can predict: everything but [`Op::Zmul`], which depends on
+    /// the data.
+    pub fn predictable(&self) -> Counts {
+        Counts { zmul: 0, ..*self }
     }
 
     /// Every kind with its count, in [`Op::ALL`] order.

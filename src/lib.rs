@@ -43,7 +43,7 @@ mod scalar;
 pub mod tally;
 pub mod train;
 
-pub use counted::Counted;
+pub use counted::{Counted, CountedZeros};
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
 pub use model::{Model, Plan};

@@ -79,6 +79,22 @@ impl StepCounts {
         }
     }
 
+    /// The counts a closed form can predict (see [`Counts::predictable`]).
+    pub fn predictable(&self) -> StepCounts {
+        StepCounts {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeCounts {
+                    forward: n.forward.predictable(),
+                    backward: n.backward.predictable(),
+                    update: n.update.predictable(),
+                })
+                .collect(),
+            loss: self.loss.predictable(),
+        }
+    }
+
     /// Everything counted in `phase`.
     pub fn phase(&self, phase: Phase) -> Counts {
         match phase {

@@ -539,3 +539,29 @@ fn serde_is_transparent() {
     assert_eq!(y.get(), 2.25);
     assert_eq!(format!("{x} {x:?} {x:.3} {x:e}"), "1.5 1.5 1.500 1.5e0");
 }
+
+#[test]
+fn counted_zeros_counts_multiplications_by_zero_and_nothing_else_changes() {
+    use opcount::CountedZeros;
+    let z = |v: f64| -> CountedZeros<f64> { v.into() };
+    let (_, counts) = tally::measure(|| {
+        let _ = z(0.0) * z(3.0); // zero operand
+        let _ = z(2.0) * z(-0.0); // negative zero is zero
+        let _ = z(2.0) * z(3.0); // none
+        let mut x = z(5.0);
+        x *= z(0.0); // assigning form
+        let _ = z(0.0).mul_add(z(1.0), z(1.0)); // the multiplication of a mul_add
+        let _ = z(1.0) + z(0.0); // additions never count here
+    });
+    assert_eq!(counts.mul, 5);
+    assert_eq!(counts.zmul, 4);
+    assert_eq!(counts.add, 2);
+    assert_eq!(
+        counts.total(),
+        7,
+        "zmul is a part of mul, not an operation of its own"
+    );
+    // Same bits as plain Counted.
+    let (a, b) = (z(0.1).get(), Counted::new(0.1f64).get());
+    assert_eq!(a.to_bits(), b.to_bits());
+}

@@ -71,7 +71,7 @@ fn every_shipped_model_matches_its_closed_form_at_batch_1_and_7() {
                 );
                 continue;
             }
-            let measured = measure_step(&model, &plan, &data, batch);
+            let measured = measure_step(&model, &plan, &data, batch).predictable();
             assert_same(&measured, &estimated, &plan, batch);
             assert!(
                 Report::new(&plan, batch, Some(measured), estimated)
@@ -124,29 +124,31 @@ fn the_xor_table_is_pinned() {
     let estimated = estimate::step(&plan, 4).unwrap();
     let table = Report::new(&plan, 4, Some(measured), estimated).table();
     // Produced by `opcount count models/xor.ron --batch 4` and checked by hand against
-    // docs/counting.md (e.g. dense1 backward: dW 4*2*2 mul, 3*2*2 add; db 3*2 add).
+    // docs/counting.md (e.g. dense1 backward: dW 4*2*2 mul, 3*2*2 add; db 3*2 add). Half
+    // of XOR's eight input values are 0, and each meets 2 weights forward and 2 gradients
+    // in dW: 8 multiplications by zero in each.
     let expected = "\
-xor: one training step on a batch of 4, measured with Counted<f32> next to the closed form
-╭───┬────────────────┬─────────┬────────┬────────┬──────────┬─────┬─────┬───────┬─────┬──────────┬───────────┬───┬────────╮
-│ # │ layer          │ kind    │ output │ params │ phase    │ mul │ add │ other │ act │ measured │ estimated │ = │ share  │
-├───┼────────────────┼─────────┼────────┼────────┼──────────┼─────┼─────┼───────┼─────┼──────────┼───────────┼───┼────────┤
-│ 0 │ dense1         │ dense   │ 2      │      6 │ forward  │  16 │  16 │     0 │   0 │       32 │        32 │ ✓ │  14.2% │
-│   │                │         │        │        │ backward │  16 │  18 │     0 │   0 │       34 │        34 │ ✓ │  15.0% │
-│   │                │         │        │        │ update   │   6 │   0 │     6 │   0 │       12 │        12 │ ✓ │   5.3% │
-│ 1 │ dense1.sigmoid │ sigmoid │ 2      │      0 │ forward  │   0 │   8 │    24 │   8 │       32 │        32 │ ✓ │  14.2% │
-│   │                │         │        │        │ backward │  16 │   0 │     8 │   0 │       24 │        24 │ ✓ │  10.6% │
-│ 2 │ dense2         │ dense   │ 1      │      3 │ forward  │   8 │   8 │     0 │   0 │       16 │        16 │ ✓ │   7.1% │
-│   │                │         │        │        │ backward │  16 │   9 │     0 │   0 │       25 │        25 │ ✓ │  11.1% │
-│   │                │         │        │        │ update   │   3 │   0 │     3 │   0 │        6 │         6 │ ✓ │   2.7% │
-│ 3 │ dense2.sigmoid │ sigmoid │ 1      │      0 │ forward  │   0 │   4 │    12 │   4 │       16 │        16 │ ✓ │   7.1% │
-│   │                │         │        │        │ backward │   8 │   0 │     4 │   0 │       12 │        12 │ ✓ │   5.3% │
-│   │ loss           │ mse     │        │        │ loss     │   8 │   3 │     6 │   0 │       17 │        17 │ ✓ │   7.5% │
-│   │ total          │         │        │      9 │ forward  │  24 │  36 │    36 │  12 │       96 │        96 │ ✓ │  42.5% │
-│   │                │         │        │        │ loss     │   8 │   3 │     6 │   0 │       17 │        17 │ ✓ │   7.5% │
-│   │                │         │        │        │ backward │  56 │  27 │    12 │   0 │       95 │        95 │ ✓ │  42.0% │
-│   │                │         │        │        │ update   │   9 │   0 │     9 │   0 │       18 │        18 │ ✓ │   8.0% │
-│   │                │         │        │        │ step     │  97 │  66 │    63 │  12 │      226 │       226 │ ✓ │ 100.0% │
-╰───┴────────────────┴─────────┴────────┴────────┴──────────┴─────┴─────┴───────┴─────┴──────────┴───────────┴───┴────────╯
+xor: one training step on a batch of 4, measured with CountedZeros<f32> next to the closed form
+╭───┬────────────────┬─────────┬────────┬────────┬──────────┬─────┬─────┬───────┬─────┬──────────┬──────────┬───────────┬───┬────────╮
+│ # │ layer          │ kind    │ output │ params │ phase    │ mul │ add │ other │ act │ mul by 0 │ measured │ estimated │ = │ share  │
+├───┼────────────────┼─────────┼────────┼────────┼──────────┼─────┼─────┼───────┼─────┼──────────┼──────────┼───────────┼───┼────────┤
+│ 0 │ dense1         │ dense   │ 2      │      6 │ forward  │  16 │  16 │     0 │   0 │        8 │       32 │        32 │ ✓ │  14.2% │
+│   │                │         │        │        │ backward │  16 │  18 │     0 │   0 │        8 │       34 │        34 │ ✓ │  15.0% │
+│   │                │         │        │        │ update   │   6 │   0 │     6 │   0 │        0 │       12 │        12 │ ✓ │   5.3% │
+│ 1 │ dense1.sigmoid │ sigmoid │ 2      │      0 │ forward  │   0 │   8 │    24 │   8 │        0 │       32 │        32 │ ✓ │  14.2% │
+│   │                │         │        │        │ backward │  16 │   0 │     8 │   0 │        0 │       24 │        24 │ ✓ │  10.6% │
+│ 2 │ dense2         │ dense   │ 1      │      3 │ forward  │   8 │   8 │     0 │   0 │        0 │       16 │        16 │ ✓ │   7.1% │
+│   │                │         │        │        │ backward │  16 │   9 │     0 │   0 │        0 │       25 │        25 │ ✓ │  11.1% │
+│   │                │         │        │        │ update   │   3 │   0 │     3 │   0 │        0 │        6 │         6 │ ✓ │   2.7% │
+│ 3 │ dense2.sigmoid │ sigmoid │ 1      │      0 │ forward  │   0 │   4 │    12 │   4 │        0 │       16 │        16 │ ✓ │   7.1% │
+│   │                │         │        │        │ backward │   8 │   0 │     4 │   0 │        0 │       12 │        12 │ ✓ │   5.3% │
+│   │ loss           │ mse     │        │        │ loss     │   8 │   3 │     6 │   0 │        0 │       17 │        17 │ ✓ │   7.5% │
+│   │ total          │         │        │      9 │ forward  │  24 │  36 │    36 │  12 │        8 │       96 │        96 │ ✓ │  42.5% │
+│   │                │         │        │        │ loss     │   8 │   3 │     6 │   0 │        0 │       17 │        17 │ ✓ │   7.5% │
+│   │                │         │        │        │ backward │  56 │  27 │    12 │   0 │        8 │       95 │        95 │ ✓ │  42.0% │
+│   │                │         │        │        │ update   │   9 │   0 │     9 │   0 │        0 │       18 │        18 │ ✓ │   8.0% │
+│   │                │         │        │        │ step     │  97 │  66 │    63 │  12 │       16 │      226 │       226 │ ✓ │ 100.0% │
+╰───┴────────────────┴─────────┴────────┴────────┴──────────┴─────┴─────┴───────┴─────┴──────────┴──────────┴───────────┴───┴────────╯
 parameters: 9
 backward/forward: 0.99x the arithmetic operations (DeepSpeed and calflops assume 2x)
 every measured count equals its closed form
@@ -218,7 +220,7 @@ proptest! {
         let model = Model::parse(&text, "random").unwrap();
         let plan = model.plan("random").unwrap();
         let data = Dataset::synthetic(&plan, batch, 5);
-        let measured = measure_step(&model, &plan, &data, batch);
+        let measured = measure_step(&model, &plan, &data, batch).predictable();
         let estimated = estimate::step(&plan, batch).unwrap();
         assert_same(&measured, &estimated, &plan, batch);
     }
