@@ -28,6 +28,8 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod chart;
+pub mod convention;
 mod counted;
 mod counts;
 pub mod data;
@@ -37,6 +39,7 @@ pub mod files;
 pub mod model;
 mod nn;
 mod phases;
+pub mod project;
 pub mod report;
 pub mod rng;
 mod scalar;

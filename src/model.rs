@@ -442,6 +442,41 @@ impl Plan {
     pub fn params(&self) -> u64 {
         self.nodes.iter().map(|n| n.op.params()).sum()
     }
+
+    /// About how many bytes a network of this plan needs to run a step on `batch`
+    /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
+    /// activation and its gradient, max pooling's positions, and a convolution's padded
+    /// input and patch gradients. Computed without allocating anything.
+    pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
+        let b = batch as u128;
+        let mut values: u128 = 2 * self.params() as u128;
+        let mut largest_scratch: u128 = 0;
+        let mut positions: u128 = 0;
+        values += 2 * b * self.input.len() as u128;
+        for node in &self.nodes {
+            values += 2 * b * node.output.len() as u128;
+            match (node.op, node.input, node.output) {
+                (
+                    NodeOp::Conv2d {
+                        in_channels,
+                        kernel,
+                        padding,
+                        ..
+                    },
+                    Shape::Image { h, w, .. },
+                    Shape::Image { h: ho, w: wo, .. },
+                ) => {
+                    let padded = (in_channels * (h + 2 * padding) * (w + 2 * padding)) as u128;
+                    let patches = (in_channels * kernel * kernel) as u128 * (ho * wo) as u128;
+                    values += padded;
+                    largest_scratch = largest_scratch.max(patches + padded);
+                }
+                (NodeOp::MaxPool2d { .. }, _, output) => positions += b * output.len() as u128,
+                _ => {}
+            }
+        }
+        (values + largest_scratch) * scalar_bytes as u128 + positions * 8
+    }
 }
 
 /// The largest value any single dimension may have: larger is surely a typo.

@@ -10,6 +10,7 @@ use tabled::settings::object::{Columns, Object, Rows};
 use tabled::settings::{Alignment, Style};
 use tabled::{Table, Tabled};
 
+use crate::convention::Convention;
 use crate::counts::{Counts, Op};
 use crate::model::Plan;
 use crate::phases::{NodeCounts, Phase, StepCounts, Totals};
@@ -145,6 +146,8 @@ pub struct Report {
     pub measured: Option<StepCounts>,
     /// What the closed forms say.
     pub estimated: StepCounts,
+    /// How the table, JSON and CSV report the counts.
+    pub convention: Convention,
 }
 
 /// The phases a node takes part in, in report order.
@@ -178,7 +181,28 @@ impl Report {
             nodes,
             measured,
             estimated,
+            convention: Convention::Exact,
         }
+    }
+
+    /// The same report in another counter's convention.
+    pub fn in_convention(self, convention: Convention) -> Report {
+        Report { convention, ..self }
+    }
+
+    /// A node's number in phase `phase` of `step`, in a single-number convention.
+    fn number(&self, step: &StepCounts, k: usize, phase: Phase) -> u64 {
+        let counts = step.nodes[k].phase(phase);
+        self.convention
+            .value(self.nodes[k].kind, phase, &counts)
+            .unwrap_or_else(|| counts.total())
+    }
+
+    /// A phase's number over the whole step, in a single-number convention.
+    fn phase_number(&self, step: &StepCounts, phase: Phase) -> u64 {
+        (0..self.nodes.len())
+            .map(|k| self.number(step, k, phase))
+            .sum()
     }
 
     /// Every count, per node, phase and kind, that differs from its closed form (none if
@@ -229,6 +253,9 @@ impl Report {
     /// The report as a text table: one row per node and phase it works in, the loss, and
     /// the totals per phase; then the parameter count and the backward/forward ratio.
     pub fn table(&self) -> String {
+        if self.convention != Convention::Exact {
+            return self.number_table();
+        }
         let totals = self.shown().totals();
         let step_total = totals.all.total();
         let measured_totals = self.measured.as_ref().map(StepCounts::totals);
@@ -353,8 +380,111 @@ impl Report {
         out
     }
 
+    /// The table of a single-number convention (mac, flop): one row per convolution or
+    /// dense node and phase it works in, and the totals.
+    fn number_table(&self) -> String {
+        let unit = self.convention.name();
+        let shown = self.shown();
+        let step_total: u64 = [Phase::Forward, Phase::Backward]
+            .iter()
+            .map(|&p| self.phase_number(shown, p))
+            .sum();
+        let mut builder = Builder::default();
+        builder.push_record([
+            "#".to_string(),
+            "layer".into(),
+            "kind".into(),
+            "output".into(),
+            "params".into(),
+            "phase".into(),
+            format!("{unit}s measured"),
+            format!("{unit}s estimated"),
+            "=".into(),
+            "share".into(),
+        ]);
+        let cells = |m: Option<u64>, e: u64, shown: u64| {
+            [
+                m.map_or_else(|| "-".to_string(), thousands),
+                thousands(e),
+                match m {
+                    Some(m) if m == e => "✓".to_string(),
+                    Some(_) => "✗".to_string(),
+                    None => String::new(),
+                },
+                Share(shown, step_total).to_string(),
+            ]
+        };
+        for (k, info) in self.nodes.iter().enumerate() {
+            let mut first = true;
+            for phase in [Phase::Forward, Phase::Backward] {
+                let e = self.number(&self.estimated, k, phase);
+                if e == 0 {
+                    continue;
+                }
+                let m = self.measured.as_ref().map(|m| self.number(m, k, phase));
+                let mut row = if first {
+                    vec![
+                        info.index.to_string(),
+                        info.name.clone(),
+                        info.kind.to_string(),
+                        info.output.clone(),
+                        thousands(info.params),
+                    ]
+                } else {
+                    vec![String::new(); 5]
+                };
+                first = false;
+                row.push(phase.name().to_string());
+                row.extend(cells(m, e, m.unwrap_or(e)));
+                builder.push_record(row);
+            }
+        }
+        for (i, phase) in [Some(Phase::Forward), Some(Phase::Backward), None]
+            .into_iter()
+            .enumerate()
+        {
+            let total = |step: &StepCounts| match phase {
+                Some(p) => self.phase_number(step, p),
+                None => {
+                    self.phase_number(step, Phase::Forward)
+                        + self.phase_number(step, Phase::Backward)
+                }
+            };
+            let e = total(&self.estimated);
+            let m = self.measured.as_ref().map(total);
+            let mut row = vec![String::new(); 5];
+            if i == 0 {
+                row[1] = "total".into();
+                row[4] = thousands(self.params);
+            }
+            row.push(phase.map_or("step", Phase::name).to_string());
+            row.extend(cells(m, e, m.unwrap_or(e)));
+            builder.push_record(row);
+        }
+        let mut table = builder.build();
+        table
+            .with(Style::rounded())
+            .modify(Columns::new(4..5).not(Rows::first()), Alignment::right())
+            .modify(Columns::new(6..).not(Rows::first()), Alignment::right());
+        format!(
+            "{}: one training step on a batch of {}, in {} ({}): convolution and dense \
+             layers only\n{table}\nparameters: {}\n",
+            self.model,
+            self.batch,
+            unit,
+            match self.convention {
+                Convention::Flop => "2 per multiply-accumulate",
+                _ => "multiply-accumulates",
+            },
+            thousands(self.params)
+        )
+    }
+
     /// The report as JSON (schema in `docs/report-format.md`).
     pub fn json(&self) -> serde_json::Value {
+        if self.convention != Convention::Exact {
+            return self.number_json();
+        }
         let phases = |n: &NodeCounts| json!({ "forward": n.forward, "backward": n.backward, "update": n.update });
         let totals = |t: Totals| {
             json!({
@@ -396,27 +526,86 @@ impl Report {
         })
     }
 
+    /// JSON of a single-number convention: the same layout as exact JSON, with a number
+    /// where exact JSON has an object of counts.
+    fn number_json(&self) -> serde_json::Value {
+        let phases = |step: &StepCounts, k: usize| {
+            json!({
+                "forward": self.number(step, k, Phase::Forward),
+                "backward": self.number(step, k, Phase::Backward),
+                "update": self.number(step, k, Phase::Update),
+            })
+        };
+        let totals = |step: &StepCounts| {
+            let [f, b] = [Phase::Forward, Phase::Backward].map(|p| self.phase_number(step, p));
+            json!({ "forward": f, "loss": 0, "backward": b, "update": 0, "all": f + b })
+        };
+        let layers: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, info)| {
+                json!({
+                    "index": info.index,
+                    "name": info.name,
+                    "kind": info.kind,
+                    "params": info.params,
+                    "output": info.output,
+                    "measured": self.measured.as_ref().map(|m| phases(m, k)),
+                    "estimated": phases(&self.estimated, k),
+                })
+            })
+            .collect();
+        json!({
+            "model": self.model,
+            "batch": self.batch,
+            "params": self.params,
+            "convention": self.convention.name(),
+            "layers": layers,
+            "loss": {
+                "name": self.loss,
+                "measured": self.measured.as_ref().map(|_| 0),
+                "estimated": 0,
+            },
+            "totals": {
+                "measured": self.measured.as_ref().map(totals),
+                "estimated": totals(&self.estimated),
+            },
+        })
+    }
+
     /// The report as CSV: one row per node and phase (forward, backward, update) and one
-    /// for the loss, with every kind measured (empty if not run) and estimated.
+    /// for the loss, with every kind measured (empty if not run) and estimated; in a
+    /// single-number convention, one `measured` and one `estimated` column.
     pub fn csv(&self) -> String {
         let mut header = vec!["index", "name", "kind", "output", "params", "phase"]
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>();
+        let exact = self.convention == Convention::Exact;
         for prefix in ["measured", "estimated"] {
-            header.extend(Op::ALL.iter().map(|op| format!("{prefix}_{}", op.name())));
-            header.push(format!("{prefix}_total"));
+            if exact {
+                header.extend(Op::ALL.iter().map(|op| format!("{prefix}_{}", op.name())));
+                header.push(format!("{prefix}_total"));
+            } else {
+                header.push(format!("{prefix}_{}", self.convention.name()));
+            }
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
         let mut rows = vec![header];
-        let cells = |c: Option<Counts>| -> Vec<String> {
-            match c {
-                Some(c) => c
+        let cells = |c: Option<Counts>, kind: &str, phase: Phase| -> Vec<String> {
+            match (
+                c,
+                self.convention.value(kind, phase, &c.unwrap_or_default()),
+            ) {
+                (None, _) if exact => vec![String::new(); Op::COUNT + 1],
+                (None, _) => vec![String::new()],
+                (Some(c), None) => c
                     .iter()
                     .map(|(_, n)| n.to_string())
                     .chain([c.total().to_string()])
                     .collect(),
-                None => vec![String::new(); Op::COUNT + 1],
+                (Some(_), Some(n)) => vec![n.to_string()],
             }
         };
         for (k, info) in self.nodes.iter().enumerate() {
@@ -429,10 +618,17 @@ impl Report {
                     info.params.to_string(),
                     phase.name().to_string(),
                 ];
+                let kind = info.kind;
                 row.extend(cells(
                     self.measured.as_ref().map(|m| m.nodes[k].phase(phase)),
+                    kind,
+                    phase,
                 ));
-                row.extend(cells(Some(self.estimated.nodes[k].phase(phase))));
+                row.extend(cells(
+                    Some(self.estimated.nodes[k].phase(phase)),
+                    kind,
+                    phase,
+                ));
                 rows.push(row);
             }
         }
@@ -444,8 +640,12 @@ impl Report {
             "0".into(),
             "loss".into(),
         ];
-        row.extend(cells(self.measured.as_ref().map(|m| m.loss)));
-        row.extend(cells(Some(self.estimated.loss)));
+        row.extend(cells(
+            self.measured.as_ref().map(|m| m.loss),
+            "loss",
+            Phase::Loss,
+        ));
+        row.extend(cells(Some(self.estimated.loss), "loss", Phase::Loss));
         rows.push(row);
         for row in rows {
             writer

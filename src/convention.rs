@@ -1,0 +1,88 @@
+//! Other counters' conventions, so that opcount's exact counts can be set next to the numbers
+//! fvcore, ptflops, PyTorch's FlopCounterMode or DeepSpeed print for the same model (see
+//! `docs/conventions.md`).
+
+use std::fmt;
+
+use crate::counts::Counts;
+use crate::phases::Phase;
+
+/// How operations are reported.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Convention {
+    /// opcount's own: every kind of operation counted separately (`docs/counting.md`).
+    #[default]
+    Exact,
+    /// Multiply-accumulates of the convolution and dense layers only, forward and backward:
+    /// one per product of their weighted sums (bias additions, activations, pooling, the
+    /// loss and the update count nothing). What fvcore, thop, ptflops and torchvision's
+    /// published "GFLOPS" report for the forward pass.
+    Mac,
+    /// Two floating-point operations per multiply-accumulate: what PyTorch's
+    /// FlopCounterMode and DeepSpeed's profiler report.
+    Flop,
+}
+
+impl Convention {
+    /// Lower-case name, as on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Convention::Exact => "exact",
+            Convention::Mac => "mac",
+            Convention::Flop => "flop",
+        }
+    }
+
+    /// The single number this convention gives a node (of `kind`, as in
+    /// [`NodeOp::kind`](crate::model::NodeOp::kind)) in `phase`, for the conventions that
+    /// give one ([`Convention::Mac`], [`Convention::Flop`]); `None` for
+    /// [`Convention::Exact`].
+    ///
+    /// A convolution's or dense layer's multiply-accumulates are exactly its measured
+    /// multiplications: forward, one per product of a weighted sum; backward, one per
+    /// product of the weight gradient and of the input gradient (when computed).
+    pub fn value(self, kind: &str, phase: Phase, counts: &Counts) -> Option<u64> {
+        let weighted = matches!(kind, "conv2d" | "dense");
+        let macs = match phase {
+            Phase::Forward | Phase::Backward if weighted => counts.mul,
+            _ => 0,
+        };
+        match self {
+            Convention::Exact => None,
+            Convention::Mac => Some(macs),
+            Convention::Flop => Some(2 * macs),
+        }
+    }
+}
+
+impl fmt::Display for Convention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_weighted_layers_forward_and_backward_count() {
+        let c = Counts {
+            mul: 10,
+            add: 10,
+            exp: 3,
+            ..Counts::ZERO
+        };
+        assert_eq!(Convention::Mac.value("dense", Phase::Forward, &c), Some(10));
+        assert_eq!(
+            Convention::Flop.value("conv2d", Phase::Backward, &c),
+            Some(20)
+        );
+        assert_eq!(Convention::Mac.value("dense", Phase::Update, &c), Some(0));
+        assert_eq!(
+            Convention::Mac.value("sigmoid", Phase::Forward, &c),
+            Some(0)
+        );
+        assert_eq!(Convention::Exact.value("dense", Phase::Forward, &c), None);
+    }
+}
