@@ -44,7 +44,7 @@ impl Dataset {
     /// Loads a model's training data; relative paths are relative to `model_dir`.
     /// `origin` names the model file in messages about inline data.
     pub fn load(data: &Data, model_dir: &Path, origin: &str, plan: &Plan) -> Result<Dataset> {
-        let (inputs, features, targets) = match data {
+        let (inputs, features, targets, lines) = match data {
             Data::Csv {
                 path,
                 features,
@@ -86,14 +86,19 @@ impl Dataset {
                         Targets::Values(v.concat())
                     }
                 };
-                (flat, features, targets)
+                (flat, features, targets, Vec::new())
             }
         };
-        let origin = match data {
+        let file = match data {
             Data::Csv { path, .. } => model_dir.join(path).display().to_string(),
             Data::Inline { .. } => origin.to_string(),
         };
-        Dataset::checked(inputs, features, targets, plan, &origin)
+        // Where example `i` was written: its CSV line, or its place in the inline list.
+        let locate = |i: usize| match lines.get(i) {
+            Some(line) => format!("{file}:{line}"),
+            None => format!("{file}: example {i}"),
+        };
+        Dataset::checked(inputs, features, targets, plan, &file, &locate)
     }
 
     /// Checks examples against a plan.
@@ -103,9 +108,14 @@ impl Dataset {
         targets: Targets,
         plan: &Plan,
         origin: &str,
+        locate: &dyn Fn(usize) -> String,
     ) -> Result<Dataset> {
         let err = |message: String| Error::Data {
             origin: origin.to_string(),
+            message,
+        };
+        let err_at = |example: usize, message: String| Error::Data {
+            origin: locate(example),
             message,
         };
         if inputs.is_empty() {
@@ -119,12 +129,14 @@ impl Dataset {
             )));
         }
         if let Some(i) = inputs.iter().position(|v| !v.is_finite()) {
-            return Err(err(format!(
-                "example {}, feature {}: {} is not a finite number",
+            return Err(err_at(
                 i / features,
-                i % features,
-                inputs[i]
-            )));
+                format!(
+                    "feature {}: {} is not a finite number",
+                    i % features,
+                    inputs[i]
+                ),
+            ));
         }
         let outputs = plan.output().len();
         match &targets {
@@ -132,11 +144,14 @@ impl Dataset {
                 // One output scores a two-class problem: class 1 above 0.5.
                 let n_classes = if outputs == 1 { 2 } else { outputs };
                 if let Some(i) = classes.iter().position(|&c| c >= n_classes) {
-                    return Err(err(format!(
-                        "example {i}: class {} is out of range, the model has {n_classes} classes (0..{})",
-                        classes[i],
-                        n_classes - 1
-                    )));
+                    return Err(err_at(
+                        i,
+                        format!(
+                            "class {} is out of range, the model has {n_classes} classes (0..{})",
+                            classes[i],
+                            n_classes - 1
+                        ),
+                    ));
                 }
                 if plan.loss == Loss::SoftmaxCrossEntropy && outputs < 2 {
                     return Err(err("cross-entropy needs at least 2 outputs".into()));
@@ -156,12 +171,14 @@ impl Dataset {
                     )));
                 }
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                    return Err(err(format!(
-                        "example {}, target {}: {} is not a finite number",
+                    return Err(err_at(
                         i / outputs,
-                        i % outputs,
-                        values[i]
-                    )));
+                        format!(
+                            "target {}: {} is not a finite number",
+                            i % outputs,
+                            values[i]
+                        ),
+                    ));
                 }
             }
         }
@@ -265,7 +282,7 @@ fn read_csv(
     path: &Path,
     features: Option<&[String]>,
     target: &Target,
-) -> Result<(Vec<f32>, usize, Targets)> {
+) -> Result<(Vec<f32>, usize, Targets, Vec<u64>)> {
     let shown = path.display().to_string();
     let err_at = |line: u64, message: String| Error::Data {
         origin: format!("{shown}:{line}"),
@@ -316,9 +333,11 @@ fn read_csv(
     let mut inputs = Vec::new();
     let mut classes = Vec::new();
     let mut values = Vec::new();
+    let mut lines = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| csv_error(&shown, e))?;
         let line = record.position().map_or(0, |p| p.line());
+        lines.push(line);
         let number = |col: usize| -> Result<f32> {
             let text = &record[col];
             let v: f32 = text.parse().map_err(|_| {
@@ -389,7 +408,7 @@ fn read_csv(
         Target::Class { .. } => Targets::Classes(classes),
         Target::Values { .. } => Targets::Values(values),
     };
-    Ok((inputs, feature_columns.len(), targets))
+    Ok((inputs, feature_columns.len(), targets, lines))
 }
 
 fn csv_error(shown: &str, e: csv::Error) -> Error {

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{}: {action}: {source}", path.display())]
+    /// A file could not be read or written. The operating system's reason is the error's
+    /// [`source`](std::error::Error::source), not part of its own message: print the chain
+    /// (e.g. anyhow's `{:#}`) to show both.
+    #[error("{}: {action}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -63,7 +65,10 @@ pub enum Error {
     },
 
     /// Training produced a loss that is not a finite number.
-    #[error("training diverged at epoch {epoch}, step {step}: the loss is {loss}")]
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: the loss is {loss}; \
+         a smaller learning rate (--lr) may help"
+    )]
     Diverged {
         /// 1-based epoch.
         epoch: usize,

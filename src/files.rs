@@ -3,36 +3,14 @@
 //! the target (atomic on the same file system).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// Writes `contents` to `path` atomically: either the old file stays whole, or the new one
 /// is there whole.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let io = |action: &'static str, source: std::io::Error| Error::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
-    if path.is_dir() {
-        return Err(io(
-            "cannot write",
-            std::io::Error::other("is a directory, expected a file name"),
-        ));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io("cannot write", std::io::Error::other("no file name")))?;
-    let temp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let temp = temp_path(path)?;
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(contents)?;
@@ -41,9 +19,50 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     })();
     if let Err(source) = result {
         let _ = std::fs::remove_file(&temp);
-        return Err(io("cannot write", source));
+        return Err(cannot_write(path, source));
     }
     Ok(())
+}
+
+/// Checks, before any long work, that [`write_atomic`] will be able to write `path`: it is
+/// not a directory, and a file can be created next to it. Nothing is left behind.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let temp = temp_path(path)?;
+    std::fs::File::create(&temp).map_err(|source| cannot_write(path, source))?;
+    std::fs::remove_file(&temp).map_err(|source| cannot_write(path, source))
+}
+
+fn cannot_write(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        action: "cannot write",
+        source,
+    }
+}
+
+/// The temporary file `write_atomic` writes before renaming: hidden, in the same directory
+/// (a rename is only atomic within one file system), and unique to this process.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let other = |reason: &str| cannot_write(path, std::io::Error::other(reason.to_string()));
+    if path.is_dir() {
+        return Err(other("is a directory, expected a file name"));
+    }
+    let name = path.file_name().ok_or_else(|| other("no file name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(other(&format!(
+            "the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok(dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 #[cfg(test)]
@@ -62,6 +81,11 @@ mod tests {
         assert!(write_atomic(&dir, b"x").is_err());
         let leftovers = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 1);
+        // The same checks, before any work is done.
+        assert!(check_writable(&dir).is_err());
+        assert!(check_writable(&dir.join("missing").join("out.txt")).is_err());
+        check_writable(&dir.join("new.txt")).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

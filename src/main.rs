@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::convention::Convention;
@@ -88,7 +88,7 @@ enum ConventionArg {
     Exact,
     /// Multiply-accumulates of convolution and dense layers (fvcore, ptflops, thop, torchvision).
     Mac,
-    /// Two per multiply-accumulate (PyTorch FlopCounterMode, DeepSpeed).
+    /// Two per multiply-accumulate, backward measured (PyTorch FlopCounterMode).
     Flop,
 }
 
@@ -256,6 +256,9 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         bail!("--batch must be at least 1");
     }
     let loaded = load(&args.model)?;
+    for out in args.output.iter().chain(&args.svg) {
+        files::check_writable(out)?;
+    }
     let estimated = estimate::step(&loaded.plan, args.batch)?;
     let measured = if args.closed_form_only {
         None
@@ -318,6 +321,9 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     settings.lr = args.lr.unwrap_or(settings.lr);
     settings.batch = args.batch.unwrap_or(settings.batch);
     check_settings(&settings)?;
+    if let Some(out) = &args.save {
+        files::check_writable(out)?;
+    }
     check_memory(&loaded, settings.batch, 2, &args.memory)?;
     let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
 
@@ -334,7 +340,8 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 p.epoch, settings.epochs, p.loss
             ));
         }
-    })?;
+    })
+    .with_context(|| loaded.origin.clone())?;
     bar.finish_and_clear();
     let result = evaluate(&mut net, &data);
 
@@ -403,19 +410,17 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks the settings given on the command line (the model file's own were checked with it).
 fn check_settings(s: &Settings) -> anyhow::Result<()> {
     if s.epochs == 0 || s.batch == 0 {
         bail!(
-            "epochs and batch must be at least 1, found epochs {} and batch {}",
+            "--epochs and --batch must be at least 1, found {} and {}",
             s.epochs,
             s.batch
         );
     }
     if !(s.lr.is_finite() && s.lr > 0.0) {
-        bail!(
-            "the learning rate must be a positive number, found {}",
-            s.lr
-        );
+        bail!("--lr must be a positive number, found {}", s.lr);
     }
     Ok(())
 }

@@ -466,8 +466,10 @@ impl Plan {
                     Shape::Image { h, w, .. },
                     Shape::Image { h: ho, w: wo, .. },
                 ) => {
-                    let padded = (in_channels * (h + 2 * padding) * (w + 2 * padding)) as u128;
-                    let patches = (in_channels * kernel * kernel) as u128 * (ho * wo) as u128;
+                    let [c, h, w, k, p, ho, wo] =
+                        [in_channels, h, w, kernel, padding, ho, wo].map(|n| n as u128);
+                    let padded = c * (h + 2 * p) * (w + 2 * p);
+                    let patches = c * k * k * ho * wo;
                     values += padded;
                     largest_scratch = largest_scratch.max(patches + padded);
                 }
@@ -639,6 +641,15 @@ impl Model {
                     };
                     checked_len(output)
                         .ok_or_else(|| layer_error(format!("output {output} is too large")))?;
+                    // The padded input and the patch matrix are buffers of their own.
+                    let padded = Shape::Image { c, h: ph, w: pw };
+                    checked_len(padded).ok_or_else(|| {
+                        layer_error(format!("padded input {padded} is too large"))
+                    })?;
+                    [c, *kernel, *kernel, output.len() / out_channels]
+                        .iter()
+                        .try_fold(1usize, |a, &b| a.checked_mul(b))
+                        .ok_or_else(|| layer_error("too many patches".into()))?;
                     let count = [c, *kernel, *kernel]
                         .iter()
                         .try_fold(*out_channels, |a, &b| a.checked_mul(b))
@@ -726,7 +737,10 @@ impl Model {
             nodes: b.nodes,
             loss: self.loss,
         };
-        check_loss(&plan).map_err(model_error)?;
+        check_loss(&plan).map_err(&model_error)?;
+        if let Some(t) = &self.training {
+            check_training(t).map_err(model_error)?;
+        }
         Ok(plan)
     }
 }
@@ -851,6 +865,21 @@ fn check_inline(
         return Err(format!(
             "{what}: value {i} is {}, expected a finite number",
             values[i]
+        ));
+    }
+    Ok(())
+}
+
+fn check_training(t: &Training) -> std::result::Result<(), String> {
+    for (what, n) in [("epochs", t.epochs), ("batch", t.batch)] {
+        if n == 0 {
+            return Err(format!("training: {what}: expected at least 1, found 0"));
+        }
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        return Err(format!(
+            "training: lr: expected a positive number, found {}",
+            t.lr
         ));
     }
     Ok(())
