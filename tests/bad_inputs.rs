@@ -1,0 +1,428 @@
+//! Bad input, as users will write it: every file in `tests/bad_inputs/` is refused by the
+//! real binary with exit code 2 and a message naming where the problem is; random and
+//! mutated model text never panics; a failed or interrupted `train --save` keeps the old file.
+
+#[path = "support/exercise.rs"]
+mod exercise;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use exercise::{Reached, exercise};
+use proptest::prelude::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn opcount_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Exit code 2, one line on stderr holding `fragment`, nothing on stdout, no panic.
+fn assert_refused(out: &Output, fragment: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert!(
+        stderr.contains(fragment),
+        "{what}:\n  expected the message to contain: {fragment}\n  found: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{what}: one message: {stderr}");
+    assert!(out.stdout.is_empty(), "{what}: nothing on stdout");
+}
+
+/// The value of a `// key: value` header line.
+fn header<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .take_while(|l| l.starts_with("//"))
+        .find_map(|l| l.strip_prefix("// ")?.strip_prefix(key)?.strip_prefix(": "))
+}
+
+#[test]
+fn every_bad_input_file_is_refused_with_its_place_and_exit_code_2() {
+    let dir = root().join("tests/bad_inputs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ron"))
+        .collect();
+    files.sort();
+    let data_files = std::fs::read_dir(dir.join("data")).unwrap().count();
+    assert!(
+        files.len() + data_files >= 25,
+        "at least 25 malformed files, found {}",
+        files.len() + data_files
+    );
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        let fragment = header(&text, "expect").unwrap_or_else(|| panic!("{name}: no expect"));
+        let mut args: Vec<&str> = header(&text, "run")
+            .unwrap_or("count")
+            .split_whitespace()
+            .collect();
+        args.extend([name, "--quiet"]);
+        let out = opcount_in(&dir, &args);
+        assert_refused(&out, fragment, name);
+        // Every message names the file at fault: the model, or the data file it points to.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let data = text
+            .split_once("path: \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(path, _)| path);
+        assert!(
+            stderr.contains(name) || data.is_some_and(|d| stderr.contains(&format!("{d}:"))),
+            "{name}: the message names no file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn command_line_mistakes_are_refused_with_exit_code_2() {
+    let xor = "models/xor.ron";
+    let cases: &[(&[&str], &str)] = &[
+        (&["count", "models"], "models: cannot read: is a directory"),
+        (
+            &["count", "models/nope.ron"],
+            "models/nope.ron: cannot read: No such file",
+        ),
+        (
+            &["count", xor, "--output", "no/such/dir/out.json"],
+            "no/such/dir/out.json: cannot write: the directory no/such/dir does not exist",
+        ),
+        (
+            &["count", xor, "--svg", "models"],
+            "models: cannot write: is a directory",
+        ),
+        (
+            &["train", "models/iris.ron", "--save", "no/such/dir/iris.ron"],
+            "cannot write: the directory no/such/dir does not exist",
+        ),
+        (
+            &["count", "models/lenet5.ron", "--max-memory", "100K"],
+            "more than the budget of 100.0 KiB",
+        ),
+        (
+            &["count", "models/lenet5.ron", "--max-memory", "100K"],
+            "`opcount count --closed-form-only` counts it without running it",
+        ),
+        (
+            &["count", xor, "--batch", "0"],
+            "--batch must be at least 1",
+        ),
+        (
+            &["train", xor, "--epochs", "0"],
+            "--epochs and --batch must be at least 1",
+        ),
+        (
+            &["train", xor, "--lr=-0.5"],
+            "--lr must be a positive number, found -0.5",
+        ),
+        (
+            &["train", "models/mlp-30-30-30.ron"],
+            "the model has no training block",
+        ),
+        (
+            &["project", xor, "--examples", "0", "--epochs", "1"],
+            "examples, epochs and batch must be at least 1",
+        ),
+    ];
+    for (args, fragment) in cases {
+        let out = opcount_in(root(), args);
+        assert_refused(&out, fragment, &args.join(" "));
+    }
+    // Flags clap rejects: its own message, with usage, and the same exit code.
+    let out = opcount_in(root(), &["count", xor, "--batch", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'x' for '--batch"));
+}
+
+#[test]
+fn closed_forms_that_do_not_fit_are_an_error_not_a_wrapped_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.ron");
+    std::fs::write(
+        &huge,
+        "(name: \"huge\", input: [2147483648], loss: Mse,
+          layers: [Dense(units: 2147483648), Dense(units: 2147483648)])",
+    )
+    .unwrap();
+    let out = opcount_in(
+        dir.path(),
+        &[
+            "count",
+            "huge.ron",
+            "--closed-form-only",
+            "--batch",
+            "100000",
+        ],
+    );
+    assert_refused(&out, "does not fit in 64 bits", "huge closed form");
+}
+
+/// A directory with a previous good model saved in it.
+fn with_saved_model() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("saved.ron");
+    let good = std::fs::read(root().join("models/xor.ron")).unwrap();
+    std::fs::write(&saved, &good).unwrap();
+    (dir, saved, good)
+}
+
+/// The directory holds `saved.ron` and nothing else (no temporary files left behind).
+fn assert_untouched(dir: &Path, saved: &Path, good: &[u8]) {
+    assert_eq!(std::fs::read(saved).unwrap(), good, "the old file changed");
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["saved.ron"], "files left behind");
+}
+
+#[test]
+fn training_that_diverges_does_not_overwrite_the_saved_model() {
+    let (dir, saved, good) = with_saved_model();
+    let out = opcount_in(
+        &root().join("tests/bad_inputs"),
+        &[
+            "train",
+            "diverges.ron",
+            "--save",
+            saved.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_refused(
+        &out,
+        "diverges.ron: training diverged at epoch 1, step 1",
+        "diverges",
+    );
+    assert_untouched(dir.path(), &saved, &good);
+}
+
+#[test]
+fn killing_train_mid_run_keeps_the_previous_saved_model() {
+    let (dir, saved, good) = with_saved_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args([
+            "train",
+            "models/iris.ron",
+            "--epochs",
+            "100000000",
+            "-q",
+            "--save",
+        ])
+        .arg(&saved)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still training when killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_untouched(dir.path(), &saved, &good);
+}
+
+/// Pieces of model text: structure, names the schema knows, and numbers that hit limits.
+const TOKENS: &[&str] = &[
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "name",
+    "input",
+    "layers",
+    "loss",
+    "init",
+    "training",
+    "Dense",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "Identity",
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "Softmax",
+    "units",
+    "activation",
+    "bias",
+    "weights",
+    "biases",
+    "out_channels",
+    "kernel",
+    "stride",
+    "padding",
+    "size",
+    "Mse",
+    "SoftmaxCrossEntropy",
+    "Some",
+    "None",
+    "true",
+    "false",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "-1",
+    "0.5",
+    "1e30",
+    "NaN",
+    "inf",
+    "2147483648",
+    "4294967296",
+    "18446744073709551616",
+    "Inline",
+    "inputs",
+    "targets",
+    "Classes",
+    "Values",
+    "epochs",
+    "lr",
+    "batch",
+    "seed",
+    " ",
+    "\n",
+    "/*",
+    "//",
+];
+
+/// Numbers for sizes, strides, weights and settings, at and beyond the limits.
+const NUMBERS: &[&str] = &[
+    "0",
+    "1",
+    "2",
+    "3",
+    "5",
+    "7",
+    "16",
+    "33",
+    "-1",
+    "0.5",
+    "1e30",
+    "NaN",
+    "inf",
+    "2147483648",
+    "2147483649",
+    "4294967296",
+    "18446744073709551616",
+];
+
+/// Small shipped models to mutate.
+fn seeds() -> Vec<String> {
+    ["xor.ron", "mlp-30-30-30.ron", "lenet5.ron", "iris.ron"]
+        .iter()
+        .map(|m| std::fs::read_to_string(root().join("models").join(m)).unwrap())
+        .collect()
+}
+
+/// One edit of a model text, at a position given as a fraction of its length.
+#[derive(Clone, Debug)]
+enum Edit {
+    Delete(f64, usize),
+    Insert(f64, &'static str),
+    /// Replace the n-th number (mod the count) with another.
+    Number(usize, &'static str),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let token = prop::sample::select(TOKENS);
+    prop_oneof![
+        1 => (0.0..1.0, 1..20usize).prop_map(|(at, n)| Edit::Delete(at, n)),
+        1 => (0.0..1.0, token).prop_map(|(at, t)| Edit::Insert(at, t)),
+        // Mostly numbers: the edits that keep the text valid RON and test the validation.
+        4 => (any::<usize>(), prop::sample::select(NUMBERS)).prop_map(|(n, t)| Edit::Number(n, t)),
+    ]
+}
+
+fn apply(text: &str, edit: &Edit) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let at = |f: f64| ((f * chars.len() as f64) as usize).min(chars.len());
+    let joined = |a: &[char], mid: &str, b: &[char]| {
+        a.iter().collect::<String>() + mid + &b.iter().collect::<String>()
+    };
+    match *edit {
+        Edit::Delete(f, n) => {
+            let start = at(f);
+            let end = (start + n).min(chars.len());
+            joined(&chars[..start], "", &chars[end..])
+        }
+        Edit::Insert(f, t) => joined(&chars[..at(f)], t, &chars[at(f)..]),
+        Edit::Number(n, t) => {
+            let starts: Vec<usize> = (0..chars.len())
+                .filter(|&i| {
+                    chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_ascii_digit())
+                })
+                .collect();
+            let Some(&start) = starts.get(n % starts.len().max(1)) else {
+                return text.to_string();
+            };
+            let end = (start..chars.len())
+                .find(|&i| !chars[i].is_ascii_digit())
+                .unwrap_or(chars.len());
+            joined(&chars[..start], t, &chars[end..])
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn random_text_is_an_error_not_a_panic(
+        tokens in prop::collection::vec(prop::sample::select(TOKENS), 0..60)
+    ) {
+        let text = tokens.concat();
+        prop_assert_ne!(exercise(&text, &root().join("models")), Reached::Ran, "{}", text);
+    }
+
+    #[test]
+    fn mutated_models_are_refused_or_counted_exactly(
+        seed in 0..4usize,
+        edits in prop::collection::vec(edit(), 1..5)
+    ) {
+        let mut text = seeds()[seed].clone();
+        for e in &edits {
+            text = apply(&text, e);
+        }
+        // Panics (a broken invariant) fail the test; any stage may refuse the text.
+        exercise(&text, &root().join("models"));
+    }
+}
+
+#[test]
+fn the_mutation_test_reaches_every_stage() {
+    // Unedited seeds run; a few hand-made edits stop at each stage, so the property test
+    // above is known to exercise more than the parser.
+    let models = root().join("models");
+    for text in seeds() {
+        assert_eq!(exercise(&text, &models), Reached::Ran);
+    }
+    let xor = &seeds()[0];
+    assert_eq!(
+        exercise(&apply(xor, &Edit::Delete(0.0, 5)), &models),
+        Reached::Syntax
+    );
+    assert_eq!(
+        exercise(&xor.replace("units: 2", "units: 0"), &models),
+        Reached::Plan
+    );
+    let wide = "(name: \"w\", input: [65536], loss: Mse, layers: [Dense(units: 65536), Dense(units: 65536)])";
+    assert_eq!(exercise(wide, &models), Reached::TooBigToRun);
+}
