@@ -18,8 +18,9 @@ pub enum Convention {
     /// loss and the update count nothing). What fvcore, thop, ptflops and torchvision's
     /// published "GFLOPS" report for the forward pass.
     Mac,
-    /// Two floating-point operations per multiply-accumulate: what PyTorch's
-    /// FlopCounterMode and DeepSpeed's profiler report.
+    /// Two floating-point operations per multiply-accumulate, in the same places: what
+    /// PyTorch's FlopCounterMode reports, forward and (measured) backward. DeepSpeed's
+    /// profiler and calflops use the same unit forward but assume backward = 2x forward.
     Flop,
 }
 
