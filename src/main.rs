@@ -20,6 +20,23 @@ use opcount::{
 };
 use serde_json::json;
 
+/// `print!` to standard output, returning the error instead of panicking when it fails,
+/// e.g. when a reader such as `head` has closed the pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `println!` to standard output, returning the error instead of panicking (see `out!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 /// Count every arithmetic operation of a neural network, by kind.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -200,11 +217,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // A reader that stopped reading (`opcount ... | head`) is not an error.
+        Err(err) if closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("opcount: {err:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -215,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(args) => return project_command(&args),
         Command::Kinds => {
             for op in Op::ALL {
-                println!("{:<6} {}", op.name(), op.description().replace('`', ""));
+                outln!("{:<6} {}", op.name(), op.description().replace('`', ""))?;
             }
         }
     }
@@ -290,7 +316,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     };
     match &args.output {
         Some(path) => files::write_atomic(path, text.as_bytes())?,
-        None => print!("{text}"),
+        None => out!("{text}")?,
     }
     let mismatches = report.mismatches();
     if mismatches.is_empty() {
@@ -377,10 +403,10 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "step_batch": batch_size,
                 "step": totals,
             });
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         }
         Format::Table => {
-            println!(
+            outln!(
                 "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
                 loaded.plan.name,
                 thousands(loaded.plan.params()),
@@ -388,22 +414,22 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 settings.epochs,
                 settings.batch,
                 settings.lr
-            );
-            print!("final loss {:.6}", result.loss);
+            )?;
+            out!("final loss {:.6}", result.loss)?;
             match (result.accuracy(), result.correct) {
-                (Some(acc), Some(correct)) => println!(
+                (Some(acc), Some(correct)) => outln!(
                     ", training accuracy {:.1}% ({correct}/{})",
                     acc * 100.0,
                     result.examples
-                ),
-                _ => println!(),
+                )?,
+                _ => outln!()?,
             }
-            println!(
+            outln!(
                 "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
-            );
-            println!("{}", phase_table(&totals));
+            )?;
+            outln!("{}", phase_table(&totals))?;
             if let Some(out) = &args.save {
-                println!("saved the trained model to {}", out.display());
+                outln!("saved the trained model to {}", out.display())?;
             }
         }
     }
@@ -540,63 +566,63 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
                 "projected_s": projected_s,
                 "assumptions": assumptions,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?)?;
         }
         Format::Table => {
-            println!(
+            outln!(
                 "{}: {} examples x {} epochs at batch {} = {} steps",
                 loaded.plan.name,
                 thousands(projection.examples as u64),
                 projection.epochs,
                 batch,
                 thousands(projection.steps())
-            );
+            )?;
             match numbers {
                 None => {
-                    println!("operations of the whole training, per phase (closed form):");
-                    println!("{}", phase_table(&projection.total));
+                    outln!("operations of the whole training, per phase (closed form):")?;
+                    outln!("{}", phase_table(&projection.total))?;
                 }
-                Some([f, b]) => println!(
+                Some([f, b]) => outln!(
                     "{}s of the whole training (closed form), convolution and dense layers: \
                      forward {}, backward {}, in all {}",
                     convention.name(),
                     thousands(f),
                     thousands(b),
                     thousands(f + b)
-                ),
+                )?,
             }
             match (&measured, step_s, rate) {
                 (Some(_), Some(s), Some(r)) => {
-                    println!(
+                    outln!(
                         "one step: {} operations, the closed form checked against a measured \
                          step; {} per step here (median), {:.2} Gop/s",
                         thousands(step_ops),
                         duration(s),
                         r / 1e9
-                    );
-                    println!(
+                    )?;
+                    outln!(
                         "this machine's practical peak (sgemm 1024^3, all cores): {:.1} GFLOP/s; \
                          the step runs at {:.0}% of it",
                         sgemm / 1e9,
                         100.0 * r / sgemm
-                    );
-                    println!(
+                    )?;
+                    outln!(
                         "projected training time: {} ({})",
                         duration(projected_s.unwrap_or(0.0)),
                         human_time(projected_s.unwrap_or(0.0))
-                    );
+                    )?;
                 }
-                _ => println!(
+                _ => outln!(
                     "not run here, so no time projected: {:#}",
                     runnable
                         .as_ref()
                         .err()
                         .map_or(String::new(), |e| format!("{e:#}"))
-                ),
+                )?,
             }
-            println!("assumptions:");
+            outln!("assumptions:")?;
             for a in assumptions {
-                println!("  - {a}");
+                outln!("  - {a}")?;
             }
         }
     }
@@ -876,7 +902,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                 "kernel_efficiency": kernel_rate / sgemm,
                 "counts_per_step": ops,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?)?;
         }
         Format::Table => {
             let what = if args.forward_only {
@@ -884,43 +910,43 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             } else {
                 "SGD step"
             };
-            println!(
+            outln!(
                 "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
                 loaded.plan.name,
                 args.batch,
                 thousands(ops.total()),
                 result.rounds
-            );
+            )?;
             let sides = [
                 ("f32", result.plain_s),
                 ("Counted<f32>", result.counted_s),
                 ("  + per node", attributed_s),
             ];
             for (name, s) in sides {
-                println!(
+                outln!(
                     "  {name:<13} {:>12}/step {:>14} examples/s {:>8.2} Gop/s",
                     duration(s),
                     thousands(per_s(s).round() as u64),
                     ops.total() as f64 / s / 1e9
-                );
+                )?;
             }
-            println!(
+            outln!(
                 "  ratio counted/plain {:.3}; with the counts attributed to each layer \
                  (as `count` runs) {:.3}",
                 result.ratio(),
                 attributed_s / result.plain_s
-            );
-            println!(
+            )?;
+            outln!(
                 "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
                 thousands(kernel_ops),
                 duration(kernel_s),
                 kernel_rate / 1e9
-            );
-            println!(
+            )?;
+            outln!(
                 "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; kernels at {:.0}% of it",
                 sgemm / 1e9,
                 100.0 * kernel_rate / sgemm
-            );
+            )?;
         }
     }
     Ok(())

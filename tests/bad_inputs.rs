@@ -166,6 +166,23 @@ fn closed_forms_that_do_not_fit_are_an_error_not_a_wrapped_count() {
     assert_refused(&out, "does not fit in 64 bits", "huge closed form");
 }
 
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    // `opcount count ... | head -1`: the pipe closes before the table is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args(["count", "models/lenet5.ron", "--quiet"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// A directory with a previous good model saved in it.
 fn with_saved_model() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
