@@ -667,10 +667,14 @@ fn check_memory(
     let need = loaded.plan.memory_bytes(batch, 4) * networks;
     let budget = memory_budget(args);
     if need > u128::from(budget) {
+        let source = match args.max_memory {
+            Some(_) => "set by --max-memory",
+            None => "half of the memory available; change it with --max-memory",
+        };
         bail!(
             "{}: running this model at batch {batch} needs about {} of memory, more than the \
-             budget of {} (half of the memory available; change it with --max-memory); \
-             `opcount count --closed-form-only` counts it without running it",
+             budget of {} ({source}); `opcount count --closed-form-only` counts it without \
+             running it",
             loaded.origin,
             bytes(need),
             bytes(u128::from(budget))

@@ -106,7 +106,7 @@ fn command_line_mistakes_are_refused_with_exit_code_2() {
         ),
         (
             &["count", "models/lenet5.ron", "--max-memory", "100K"],
-            "more than the budget of 100.0 KiB",
+            "more than the budget of 100.0 KiB (set by --max-memory)",
         ),
         (
             &["count", "models/lenet5.ron", "--max-memory", "100K"],
