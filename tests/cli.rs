@@ -113,49 +113,6 @@ fn bench_can_time_the_forward_pass_alone() {
 }
 
 #[test]
-fn a_model_without_data_cannot_be_trained() {
-    let out = opcount(&["train", "models/mlp-30-30-30.ron"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no training block"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
-fn a_syntax_error_names_file_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.ron");
-    std::fs::write(
-        &bad,
-        "(\n  name: \"bad\",\n  input: [2],\n  layers: [Dense(units: )],\n)",
-    )
-    .unwrap();
-    let out = opcount(&["train", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let message = stderr(&out);
-    assert!(message.contains("bad.ron:4:"), "{message}");
-    assert!(!message.contains("panicked"), "{message}");
-}
-
-#[test]
-fn a_layer_error_names_the_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.ron");
-    std::fs::write(
-        &bad,
-        "(name: \"bad\", input: [2], loss: Mse,\n layers: [Dense(units: 3), Dense(units: 0)])",
-    )
-    .unwrap();
-    let out = opcount(&["train", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let message = stderr(&out);
-    assert!(message.contains("layer 1 (dense2)"), "{message}");
-    assert!(message.contains("found 0"), "{message}");
-}
-
-#[test]
 fn count_prints_json_with_every_kind_measured_and_estimated() {
     let out = json(&opcount(&[
         "count",
