@@ -13,7 +13,7 @@ use tabled::{Table, Tabled};
 use crate::convention::Convention;
 use crate::counts::{Counts, Op};
 use crate::model::Plan;
-use crate::phases::{NodeCounts, Phase, StepCounts, Totals};
+use crate::phases::{Phase, StepCounts, Totals};
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: impl Into<u128>) -> String {
@@ -480,65 +480,37 @@ impl Report {
         )
     }
 
-    /// The report as JSON (schema in `docs/report-format.md`).
+    /// The report as JSON (schema in `docs/report-format.md`). In the exact convention each
+    /// count is an object with every kind; in a single-number convention (mac, flop), the
+    /// same layout holds one number per count.
     pub fn json(&self) -> serde_json::Value {
-        if self.convention != Convention::Exact {
-            return self.number_json();
-        }
-        let phases = |n: &NodeCounts| json!({ "forward": n.forward, "backward": n.backward, "update": n.update });
-        let totals = |t: Totals| {
-            json!({
-                "forward": t.forward, "loss": t.loss, "backward": t.backward,
-                "update": t.update, "all": t.all,
-            })
+        let exact = self.convention == Convention::Exact;
+        let count = |step: &StepCounts, k: usize, phase: Phase| -> serde_json::Value {
+            if exact {
+                json!(step.nodes[k].phase(phase))
+            } else {
+                json!(self.number(step, k, phase))
+            }
         };
-        let layers: Vec<serde_json::Value> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(k, info)| {
-                json!({
-                    "index": info.index,
-                    "name": info.name,
-                    "kind": info.kind,
-                    "params": info.params,
-                    "output": info.output,
-                    "measured": self.measured.as_ref().map(|m| phases(&m.nodes[k])),
-                    "estimated": phases(&self.estimated.nodes[k]),
-                })
-            })
-            .collect();
-        json!({
-            "model": self.model,
-            "batch": self.batch,
-            "params": self.params,
-            "layers": layers,
-            "loss": {
-                "name": self.loss,
-                "measured": self.measured.as_ref().map(|m| m.loss),
-                "estimated": self.estimated.loss,
-            },
-            "totals": {
-                "measured": self.measured.as_ref().map(|m| totals(m.totals())),
-                "estimated": totals(self.estimated.totals()),
-            },
-            "backward_forward_ratio": self.backward_forward_ratio(),
-        })
-    }
-
-    /// JSON of a single-number convention: the same layout as exact JSON, with a number
-    /// where exact JSON has an object of counts.
-    fn number_json(&self) -> serde_json::Value {
         let phases = |step: &StepCounts, k: usize| {
             json!({
-                "forward": self.number(step, k, Phase::Forward),
-                "backward": self.number(step, k, Phase::Backward),
-                "update": self.number(step, k, Phase::Update),
+                "forward": count(step, k, Phase::Forward),
+                "backward": count(step, k, Phase::Backward),
+                "update": count(step, k, Phase::Update),
             })
         };
+        let loss = |step: &StepCounts| if exact { json!(step.loss) } else { json!(0) };
         let totals = |step: &StepCounts| {
-            let [f, b] = [Phase::Forward, Phase::Backward].map(|p| self.phase_number(step, p));
-            json!({ "forward": f, "loss": 0, "backward": b, "update": 0, "all": f + b })
+            if exact {
+                let t = step.totals();
+                json!({
+                    "forward": t.forward, "loss": t.loss, "backward": t.backward,
+                    "update": t.update, "all": t.all,
+                })
+            } else {
+                let [f, b] = [Phase::Forward, Phase::Backward].map(|p| self.phase_number(step, p));
+                json!({ "forward": f, "loss": 0, "backward": b, "update": 0, "all": f + b })
+            }
         };
         let layers: Vec<serde_json::Value> = self
             .nodes
@@ -556,22 +528,31 @@ impl Report {
                 })
             })
             .collect();
-        json!({
+        let mut report = json!({
             "model": self.model,
             "batch": self.batch,
             "params": self.params,
-            "convention": self.convention.name(),
             "layers": layers,
             "loss": {
                 "name": self.loss,
-                "measured": self.measured.as_ref().map(|_| 0),
-                "estimated": 0,
+                "measured": self.measured.as_ref().map(loss),
+                "estimated": loss(&self.estimated),
             },
             "totals": {
                 "measured": self.measured.as_ref().map(totals),
                 "estimated": totals(&self.estimated),
             },
-        })
+        });
+        let extra = if exact {
+            (
+                "backward_forward_ratio",
+                json!(self.backward_forward_ratio()),
+            )
+        } else {
+            ("convention", json!(self.convention.name()))
+        };
+        report[extra.0] = extra.1;
+        report
     }
 
     /// The report as CSV: one row per node and phase (forward, backward, update) and one
