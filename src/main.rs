@@ -84,19 +84,19 @@ struct CountArgs {
     #[arg(long, value_name = "OUT.svg")]
     svg: Option<PathBuf>,
     #[command(flatten)]
-    memory: MemoryArgs,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    run: RunArgs,
 }
 
-/// The memory budget for running a model.
+/// How every command that runs a model runs it.
 #[derive(clap::Args, Debug)]
-struct MemoryArgs {
+struct RunArgs {
     /// Refuse models that would need more memory than this to run (bytes, or with a K, M, G
     /// suffix); default: half of the memory available.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     max_memory: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -149,10 +149,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     #[command(flatten)]
-    memory: MemoryArgs,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    run: RunArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -173,10 +170,7 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     #[command(flatten)]
-    memory: MemoryArgs,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    run: RunArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,10 +193,7 @@ struct ProjectArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     #[command(flatten)]
-    memory: MemoryArgs,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    run: RunArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -289,12 +280,12 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     let measured = if args.closed_form_only {
         None
     } else {
-        check_memory(&loaded, args.batch, 2, &args.memory)?;
+        check_memory(&loaded, args.batch, 2, &args.run)?;
         let data = data_or_synthetic(&loaded, args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
         let nodes = loaded.plan.nodes.len() as u64;
-        let bar = progress_bar(3 * nodes + 1, args.quiet || !long);
+        let bar = progress_bar(3 * nodes + 1, args.run.quiet || !long);
         let step = measure_step_watched(&loaded.model, &loaded.plan, &data, args.batch, |e| {
             if e.node.is_some() {
                 bar.inc(1);
@@ -350,12 +341,12 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         files::check_writable(out)?;
     }
-    check_memory(&loaded, settings.batch, 2, &args.memory)?;
+    check_memory(&loaded, settings.batch, 2, &args.run)?;
     let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
 
     let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
     let steps = data.len().div_ceil(settings.batch) * settings.epochs;
-    let bar = progress_bar(steps as u64, args.quiet);
+    let bar = progress_bar(steps as u64, args.run.quiet);
     let mut step = 0u64;
     train(&mut net, &data, &settings, |p| {
         step += 1;
@@ -487,7 +478,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
     // model fits in memory.
-    let runnable = check_memory(&loaded, batch, 2, &args.memory);
+    let runnable = check_memory(&loaded, batch, 2, &args.run);
     let mut measured = None;
     let mut step_s = None;
     if runnable.is_ok() {
@@ -640,7 +631,7 @@ fn human_time(seconds: f64) -> String {
 }
 
 /// The memory budget: `--max-memory`, or half of what the system has available.
-fn memory_budget(args: &MemoryArgs) -> u64 {
+fn memory_budget(args: &RunArgs) -> u64 {
     args.max_memory.unwrap_or_else(|| available_memory() / 2)
 }
 
@@ -662,7 +653,7 @@ fn check_memory(
     loaded: &Loaded,
     batch: usize,
     networks: u128,
-    args: &MemoryArgs,
+    args: &RunArgs,
 ) -> anyhow::Result<()> {
     let need = loaded.plan.memory_bytes(batch, 4) * networks;
     let budget = memory_budget(args);
@@ -748,7 +739,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--batch and --rounds must be at least 1");
     }
     let loaded = load(&args.model)?;
-    check_memory(&loaded, args.batch, 3, &args.memory)?;
+    check_memory(&loaded, args.batch, 3, &args.run)?;
     let data = data_or_synthetic(&loaded, args.batch)?;
     let mut plain = Network::<f32>::new(&loaded.model, &loaded.plan);
     let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
@@ -813,7 +804,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let expected = one_step * 3 * rounds as u32;
     let bar = progress_bar(
         rounds as u64,
-        args.quiet || expected < Duration::from_secs(1),
+        args.run.quiet || expected < Duration::from_secs(1),
     );
     // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
