@@ -2,6 +2,8 @@
 //! real binary with exit code 2 and a message naming where the problem is; random and
 //! mutated model text never panics; a failed or interrupted `train --save` keeps the old file.
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/exercise.rs"]
 mod exercise;
 
@@ -9,20 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use cli::{opcount_in, root};
 use exercise::{Reached, exercise};
 use proptest::prelude::*;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn opcount_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_opcount"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs")
-}
 
 /// Exit code 2, one line on stderr holding `fragment`, nothing on stdout, no panic.
 fn assert_refused(out: &Output, fragment: &str, what: &str) {

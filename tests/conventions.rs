@@ -1,27 +1,12 @@
 //! Other counters' conventions, projections and the chart, through the binary as a user runs
 //! them.
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
 
 use serde_json::Value;
 
-fn opcount(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_opcount"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
-
-fn json(args: &[&str]) -> Value {
-    let out = opcount(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use cli::{json, opcount};
 
 fn totals(model: &str, convention: &str, extra: &[&str]) -> Value {
     let mut args = vec![
@@ -33,7 +18,7 @@ fn totals(model: &str, convention: &str, extra: &[&str]) -> Value {
         convention,
     ];
     args.extend(extra);
-    json(&args)["totals"]["estimated"].clone()
+    json(&opcount(&args))["totals"]["estimated"].clone()
 }
 
 #[test]
@@ -94,14 +79,14 @@ fn the_flop_view_is_exactly_twice_the_mac_view() {
 
 #[test]
 fn the_classic_network_does_4500_multiply_accumulates_forward_and_backward() {
-    let out = json(&[
+    let out = json(&opcount(&[
         "count",
         "models/mlp-30-30-30.ron",
         "--format",
         "json",
         "--convention",
         "mac",
-    ]);
+    ]));
     let measured = &out["totals"]["measured"];
     // Forward 30x30 + 30x30; backward dW of both layers (1,800) and dX of the second (900).
     assert_eq!(measured["forward"], 1_800);
@@ -112,9 +97,14 @@ fn the_classic_network_does_4500_multiply_accumulates_forward_and_backward() {
 
 #[test]
 fn a_projection_is_the_measured_step_times_the_steps() {
-    let step = json(&["count", "models/mnist-mlp.ron", "--format", "json"]);
+    let step = json(&opcount(&[
+        "count",
+        "models/mnist-mlp.ron",
+        "--format",
+        "json",
+    ]));
     let per_example = &step["totals"]["measured"]["all"];
-    let projection = json(&[
+    let projection = json(&opcount(&[
         "project",
         "models/mnist-mlp.ron",
         "--examples",
@@ -123,7 +113,7 @@ fn a_projection_is_the_measured_step_times_the_steps() {
         "10",
         "--format",
         "json",
-    ]);
+    ]));
     assert_eq!(projection["steps"], 600_000);
     assert_eq!(projection["validated"], true);
     let total = &projection["total"]["all"];
@@ -154,12 +144,7 @@ fn the_chart_is_valid_svg_with_a_bar_row_per_layer() {
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json(&out);
     let text = std::fs::read_to_string(&svg).unwrap();
     let doc = roxmltree::Document::parse(&text).expect("the chart is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
