@@ -214,31 +214,44 @@ fn training_that_diverges_does_not_overwrite_the_saved_model() {
     assert_untouched(dir.path(), &saved, &good);
 }
 
+/// A child process that is killed when dropped, even if the test fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn killing_train_mid_run_keeps_the_previous_saved_model() {
     let (dir, saved, good) = with_saved_model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opcount"))
-        .args([
-            "train",
-            "models/iris.ron",
-            "--epochs",
-            "100000000",
-            "-q",
-            "--save",
-        ])
-        .arg(&saved)
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Long enough to be killed mid-run, short enough (seconds) to end by itself should the
+    // test harness die before killing it.
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_opcount"))
+            .args([
+                "train",
+                "models/iris.ron",
+                "--epochs",
+                "200000",
+                "-q",
+                "--save",
+            ])
+            .arg(&saved)
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "still training when killed"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     assert_untouched(dir.path(), &saved, &good);
 }
 
