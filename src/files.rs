@@ -53,10 +53,12 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        return Err(other(&format!(
-            "the directory {} does not exist",
-            dir.display()
-        )));
+        let problem = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(other(&format!("{} {problem}", dir.display())));
     }
     Ok(dir.join(format!(
         ".{}.{}.tmp",

@@ -85,15 +85,19 @@ fn command_line_mistakes_are_refused_with_exit_code_2() {
         ),
         (
             &["count", xor, "--output", "no/such/dir/out.json"],
-            "no/such/dir/out.json: cannot write: the directory no/such/dir does not exist",
+            "no/such/dir/out.json: cannot write: no/such/dir does not exist",
         ),
         (
             &["count", xor, "--svg", "models"],
             "models: cannot write: is a directory",
         ),
         (
+            &["count", xor, "--output", "models/xor.ron/out.csv"],
+            "models/xor.ron/out.csv: cannot write: models/xor.ron is not a directory",
+        ),
+        (
             &["train", "models/iris.ron", "--save", "no/such/dir/iris.ron"],
-            "cannot write: the directory no/such/dir does not exist",
+            "cannot write: no/such/dir does not exist",
         ),
         (
             &["count", "models/lenet5.ron", "--max-memory", "100K"],
