@@ -77,7 +77,7 @@ fn draw(
         .margin(12)
         .x_label_area_size(34)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..widest * 1.02, (0..n).into_segmented())?;
+        .build_cartesian_2d(0.0..widest * 1.02, (0..n - 1).into_segmented())?;
     // The first node at the top: row i sits in band n - 1 - i.
     let band = |i: usize| n - 1 - i as i32;
     let label = |y: &SegmentValue<i32>| match y {
