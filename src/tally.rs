@@ -28,6 +28,38 @@
 //! assert_eq!(counts.mul, 2);
 //! ```
 //!
+//! # Thread pools
+//!
+//! A thread of a work-stealing pool (rayon) that waits for the other parts of a parallel
+//! section does not sit idle: it runs other queued tasks, which may be anything the pool was
+//! given, such as another caller's whole training step. Their operations would land in the
+//! waiting thread's tally, in the middle of its measurement. [`parallel`] closes that gap:
+//! it runs a section whose parts each return their counts from [`take`], and afterwards sets
+//! the calling thread's tally to what it was before the section plus exactly those counts.
+//! Whatever else ran on the thread meanwhile measured itself by its own differences and
+//! leaves no trace. Every parallel section in opcount's kernels runs under it, so
+//! [`measure`], `measure_step` and the per-node attribution are exact when called from rayon
+//! tasks (of the global pool or any other, nested or not) and from any number of threads.
+//!
+//! ```
+//! use opcount::{Counted, Counts, tally};
+//! use rayon::prelude::*;
+//!
+//! let xs = Counted::vec(&[1.0f64; 1000]);
+//! let (sum, counts) = tally::measure(|| {
+//!     tally::parallel(|| {
+//!         let parts: Vec<(Counted<f64>, Counts)> = xs
+//!             .par_chunks(100)
+//!             .map(|part| tally::take(|| part.iter().copied().sum::<Counted<f64>>()))
+//!             .collect();
+//!         let (sums, counts): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+//!         (sums, counts.into_iter().sum())
+//!     })
+//! });
+//! assert_eq!(sum.len(), 10);
+//! assert_eq!(counts.add, 10 * 99);
+//! ```
+//!
 //! # Cost
 //!
 //! The tally is a `thread_local!` array of `Cell<u64>` with a `const` initializer and no
@@ -68,7 +100,7 @@ pub(crate) fn bump_by(op: Op, n: u64) {
 /// Useful only as the two ends of a difference; prefer [`measure`].
 #[inline]
 pub fn snapshot() -> Counts {
-    TALLY.with(|t| Counts::from_array(std::array::from_fn(|i| t.0[i].get())))
+    Counts::from_array(raw())
 }
 
 /// Runs `f` and returns its result with the operations it counted on this thread.
@@ -102,6 +134,32 @@ fn unmerge(counts: Counts) {
     }
 }
 
+/// Runs `section`, a parallel section whose parts each ran under [`take`] and whose counts it
+/// returns added up, and leaves this thread's tally at what it was before plus exactly those
+/// counts: work that a thread pool ran on this thread while it waited for the parts (other
+/// tasks of the pool) is not charged to it. See "Thread pools" above.
+pub fn parallel<R>(section: impl FnOnce() -> (R, Counts)) -> R {
+    let before = raw();
+    let (result, parts) = section();
+    set_raw(before);
+    merge(parts);
+    result
+}
+
+/// This thread's counters as they are.
+fn raw() -> [u64; Op::COUNT] {
+    TALLY.with(|t| std::array::from_fn(|i| t.0[i].get()))
+}
+
+/// Sets this thread's counters.
+fn set_raw(values: [u64; Op::COUNT]) {
+    TALLY.with(|t| {
+        for (cell, v) in t.0.iter().zip(values) {
+            cell.set(v);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +171,21 @@ mod tests {
             assert_eq!(taken, Counts::of(Op::Mul, 5));
         });
         assert_eq!(outer, Counts::ZERO);
+    }
+
+    #[test]
+    fn a_parallel_section_keeps_only_what_its_parts_returned() {
+        let (_, outer) = measure(|| {
+            bump(Op::Mul);
+            parallel(|| {
+                // Work of someone else's that ran here while the section waited ...
+                bump_by(Op::Add, 7);
+                // ... and the section's own part, taken and returned.
+                let ((), part) = take(|| bump_by(Op::Div, 3));
+                ((), part)
+            });
+        });
+        assert_eq!(outer, Counts::of(Op::Mul, 1) + Counts::of(Op::Div, 3));
     }
 
     #[test]

@@ -309,15 +309,15 @@ fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], dx: &mut [S], touched: &mut V
     touched.clear();
     touched.resize(g.input_len(), false);
     dx.fill(S::zero());
-    let parts: Vec<Counts> = dx
-        .par_chunks_mut(plane)
-        .zip(touched.par_chunks_mut(plane))
-        .zip(dpatches.par_chunks(per_channel))
-        .map(|((dxc, seen), rows)| tally::take(|| col2im_channel(g, rows, dxc, seen)).1)
-        .collect();
-    for counts in parts {
-        tally::merge(counts);
-    }
+    tally::parallel(|| {
+        let parts: Vec<Counts> = dx
+            .par_chunks_mut(plane)
+            .zip(touched.par_chunks_mut(plane))
+            .zip(dpatches.par_chunks(per_channel))
+            .map(|((dxc, seen), rows)| tally::take(|| col2im_channel(g, rows, dxc, seen)).1)
+            .collect();
+        ((), parts.into_iter().sum())
+    });
 }
 
 /// `col2im` for one input channel: `rows` are its K/C_in patch rows `(i, j)`. The inner loop

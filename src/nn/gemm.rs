@@ -15,8 +15,8 @@
 //! would be counted.
 //!
 //! Work split among threads is counted on those threads; each part's counts are taken out
-//! there and merged into the caller's tally (see `tally::take`), so the caller's counts are
-//! exact.
+//! there and merged into the caller's tally under `tally::parallel`, so the caller's counts
+//! are exact, even when the pool runs unrelated tasks on the caller's thread while it waits.
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -97,19 +97,18 @@ pub(crate) fn gemm<S: Scalar>(
     }
     // Split the rows into one part per thread, on tile boundaries.
     let per = m.div_ceil(threads).next_multiple_of(isa.mr());
-    let parts: Vec<Counts> = c[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .map(|(part, rows)| {
-            let i0 = part * per;
-            let i1 = (i0 + per).min(m);
-            let ((), counts) = tally::take(|| isa.run((i0, i1), (n, k), a, b, start, rows));
-            counts
-        })
-        .collect();
-    for counts in parts {
-        tally::merge(counts);
-    }
+    tally::parallel(|| {
+        let parts: Vec<Counts> = c[..m * n]
+            .par_chunks_mut(per * n)
+            .enumerate()
+            .map(|(part, rows)| {
+                let i0 = part * per;
+                let i1 = (i0 + per).min(m);
+                tally::take(|| isa.run((i0, i1), (n, k), a, b, start, rows)).1
+            })
+            .collect();
+        ((), parts.into_iter().sum())
+    });
 }
 
 /// The instruction set the kernels are compiled for, picked once at run time.

@@ -381,17 +381,23 @@ impl<S: Scalar> Network<S> {
 
     /// [`Network::step`], telling `watch` when each phase starts and each node ends (for
     /// progress bars and per-node timing).
-    pub fn step_watched(&mut self, batch: &Batch<S>, lr: S, mut watch: impl FnMut(Event)) -> S {
-        self.forward_phase(&batch.inputs, batch.size, &mut watch);
-        let loss = self.loss_phase(batch, true, &mut watch);
-        self.backward_phase(true, &mut watch);
-        self.update_phase(lr, true, &mut watch);
+    ///
+    /// Counted arithmetic that `watch` itself does is not charged to any node: it is kept
+    /// apart while the step runs and added to the thread's tally when the step ends.
+    pub fn step_watched(&mut self, batch: &Batch<S>, lr: S, watch: impl FnMut(Event)) -> S {
+        let mut watch = Apart::new(watch);
+        let watch = &mut |event| watch.call(event);
+        self.forward_phase(&batch.inputs, batch.size, watch);
+        let loss = self.loss_phase(batch, true, watch);
+        self.backward_phase(true, watch);
+        self.update_phase(lr, true, watch);
         loss
     }
 
     /// The forward pass alone, watched like [`Network::step_watched`].
-    pub fn forward_watched(&mut self, inputs: &[S], batch: usize, mut watch: impl FnMut(Event)) {
-        self.forward_phase(inputs, batch, &mut watch);
+    pub fn forward_watched(&mut self, inputs: &[S], batch: usize, watch: impl FnMut(Event)) {
+        let mut watch = Apart::new(watch);
+        self.forward_phase(inputs, batch, &mut |event| watch.call(event));
     }
 
     /// Every node's parameters, in plan order, as `(weights, biases)` in the layer's own
@@ -509,6 +515,34 @@ pub fn measure_step_watched(
     net.step_watched(&data.head(batch, plan.loss), CountedZeros::from(lr), watch);
     net.counts()
         .expect("a counted network with attribution on has counts")
+}
+
+/// A watch callback whose own counted work stays out of the step's per-node counts: each
+/// call runs under `tally::take`, and what it counted goes back to the thread's tally when the
+/// `Apart` is dropped, after the step.
+struct Apart<F: FnMut(Event)> {
+    watch: F,
+    counted: Counts,
+}
+
+impl<F: FnMut(Event)> Apart<F> {
+    fn new(watch: F) -> Self {
+        Apart {
+            watch,
+            counted: Counts::ZERO,
+        }
+    }
+
+    fn call(&mut self, event: Event) {
+        let ((), counted) = tally::take(|| (self.watch)(event));
+        self.counted += counted;
+    }
+}
+
+impl<F: FnMut(Event)> Drop for Apart<F> {
+    fn drop(&mut self) {
+        tally::merge(self.counted);
+    }
 }
 
 /// Snapshots of the tally between nodes: node k's work in a phase is the difference of the
