@@ -13,9 +13,11 @@ fn layer<S: Scalar>(w: &[S], b: &[S], x: &[S]) -> Vec<S> {
             *zj += wij * xi;
         }
     }
-    S::record_act(z.len() as u64);
     z.iter()
-        .map(|&v| S::one() / (S::one() + (-v).exp()))
+        .map(|&v| {
+            S::record_act(); // one call of f per neuron
+            S::one() / (S::one() + (-v).exp())
+        })
         .collect()
 }
 

@@ -90,8 +90,8 @@ impl<T, const Z: bool> Counting for Counted<T, Z> {
     const IS_COUNTED: bool = true;
 
     #[inline]
-    fn record_act(calls: u64) {
-        bump_by(Op::Act, calls);
+    fn record_act() {
+        bump(Op::Act);
     }
 }
 

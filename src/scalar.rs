@@ -20,11 +20,11 @@ pub trait Counting {
     /// per-node attribution) skips measuring for types that count nothing.
     const IS_COUNTED: bool = false;
 
-    /// Records `calls` calls of an activation function (see `docs/counting.md`).
+    /// Records one call of an activation function (see `docs/counting.md`). Call it where
+    /// the function is evaluated on a value, once per value, so that the count follows what
+    /// the loop really did.
     #[inline]
-    fn record_act(calls: u64) {
-        let _ = calls;
-    }
+    fn record_act() {}
 }
 
 impl Counting for f32 {}

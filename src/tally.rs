@@ -147,6 +147,7 @@ pub fn parallel<R>(section: impl FnOnce() -> (R, Counts)) -> R {
 }
 
 /// This thread's counters as they are.
+#[inline]
 fn raw() -> [u64; Op::COUNT] {
     TALLY.with(|t| std::array::from_fn(|i| t.0[i].get()))
 }

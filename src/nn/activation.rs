@@ -1,6 +1,6 @@
 //! Activation functions as forward/backward pairs over a batch. Each forward records one
-//! activation call per output value (docs/counting.md, "Activation calls"); each backward
-//! is computed from the forward's output `y`.
+//! activation call where it computes each output value (docs/counting.md, "Activation
+//! calls"); each backward is computed from the forward's output `y`.
 
 use crate::model::Activation;
 use crate::scalar::Scalar;
@@ -13,10 +13,9 @@ use crate::scalar::Scalar;
 /// `z`, `y`: batch x width.
 #[inline(never)]
 pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usize) {
-    S::record_act(z.len() as u64);
     let one = S::one();
     match f {
-        Activation::Identity => y.copy_from_slice(z),
+        Activation::Identity => map(z, y, |v| v),
         Activation::Sigmoid => map(z, y, |v| one / (one + (-v).exp())),
         Activation::Tanh => map(z, y, |v| v.tanh()),
         Activation::Relu => map(z, y, |v| v.max(S::zero())),
@@ -67,12 +66,15 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
         sum += e;
     }
     for yj in y.iter_mut() {
+        S::record_act(); // the call's value is complete here
         *yj /= sum;
     }
 }
 
+/// `y = f(z)` value by value, one activation call each.
 fn map<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S) {
     for (yj, &zj) in y.iter_mut().zip(z) {
+        S::record_act();
         *yj = f(zj);
     }
 }

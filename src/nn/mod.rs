@@ -376,7 +376,7 @@ impl<S: Scalar> Network<S> {
     /// A whole training step on a batch: forward, loss, backward, update. Returns the loss
     /// before the update.
     pub fn step(&mut self, batch: &Batch<S>, lr: S) -> S {
-        self.step_watched(batch, lr, |_| {})
+        self.step_phases(batch, lr, &mut |_| {})
     }
 
     /// [`Network::step`], telling `watch` when each phase starts and each node ends (for
@@ -386,7 +386,11 @@ impl<S: Scalar> Network<S> {
     /// apart while the step runs and added to the thread's tally when the step ends.
     pub fn step_watched(&mut self, batch: &Batch<S>, lr: S, watch: impl FnMut(Event)) -> S {
         let mut watch = Apart::new(watch);
-        let watch = &mut |event| watch.call(event);
+        self.step_phases(batch, lr, &mut |event| watch.call(event))
+    }
+
+    /// The four phases of a step, each starting from the snapshot the previous one ended on.
+    fn step_phases(&mut self, batch: &Batch<S>, lr: S, watch: &mut impl FnMut(Event)) -> S {
         self.forward_phase(&batch.inputs, batch.size, watch);
         let loss = self.loss_phase(batch, true, watch);
         self.backward_phase(true, watch);
