@@ -182,8 +182,8 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
                 reach(h, ho, k, stride, padding),
                 reach(w, wo, k, stride, padding),
             );
-            let contributions = q(rows.0) * cols.0;
-            let reached = q(rows.1) * cols.1;
+            let contributions = Q(Some(rows.0)) * Q(Some(cols.0));
+            let reached = Q(Some(rows.1)) * Q(Some(cols.1));
             let backward = counts! { format!("{name} backward");
                 mul: all * c_out * patch + when(dx, b * patch * positions * c_out),
                 add: (all - 1) * c_out * patch
@@ -237,25 +237,49 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
     }
 }
 
-/// Along one axis of a convolution's input (`size` long, `out` output positions): how many
-/// (output position, kernel offset) pairs land inside the input, and how many input positions
-/// at least one of them reaches. Offset `i` of output `y` lands on `y*stride + i - padding`.
-fn reach(size: usize, out: usize, kernel: usize, stride: usize, padding: usize) -> (usize, usize) {
-    let landing: usize = (0..kernel)
-        .map(|i| {
-            let lo = padding.saturating_sub(i).div_ceil(stride);
-            let hi = (size + padding).saturating_sub(i).div_ceil(stride).min(out);
-            hi.saturating_sub(lo)
-        })
-        .sum();
-    let reached = if stride >= kernel {
-        // Windows do not overlap: every landing pair reaches its own position.
-        landing
+/// Along one axis of a convolution's input (`size` long, `out` windows of `kernel` cells,
+/// `stride` apart, the first starting `padding` cells before the input): how many window
+/// cells lie inside the input (the (position, offset) pairs whose gradient `col2im` adds),
+/// and how many input cells at least one window covers.
+///
+/// Derived from the windows, not from any loop of the kernel: every window has `kernel`
+/// cells, less what sticks out past either edge. The windows stick out past the start by
+/// `padding`, `padding - stride`, ... cells, and past the end, counting back from the last
+/// window, by `(out - 1) * stride + kernel - padding - size`, then `stride` less each window
+/// (see [`overhang`]). A window that sticks out on both sides covers the whole input, and
+/// the two overhangs then add up to exactly `kernel - size`. Windows that overlap or touch
+/// (`stride < kernel`) cover one unbroken run; windows that do not cover their own cells.
+/// The unit tests check both numbers against brute-force enumeration.
+fn reach(size: usize, out: usize, kernel: usize, stride: usize, padding: usize) -> (u128, u128) {
+    let [size, out, kernel, stride, padding] =
+        [size, out, kernel, stride, padding].map(|n| n as u128);
+    let last_end = (out - 1) * stride + kernel; // where the last window ends, padded
+    let before = overhang(out, padding, stride, kernel);
+    let after = overhang(out, last_end.saturating_sub(padding + size), stride, kernel);
+    let inside = out * kernel - before - after;
+    let covered = if stride >= kernel {
+        inside
     } else {
-        // Overlapping windows cover one run, from -padding to (out-1)*stride - padding + kernel.
-        size.min(((out - 1) * stride + kernel).saturating_sub(padding))
+        size.min(last_end.saturating_sub(padding))
     };
-    (landing, reached)
+    (inside, covered)
+}
+
+/// Of `n` windows of `kernel` cells, the first sticking out `first` cells past an edge and each
+/// next one `stride` cells less, how many cells stick out in all: the sum over windows of
+/// `min(kernel, max(0, first - y * stride))`. Windows entirely outside are counted whole;
+/// at most `kernel / stride + 1` are partly outside.
+fn overhang(n: u128, first: u128, stride: u128, kernel: u128) -> u128 {
+    let whole = if first >= kernel {
+        n.min((first - kernel) / stride + 1)
+    } else {
+        0
+    };
+    let partial: u128 = (whole..n)
+        .map(|y| first.saturating_sub(y * stride))
+        .take_while(|&cells| cells > 0)
+        .sum();
+    whole * kernel + partial
 }
 
 /// An activation over B examples of `w` values: one call per value, plus its arithmetic.
@@ -345,6 +369,42 @@ mod tests {
         let dense_mul: u64 = [0, 2].iter().map(|&k| s.nodes[k].forward.mul).sum();
         assert_eq!(dense_mul, 1800);
         assert_eq!(s.totals().forward.act, 60);
+    }
+
+    /// `reach` against enumeration: every (window, cell) pair of one axis, and the input
+    /// cells they land on.
+    #[test]
+    fn reach_matches_brute_force() {
+        for size in 1..12usize {
+            for kernel in 1..7 {
+                for stride in 1..5 {
+                    for padding in 0..5 {
+                        let padded = size + 2 * padding;
+                        if padded < kernel {
+                            continue;
+                        }
+                        let out = (padded - kernel) / stride + 1;
+                        let mut inside = 0u128;
+                        let mut covered = vec![false; size];
+                        for y in 0..out {
+                            for i in 0..kernel {
+                                let at = (y * stride + i) as i64 - padding as i64;
+                                if (0..size as i64).contains(&at) {
+                                    inside += 1;
+                                    covered[at as usize] = true;
+                                }
+                            }
+                        }
+                        let covered = covered.iter().filter(|&&c| c).count() as u128;
+                        assert_eq!(
+                            reach(size, out, kernel, stride, padding),
+                            (inside, covered),
+                            "size {size} kernel {kernel} stride {stride} padding {padding}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -38,12 +38,19 @@ fn setup() -> (Model, Plan, Dataset, StepCounts) {
 
 /// One step measured inside a task: its per-node counts and, around it, `tally::measure`'s
 /// total for the thread. Returns a description of what was wrong, if anything.
-fn checked_step(model: &Model, plan: &Plan, data: &Dataset, expected: &StepCounts) -> Option<String> {
+fn checked_step(
+    model: &Model,
+    plan: &Plan,
+    data: &Dataset,
+    expected: &StepCounts,
+) -> Option<String> {
     let (step, around) = tally::measure(|| measure_step(model, plan, data, BATCH));
     if step.predictable() != *expected {
         let got = step.predictable().totals().all.total();
         let want = expected.totals().all.total();
-        return Some(format!("per-node counts: step total {got}, closed form {want}"));
+        return Some(format!(
+            "per-node counts: step total {got}, closed form {want}"
+        ));
     }
     if around.predictable() != expected.totals().all {
         return Some(format!(
@@ -76,7 +83,11 @@ fn many_steps_in_a_pool(threads: usize) {
         }
     });
     let wrong = wrong.into_inner().unwrap();
-    assert!(wrong.is_empty(), "{} of {STEPS} steps wrong: {wrong:?}", wrong.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {STEPS} steps wrong: {wrong:?}",
+        wrong.len()
+    );
 }
 
 #[test]

@@ -1,0 +1,75 @@
+//! Random valid convolutional stacks, for the tests that check counts and gradients over
+//! many shapes: Conv2d (kernel 1-5, stride 1-3, padding 0-2), max and average pooling
+//! (stride at least the window, so also with gaps between windows), on odd and non-square
+//! inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
+#![allow(dead_code)]
+
+use opcount::rng::Rng;
+
+/// A model text and a batch size.
+pub struct Stack {
+    pub text: String,
+    pub batch: usize,
+}
+
+/// A random stack. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
+pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
+    let activations: &[&str] = if smooth {
+        &["Identity", "Sigmoid", "Tanh"]
+    } else {
+        &["Identity", "Sigmoid", "Tanh", "Relu"]
+    };
+    let pick = |rng: &mut Rng| activations[rng.below(activations.len())];
+    let (channels, height, width) = (1 + rng.below(3), 5 + rng.below(8), 5 + rng.below(8));
+    let (mut h, mut w) = (height, width);
+    let mut layers = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        if rng.below(3) < 2 {
+            let padding = rng.below(3);
+            // The kernel fits the padded input.
+            let kernel = (1 + rng.below(5)).min(h.min(w) + 2 * padding);
+            let stride = 1 + rng.below(3);
+            let activation = match rng.below(activations.len() + 1) {
+                0 => String::new(),
+                _ => format!(", activation: {}", pick(rng)),
+            };
+            layers.push(format!(
+                "Conv2d(out_channels: {}, kernel: {kernel}, stride: {stride}, padding: {padding}, \
+                 bias: {}{activation})",
+                1 + rng.below(4),
+                rng.below(2) == 0,
+            ));
+            h = (h + 2 * padding - kernel) / stride + 1;
+            w = (w + 2 * padding - kernel) / stride + 1;
+        } else {
+            let size = (1 + rng.below(3)).min(h.min(w));
+            let stride = size + rng.below(2);
+            let kind = ["MaxPool2d", "AvgPool2d"][rng.below(2)];
+            layers.push(format!("{kind}(size: {size}, stride: {stride})"));
+            h = (h - size) / stride + 1;
+            w = (w - size) / stride + 1;
+        }
+    }
+    layers.push("Flatten".into());
+    if rng.below(2) == 0 {
+        layers.push(format!(
+            "Dense(units: {}, activation: {})",
+            1 + rng.below(6),
+            pick(rng)
+        ));
+    }
+    let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
+    // Cross-entropy needs two classes at least.
+    let units = if loss == "Mse" { 1 } else { 2 } + rng.below(3);
+    layers.push(format!("Dense(units: {units})"));
+    let text = format!(
+        "(name: \"stack\", input: [{channels}, {height}, {width}], loss: {loss}, \
+         init: Xavier(seed: {}),\n layers: [\n  {}\n ])",
+        rng.below(1000),
+        layers.join(",\n  ")
+    );
+    Stack {
+        text,
+        batch: 1 + rng.below(4),
+    }
+}
