@@ -438,9 +438,9 @@ impl Plan {
         self.nodes.last().map_or(self.input, |n| n.output)
     }
 
-    /// Number of trainable parameters.
-    pub fn params(&self) -> u64 {
-        self.nodes.iter().map(|n| n.op.params()).sum()
+    /// Number of trainable parameters. (Each node's fit in a `u64`, their sum may not.)
+    pub fn params(&self) -> u128 {
+        self.nodes.iter().map(|n| u128::from(n.op.params())).sum()
     }
 
     /// About how many bytes a network of this plan needs to run a step on `batch`
@@ -449,7 +449,7 @@ impl Plan {
     /// input and patch gradients. Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
-        let mut values: u128 = 2 * self.params() as u128;
+        let mut values: u128 = 2 * self.params();
         let mut largest_scratch: u128 = 0;
         let mut positions: u128 = 0;
         values += 2 * b * self.input.len() as u128;
