@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::convention::Convention;
 use opcount::data::Dataset;
 use opcount::model::Data;
-use opcount::report::{Report, json_number, phase_table, thousands};
+use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
 use opcount::train::{Settings, evaluate, train};
 use opcount::{
     Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
@@ -394,7 +394,8 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "final_loss": result.loss,
                 "train_accuracy": result.accuracy(),
                 "step_batch": batch_size,
-                "step": totals,
+                // Counted<f32> does not count multiplications by zero: `zmul` is null.
+                "step": totals_json(&totals, false),
             });
             outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         }
@@ -530,12 +531,8 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     ];
     match args.format {
         Format::Json => {
-            let exact = |t: &opcount::Totals| {
-                json!({
-                    "forward": t.forward, "loss": t.loss, "backward": t.backward,
-                    "update": t.update, "all": t.all,
-                })
-            };
+            // Closed forms: no `zmul`.
+            let exact = |t: &opcount::Totals| totals_json(t, false);
             let numbers_json = |[f, b, all]: [u128; 3]| {
                 json!({
                     "forward": json_number(f),
@@ -900,7 +897,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                 },
                 "sgemm_flops_per_s": sgemm,
                 "kernel_efficiency": kernel_rate / sgemm,
-                "counts_per_step": ops,
+                "counts_per_step": counts_json(&ops, false),
             });
             outln!("{}", serde_json::to_string_pretty(&out)?)?;
         }

@@ -42,6 +42,28 @@ pub fn json_number(n: impl Into<u128>) -> serde_json::Value {
     }
 }
 
+/// Counts as a JSON object with every kind as a key (numbers as [`json_number`] writes
+/// them). `zmul` is `null` unless `zmul_counted`: a closed form does not estimate it (it
+/// depends on the data) and `Counted<T>` does not count it; only a measurement with
+/// `CountedZeros<T>` has it.
+pub fn counts_json(counts: &Counts, zmul_counted: bool) -> serde_json::Value {
+    let mut object = json!(counts);
+    if !zmul_counted {
+        object[Op::Zmul.name()] = serde_json::Value::Null;
+    }
+    object
+}
+
+/// Totals per phase and over the whole step as JSON: `{"forward", "loss", "backward",
+/// "update", "all"}`, each as [`counts_json`] writes it.
+pub fn totals_json(totals: &Totals, zmul_counted: bool) -> serde_json::Value {
+    let c = |counts: &Counts| counts_json(counts, zmul_counted);
+    json!({
+        "forward": c(&totals.forward), "loss": c(&totals.loss), "backward": c(&totals.backward),
+        "update": c(&totals.update), "all": c(&totals.all),
+    })
+}
+
 /// The kinds that are not zero in `counts`, in [`Op::ALL`] order.
 pub fn used_kinds(counts: &Counts) -> Vec<Op> {
     counts.nonzero().map(|(op, _)| op).collect()
@@ -277,7 +299,7 @@ impl Report {
         let mut out = Vec::new();
         let mut compare = |row: &str, phase: Phase, m: Counts, e: Counts| {
             // Multiplications by zero depend on the data: no closed form predicts them.
-            for op in Op::ALL.into_iter().filter(|&op| op != Op::Zmul) {
+            for op in Op::ALL.into_iter().filter(|op| op.is_predictable()) {
                 if m[op] != e[op] {
                     out.push(Mismatch {
                         row: row.to_string(),
@@ -307,10 +329,12 @@ impl Report {
         self.measured.as_ref().unwrap_or(&self.estimated)
     }
 
-    /// Arithmetic operations of the backward pass per operation of the forward pass.
-    pub fn backward_forward_ratio(&self) -> f64 {
+    /// Arithmetic operations of the backward pass per operation of the forward pass, or
+    /// `None` if the forward pass does none (a model of activations alone).
+    pub fn backward_forward_ratio(&self) -> Option<f64> {
         let t = self.shown().totals();
-        t.backward.total() as f64 / t.forward.total() as f64
+        let forward = t.forward.total();
+        (forward > 0).then(|| t.backward.total() as f64 / forward as f64)
     }
 
     /// The report as a text table: one row per node and phase it works in, the loss, and
@@ -424,11 +448,13 @@ impl Report {
         );
         out.push_str(&table.to_string());
         out.push('\n');
+        let ratio = match self.backward_forward_ratio() {
+            Some(r) => format!("{r:.2}x the arithmetic operations"),
+            None => "n/a, the forward pass does no arithmetic".to_string(),
+        };
         out.push_str(&format!(
-            "parameters: {}\nbackward/forward: {:.2}x the arithmetic operations \
-             (DeepSpeed and calflops assume 2x)\n",
+            "parameters: {}\nbackward/forward: {ratio} (DeepSpeed and calflops assume 2x)\n",
             thousands(self.params),
-            self.backward_forward_ratio()
         ));
         if self.measured.is_some() {
             let n = self.mismatches().len();
@@ -544,32 +570,36 @@ impl Report {
     }
 
     /// The report as JSON (schema in `docs/report-format.md`). In the exact convention each
-    /// count is an object with every kind; in a single-number convention (mac, flop), the
-    /// same layout holds one number per count.
+    /// count is an object with every kind (the estimated `zmul` is `null`: no closed form
+    /// predicts it); in a single-number convention (mac, flop), the same layout holds one
+    /// number per count.
     pub fn json(&self) -> serde_json::Value {
         let exact = self.convention == Convention::Exact;
-        let count = |step: &StepCounts, k: usize, phase: Phase| -> serde_json::Value {
+        // `zmul`: whether the counts are measured (with CountedZeros) or estimated.
+        let count = |step: &StepCounts, zmul: bool, k: usize, phase: Phase| {
             if exact {
-                json!(step.nodes[k].phase(phase))
+                counts_json(&step.nodes[k].phase(phase), zmul)
             } else {
                 json_number(self.number(step, k, phase))
             }
         };
-        let phases = |step: &StepCounts, k: usize| {
+        let phases = |step: &StepCounts, zmul: bool, k: usize| {
             json!({
-                "forward": count(step, k, Phase::Forward),
-                "backward": count(step, k, Phase::Backward),
-                "update": count(step, k, Phase::Update),
+                "forward": count(step, zmul, k, Phase::Forward),
+                "backward": count(step, zmul, k, Phase::Backward),
+                "update": count(step, zmul, k, Phase::Update),
             })
         };
-        let loss = |step: &StepCounts| if exact { json!(step.loss) } else { json!(0) };
-        let totals = |step: &StepCounts| {
+        let loss = |step: &StepCounts, zmul: bool| {
             if exact {
-                let t = step.totals();
-                json!({
-                    "forward": t.forward, "loss": t.loss, "backward": t.backward,
-                    "update": t.update, "all": t.all,
-                })
+                counts_json(&step.loss, zmul)
+            } else {
+                json!(0)
+            }
+        };
+        let totals = |step: &StepCounts, zmul: bool| {
+            if exact {
+                totals_json(&step.totals(), zmul)
             } else {
                 let [f, b] = [Phase::Forward, Phase::Backward].map(|p| self.phase_number(step, p));
                 json!({
@@ -589,8 +619,8 @@ impl Report {
                     "kind": info.kind,
                     "params": json_number(info.params),
                     "output": info.output,
-                    "measured": self.measured.as_ref().map(|m| phases(m, k)),
-                    "estimated": phases(&self.estimated, k),
+                    "measured": self.measured.as_ref().map(|m| phases(m, true, k)),
+                    "estimated": phases(&self.estimated, false, k),
                 })
             })
             .collect();
@@ -601,12 +631,12 @@ impl Report {
             "layers": layers,
             "loss": {
                 "name": self.loss,
-                "measured": self.measured.as_ref().map(loss),
-                "estimated": loss(&self.estimated),
+                "measured": self.measured.as_ref().map(|m| loss(m, true)),
+                "estimated": loss(&self.estimated, false),
             },
             "totals": {
-                "measured": self.measured.as_ref().map(totals),
-                "estimated": totals(&self.estimated),
+                "measured": self.measured.as_ref().map(|m| totals(m, true)),
+                "estimated": totals(&self.estimated, false),
             },
         });
         let extra = if exact {
@@ -622,8 +652,9 @@ impl Report {
     }
 
     /// The report as CSV: one row per node and phase (forward, backward, update) and one
-    /// for the loss, with every kind measured (empty if not run) and estimated; in a
-    /// single-number convention, one `measured` and one `estimated` column.
+    /// for the loss, with every kind measured (empty if not run) and estimated (`zmul`
+    /// empty: no closed form predicts it); in a single-number convention, one `measured`
+    /// and one `estimated` column.
     pub fn csv(&self) -> String {
         let mut header = vec!["index", "name", "kind", "output", "params", "phase"]
             .into_iter()
@@ -640,19 +671,23 @@ impl Report {
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
         let mut rows = vec![header];
-        let cells = |c: Option<Counts>, kind: &str, phase: Phase| -> Vec<String> {
-            match (
-                c,
-                self.convention.value(kind, phase, &c.unwrap_or_default()),
-            ) {
-                (None, _) if exact => vec![String::new(); Op::COUNT + 1],
-                (None, _) => vec![String::new()],
-                (Some(c), None) => c
+        // `zmul`: whether the counts are measured (with CountedZeros) or estimated.
+        let cells = |c: Option<Counts>, zmul: bool, kind: &str, phase: Phase| -> Vec<String> {
+            match c {
+                None if exact => vec![String::new(); Op::COUNT + 1],
+                None => vec![String::new()],
+                Some(c) if exact => c
                     .iter()
-                    .map(|(_, n)| n.to_string())
+                    .map(|(op, n)| match op {
+                        Op::Zmul if !zmul => String::new(),
+                        _ => n.to_string(),
+                    })
                     .chain([c.total().to_string()])
                     .collect(),
-                (Some(_), Some(n)) => vec![n.to_string()],
+                Some(c) => {
+                    let n = self.convention.value(kind, phase, &c);
+                    vec![n.expect("in_convention checked the numbers").to_string()]
+                }
             }
         };
         for (k, info) in self.nodes.iter().enumerate() {
@@ -668,11 +703,13 @@ impl Report {
                 let kind = info.kind;
                 row.extend(cells(
                     self.measured.as_ref().map(|m| m.nodes[k].phase(phase)),
+                    true,
                     kind,
                     phase,
                 ));
                 row.extend(cells(
                     Some(self.estimated.nodes[k].phase(phase)),
+                    false,
                     kind,
                     phase,
                 ));
@@ -689,10 +726,11 @@ impl Report {
         ];
         row.extend(cells(
             self.measured.as_ref().map(|m| m.loss),
+            true,
             "loss",
             Phase::Loss,
         ));
-        row.extend(cells(Some(self.estimated.loss), "loss", Phase::Loss));
+        row.extend(cells(Some(self.estimated.loss), false, "loss", Phase::Loss));
         rows.push(row);
         for row in rows {
             writer
