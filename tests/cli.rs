@@ -147,6 +147,18 @@ fn assert_same_predictable(measured: &Value, estimated: &Value) {
 }
 
 #[test]
+fn docs_counting_md_shows_the_real_output_of_count() {
+    let out = opcount(&["count", "models/mlp-30-30-30.ron"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let docs = std::fs::read_to_string(root().join("docs/counting.md")).unwrap();
+    assert!(
+        docs.contains(&format!("```text\n{table}```")),
+        "docs/counting.md's block differs from `opcount count models/mlp-30-30-30.ron`:\n{table}"
+    );
+}
+
+#[test]
 fn zmul_is_measured_not_estimated() {
     // Half of XOR's inputs are 0: 8 multiplications by zero in dense1's forward pass.
     let out = json(&opcount(&[
