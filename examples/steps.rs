@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(path), Some(steps)) = (args.next(), args.next()) else {
         return Err("usage: steps MODEL STEPS".into());
     };
-    let steps: u64 = steps.parse()?;
+    let steps: u128 = steps.parse()?;
     let model = Model::load(path.as_ref())?;
     let plan = model.plan(&path)?;
     let batch = Dataset::synthetic(&plan, 1, 0).head::<f32>(1, plan.loss);

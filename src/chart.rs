@@ -20,7 +20,7 @@ const PHASES: [(Phase, RGBColor); 4] = [
 pub fn svg(report: &Report) -> String {
     let step: &StepCounts = report.measured.as_ref().unwrap_or(&report.estimated);
     // One row per node, then the loss: the operations of each phase.
-    let mut rows: Vec<(String, [u64; 4])> = report
+    let mut rows: Vec<(String, [u128; 4])> = report
         .nodes
         .iter()
         .zip(&step.nodes)
@@ -37,7 +37,7 @@ pub fn svg(report: &Report) -> String {
     ));
     let widest = rows
         .iter()
-        .map(|(_, p)| p.iter().sum::<u64>())
+        .map(|(_, p)| p.iter().sum::<u128>())
         .max()
         .unwrap_or(0)
         .max(1) as f64;
@@ -56,7 +56,7 @@ type Drawing<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 fn draw(
     root: &Drawing<'_>,
     report: &Report,
-    rows: &[(String, [u64; 4])],
+    rows: &[(String, [u128; 4])],
     widest: f64,
 ) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
     root.fill(&WHITE)?;
@@ -69,7 +69,7 @@ fn draw(
             rows.iter()
                 .flat_map(|(_, p)| p.iter())
                 .copied()
-                .sum::<u64>()
+                .sum::<u128>()
         )
     );
     let mut chart = ChartBuilder::on(root)
@@ -91,12 +91,12 @@ fn draw(
         .disable_y_mesh()
         .y_labels(rows.len())
         .y_label_formatter(&label)
-        .x_label_formatter(&|x: &f64| thousands(x.round() as u64))
+        .x_label_formatter(&|x: &f64| thousands(x.round() as u128))
         .x_desc("operations")
         .draw()?;
     for (p, (phase, color)) in PHASES.iter().enumerate() {
         let bars = rows.iter().enumerate().filter_map(|(i, (_, parts))| {
-            let start: u64 = parts[..p].iter().sum();
+            let start: u128 = parts[..p].iter().sum();
             (parts[p] > 0).then(|| {
                 let b = band(i);
                 let mut bar = Rectangle::new(

@@ -37,12 +37,13 @@ impl Convention {
     /// The single number this convention gives a node (of `kind`, as in
     /// [`NodeOp::kind`](crate::model::NodeOp::kind)) in `phase`, for the conventions that
     /// give one ([`Convention::Mac`], [`Convention::Flop`]); `None` for
-    /// [`Convention::Exact`].
+    /// [`Convention::Exact`], and if the number would pass `u128::MAX` (flops are twice the
+    /// multiplications).
     ///
     /// A convolution's or dense layer's multiply-accumulates are exactly its measured
     /// multiplications: forward, one per product of a weighted sum; backward, one per
     /// product of the weight gradient and of the input gradient (when computed).
-    pub fn value(self, kind: &str, phase: Phase, counts: &Counts) -> Option<u64> {
+    pub fn value(self, kind: &str, phase: Phase, counts: &Counts) -> Option<u128> {
         let weighted = matches!(kind, "conv2d" | "dense");
         let macs = match phase {
             Phase::Forward | Phase::Backward if weighted => counts.mul,
@@ -51,7 +52,7 @@ impl Convention {
         match self {
             Convention::Exact => None,
             Convention::Mac => Some(macs),
-            Convention::Flop => Some(2 * macs),
+            Convention::Flop => macs.checked_mul(2),
         }
     }
 }
@@ -85,5 +86,11 @@ mod tests {
             Some(0)
         );
         assert_eq!(Convention::Exact.value("dense", Phase::Forward, &c), None);
+        let past = Counts::of(crate::Op::Mul, u128::MAX / 2 + 1);
+        assert_eq!(Convention::Flop.value("dense", Phase::Forward, &past), None);
+        assert_eq!(
+            Convention::Mac.value("dense", Phase::Forward, &past),
+            Some(u128::MAX / 2 + 1)
+        );
     }
 }

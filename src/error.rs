@@ -78,10 +78,12 @@ pub enum Error {
         loss: f64,
     },
 
-    /// A count or a size too large to represent.
-    #[error("{what} does not fit in 64 bits")]
+    /// A count too large for opcount's 128-bit counts (past 3.4e38).
+    #[error("model {model}: {what} does not fit in 128 bits")]
     Overflow {
-        /// What was being computed.
+        /// The model's name.
+        model: String,
+        /// What was being counted, e.g. `dense1 forward (mul) at batch 8`.
         what: String,
     },
 

@@ -4,8 +4,9 @@
 //!
 //! Every formula is derived in `docs/counting.md` ("Networks") and reads like the loop it
 //! predicts. B is the batch size, N a dense layer's inputs, M its units (or an activation's
-//! or loss's values per example). Arithmetic is done in `u128` and checked: a count that does
-//! not fit in `u64` is an [`Error::Overflow`], never a wrapped number.
+//! or loss's values per example). Counts are `u128` and every step of a formula is checked: a
+//! count that does not fit is an [`Error::Overflow`] naming the model, the node and the kind,
+//! never a wrapped number.
 
 use std::ops::{Add, Mul, Sub};
 
@@ -73,49 +74,65 @@ fn when(cond: bool, q: Q) -> Q {
     if cond { q } else { NONE }
 }
 
+/// Where a count is computed, for the error if it does not fit: the model and the batch.
+#[derive(Copy, Clone)]
+struct At<'a> {
+    model: &'a str,
+    batch: usize,
+}
+
+impl At<'_> {
+    fn overflow(self, what: impl std::fmt::Display) -> Error {
+        Error::Overflow {
+            model: self.model.to_string(),
+            what: format!("{what} at batch {}", self.batch),
+        }
+    }
+}
+
 /// Builds [`Counts`] from `kind: formula` pairs, failing with [`Error::Overflow`] (naming
-/// `$what`) if a formula does not fit in `u64`.
+/// the model, `$what` and the kind) if a formula does not fit in `u128`.
 macro_rules! counts {
-    ($what:expr; $($kind:ident: $value:expr),* $(,)?) => {{
+    ($at:expr, $what:expr; $($kind:ident: $value:expr),* $(,)?) => {{
         let mut c = Counts::ZERO;
-        $( c.$kind = fit($value, || format!("{} ({})", $what, stringify!($kind)))?; )*
+        $( c.$kind = ($value).0.ok_or_else(|| $at.overflow(format!("{} ({})", $what, stringify!($kind))))?; )*
         Ok::<Counts, Error>(c)
     }};
 }
 
-fn fit(value: Q, what: impl Fn() -> String) -> Result<u64> {
-    value
-        .0
-        .and_then(|v| u64::try_from(v).ok())
-        .ok_or_else(|| Error::Overflow { what: what() })
-}
-
 /// The counts of one training step of `plan` on a batch of `batch` examples.
+///
+/// Every count fits in `u128`, and so does the sum of all of them (every node, phase and
+/// kind, `act` and `zmul` included), so every total a report or a projection makes of them
+/// is exact; otherwise an [`Error::Overflow`] names what does not fit.
 pub fn step(plan: &Plan, batch: usize) -> Result<StepCounts> {
+    let at = At {
+        model: &plan.name,
+        batch,
+    };
     let nodes = plan
         .nodes
         .iter()
-        .map(|n| node(n, batch))
+        .map(|n| node(at, n))
         .collect::<Result<Vec<_>>>()?;
     let step = StepCounts {
         nodes,
         loss: loss(plan, batch)?,
     };
-    // The totals must fit too, so that every sum a report makes is exact.
-    let mut all = step.loss;
-    for n in &step.nodes {
-        for c in [n.forward, n.backward, n.update] {
-            all = all.checked_add(c).ok_or_else(|| Error::Overflow {
-                what: format!("the total of a step of {}", plan.name),
-            })?;
-        }
-    }
+    let phases = step
+        .nodes
+        .iter()
+        .flat_map(|n| [n.forward, n.backward, n.update]);
+    std::iter::once(step.loss)
+        .chain(phases)
+        .try_fold(0u128, |sum, c| sum.checked_add(c.checked_sum_of_kinds()?))
+        .ok_or_else(|| at.overflow("the total of a step"))?;
     Ok(step)
 }
 
-/// The counts of one node in each phase, for a batch of `batch` examples.
-pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
-    let b = q(batch);
+/// The counts of one node in each phase.
+fn node(at: At<'_>, node: &Node) -> Result<NodeCounts> {
+    let b = q(at.batch);
     let dx = node.needs_input_grad;
     let name = &node.name;
     match node.op {
@@ -126,20 +143,20 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
         } => {
             // Forward, per example and unit: z_j = b_j + sum_i x_i W_ij, N products summed
             // from the bias (N adds), or from the first product without bias (N - 1 adds).
-            let forward = counts! { format!("{name} forward");
+            let forward = counts! { at, format!("{name} forward");
                 mul: b * n * m,
                 add: if bias { b * n * m } else { b * (n - 1) * m },
             }?;
             // Backward: dW_ij = sum_e x_ei dz_ej (B products, B - 1 adds, for N*M weights);
             // db_j = sum_e dz_ej (B - 1 adds, for M biases); dx_ei = sum_j W_ij dz_ej
             // (M products, M - 1 adds, for B*N inputs) only if an earlier node learns.
-            let backward = counts! { format!("{name} backward");
+            let backward = counts! { at, format!("{name} backward");
                 mul: b * n * m + when(dx, b * n * m),
                 add: (b - 1) * n * m + when(bias, (b - 1) * m) + when(dx, b * n * (m - 1)),
             }?;
             // Update: p -= lr * dp, one mul and one sub per parameter.
             let params = q(n) * m + when(bias, q(m));
-            let update = counts! { format!("{name} update"); mul: params, sub: params }?;
+            let update = counts! { at, format!("{name} update"); mul: params, sub: params }?;
             Ok(NodeCounts {
                 forward,
                 backward,
@@ -163,7 +180,7 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
             let positions = q(ho) * wo; // P: output values per channel
             // Forward, per example, output channel and position: K products summed onto the
             // bias (K adds), or from the first product (K - 1 adds).
-            let forward = counts! { format!("{name} forward");
+            let forward = counts! { at, format!("{name} forward");
                 mul: b * positions * c_out * patch,
                 add: if bias {
                     b * positions * c_out * patch
@@ -184,7 +201,7 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
             );
             let contributions = Q(Some(rows.0)) * Q(Some(cols.0));
             let reached = Q(Some(rows.1)) * Q(Some(cols.1));
-            let backward = counts! { format!("{name} backward");
+            let backward = counts! { at, format!("{name} backward");
                 mul: all * c_out * patch + when(dx, b * patch * positions * c_out),
                 add: (all - 1) * c_out * patch
                     + when(bias, (all - 1) * c_out)
@@ -192,7 +209,7 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
                     + when(dx, b * c_in * (contributions - reached)),
             }?;
             let params = q(c_out) * patch + when(bias, q(c_out));
-            let update = counts! { format!("{name} update"); mul: params, sub: params }?;
+            let update = counts! { at, format!("{name} update"); mul: params, sub: params }?;
             Ok(NodeCounts {
                 forward,
                 backward,
@@ -204,7 +221,7 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
             // only routes each gradient to its window's maximum.
             let outputs = b * node.output.len();
             Ok(NodeCounts {
-                forward: counts! { format!("{name} forward"); cmp: outputs * (size * size - 1) }?,
+                forward: counts! { at, format!("{name} forward"); cmp: outputs * (size * size - 1) }?,
                 ..NodeCounts::default()
             })
         }
@@ -213,10 +230,10 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
             // Backward: each gradient over size^2 (1 div), copied to the window.
             let outputs = b * node.output.len();
             Ok(NodeCounts {
-                forward: counts! { format!("{name} forward");
+                forward: counts! { at, format!("{name} forward");
                     add: outputs * (size * size - 1), div: outputs,
                 }?,
-                backward: counts! { format!("{name} backward"); div: when(dx, outputs) }?,
+                backward: counts! { at, format!("{name} backward"); div: when(dx, outputs) }?,
                 update: Counts::ZERO,
             })
         }
@@ -225,9 +242,9 @@ pub fn node(node: &Node, batch: usize) -> Result<NodeCounts> {
         NodeOp::Activation(f) => {
             let width = node.output.len();
             Ok(NodeCounts {
-                forward: activation_forward(f, b, width, name)?,
+                forward: activation_forward(at, f, width, name)?,
                 backward: if dx {
-                    activation_backward(f, b, width, name)?
+                    activation_backward(at, f, width, name)?
                 } else {
                     Counts::ZERO
                 },
@@ -283,47 +300,53 @@ fn overhang(n: u128, first: u128, stride: u128, kernel: u128) -> u128 {
 }
 
 /// An activation over B examples of `w` values: one call per value, plus its arithmetic.
-fn activation_forward(f: Activation, b: Q, w: usize, name: &str) -> Result<Counts> {
+fn activation_forward(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
     let what = format!("{name} forward");
+    let b = q(at.batch);
     let e = b * w; // values
     match f {
         // y = z.
-        Activation::Identity => counts! { what; act: e },
+        Activation::Identity => counts! { at, what; act: e },
         // y = 1 / (1 + exp(-z)).
-        Activation::Sigmoid => counts! { what; neg: e, exp: e, add: e, div: e, act: e },
+        Activation::Sigmoid => counts! { at, what; neg: e, exp: e, add: e, div: e, act: e },
         // y = tanh(z).
-        Activation::Tanh => counts! { what; tanh: e, act: e },
+        Activation::Tanh => counts! { at, what; tanh: e, act: e },
         // y = max(z, 0).
-        Activation::Relu => counts! { what; cmp: e, act: e },
+        Activation::Relu => counts! { at, what; cmp: e, act: e },
         // Per example: max of W values (W - 1 cmp), exp(z - max) (W sub, W exp), their sum
         // (W - 1 add), y = e / sum (W div).
-        Activation::Softmax => counts! { what;
+        Activation::Softmax => counts! { at, what;
             cmp: b * (w - 1), sub: e, exp: e, add: b * (w - 1), div: e, act: e,
         },
     }
 }
 
 /// The gradient through an activation, from its output y: dz = dy * f'(z).
-fn activation_backward(f: Activation, b: Q, w: usize, name: &str) -> Result<Counts> {
+fn activation_backward(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
     let what = format!("{name} backward");
+    let b = q(at.batch);
     let e = b * w;
     match f {
         // dz = dy.
         Activation::Identity => Ok(Counts::ZERO),
         // dz = dy * (y * (1 - y)).
-        Activation::Sigmoid => counts! { what; sub: e, mul: e * 2 },
+        Activation::Sigmoid => counts! { at, what; sub: e, mul: e * 2 },
         // dz = dy * (1 - y * y).
-        Activation::Tanh => counts! { what; mul: e * 2, sub: e },
+        Activation::Tanh => counts! { at, what; mul: e * 2, sub: e },
         // dz = dy if y > 0, else 0.
-        Activation::Relu => counts! { what; cmp: e },
+        Activation::Relu => counts! { at, what; cmp: e },
         // Per example: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
         // (W sub, W mul).
-        Activation::Softmax => counts! { what; mul: e * 2, add: b * (w - 1), sub: e },
+        Activation::Softmax => counts! { at, what; mul: e * 2, add: b * (w - 1), sub: e },
     }
 }
 
 /// The loss of a batch and its gradient with respect to the network's outputs.
 pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
+    let at = At {
+        model: &plan.name,
+        batch,
+    };
     let b = q(batch);
     let w = plan.output().len();
     let what = format!("loss {}", plan.loss.name());
@@ -332,13 +355,13 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
         // gradient d * (2 / n) (1 div for the factor, n mul).
         Loss::Mse => {
             let n = b * w;
-            counts! { what; sub: n, mul: n * 2, add: n - 1, div: q(2) }
+            counts! { at, what; sub: n, mul: n * 2, add: n - 1, div: q(2) }
         }
         // Per example: max (W - 1 cmp), exp(z - max) (W sub, W exp), sum (W - 1 add),
         // loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
         // e / sum * (1/B) (W div, W mul) and minus 1/B at the class (1 sub).
         // Per batch: the mean of B losses (B - 1 add, 1 div) and 1/B (1 div).
-        Loss::SoftmaxCrossEntropy => counts! { what;
+        Loss::SoftmaxCrossEntropy => counts! { at, what;
             cmp: b * (w - 1),
             sub: b * (w + 2),
             exp: b * w,
@@ -366,7 +389,7 @@ mod tests {
                 Dense(units: 30, activation: Sigmoid), Dense(units: 30, activation: Sigmoid)])",
         );
         let s = step(&p, 1).unwrap();
-        let dense_mul: u64 = [0, 2].iter().map(|&k| s.nodes[k].forward.mul).sum();
+        let dense_mul: u128 = [0, 2].iter().map(|&k| s.nodes[k].forward.mul).sum();
         assert_eq!(dense_mul, 1800);
         assert_eq!(s.totals().forward.act, 60);
     }
@@ -408,19 +431,40 @@ mod tests {
     }
 
     #[test]
-    fn counts_too_large_for_u64_are_errors_not_wrapped() {
+    fn counts_past_u64_are_exact_and_past_u128_are_errors() {
         let p = plan(
             "(name: \"huge\", input: [1000000000], loss: Mse,
               layers: [Dense(units: 1000000000), Dense(units: 1000000000)])",
         );
-        // 1e18 weights per layer: a step is about 1.3e19 operations at batch 1, which fits
-        // in u64 (up to 1.8e19); at batch 8 every node fits but their total does not; at
-        // batch 20 the first layer's forward multiplications alone do not.
-        assert!(step(&p, 1).is_ok());
-        let err = step(&p, 8).unwrap_err();
-        assert!(err.to_string().contains("total"), "{err}");
-        let err = step(&p, 20).unwrap_err();
+        // 1e18 weights per layer. At batch 8 the step's total passes 2^64 (1.8e19), at
+        // batch 20 the first layer's forward multiplications alone do: both are exact now.
+        // From docs/counting.md, with N = M = e9: dense1 (no input gradient) forward 2 B e18;
+        // backward B e18 mul, (B-1) e18 + (B-1) e9 add; update 2 (e18 + e9). dense2 the same,
+        // and its input gradient: B e18 mul, B (e18 - e9) add.
+        let (e9, e18) = (1_000_000_000u128, 1_000_000_000_000_000_000u128);
+        let at = |b: u128| {
+            let dense1 = 2 * b * e18 + b * e18 + (b - 1) * (e18 + e9) + 2 * (e18 + e9);
+            let dense2 = dense1 + b * e18 + b * (e18 - e9);
+            // MSE over n = B e9 values: n sub, 2n mul, n-1 add, 2 div.
+            let n = b * e9;
+            dense1 + dense2 + n + 2 * n + (n - 1) + 2
+        };
+        for b in [1, 8, 20] {
+            let total = step(&p, b).unwrap().totals().all.total();
+            assert_eq!(total, at(b as u128), "batch {b}");
+        }
+        assert!(at(8) > u128::from(u64::MAX));
+        // Past u128 (3.4e38): the first layer's forward multiplications at batch 2^64 - 1
+        // are 1.8e37, its backward ones too, but a step of them all is past 2^128 at 4e20
+        // examples; no usize batch gets there, so a wider model does.
+        let wide = plan(
+            "(name: \"wide\", input: [2147483648], loss: Mse,
+              layers: [Dense(units: 2147483648), Dense(units: 2147483648)])",
+        );
+        let err = step(&wide, usize::MAX).unwrap_err();
         assert!(matches!(err, Error::Overflow { .. }), "{err}");
-        assert!(err.to_string().contains("dense1 forward (mul)"), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("model wide: "), "{text}");
+        assert!(text.contains(&format!("at batch {}", usize::MAX)), "{text}");
     }
 }

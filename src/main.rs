@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::convention::Convention;
 use opcount::data::Dataset;
 use opcount::model::Data;
-use opcount::report::{Report, phase_table, thousands};
+use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
 use opcount::train::{Settings, evaluate, train};
 use opcount::{
     Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
@@ -276,7 +276,8 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     for out in args.output.iter().chain(&args.svg) {
         files::check_writable(out)?;
     }
-    let estimated = estimate::step(&loaded.plan, args.batch)?;
+    let estimated =
+        estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
     let measured = if args.closed_form_only {
         None
     } else {
@@ -296,7 +297,8 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         Some(step)
     };
     let report = Report::new(&loaded.plan, args.batch, measured, estimated)
-        .in_convention(args.convention.into());
+        .in_convention(args.convention.into())
+        .with_context(|| loaded.origin.clone())?;
     if let Some(svg) = &args.svg {
         files::write_atomic(svg, chart::svg(&report).as_bytes())?;
     }
@@ -384,7 +386,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         Format::Json => {
             let summary = json!({
                 "model": loaded.plan.name,
-                "params": loaded.plan.params(),
+                "params": json_number(loaded.plan.params()),
                 "examples": data.len(),
                 "epochs": settings.epochs,
                 "batch": settings.batch,
@@ -392,7 +394,8 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "final_loss": result.loss,
                 "train_accuracy": result.accuracy(),
                 "step_batch": batch_size,
-                "step": totals,
+                // Counted<f32> does not count multiplications by zero: `zmul` is null.
+                "step": totals_json(&totals, false),
             });
             outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         }
@@ -472,7 +475,8 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         .batch
         .or(loaded.model.training.as_ref().map(|t| t.batch))
         .unwrap_or(1);
-    let projection = project::project(&loaded.plan, args.examples, args.epochs, batch)?;
+    let projection = project::project(&loaded.plan, args.examples, args.epochs, batch)
+        .with_context(|| loaded.origin.clone())?;
     let batch = projection.batch;
     let convention = Convention::from(args.convention);
 
@@ -513,9 +517,12 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let total_ops = projection.total.all.total();
     let projected_s = rate.map(|r| total_ops as f64 / r);
     // In a single-number convention: the whole run's forward and backward numbers.
-    let numbers = projection.in_convention(&loaded.plan, convention);
-    let step_numbers =
-        project::project(&loaded.plan, batch, 1, batch)?.in_convention(&loaded.plan, convention);
+    let numbers = projection
+        .in_convention(&loaded.plan, convention)
+        .with_context(|| loaded.origin.clone())?;
+    let step_numbers = project::project(&loaded.plan, batch, 1, batch)
+        .and_then(|p| p.in_convention(&loaded.plan, convention))
+        .with_context(|| loaded.origin.clone())?;
     let assumptions = [
         "plain f32 on this machine, on all its cores, as `opcount train` runs",
         "every step as fast, per operation, as the one measured",
@@ -524,27 +531,22 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     ];
     match args.format {
         Format::Json => {
-            let exact = |t: &opcount::Totals| {
+            // Closed forms: no `zmul`.
+            let exact = |t: &opcount::Totals| totals_json(t, false);
+            let numbers_json = |[f, b, all]: [u128; 3]| {
                 json!({
-                    "forward": t.forward, "loss": t.loss, "backward": t.backward,
-                    "update": t.update, "all": t.all,
-                })
-            };
-            // Numbers of a single-number convention can pass 2^64: written as strings.
-            let numbers_json = |n: [u128; 2]| {
-                json!({
-                    "forward": n[0].to_string(),
-                    "backward": n[1].to_string(),
-                    "all": (n[0] + n[1]).to_string(),
+                    "forward": json_number(f),
+                    "backward": json_number(b),
+                    "all": json_number(all),
                 })
             };
             let out = json!({
                 "model": loaded.plan.name,
-                "examples": projection.examples,
-                "epochs": projection.epochs,
-                "batch": batch,
-                "steps": projection.steps(),
-                "last_batch": projection.last_batch,
+                "examples": json_number(projection.examples as u128),
+                "epochs": json_number(projection.epochs as u128),
+                "batch": json_number(batch as u128),
+                "steps": json_number(projection.steps()),
+                "last_batch": json_number(projection.last_batch as u128),
                 "convention": convention.name(),
                 "per_step": step_numbers.map_or_else(|| exact(&projection.step.totals()), numbers_json),
                 "total": numbers.map_or_else(|| exact(&projection.total), numbers_json),
@@ -563,8 +565,8 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             outln!(
                 "{}: {} examples x {} epochs at batch {} = {} steps",
                 loaded.plan.name,
-                thousands(projection.examples as u64),
-                projection.epochs,
+                thousands(projection.examples as u128),
+                thousands(projection.epochs as u128),
                 batch,
                 thousands(projection.steps())
             )?;
@@ -573,13 +575,13 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
                     outln!("operations of the whole training, per phase (closed form):")?;
                     outln!("{}", phase_table(&projection.total))?;
                 }
-                Some([f, b]) => outln!(
+                Some([f, b, all]) => outln!(
                     "{}s of the whole training (closed form), convolution and dense layers: \
                      forward {}, backward {}, in all {}",
                     convention.name(),
                     thousands(f),
                     thousands(b),
-                    thousands(f + b)
+                    thousands(all)
                 )?,
             }
             match (&measured, step_s, rate) {
@@ -837,7 +839,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|n| matches!(n.op.kind(), "conv2d" | "dense"))
         .collect();
-    let kernel_ops: u64 = step_counts
+    let kernel_ops: u128 = step_counts
         .nodes
         .iter()
         .zip(&kernel_nodes)
@@ -885,17 +887,17 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                 "ratio_attributed": attributed_s / result.plain_s,
                 "plain_examples_per_s": per_s(result.plain_s),
                 "counted_examples_per_s": per_s(result.counted_s),
-                "ops_per_step": ops.total(),
+                "ops_per_step": json_number(ops.total()),
                 "plain_ops_per_s": ops.total() as f64 / result.plain_s,
                 "counted_ops_per_s": ops.total() as f64 / result.counted_s,
                 "kernels": {
-                    "ops": kernel_ops,
+                    "ops": json_number(kernel_ops),
                     "seconds": kernel_s,
                     "ops_per_s": kernel_rate,
                 },
                 "sgemm_flops_per_s": sgemm,
                 "kernel_efficiency": kernel_rate / sgemm,
-                "counts_per_step": ops,
+                "counts_per_step": counts_json(&ops, false),
             });
             outln!("{}", serde_json::to_string_pretty(&out)?)?;
         }

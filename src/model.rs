@@ -438,9 +438,9 @@ impl Plan {
         self.nodes.last().map_or(self.input, |n| n.output)
     }
 
-    /// Number of trainable parameters.
-    pub fn params(&self) -> u64 {
-        self.nodes.iter().map(|n| n.op.params()).sum()
+    /// Number of trainable parameters. (Each node's fit in a `u64`, their sum may not.)
+    pub fn params(&self) -> u128 {
+        self.nodes.iter().map(|n| u128::from(n.op.params())).sum()
     }
 
     /// About how many bytes a network of this plan needs to run a step on `batch`
@@ -449,7 +449,7 @@ impl Plan {
     /// input and patch gradients. Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
-        let mut values: u128 = 2 * self.params() as u128;
+        let mut values: u128 = 2 * self.params();
         let mut largest_scratch: u128 = 0;
         let mut positions: u128 = 0;
         values += 2 * b * self.input.len() as u128;
@@ -737,6 +737,7 @@ impl Model {
             nodes: b.nodes,
             loss: self.loss,
         };
+        check_logits(&plan, origin)?;
         check_loss(&plan).map_err(&model_error)?;
         if let Some(t) = &self.training {
             check_training(t).map_err(model_error)?;
@@ -885,18 +886,38 @@ fn check_training(t: &Training) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// `SoftmaxCrossEntropy` takes logits: no softmax may come after the last node with
+/// parameters (an identity or another activation after it would still hand the loss
+/// probabilities, and a double softmax trains, slowly, towards the wrong thing).
+fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
+    if plan.loss != Loss::SoftmaxCrossEntropy {
+        return Ok(());
+    }
+    let after_params = plan
+        .nodes
+        .iter()
+        .rposition(|n| n.op.params() > 0)
+        .map_or(0, |k| k + 1);
+    let softmax = plan.nodes[after_params..]
+        .iter()
+        .find(|n| n.op == NodeOp::Activation(Activation::Softmax));
+    match softmax {
+        Some(node) => Err(Error::Layer {
+            origin: origin.to_string(),
+            index: node.layer,
+            name: node.name.clone(),
+            message: "loss SoftmaxCrossEntropy applies softmax itself, but this softmax comes \
+                      after the last layer with parameters, so the loss would see \
+                      probabilities, not logits; remove it"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
     let output = plan.output();
     if plan.loss == Loss::SoftmaxCrossEntropy {
-        if let Some(last) = plan.nodes.last()
-            && last.op == NodeOp::Activation(Activation::Softmax)
-        {
-            return Err(format!(
-                "loss SoftmaxCrossEntropy applies softmax itself, but the last layer ({}) is \
-                 already a softmax; remove it so the loss sees logits",
-                last.name
-            ));
-        }
         match output {
             Shape::Flat(n) if n >= 2 => {}
             _ => {
@@ -942,6 +963,33 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("m.ron:"), "{text}");
         assert!(matches!(err, Error::Syntax { line: 3, .. }), "{text}");
+    }
+
+    #[test]
+    fn cross_entropy_refuses_a_softmax_after_the_last_weighted_layer() {
+        let model = |layers: &str| {
+            let text =
+                format!("(name: \"s\", input: [4], loss: SoftmaxCrossEntropy, layers: [{layers}])");
+            Model::parse(&text, "s.ron").unwrap().plan("s.ron")
+        };
+        for (layers, at) in [
+            ("Dense(units: 3), Softmax", "layer 1 (softmax1)"),
+            ("Dense(units: 3), Softmax, Identity", "layer 1 (softmax1)"),
+            (
+                "Dense(units: 3, activation: Softmax), Relu",
+                "layer 0 (dense1.softmax)",
+            ),
+            ("Softmax", "layer 0 (softmax1)"),
+        ] {
+            let err = model(layers).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("s.ron: {at}: ")),
+                "{layers}: {err}"
+            );
+            assert!(err.contains("logits"), "{err}");
+        }
+        // A softmax inside the network, before a weighted layer, is an activation like any.
+        assert!(model("Dense(units: 3, activation: Softmax), Dense(units: 2)").is_ok());
     }
 
     #[test]

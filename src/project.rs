@@ -1,5 +1,6 @@
 //! A whole training run projected from the closed form of one step: how many operations N
-//! examples for E epochs cost, phase by phase and kind by kind.
+//! examples for E epochs cost, phase by phase and kind by kind, exactly in `u128` or an
+//! [`Error::Overflow`] naming the model and what does not fit.
 
 use crate::convention::Convention;
 use crate::counts::Counts;
@@ -31,35 +32,62 @@ pub struct Projection {
 }
 
 impl Projection {
-    /// Steps in the whole run.
-    pub fn steps(&self) -> u64 {
-        (self.full_steps as u64 + u64::from(self.last_batch > 0)) * self.epochs as u64
+    /// Steps in the whole run. (At most (2^64 - 1) x 2^64: it fits.)
+    pub fn steps(&self) -> u128 {
+        (self.full_steps as u128 + u128::from(self.last_batch > 0)) * self.epochs as u128
     }
 
-    /// The whole run's forward and backward numbers in a single-number convention (mac,
-    /// flop), or `None` for [`Convention::Exact`]. `plan` is the projected plan.
-    pub fn in_convention(&self, plan: &Plan, convention: Convention) -> Option<[u128; 2]> {
-        let per_step = |step: &StepCounts| -> Option<[u128; 2]> {
+    /// The whole run's forward and backward numbers, and their sum, in a single-number
+    /// convention (mac, flop), or `Ok(None)` for [`Convention::Exact`]. `plan` is the
+    /// projected plan.
+    pub fn in_convention(&self, plan: &Plan, convention: Convention) -> Result<Option<[u128; 3]>> {
+        let overflow = || Error::Overflow {
+            model: plan.name.clone(),
+            what: format!(
+                "the {}s of {} epochs of {} examples at batch {}",
+                convention.name(),
+                self.epochs,
+                self.examples,
+                self.batch
+            ),
+        };
+        if convention == Convention::Exact {
+            return Ok(None);
+        }
+        let per_step = |step: &StepCounts| -> Result<[u128; 2]> {
             let mut sums = [0u128; 2];
             for (node, counts) in plan.nodes.iter().zip(&step.nodes) {
                 for (sum, phase) in sums.iter_mut().zip([Phase::Forward, Phase::Backward]) {
-                    *sum += u128::from(convention.value(
-                        node.op.kind(),
-                        phase,
-                        &counts.phase(phase),
-                    )?);
+                    *sum = convention
+                        .value(node.op.kind(), phase, &counts.phase(phase))
+                        .and_then(|n| sum.checked_add(n))
+                        .ok_or_else(overflow)?;
                 }
             }
-            Some(sums)
+            Ok(sums)
         };
         let full = per_step(&self.step)?;
-        let last = self.last_step.as_ref().map_or(Some([0, 0]), per_step)?;
-        Some([0, 1].map(|i| (full[i] * self.full_steps as u128 + last[i]) * self.epochs as u128))
+        let last = match &self.last_step {
+            Some(step) => per_step(step)?,
+            None => [0, 0],
+        };
+        let whole = |i: usize| {
+            full[i]
+                .checked_mul(self.full_steps as u128)?
+                .checked_add(last[i])?
+                .checked_mul(self.epochs as u128)
+        };
+        let [f, b] = [0, 1].map(whole);
+        let (f, b) = f.zip(b).ok_or_else(overflow)?;
+        Ok(Some([f, b, f.checked_add(b).ok_or_else(overflow)?]))
     }
 }
 
 /// The operations of training `plan` on `examples` examples for `epochs` epochs, `batch`
 /// examples per step (the last step of an epoch takes what is left).
+///
+/// Every count fits in `u128`, and so does the sum of all of them, so every total made of
+/// them is exact; otherwise an [`Error::Overflow`] names the model and the run.
 pub fn project(plan: &Plan, examples: usize, epochs: usize, batch: usize) -> Result<Projection> {
     if examples == 0 || epochs == 0 || batch == 0 {
         return Err(Error::Usage(format!(
@@ -74,20 +102,18 @@ pub fn project(plan: &Plan, examples: usize, epochs: usize, batch: usize) -> Res
         n => Some(estimate::step(plan, n)?),
     };
     let overflow = || Error::Overflow {
-        what: format!(
-            "the operations of {epochs} epochs of {examples} examples of {}",
-            plan.name
-        ),
+        model: plan.name.clone(),
+        what: format!("the operations of {epochs} epochs of {examples} examples at batch {batch}"),
     };
     // Per phase: epochs x (full steps x one step + the last step).
     let whole = |of: fn(&Totals) -> Counts| -> Result<Counts> {
         let mut epoch = of(&step.totals())
-            .checked_scale(full_steps as u64)
+            .checked_scale(full_steps as u128)
             .ok_or_else(overflow)?;
         if let Some(last) = &last_step {
             epoch = epoch.checked_add(of(&last.totals())).ok_or_else(overflow)?;
         }
-        epoch.checked_scale(epochs as u64).ok_or_else(overflow)
+        epoch.checked_scale(epochs as u128).ok_or_else(overflow)
     };
     let total = Totals {
         forward: whole(|t| t.forward)?,
@@ -96,6 +122,8 @@ pub fn project(plan: &Plan, examples: usize, epochs: usize, batch: usize) -> Res
         update: whole(|t| t.update)?,
         all: whole(|t| t.all)?,
     };
+    // The run's grand total must fit too, so that every total a report makes is exact.
+    total.all.checked_sum_of_kinds().ok_or_else(overflow)?;
     Ok(Projection {
         examples,
         epochs,

@@ -11,7 +11,8 @@ use tabled::settings::{Alignment, Style};
 use tabled::{Table, Tabled};
 
 use crate::convention::Convention;
-use crate::counts::{Counts, Op};
+use crate::counts::{Counts, JSON_EXACT_MAX, Op};
+use crate::error::{Error, Result};
 use crate::model::Plan;
 use crate::phases::{Phase, StepCounts, Totals};
 
@@ -26,6 +27,41 @@ pub fn thousands(n: impl Into<u128>) -> String {
         out.push(c);
     }
     out
+}
+
+/// A whole number as JSON: a number up to 2^53, above it a string of its decimal digits, so
+/// that no reader rounds it (most hold numbers as 64-bit floats). Every count, total and
+/// size opcount writes as JSON goes through this (or [`Counts`]' serialization, which does
+/// the same).
+pub fn json_number(n: impl Into<u128>) -> serde_json::Value {
+    let n = n.into();
+    if n <= JSON_EXACT_MAX {
+        serde_json::Value::from(n as u64)
+    } else {
+        serde_json::Value::String(n.to_string())
+    }
+}
+
+/// Counts as a JSON object with every kind as a key (numbers as [`json_number`] writes
+/// them). `zmul` is `null` unless `zmul_counted`: a closed form does not estimate it (it
+/// depends on the data) and `Counted<T>` does not count it; only a measurement with
+/// `CountedZeros<T>` has it.
+pub fn counts_json(counts: &Counts, zmul_counted: bool) -> serde_json::Value {
+    let mut object = json!(counts);
+    if !zmul_counted {
+        object[Op::Zmul.name()] = serde_json::Value::Null;
+    }
+    object
+}
+
+/// Totals per phase and over the whole step as JSON: `{"forward", "loss", "backward",
+/// "update", "all"}`, each as [`counts_json`] writes it.
+pub fn totals_json(totals: &Totals, zmul_counted: bool) -> serde_json::Value {
+    let c = |counts: &Counts| counts_json(counts, zmul_counted);
+    json!({
+        "forward": c(&totals.forward), "loss": c(&totals.loss), "backward": c(&totals.backward),
+        "update": c(&totals.update), "all": c(&totals.all),
+    })
 }
 
 /// The kinds that are not zero in `counts`, in [`Op::ALL`] order.
@@ -78,6 +114,23 @@ mod tests {
         assert_eq!(thousands(999u64), "999");
         assert_eq!(thousands(1800u64), "1,800");
         assert_eq!(thousands(15_470_264_320u64), "15,470,264,320");
+        assert_eq!(
+            thousands(u128::MAX),
+            "340,282,366,920,938,463,463,374,607,431,768,211,455"
+        );
+    }
+
+    #[test]
+    fn json_numbers_past_2_to_the_53_are_strings() {
+        assert_eq!(
+            json_number(9_007_199_254_740_992u64),
+            json!(9_007_199_254_740_992u64)
+        );
+        assert_eq!(
+            json_number(9_007_199_254_740_993u64),
+            json!("9007199254740993")
+        );
+        assert_eq!(json_number(u128::MAX), json!(u128::MAX.to_string()));
     }
 }
 
@@ -109,9 +162,9 @@ pub struct Mismatch {
     /// The kind of operation.
     pub op: Op,
     /// What the run counted.
-    pub measured: u64,
+    pub measured: u128,
     /// What the closed form says.
-    pub estimated: u64,
+    pub estimated: u128,
 }
 
 impl fmt::Display for Mismatch {
@@ -137,7 +190,7 @@ pub struct Report {
     /// Examples in the step.
     pub batch: usize,
     /// Trainable parameters of the whole model.
-    pub params: u64,
+    pub params: u128,
     /// The loss's name.
     pub loss: &'static str,
     /// One entry per node.
@@ -185,21 +238,53 @@ impl Report {
         }
     }
 
-    /// The same report in another counter's convention.
-    pub fn in_convention(self, convention: Convention) -> Report {
-        Report { convention, ..self }
+    /// The same report in another counter's convention, or an [`Error::Overflow`] if a
+    /// step's number in it (flops are twice the multiplications) does not fit in `u128`.
+    pub fn in_convention(self, convention: Convention) -> Result<Report> {
+        let report = Report { convention, ..self };
+        for step in report.measured.iter().chain([&report.estimated]) {
+            report.step_number(step).ok_or_else(|| Error::Overflow {
+                model: report.model.clone(),
+                what: format!(
+                    "the {}s of a step at batch {}",
+                    convention.name(),
+                    report.batch
+                ),
+            })?;
+        }
+        Ok(report)
+    }
+
+    /// The forward and backward numbers of a whole step in the report's convention, or
+    /// `None` if they do not fit in `u128`. Every number the report shows is a part of it.
+    fn step_number(&self, step: &StepCounts) -> Option<u128> {
+        let mut sum = 0u128;
+        for k in 0..self.nodes.len() {
+            for phase in [Phase::Forward, Phase::Backward] {
+                let counts = step.nodes[k].phase(phase);
+                let n = match self.convention {
+                    Convention::Exact => counts.checked_total(),
+                    c => c.value(self.nodes[k].kind, phase, &counts),
+                };
+                sum = sum.checked_add(n?)?;
+            }
+        }
+        Some(sum)
     }
 
     /// A node's number in phase `phase` of `step`, in a single-number convention.
-    fn number(&self, step: &StepCounts, k: usize, phase: Phase) -> u64 {
+    fn number(&self, step: &StepCounts, k: usize, phase: Phase) -> u128 {
         let counts = step.nodes[k].phase(phase);
-        self.convention
-            .value(self.nodes[k].kind, phase, &counts)
-            .unwrap_or_else(|| counts.total())
+        match self.convention {
+            Convention::Exact => counts.total(),
+            c => c
+                .value(self.nodes[k].kind, phase, &counts)
+                .expect("in_convention checked that a step's numbers fit"),
+        }
     }
 
     /// A phase's number over the whole step, in a single-number convention.
-    fn phase_number(&self, step: &StepCounts, phase: Phase) -> u64 {
+    fn phase_number(&self, step: &StepCounts, phase: Phase) -> u128 {
         (0..self.nodes.len())
             .map(|k| self.number(step, k, phase))
             .sum()
@@ -214,7 +299,7 @@ impl Report {
         let mut out = Vec::new();
         let mut compare = |row: &str, phase: Phase, m: Counts, e: Counts| {
             // Multiplications by zero depend on the data: no closed form predicts them.
-            for op in Op::ALL.into_iter().filter(|&op| op != Op::Zmul) {
+            for op in Op::ALL.into_iter().filter(|op| op.is_predictable()) {
                 if m[op] != e[op] {
                     out.push(Mismatch {
                         row: row.to_string(),
@@ -244,10 +329,12 @@ impl Report {
         self.measured.as_ref().unwrap_or(&self.estimated)
     }
 
-    /// Arithmetic operations of the backward pass per operation of the forward pass.
-    pub fn backward_forward_ratio(&self) -> f64 {
+    /// Arithmetic operations of the backward pass per operation of the forward pass, or
+    /// `None` if the forward pass does none (a model of activations alone).
+    pub fn backward_forward_ratio(&self) -> Option<f64> {
         let t = self.shown().totals();
-        t.backward.total() as f64 / t.forward.total() as f64
+        let forward = t.forward.total();
+        (forward > 0).then(|| t.backward.total() as f64 / forward as f64)
     }
 
     /// The report as a text table: one row per node and phase it works in, the loss, and
@@ -260,7 +347,7 @@ impl Report {
         let step_total = totals.all.total();
         let measured_totals = self.measured.as_ref().map(StepCounts::totals);
         let mut rows = Vec::new();
-        let mut push = |first: Option<(String, &str, &str, &str, Option<u64>)>,
+        let mut push = |first: Option<(String, &str, &str, &str, Option<u128>)>,
                         phase: &'static str,
                         shown: Counts,
                         measured: Option<Counts>,
@@ -300,7 +387,7 @@ impl Report {
                 info.name.as_str(),
                 info.kind,
                 info.output.as_str(),
-                Some(info.params),
+                Some(info.params.into()),
             ));
             for phase in NODE_PHASES {
                 let estimated = self.estimated.nodes[k].phase(phase);
@@ -361,11 +448,13 @@ impl Report {
         );
         out.push_str(&table.to_string());
         out.push('\n');
+        let ratio = match self.backward_forward_ratio() {
+            Some(r) => format!("{r:.2}x the arithmetic operations"),
+            None => "n/a, the forward pass does no arithmetic".to_string(),
+        };
         out.push_str(&format!(
-            "parameters: {}\nbackward/forward: {:.2}x the arithmetic operations \
-             (DeepSpeed and calflops assume 2x)\n",
+            "parameters: {}\nbackward/forward: {ratio} (DeepSpeed and calflops assume 2x)\n",
             thousands(self.params),
-            self.backward_forward_ratio()
         ));
         if self.measured.is_some() {
             let n = self.mismatches().len();
@@ -385,7 +474,7 @@ impl Report {
     fn number_table(&self) -> String {
         let unit = self.convention.name();
         let shown = self.shown();
-        let step_total: u64 = [Phase::Forward, Phase::Backward]
+        let step_total: u128 = [Phase::Forward, Phase::Backward]
             .iter()
             .map(|&p| self.phase_number(shown, p))
             .sum();
@@ -402,7 +491,7 @@ impl Report {
             "=".into(),
             "share".into(),
         ]);
-        let cells = |m: Option<u64>, e: u64, shown: u64| {
+        let cells = |m: Option<u128>, e: u128, shown: u128| {
             [
                 m.map_or_else(|| "-".to_string(), thousands),
                 thousands(e),
@@ -481,35 +570,42 @@ impl Report {
     }
 
     /// The report as JSON (schema in `docs/report-format.md`). In the exact convention each
-    /// count is an object with every kind; in a single-number convention (mac, flop), the
-    /// same layout holds one number per count.
+    /// count is an object with every kind (the estimated `zmul` is `null`: no closed form
+    /// predicts it); in a single-number convention (mac, flop), the same layout holds one
+    /// number per count.
     pub fn json(&self) -> serde_json::Value {
         let exact = self.convention == Convention::Exact;
-        let count = |step: &StepCounts, k: usize, phase: Phase| -> serde_json::Value {
+        // `zmul`: whether the counts are measured (with CountedZeros) or estimated.
+        let count = |step: &StepCounts, zmul: bool, k: usize, phase: Phase| {
             if exact {
-                json!(step.nodes[k].phase(phase))
+                counts_json(&step.nodes[k].phase(phase), zmul)
             } else {
-                json!(self.number(step, k, phase))
+                json_number(self.number(step, k, phase))
             }
         };
-        let phases = |step: &StepCounts, k: usize| {
+        let phases = |step: &StepCounts, zmul: bool, k: usize| {
             json!({
-                "forward": count(step, k, Phase::Forward),
-                "backward": count(step, k, Phase::Backward),
-                "update": count(step, k, Phase::Update),
+                "forward": count(step, zmul, k, Phase::Forward),
+                "backward": count(step, zmul, k, Phase::Backward),
+                "update": count(step, zmul, k, Phase::Update),
             })
         };
-        let loss = |step: &StepCounts| if exact { json!(step.loss) } else { json!(0) };
-        let totals = |step: &StepCounts| {
+        let loss = |step: &StepCounts, zmul: bool| {
             if exact {
-                let t = step.totals();
-                json!({
-                    "forward": t.forward, "loss": t.loss, "backward": t.backward,
-                    "update": t.update, "all": t.all,
-                })
+                counts_json(&step.loss, zmul)
+            } else {
+                json!(0)
+            }
+        };
+        let totals = |step: &StepCounts, zmul: bool| {
+            if exact {
+                totals_json(&step.totals(), zmul)
             } else {
                 let [f, b] = [Phase::Forward, Phase::Backward].map(|p| self.phase_number(step, p));
-                json!({ "forward": f, "loss": 0, "backward": b, "update": 0, "all": f + b })
+                json!({
+                    "forward": json_number(f), "loss": 0, "backward": json_number(b), "update": 0,
+                    "all": json_number(f + b),
+                })
             }
         };
         let layers: Vec<serde_json::Value> = self
@@ -521,26 +617,26 @@ impl Report {
                     "index": info.index,
                     "name": info.name,
                     "kind": info.kind,
-                    "params": info.params,
+                    "params": json_number(info.params),
                     "output": info.output,
-                    "measured": self.measured.as_ref().map(|m| phases(m, k)),
-                    "estimated": phases(&self.estimated, k),
+                    "measured": self.measured.as_ref().map(|m| phases(m, true, k)),
+                    "estimated": phases(&self.estimated, false, k),
                 })
             })
             .collect();
         let mut report = json!({
             "model": self.model,
-            "batch": self.batch,
-            "params": self.params,
+            "batch": json_number(self.batch as u128),
+            "params": json_number(self.params),
             "layers": layers,
             "loss": {
                 "name": self.loss,
-                "measured": self.measured.as_ref().map(loss),
-                "estimated": loss(&self.estimated),
+                "measured": self.measured.as_ref().map(|m| loss(m, true)),
+                "estimated": loss(&self.estimated, false),
             },
             "totals": {
-                "measured": self.measured.as_ref().map(totals),
-                "estimated": totals(&self.estimated),
+                "measured": self.measured.as_ref().map(|m| totals(m, true)),
+                "estimated": totals(&self.estimated, false),
             },
         });
         let extra = if exact {
@@ -556,8 +652,9 @@ impl Report {
     }
 
     /// The report as CSV: one row per node and phase (forward, backward, update) and one
-    /// for the loss, with every kind measured (empty if not run) and estimated; in a
-    /// single-number convention, one `measured` and one `estimated` column.
+    /// for the loss, with every kind measured (empty if not run) and estimated (`zmul`
+    /// empty: no closed form predicts it); in a single-number convention, one `measured`
+    /// and one `estimated` column.
     pub fn csv(&self) -> String {
         let mut header = vec!["index", "name", "kind", "output", "params", "phase"]
             .into_iter()
@@ -574,19 +671,23 @@ impl Report {
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
         let mut rows = vec![header];
-        let cells = |c: Option<Counts>, kind: &str, phase: Phase| -> Vec<String> {
-            match (
-                c,
-                self.convention.value(kind, phase, &c.unwrap_or_default()),
-            ) {
-                (None, _) if exact => vec![String::new(); Op::COUNT + 1],
-                (None, _) => vec![String::new()],
-                (Some(c), None) => c
+        // `zmul`: whether the counts are measured (with CountedZeros) or estimated.
+        let cells = |c: Option<Counts>, zmul: bool, kind: &str, phase: Phase| -> Vec<String> {
+            match c {
+                None if exact => vec![String::new(); Op::COUNT + 1],
+                None => vec![String::new()],
+                Some(c) if exact => c
                     .iter()
-                    .map(|(_, n)| n.to_string())
+                    .map(|(op, n)| match op {
+                        Op::Zmul if !zmul => String::new(),
+                        _ => n.to_string(),
+                    })
                     .chain([c.total().to_string()])
                     .collect(),
-                (Some(_), Some(n)) => vec![n.to_string()],
+                Some(c) => {
+                    let n = self.convention.value(kind, phase, &c);
+                    vec![n.expect("in_convention checked the numbers").to_string()]
+                }
             }
         };
         for (k, info) in self.nodes.iter().enumerate() {
@@ -602,11 +703,13 @@ impl Report {
                 let kind = info.kind;
                 row.extend(cells(
                     self.measured.as_ref().map(|m| m.nodes[k].phase(phase)),
+                    true,
                     kind,
                     phase,
                 ));
                 row.extend(cells(
                     Some(self.estimated.nodes[k].phase(phase)),
+                    false,
                     kind,
                     phase,
                 ));
@@ -623,10 +726,11 @@ impl Report {
         ];
         row.extend(cells(
             self.measured.as_ref().map(|m| m.loss),
+            true,
             "loss",
             Phase::Loss,
         ));
-        row.extend(cells(Some(self.estimated.loss), "loss", Phase::Loss));
+        row.extend(cells(Some(self.estimated.loss), false, "loss", Phase::Loss));
         rows.push(row);
         for row in rows {
             writer
@@ -647,29 +751,29 @@ struct Row {
     kind: String,
     output: String,
     #[tabled(display = "optional_thousands")]
-    params: Option<u64>,
+    params: Option<u128>,
     phase: &'static str,
     #[tabled(display = "thousands_cell")]
-    mul: u64,
+    mul: u128,
     #[tabled(display = "thousands_cell")]
-    add: u64,
+    add: u128,
     #[tabled(display = "thousands_cell")]
-    other: u64,
+    other: u128,
     #[tabled(display = "thousands_cell")]
-    act: u64,
+    act: u128,
     #[tabled(rename = "mul by 0", display = "optional_thousands_or_dash")]
-    zero_mul: Option<u64>,
+    zero_mul: Option<u128>,
     #[tabled(display = "optional_thousands_or_dash")]
-    measured: Option<u64>,
+    measured: Option<u128>,
     #[tabled(display = "thousands_cell")]
-    estimated: u64,
+    estimated: u128,
     #[tabled(rename = "=", display = "match_mark")]
     matches: Option<bool>,
     share: Share,
 }
 
 /// A part of a whole, shown as a percentage.
-struct Share(u64, u64);
+struct Share(u128, u128);
 
 impl fmt::Display for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -681,15 +785,15 @@ impl fmt::Display for Share {
     }
 }
 
-fn thousands_cell(n: &u64) -> String {
+fn thousands_cell(n: &u128) -> String {
     thousands(*n)
 }
 
-fn optional_thousands(n: &Option<u64>) -> String {
+fn optional_thousands(n: &Option<u128>) -> String {
     n.map(thousands).unwrap_or_default()
 }
 
-fn optional_thousands_or_dash(n: &Option<u64>) -> String {
+fn optional_thousands_or_dash(n: &Option<u128>) -> String {
     n.map_or_else(|| "-".to_string(), thousands)
 }
 

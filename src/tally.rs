@@ -60,6 +60,14 @@
 //! assert_eq!(counts.add, 10 * 99);
 //! ```
 //!
+//! # Range
+//!
+//! A counter is a `u64`, and [`measure`] takes the difference of two readings modulo 2^64
+//! before widening it to a [`Counts`] (`u128`): a measurement is exact as long as one
+//! thread counts fewer than 2^64 operations of a kind during it (at a billion operations a
+//! second, 580 years). Counts of more than that come from closed forms
+//! ([`estimate`](crate::estimate)), not measurements.
+//!
 //! # Cost
 //!
 //! The tally is a `thread_local!` array of `Cell<u64>` with a `const` initializer and no
@@ -95,12 +103,24 @@ pub(crate) fn bump_by(op: Op, n: u64) {
     });
 }
 
-/// Everything counted on this thread since it started.
+/// Everything counted on this thread since it started, modulo 2^64 per kind.
 ///
-/// Useful only as the two ends of a difference; prefer [`measure`].
+/// Useful only as the two ends of a difference taken with [`between`]; prefer [`measure`].
 #[inline]
 pub fn snapshot() -> Counts {
-    Counts::from_array(raw())
+    Counts::from_array(raw().map(u128::from))
+}
+
+/// What this thread counted from snapshot `before` to snapshot `after`: per kind, the
+/// difference modulo 2^64, widened. Exact when fewer than 2^64 operations of a kind were
+/// counted in between, even if a counter wrapped or counts were taken away and merged back.
+#[inline]
+pub fn between(before: &Counts, after: &Counts) -> Counts {
+    // A snapshot's counts are counters' values, below 2^64: `as u64` keeps them whole.
+    Counts::from_array(std::array::from_fn(|i| {
+        let (b, a) = (before.to_array()[i] as u64, after.to_array()[i] as u64);
+        a.wrapping_sub(b).into()
+    }))
 }
 
 /// Runs `f` and returns its result with the operations it counted on this thread.
@@ -109,7 +129,7 @@ pub fn snapshot() -> Counts {
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Counts) {
     let before = snapshot();
     let result = f();
-    (result, snapshot() - before)
+    (result, between(&before, &snapshot()))
 }
 
 /// Runs `f` and returns its result with the operations it counted, removing them from this
@@ -121,16 +141,22 @@ pub fn take<R>(f: impl FnOnce() -> R) -> (R, Counts) {
 }
 
 /// Adds counts returned by another thread (see [`take`]) to this thread's tally.
+///
+/// # Panics
+///
+/// If a kind's count is 2^64 or more: more than one measurement holds (see "Range").
 pub fn merge(counts: Counts) {
     for (op, n) in counts.iter() {
+        let n = u64::try_from(n).expect("a thread's tally merges fewer than 2^64 per kind");
         bump_by(op, n);
     }
 }
 
-/// Removes counts that [`take`] hands to another thread.
+/// Removes counts that [`take`] hands to another thread. They came from [`measure`], so
+/// each fits a counter.
 fn unmerge(counts: Counts) {
     for (op, n) in counts.iter() {
-        bump_by(op, n.wrapping_neg());
+        bump_by(op, (n as u64).wrapping_neg());
     }
 }
 
@@ -187,6 +213,16 @@ mod tests {
             });
         });
         assert_eq!(outer, Counts::of(Op::Mul, 1) + Counts::of(Op::Div, 3));
+    }
+
+    #[test]
+    fn a_measurement_across_a_counter_wrap_is_exact() {
+        // Bring this thread's counter to 3 below 2^64, then count 5: the counter wraps to 2.
+        let start = snapshot().rem as u64;
+        bump_by(Op::Rem, (u64::MAX - 2).wrapping_sub(start));
+        let ((), counts) = measure(|| bump_by(Op::Rem, 5));
+        assert_eq!(counts, Counts::of(Op::Rem, 5));
+        assert_eq!(snapshot().rem, 2);
     }
 
     #[test]

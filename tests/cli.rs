@@ -5,6 +5,8 @@ mod cli;
 
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 use cli::{json, opcount, root, stderr};
 
 fn model(name: &str) -> PathBuf {
@@ -111,19 +113,134 @@ fn count_prints_json_with_every_kind_measured_and_estimated() {
             assert!(!layer[key].is_null(), "{key}");
         }
         for phase in ["forward", "backward", "update"] {
-            assert_eq!(layer["measured"][phase], layer["estimated"][phase]);
+            assert_same_predictable(&layer["measured"][phase], &layer["estimated"][phase]);
             for kind in ["mul", "add", "sub", "div", "cmp", "exp", "tanh", "act"] {
                 assert!(layer["estimated"][phase][kind].is_u64(), "{phase} {kind}");
             }
         }
     }
-    assert_eq!(out["loss"]["measured"], out["loss"]["estimated"]);
+    assert_same_predictable(&out["loss"]["measured"], &out["loss"]["estimated"]);
     for phase in ["forward", "loss", "backward", "update", "all"] {
-        assert_eq!(
-            out["totals"]["measured"][phase],
-            out["totals"]["estimated"][phase]
+        assert_same_predictable(
+            &out["totals"]["measured"][phase],
+            &out["totals"]["estimated"][phase],
         );
     }
+}
+
+/// Measured and estimated JSON counts agree on every kind a closed form predicts; `zmul`
+/// is measured (a number) and not estimated (null).
+fn assert_same_predictable(measured: &Value, estimated: &Value) {
+    let (m, e) = (
+        measured.as_object().unwrap(),
+        estimated.as_object().unwrap(),
+    );
+    assert_eq!(m.len(), e.len());
+    for (kind, n) in m {
+        if kind == "zmul" {
+            assert!(n.is_u64(), "measured zmul: {n}");
+            assert!(e[kind].is_null(), "estimated zmul: {}", e[kind]);
+        } else {
+            assert_eq!(*n, e[kind], "{kind}");
+        }
+    }
+}
+
+#[test]
+fn docs_counting_md_shows_the_real_output_of_count() {
+    let out = opcount(&["count", "models/mlp-30-30-30.ron"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let docs = std::fs::read_to_string(root().join("docs/counting.md")).unwrap();
+    assert!(
+        docs.contains(&format!("```text\n{table}```")),
+        "docs/counting.md's block differs from `opcount count models/mlp-30-30-30.ron`:\n{table}"
+    );
+}
+
+#[test]
+fn zmul_is_measured_not_estimated() {
+    // Half of XOR's inputs are 0: 8 multiplications by zero in dense1's forward pass.
+    let out = json(&opcount(&[
+        "count",
+        "models/xor.ron",
+        "--batch",
+        "4",
+        "--format",
+        "json",
+    ]));
+    let dense1 = &out["layers"][0];
+    assert_eq!(dense1["measured"]["forward"]["zmul"], 8);
+    assert!(dense1["estimated"]["forward"]["zmul"].is_null());
+    assert!(out["totals"]["estimated"]["all"]["zmul"].is_null());
+    assert_same_predictable(
+        &out["totals"]["measured"]["all"],
+        &out["totals"]["estimated"]["all"],
+    );
+
+    let csv = String::from_utf8(
+        opcount(&["count", "models/xor.ron", "--batch", "4", "--format", "csv"]).stdout,
+    )
+    .unwrap();
+    let mut lines = csv.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = lines.next().unwrap();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let dense1_forward = lines.next().unwrap();
+    assert_eq!(dense1_forward[column("measured_zmul")], "8");
+    assert_eq!(dense1_forward[column("estimated_zmul")], "");
+    assert_eq!(
+        dense1_forward[column("measured_mul")],
+        dense1_forward[column("estimated_mul")]
+    );
+
+    // Closed forms and Counted<f32> do not count it either.
+    let projection = json(&opcount(&[
+        "project",
+        "models/xor.ron",
+        "--examples",
+        "4",
+        "--epochs",
+        "1",
+        "--format",
+        "json",
+    ]));
+    assert!(projection["total"]["all"]["zmul"].is_null());
+    assert!(projection["per_step"]["all"]["zmul"].is_null());
+    let train = json(&opcount(&[
+        "train",
+        "models/xor.ron",
+        "--epochs",
+        "1",
+        "--format",
+        "json",
+    ]));
+    assert!(train["step"]["all"]["zmul"].is_null());
+    assert!(train["step"]["all"]["mul"].is_u64());
+}
+
+#[test]
+fn a_model_without_forward_arithmetic_has_no_backward_forward_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("id.ron");
+    std::fs::write(
+        &path,
+        "(name: \"id\", input: [3], loss: Mse, layers: [Identity])",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    // Before: "backward/forward: NaNx the arithmetic operations".
+    let out = opcount(&["count", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(!table.contains("NaN"), "{table}");
+    assert!(
+        table.contains("backward/forward: n/a, the forward pass does no arithmetic"),
+        "{table}"
+    );
+    let out = json(&opcount(&["count", path, "--format", "json"]));
+    assert!(out["backward_forward_ratio"].is_null());
+    let xor = json(&opcount(&["count", "models/xor.ron", "--format", "json"]));
+    assert!(xor["backward_forward_ratio"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -462,11 +462,11 @@ fn a_sum_of_k_terms_costs_k_minus_one_adds() {
     for k in 0..50usize {
         let values: Vec<Counted<f32>> = (0..k).map(|i| Counted::new(i as f32 * 0.37)).collect();
         let (sum, counts) = tally::measure(|| values.iter().sum::<Counted<f32>>());
-        assert_eq!(counts, Counts::of(Op::Add, k.saturating_sub(1) as u64));
+        assert_eq!(counts, Counts::of(Op::Add, k.saturating_sub(1) as u128));
         let plain: f32 = Counted::unwrap_slice(&values).iter().sum();
         assert_eq!(sum.get().to_bits(), plain.to_bits(), "k = {k}");
         let (product, counts) = tally::measure(|| values.iter().product::<Counted<f32>>());
-        assert_eq!(counts, Counts::of(Op::Mul, k.saturating_sub(1) as u64));
+        assert_eq!(counts, Counts::of(Op::Mul, k.saturating_sub(1) as u128));
         let plain: f32 = Counted::unwrap_slice(&values).iter().product();
         assert_eq!(product.get().to_bits(), plain.to_bits(), "k = {k}");
     }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 const TOO_BIG_TO_RUN_HERE: [&str; 1] = ["vgg16"];
 
 /// Steps above this many operations are not run in tests.
-const RUN_BUDGET: u64 = 300_000_000;
+const RUN_BUDGET: u128 = 300_000_000;
 
 fn shipped_models() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
@@ -95,8 +95,8 @@ fn the_classic_question_in_numbers() {
     assert_eq!(dense, [0, 2]);
     // 30 x 30 + 30 x 30 = 1,800 multiplications forward, and as many additions: each of the
     // 60 neurons sums 30 products onto its bias.
-    let forward_mul: u64 = dense.iter().map(|&k| step.nodes[k].forward.mul).sum();
-    let forward_add: u64 = dense.iter().map(|&k| step.nodes[k].forward.add).sum();
+    let forward_mul: u128 = dense.iter().map(|&k| step.nodes[k].forward.mul).sum();
+    let forward_add: u128 = dense.iter().map(|&k| step.nodes[k].forward.add).sum();
     assert_eq!(forward_mul, 1_800);
     assert_eq!(forward_add, 1_800);
     // 60 activation calls, one per neuron.

@@ -21,7 +21,7 @@ fn load(name: &str) -> (Model, Plan) {
 }
 
 /// Forward multiplications of each convolution and dense node, in order.
-fn weighted_sums(plan: &Plan, step: &StepCounts) -> Vec<u64> {
+fn weighted_sums(plan: &Plan, step: &StepCounts) -> Vec<u128> {
     plan.nodes
         .iter()
         .zip(&step.nodes)
@@ -37,7 +37,7 @@ fn lenet5_closed_form_and_measured_run_give_the_published_figures() {
     let estimated = estimate::step(&plan, 1).unwrap();
     let per_layer = [117_600, 240_000, 48_000, 10_080, 840];
     assert_eq!(weighted_sums(&plan, &estimated), per_layer);
-    assert_eq!(per_layer.iter().sum::<u64>(), 416_520);
+    assert_eq!(per_layer.iter().sum::<u128>(), 416_520);
 
     let data = Dataset::synthetic(&plan, 1, 9);
     let measured = measure_step(&model, &plan, &data, 1);
@@ -52,9 +52,9 @@ fn vgg16_closed_form_gives_the_published_figures() {
     let estimated = estimate::step(&plan, 1).unwrap();
     let sums = weighted_sums(&plan, &estimated);
     assert_eq!(sums.len(), 13 + 3);
-    assert_eq!(sums.iter().sum::<u64>(), 15_470_264_320);
+    assert_eq!(sums.iter().sum::<u128>(), 15_470_264_320);
     // Each forward sum starts from its bias: as many additions as multiplications.
-    let adds: u64 = plan
+    let adds: u128 = plan
         .nodes
         .iter()
         .zip(&estimated.nodes)

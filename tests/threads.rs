@@ -143,7 +143,7 @@ fn steps_on_many_plain_threads_at_once_are_exact() {
 fn a_watch_callback_doing_counted_arithmetic_is_not_charged_to_the_step() {
     let (model, plan, data, expected) = setup();
     let x = Counted::new(3.0f32);
-    let mut calls = 0u64;
+    let mut calls = 0u128;
     let (step, around) = tally::measure(|| {
         measure_step_watched(&model, &plan, &data, BATCH, |_: Event| {
             // One counted multiplication per event, on the step's own thread.

@@ -536,7 +536,7 @@ mod tests {
             let got: Vec<u64> = c.iter().map(|v| v.get().to_bits()).collect();
             let want: Vec<u64> = expected.iter().map(|v| v.to_bits()).collect();
             assert_eq!(got, want, "{m}x{n}x{k}");
-            let macs = (m * n * k) as u64;
+            let macs = (m * n * k) as u128;
             assert_eq!(
                 counts,
                 Counts {
@@ -572,7 +572,7 @@ mod tests {
             )
         });
         assert!(c.iter().all(|v| v.get() == 1.5 * 0.25 * 40.0));
-        assert_eq!(counts[Op::Mul], (m * n * k) as u64);
-        assert_eq!(counts[Op::Add], (m * n * (k - 1)) as u64);
+        assert_eq!(counts[Op::Mul], (m * n * k) as u128);
+        assert_eq!(counts[Op::Add], (m * n * (k - 1)) as u128);
     }
 }

@@ -640,7 +640,7 @@ impl Marks {
             let mut before = self.start[p];
             for k in order {
                 let after = self.end[p][k];
-                out[k] = self.slots[after] - self.slots[before];
+                out[k] = tally::between(&self.slots[before], &self.slots[after]);
                 before = after;
             }
             out
@@ -656,7 +656,7 @@ impl Marks {
                     update: update[k],
                 })
                 .collect(),
-            loss: self.slots[self.end[1][0]] - self.slots[self.start[1]],
+            loss: tally::between(&self.slots[self.start[1]], &self.slots[self.end[1][0]]),
         }
     }
 }

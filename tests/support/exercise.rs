@@ -16,7 +16,7 @@ const BATCH: usize = 3;
 /// Models up to this many bytes of parameters and activations are run.
 const RUN_BYTES: u128 = 4 << 20;
 /// ... and up to this many operations per step.
-const RUN_OPS: u64 = 10_000_000;
+const RUN_OPS: u128 = 10_000_000;
 
 /// How far a text got: the first stage that refused it, or `Ran`.
 #[derive(Debug, PartialEq, Eq)]
