@@ -16,8 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: u128 = steps.parse()?;
     let model = Model::load(path.as_ref())?;
     let plan = model.plan(&path)?;
-    let batch = Dataset::synthetic(&plan, 1, 0).head::<f32>(1, plan.loss);
-    let mut net = Network::<f32>::new(&model, &plan);
+    let batch = Dataset::synthetic(&plan, 1, 0).head::<f32>(1, plan.loss());
+    let mut net = Network::<f32>::new(&plan);
     for _ in 0..steps {
         net.step(&batch, 0.01);
     }

@@ -121,11 +121,11 @@ impl Dataset {
         if inputs.is_empty() {
             return Err(err("no examples".into()));
         }
-        let expected = plan.input.len();
+        let expected = plan.input().len();
         if features != expected {
             return Err(err(format!(
                 "the model's input takes {expected} values ({}), the data has {features} features",
-                plan.input
+                plan.input()
             )));
         }
         if let Some(i) = inputs.iter().position(|v| !v.is_finite()) {
@@ -153,12 +153,12 @@ impl Dataset {
                         ),
                     ));
                 }
-                if plan.loss == Loss::SoftmaxCrossEntropy && outputs < 2 {
+                if plan.loss() == Loss::SoftmaxCrossEntropy && outputs < 2 {
                     return Err(err("cross-entropy needs at least 2 outputs".into()));
                 }
             }
             Targets::Values(values) => {
-                if plan.loss == Loss::SoftmaxCrossEntropy {
+                if plan.loss() == Loss::SoftmaxCrossEntropy {
                     return Err(err(
                         "loss SoftmaxCrossEntropy needs class targets, the data has values".into(),
                     ));
@@ -194,10 +194,10 @@ impl Dataset {
     /// cross-entropy) or random values in `[0, 1)` (for MSE).
     pub fn synthetic(plan: &Plan, n: usize, seed: u64) -> Dataset {
         let mut rng = Rng::new(seed);
-        let features = plan.input.len();
+        let features = plan.input().len();
         let outputs = plan.output().len();
         let inputs = (0..n * features).map(|_| rng.symmetric(1.0)).collect();
-        let targets = match plan.loss {
+        let targets = match plan.loss() {
             Loss::SoftmaxCrossEntropy => {
                 Targets::Classes((0..n).map(|_| rng.below(outputs)).collect())
             }

@@ -285,9 +285,9 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         let data = data_or_synthetic(&loaded, args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
-        let nodes = loaded.plan.nodes.len() as u64;
+        let nodes = loaded.plan.nodes().len() as u64;
         let bar = progress_bar(3 * nodes + 1, args.run.quiet || !long);
-        let step = measure_step_watched(&loaded.model, &loaded.plan, &data, args.batch, |e| {
+        let step = measure_step_watched(&loaded.plan, &data, args.batch, |e| {
             if e.node.is_some() {
                 bar.inc(1);
                 bar.set_message(e.phase.name());
@@ -346,7 +346,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     check_memory(&loaded, settings.batch, 2, &args.run)?;
     let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
 
-    let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
+    let mut net = Network::<f32>::new(&loaded.plan);
     let steps = data.len().div_ceil(settings.batch) * settings.epochs;
     let bar = progress_bar(steps as u64, args.run.quiet);
     let mut step = 0u64;
@@ -365,9 +365,9 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let result = evaluate(&mut net, &data);
 
     // One counted step at the training batch size (counts depend on shapes only).
-    let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
+    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
     let batch_size = settings.batch.min(data.len());
-    let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss);
+    let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss());
     counted.step(&batch, Counted::new(settings.lr));
     let totals = counted
         .counts()
@@ -375,7 +375,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         .totals();
 
     if let Some(out) = &args.save {
-        let mut saved = net.to_model(&loaded.model);
+        let mut saved = net.to_model();
         if let Some(t) = &mut saved.training {
             relocate_data(&mut t.data, &loaded.dir, out);
         }
@@ -385,7 +385,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     match args.format {
         Format::Json => {
             let summary = json!({
-                "model": loaded.plan.name,
+                "model": loaded.plan.name(),
                 "params": json_number(loaded.plan.params()),
                 "examples": data.len(),
                 "epochs": settings.epochs,
@@ -402,7 +402,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         Format::Table => {
             outln!(
                 "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
-                loaded.plan.name,
+                loaded.plan.name(),
                 thousands(loaded.plan.params()),
                 data.len(),
                 settings.epochs,
@@ -487,14 +487,14 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let mut step_s = None;
     if runnable.is_ok() {
         let data = data_or_synthetic(&loaded, batch)?;
-        let step = measure_step_watched(&loaded.model, &loaded.plan, &data, batch, |_| {});
+        let step = measure_step_watched(&loaded.plan, &data, batch, |_| {});
         let report = Report::new(&loaded.plan, batch, Some(step), projection.step.clone());
         if let Some(m) = report.mismatches().first() {
             bail!("internal error: a measured count differs from its closed form: {m}");
         }
         measured = report.measured;
-        let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
-        let examples = data.head::<f32>(batch, loaded.plan.loss);
+        let mut net = Network::<f32>::new(&loaded.plan);
+        let examples = data.head::<f32>(batch, loaded.plan.loss());
         let lr = loaded.model.training.as_ref().map_or(0.01, |t| t.lr);
         let started = std::time::Instant::now();
         net.step(&examples, lr);
@@ -541,7 +541,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
                 })
             };
             let out = json!({
-                "model": loaded.plan.name,
+                "model": loaded.plan.name(),
                 "examples": json_number(projection.examples as u128),
                 "epochs": json_number(projection.epochs as u128),
                 "batch": json_number(batch as u128),
@@ -564,7 +564,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         Format::Table => {
             outln!(
                 "{}: {} examples x {} epochs at batch {} = {} steps",
-                loaded.plan.name,
+                loaded.plan.name(),
                 thousands(projection.examples as u128),
                 thousands(projection.epochs as u128),
                 batch,
@@ -743,10 +743,10 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let loaded = load(&args.model)?;
     check_memory(&loaded, args.batch, 3, &args.run)?;
     let data = data_or_synthetic(&loaded, args.batch)?;
-    let mut plain = Network::<f32>::new(&loaded.model, &loaded.plan);
-    let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
-    let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss);
-    let counted_batch = data.head::<Counted<f32>>(args.batch, loaded.plan.loss);
+    let mut plain = Network::<f32>::new(&loaded.plan);
+    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
+    let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss());
+    let counted_batch = data.head::<Counted<f32>>(args.batch, loaded.plan.loss());
 
     // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
     // the speed of the arithmetic) where they started; the step does the same operations.
@@ -812,7 +812,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
     // with a snapshot of the tally between nodes to attribute the counts to them.
     let mut attributed = counted;
-    let mut counting = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
+    let mut counting = Network::<Counted<f32>>::new(&loaded.plan);
     counting.set_attribution(false);
     let medians = bench::interleave(
         rounds,
@@ -835,9 +835,9 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     // The convolution and dense kernels alone: their share of plain steps' time, per node.
     let kernel_nodes: Vec<bool> = loaded
         .plan
-        .nodes
+        .nodes()
         .iter()
-        .map(|n| matches!(n.op.kind(), "conv2d" | "dense"))
+        .map(|n| matches!(n.kind(), "conv2d" | "dense"))
         .collect();
     let kernel_ops: u128 = step_counts
         .nodes
@@ -876,7 +876,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     match args.format {
         Format::Json => {
             let out = json!({
-                "model": loaded.plan.name,
+                "model": loaded.plan.name(),
                 "batch": args.batch,
                 "forward_only": args.forward_only,
                 "rounds": result.rounds,
@@ -909,7 +909,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             };
             outln!(
                 "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
-                loaded.plan.name,
+                loaded.plan.name(),
                 args.batch,
                 thousands(ops.total()),
                 result.rounds

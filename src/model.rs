@@ -1,16 +1,19 @@
-//! Model files: the serde types that mirror a RON file exactly ([`Model`]), and their
-//! validation into a [`Plan`], the flat list of computation nodes with their shapes that
-//! both the interpreter and the closed forms work from. Nothing here knows the scalar type.
+//! Model files: the serde types that mirror a RON file exactly ([`Model`]). Their validation
+//! into a [`Plan`], the graph that both the interpreter and the closed forms work from, is in
+//! `src/plan.rs`. Nothing here knows the scalar type.
 //!
 //! The schema is documented, with an annotated example, in `docs/model-format.md`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ron::extensions::Extensions;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::nn::activation::Activation;
+pub use crate::nn::ops::{NodeOp, OPERATIONS, ParamSpec};
+pub use crate::plan::{Node, Plan};
+pub use crate::shape::Shape;
 
 /// A model file, as written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,8 +23,13 @@ pub struct Model {
     pub name: String,
     /// The shape of one example: `[features]`, or `[channels, height, width]`.
     pub input: Vec<usize>,
-    /// The layers, first to last.
+    /// The layers, first to last: a chain, each reading the one before. Give this or
+    /// `graph`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
+    /// The nodes of a graph, each naming its inputs. Give this or `layers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph: Vec<Entry>,
     /// The loss the last layer's output is trained against.
     pub loss: Loss,
     /// How parameters not given inline are initialised.
@@ -30,6 +38,27 @@ pub struct Model {
     /// Training data and settings, if the model can be trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<Training>,
+}
+
+/// One node of a model's `graph`: an operation, the values it reads, and optionally the
+/// parameters of another node it uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Its name, by which other nodes read its output; default the operation's kind and a
+    /// count (`dense2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What it computes.
+    pub op: Layer,
+    /// The values it reads: `"input"` (the model's input) or other nodes' names. Default:
+    /// the entry before it (the model's input for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// Use the parameters of this node (same operation and shapes) instead of its own:
+    /// weight tying. Their gradients add up, and the update touches them once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
 }
 
 /// One layer of a model file.
@@ -104,6 +133,8 @@ pub enum Layer {
     },
     /// `channels x height x width` values as one flat vector, in that order.
     Flatten,
+    /// The sum of two values of the same shape (a residual connection); in a `graph` only.
+    Add,
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.
@@ -134,34 +165,6 @@ fn yes() -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
-}
-
-/// An activation function.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Activation {
-    /// `x` unchanged.
-    Identity,
-    /// `1 / (1 + exp(-x))`.
-    Sigmoid,
-    /// `tanh(x)`.
-    Tanh,
-    /// `max(x, 0)`.
-    Relu,
-    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
-    Softmax,
-}
-
-impl Activation {
-    /// Lower-case name, as in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Identity => "identity",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Relu => "relu",
-            Activation::Softmax => "softmax",
-        }
-    }
 }
 
 /// A loss function.
@@ -274,213 +277,6 @@ pub enum InlineTargets {
     Values(Vec<Vec<f32>>),
 }
 
-/// The shape of one example's values at some point of the network.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Shape {
-    /// A vector of values.
-    Flat(usize),
-    /// Channels x height x width.
-    Image {
-        /// Channels.
-        c: usize,
-        /// Height.
-        h: usize,
-        /// Width.
-        w: usize,
-    },
-}
-
-impl Shape {
-    /// Number of values.
-    pub fn len(self) -> usize {
-        match self {
-            Shape::Flat(n) => n,
-            Shape::Image { c, h, w } => c * h * w,
-        }
-    }
-
-    /// Whether the shape holds no values (never true for a validated plan).
-    pub fn is_empty(self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl fmt::Display for Shape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Shape::Flat(n) => write!(f, "{n}"),
-            Shape::Image { c, h, w } => write!(f, "{c}x{h}x{w}"),
-        }
-    }
-}
-
-/// What a node computes.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum NodeOp {
-    /// Weighted sums of `inputs` values into `units` outputs.
-    Dense {
-        /// N, values per example in.
-        inputs: usize,
-        /// M, values per example out.
-        units: usize,
-        /// Whether each sum starts from a bias.
-        bias: bool,
-    },
-    /// A 2-D convolution; the node's input and output shapes give the image sizes.
-    Conv2d {
-        /// Input channels.
-        in_channels: usize,
-        /// Output channels.
-        out_channels: usize,
-        /// Kernel height and width.
-        kernel: usize,
-        /// Step between windows.
-        stride: usize,
-        /// Zeros on every side of the input.
-        padding: usize,
-        /// Whether each output starts from a bias.
-        bias: bool,
-    },
-    /// Max pooling over non-overlapping windows.
-    MaxPool2d {
-        /// Window height and width.
-        size: usize,
-        /// Step between windows (at least `size`).
-        stride: usize,
-    },
-    /// Average pooling over non-overlapping windows.
-    AvgPool2d {
-        /// Window height and width.
-        size: usize,
-        /// Step between windows (at least `size`).
-        stride: usize,
-    },
-    /// An image as a flat vector.
-    Flatten,
-    /// An activation over every value.
-    Activation(Activation),
-}
-
-impl NodeOp {
-    /// Short kind name for tables.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NodeOp::Dense { .. } => "dense",
-            NodeOp::Conv2d { .. } => "conv2d",
-            NodeOp::MaxPool2d { .. } => "maxpool2d",
-            NodeOp::AvgPool2d { .. } => "avgpool2d",
-            NodeOp::Flatten => "flatten",
-            NodeOp::Activation(a) => a.name(),
-        }
-    }
-
-    /// Number of trainable parameters.
-    pub fn params(&self) -> u64 {
-        let biases = |bias: bool, n: usize| if bias { n as u64 } else { 0 };
-        match *self {
-            NodeOp::Dense {
-                inputs,
-                units,
-                bias,
-            } => (inputs as u64) * (units as u64) + biases(bias, units),
-            NodeOp::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                bias,
-                ..
-            } => {
-                (out_channels as u64) * (in_channels as u64) * (kernel as u64).pow(2)
-                    + biases(bias, out_channels)
-            }
-            NodeOp::MaxPool2d { .. }
-            | NodeOp::AvgPool2d { .. }
-            | NodeOp::Flatten
-            | NodeOp::Activation(_) => 0,
-        }
-    }
-}
-
-/// One computation of the network: a layer, or the activation a layer declares.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Node {
-    /// Index of the layer in the model file this node comes from.
-    pub layer: usize,
-    /// Name for reports: `dense1`, or `dense1.sigmoid` for a declared activation.
-    pub name: String,
-    /// What it computes.
-    pub op: NodeOp,
-    /// Shape of one example's input.
-    pub input: Shape,
-    /// Shape of one example's output.
-    pub output: Shape,
-    /// Whether backward computes the gradient with respect to this node's input: only if
-    /// some earlier node has parameters.
-    pub needs_input_grad: bool,
-}
-
-/// A validated model: every node with its shapes, ready to be run or estimated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// The model's name.
-    pub name: String,
-    /// Shape of one example.
-    pub input: Shape,
-    /// The nodes, first to last.
-    pub nodes: Vec<Node>,
-    /// The loss.
-    pub loss: Loss,
-}
-
-impl Plan {
-    /// Shape of one example's output.
-    pub fn output(&self) -> Shape {
-        self.nodes.last().map_or(self.input, |n| n.output)
-    }
-
-    /// Number of trainable parameters. (Each node's fit in a `u64`, their sum may not.)
-    pub fn params(&self) -> u128 {
-        self.nodes.iter().map(|n| u128::from(n.op.params())).sum()
-    }
-
-    /// About how many bytes a network of this plan needs to run a step on `batch`
-    /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
-    /// activation and its gradient, max pooling's positions, and a convolution's padded
-    /// input and patch gradients. Computed without allocating anything.
-    pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
-        let b = batch as u128;
-        let mut values: u128 = 2 * self.params();
-        let mut largest_scratch: u128 = 0;
-        let mut positions: u128 = 0;
-        values += 2 * b * self.input.len() as u128;
-        for node in &self.nodes {
-            values += 2 * b * node.output.len() as u128;
-            match (node.op, node.input, node.output) {
-                (
-                    NodeOp::Conv2d {
-                        in_channels,
-                        kernel,
-                        padding,
-                        ..
-                    },
-                    Shape::Image { h, w, .. },
-                    Shape::Image { h: ho, w: wo, .. },
-                ) => {
-                    let [c, h, w, k, p, ho, wo] =
-                        [in_channels, h, w, kernel, padding, ho, wo].map(|n| n as u128);
-                    let padded = c * (h + 2 * p) * (w + 2 * p);
-                    let patches = c * k * k * ho * wo;
-                    values += padded;
-                    largest_scratch = largest_scratch.max(patches + padded);
-                }
-                (NodeOp::MaxPool2d { .. }, _, output) => positions += b * output.len() as u128,
-                _ => {}
-            }
-        }
-        (values + largest_scratch) * scalar_bytes as u128 + positions * 8
-    }
-}
-
 /// The largest value any single dimension may have: larger is surely a typo.
 pub const MAX_DIM: usize = 1 << 31;
 
@@ -518,270 +314,10 @@ impl Model {
             .expect("a Model always serializes")
     }
 
-    /// Checks the model and lays out its nodes, naming the layer at fault if something does
-    /// not fit. `origin` names the file in error messages.
+    /// Checks the model and lays out its graph, naming the layer or node at fault if
+    /// something does not fit. `origin` names the file in error messages.
     pub fn plan(&self, origin: &str) -> Result<Plan> {
-        let model_error = |message: String| Error::Model {
-            origin: origin.to_string(),
-            message,
-        };
-        let input = match self.input[..] {
-            [n] => Shape::Flat(n),
-            [c, h, w] => Shape::Image { c, h, w },
-            _ => {
-                return Err(model_error(format!(
-                    "input: expected [features] or [channels, height, width], found {} numbers",
-                    self.input.len()
-                )));
-            }
-        };
-        if let Some(&d) = self.input.iter().find(|&&d| d == 0 || d > MAX_DIM) {
-            return Err(model_error(format!(
-                "input: every size must be between 1 and {MAX_DIM}, found {d}"
-            )));
-        }
-        checked_len(input).ok_or_else(|| model_error(format!("input {input} is too large")))?;
-        if self.layers.is_empty() {
-            return Err(model_error("layers: expected at least one layer".into()));
-        }
-
-        let mut b = Builder {
-            nodes: Vec::new(),
-            shape: input,
-            seen_params: false,
-        };
-        let mut counters = std::collections::HashMap::new();
-        for (index, layer) in self.layers.iter().enumerate() {
-            let kind = layer_kind(layer);
-            let k = counters.entry(kind).or_insert(0usize);
-            *k += 1;
-            let name = layer_name(layer).unwrap_or_else(|| format!("{kind}{k}"));
-            let layer_error = |message: String| Error::Layer {
-                origin: origin.to_string(),
-                index,
-                name: name.clone(),
-                message,
-            };
-            let shape = b.shape;
-            match layer {
-                Layer::Dense {
-                    units,
-                    activation,
-                    bias,
-                    weights,
-                    biases,
-                    ..
-                } => {
-                    let Shape::Flat(inputs) = shape else {
-                        return Err(layer_error(format!(
-                            "dense expects a flat input, found {shape}; add a Flatten layer before it"
-                        )));
-                    };
-                    check_size("units", *units).map_err(&layer_error)?;
-                    let count = inputs.checked_mul(*units).ok_or_else(|| {
-                        layer_error(format!(
-                            "{units} units x {inputs} inputs is too many weights"
-                        ))
-                    })?;
-                    check_inline("weights", weights, count, || {
-                        format!("{units} units x {inputs} inputs")
-                    })
-                    .map_err(&layer_error)?;
-                    if !bias && biases.is_some() {
-                        return Err(layer_error("biases are given but bias is false".into()));
-                    }
-                    check_inline("biases", biases, *units, || format!("{units} units"))
-                        .map_err(&layer_error)?;
-                    let op = NodeOp::Dense {
-                        inputs,
-                        units: *units,
-                        bias: *bias,
-                    };
-                    b.push(index, name.clone(), op, Shape::Flat(*units));
-                    if let Some(a) = activation {
-                        b.push_activation(index, format!("{name}.{}", a.name()), *a)
-                            .map_err(&layer_error)?;
-                    }
-                }
-                Layer::Conv2d {
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                    activation,
-                    weights,
-                    biases,
-                    ..
-                } => {
-                    let Shape::Image { c, h, w } = shape else {
-                        return Err(layer_error(format!(
-                            "conv2d expects a channels x height x width input, found {shape}"
-                        )));
-                    };
-                    check_size("out_channels", *out_channels).map_err(&layer_error)?;
-                    check_size("kernel", *kernel).map_err(&layer_error)?;
-                    check_size("stride", *stride).map_err(&layer_error)?;
-                    if *padding > MAX_DIM {
-                        return Err(layer_error(format!(
-                            "padding: expected at most {MAX_DIM}, found {padding}"
-                        )));
-                    }
-                    let (ph, pw) = (h + 2 * padding, w + 2 * padding);
-                    if *kernel > ph || *kernel > pw {
-                        return Err(layer_error(format!(
-                            "kernel {kernel}x{kernel} is larger than its padded input {ph}x{pw} \
-                             ({h}x{w} with padding {padding})"
-                        )));
-                    }
-                    let output = Shape::Image {
-                        c: *out_channels,
-                        h: (ph - kernel) / stride + 1,
-                        w: (pw - kernel) / stride + 1,
-                    };
-                    checked_len(output)
-                        .ok_or_else(|| layer_error(format!("output {output} is too large")))?;
-                    // The padded input and the patch matrix are buffers of their own.
-                    let padded = Shape::Image { c, h: ph, w: pw };
-                    checked_len(padded).ok_or_else(|| {
-                        layer_error(format!("padded input {padded} is too large"))
-                    })?;
-                    [c, *kernel, *kernel, output.len() / out_channels]
-                        .iter()
-                        .try_fold(1usize, |a, &b| a.checked_mul(b))
-                        .ok_or_else(|| layer_error("too many patches".into()))?;
-                    let count = [c, *kernel, *kernel]
-                        .iter()
-                        .try_fold(*out_channels, |a, &b| a.checked_mul(b))
-                        .ok_or_else(|| layer_error("too many weights".into()))?;
-                    check_inline("weights", weights, count, || {
-                        format!("{out_channels} out x {c} in x {kernel} x {kernel}")
-                    })
-                    .map_err(&layer_error)?;
-                    if !bias && biases.is_some() {
-                        return Err(layer_error("biases are given but bias is false".into()));
-                    }
-                    check_inline("biases", biases, *out_channels, || {
-                        format!("{out_channels} out channels")
-                    })
-                    .map_err(&layer_error)?;
-                    let op = NodeOp::Conv2d {
-                        in_channels: c,
-                        out_channels: *out_channels,
-                        kernel: *kernel,
-                        stride: *stride,
-                        padding: *padding,
-                        bias: *bias,
-                    };
-                    b.push(index, name.clone(), op, output);
-                    if let Some(a) = activation {
-                        b.push_activation(index, format!("{name}.{}", a.name()), *a)
-                            .map_err(&layer_error)?;
-                    }
-                }
-                Layer::MaxPool2d { size, stride } | Layer::AvgPool2d { size, stride } => {
-                    let Shape::Image { c, h, w } = shape else {
-                        return Err(layer_error(format!(
-                            "pooling expects a channels x height x width input, found {shape}"
-                        )));
-                    };
-                    check_size("size", *size).map_err(&layer_error)?;
-                    let stride = stride.unwrap_or(*size);
-                    if stride < *size || stride > MAX_DIM {
-                        return Err(layer_error(format!(
-                            "stride: expected at least the window size {size} (windows must not \
-                             overlap, or the backward pass's count would depend on the data), \
-                             found {stride}"
-                        )));
-                    }
-                    if *size > h || *size > w {
-                        return Err(layer_error(format!(
-                            "window {size}x{size} is larger than its input {h}x{w}"
-                        )));
-                    }
-                    let output = Shape::Image {
-                        c,
-                        h: (h - size) / stride + 1,
-                        w: (w - size) / stride + 1,
-                    };
-                    let op = match layer {
-                        Layer::MaxPool2d { .. } => NodeOp::MaxPool2d {
-                            size: *size,
-                            stride,
-                        },
-                        _ => NodeOp::AvgPool2d {
-                            size: *size,
-                            stride,
-                        },
-                    };
-                    b.push(index, name.clone(), op, output);
-                }
-                Layer::Flatten => {
-                    b.push(
-                        index,
-                        name.clone(),
-                        NodeOp::Flatten,
-                        Shape::Flat(shape.len()),
-                    );
-                }
-                Layer::Identity | Layer::Sigmoid | Layer::Tanh | Layer::Relu | Layer::Softmax => {
-                    b.push_activation(index, name.clone(), standalone_activation(layer))
-                        .map_err(&layer_error)?;
-                }
-            }
-        }
-
-        let plan = Plan {
-            name: self.name.clone(),
-            input,
-            nodes: b.nodes,
-            loss: self.loss,
-        };
-        check_logits(&plan, origin)?;
-        check_loss(&plan).map_err(&model_error)?;
-        if let Some(t) = &self.training {
-            check_training(t).map_err(model_error)?;
-        }
-        Ok(plan)
-    }
-}
-
-/// Lays out nodes one after another, tracking the current shape and whether any parameters
-/// came before (which decides whether a node needs its input's gradient).
-struct Builder {
-    nodes: Vec<Node>,
-    shape: Shape,
-    seen_params: bool,
-}
-
-impl Builder {
-    fn push(&mut self, layer: usize, name: String, op: NodeOp, output: Shape) {
-        self.nodes.push(Node {
-            layer,
-            name,
-            op,
-            input: self.shape,
-            output,
-            needs_input_grad: self.seen_params,
-        });
-        self.seen_params |= op.params() > 0;
-        self.shape = output;
-    }
-
-    fn push_activation(
-        &mut self,
-        layer: usize,
-        name: String,
-        a: Activation,
-    ) -> std::result::Result<(), String> {
-        if a == Activation::Softmax && !matches!(self.shape, Shape::Flat(_)) {
-            return Err(format!(
-                "softmax expects a flat input, found {}; add a Flatten layer before it",
-                self.shape
-            ));
-        }
-        self.push(layer, name, NodeOp::Activation(a), self.shape);
-        Ok(())
+        crate::plan::build(self, origin)
     }
 }
 
@@ -801,135 +337,6 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     })
 }
 
-fn layer_kind(layer: &Layer) -> &'static str {
-    match layer {
-        Layer::Dense { .. } => "dense",
-        Layer::Conv2d { .. } => "conv",
-        Layer::MaxPool2d { .. } => "maxpool",
-        Layer::AvgPool2d { .. } => "avgpool",
-        Layer::Flatten => "flatten",
-        other => standalone_activation(other).name(),
-    }
-}
-
-fn layer_name(layer: &Layer) -> Option<String> {
-    match layer {
-        Layer::Dense { name, .. } | Layer::Conv2d { name, .. } => name.clone(),
-        _ => None,
-    }
-}
-
-/// The activation of an activation layer. Only called on those five variants.
-fn standalone_activation(layer: &Layer) -> Activation {
-    match layer {
-        Layer::Identity => Activation::Identity,
-        Layer::Sigmoid => Activation::Sigmoid,
-        Layer::Tanh => Activation::Tanh,
-        Layer::Relu => Activation::Relu,
-        Layer::Softmax => Activation::Softmax,
-        _ => unreachable!("only called on the five activation layers"),
-    }
-}
-
-fn checked_len(shape: Shape) -> Option<usize> {
-    match shape {
-        Shape::Flat(n) => Some(n),
-        Shape::Image { c, h, w } => c.checked_mul(h)?.checked_mul(w),
-    }
-}
-
-fn check_size(what: &str, n: usize) -> std::result::Result<(), String> {
-    if n == 0 || n > MAX_DIM {
-        Err(format!(
-            "{what}: expected between 1 and {MAX_DIM}, found {n}"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_inline(
-    what: &str,
-    values: &Option<Vec<f32>>,
-    expected: usize,
-    explain: impl Fn() -> String,
-) -> std::result::Result<(), String> {
-    let Some(values) = values else { return Ok(()) };
-    if values.len() != expected {
-        return Err(format!(
-            "{what}: expected {expected} values ({}), found {}",
-            explain(),
-            values.len()
-        ));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "{what}: value {i} is {}, expected a finite number",
-            values[i]
-        ));
-    }
-    Ok(())
-}
-
-fn check_training(t: &Training) -> std::result::Result<(), String> {
-    for (what, n) in [("epochs", t.epochs), ("batch", t.batch)] {
-        if n == 0 {
-            return Err(format!("training: {what}: expected at least 1, found 0"));
-        }
-    }
-    if !(t.lr.is_finite() && t.lr > 0.0) {
-        return Err(format!(
-            "training: lr: expected a positive number, found {}",
-            t.lr
-        ));
-    }
-    Ok(())
-}
-
-/// `SoftmaxCrossEntropy` takes logits: no softmax may come after the last node with
-/// parameters (an identity or another activation after it would still hand the loss
-/// probabilities, and a double softmax trains, slowly, towards the wrong thing).
-fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
-    if plan.loss != Loss::SoftmaxCrossEntropy {
-        return Ok(());
-    }
-    let after_params = plan
-        .nodes
-        .iter()
-        .rposition(|n| n.op.params() > 0)
-        .map_or(0, |k| k + 1);
-    let softmax = plan.nodes[after_params..]
-        .iter()
-        .find(|n| n.op == NodeOp::Activation(Activation::Softmax));
-    match softmax {
-        Some(node) => Err(Error::Layer {
-            origin: origin.to_string(),
-            index: node.layer,
-            name: node.name.clone(),
-            message: "loss SoftmaxCrossEntropy applies softmax itself, but this softmax comes \
-                      after the last layer with parameters, so the loss would see \
-                      probabilities, not logits; remove it"
-                .into(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
-    let output = plan.output();
-    if plan.loss == Loss::SoftmaxCrossEntropy {
-        match output {
-            Shape::Flat(n) if n >= 2 => {}
-            _ => {
-                return Err(format!(
-                    "loss SoftmaxCrossEntropy needs a flat output of at least 2 classes, found {output}"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,13 +354,13 @@ mod tests {
             .unwrap()
             .plan("xor.ron")
             .unwrap();
-        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        let names: Vec<&str> = plan.nodes().iter().map(|n| n.name()).collect();
         assert_eq!(
             names,
             ["dense1", "dense1.sigmoid", "dense2", "dense2.sigmoid"]
         );
-        let grads: Vec<bool> = plan.nodes.iter().map(|n| n.needs_input_grad).collect();
-        assert_eq!(grads, [false, true, true, true]);
+        let grads: Vec<&[bool]> = plan.nodes().iter().map(|n| n.input_grads()).collect();
+        assert_eq!(grads, [&[false], &[true], &[true], &[true]]);
         assert_eq!(plan.params(), 2 * 2 + 2 + 2 + 1);
     }
 

@@ -42,7 +42,7 @@ impl Projection {
     /// projected plan.
     pub fn in_convention(&self, plan: &Plan, convention: Convention) -> Result<Option<[u128; 3]>> {
         let overflow = || Error::Overflow {
-            model: plan.name.clone(),
+            model: plan.name().to_string(),
             what: format!(
                 "the {}s of {} epochs of {} examples at batch {}",
                 convention.name(),
@@ -56,10 +56,10 @@ impl Projection {
         }
         let per_step = |step: &StepCounts| -> Result<[u128; 2]> {
             let mut sums = [0u128; 2];
-            for (node, counts) in plan.nodes.iter().zip(&step.nodes) {
+            for (node, counts) in plan.nodes().iter().zip(&step.nodes) {
                 for (sum, phase) in sums.iter_mut().zip([Phase::Forward, Phase::Backward]) {
                     *sum = convention
-                        .value(node.op.kind(), phase, &counts.phase(phase))
+                        .value(node.kind(), phase, &counts.phase(phase))
                         .and_then(|n| sum.checked_add(n))
                         .ok_or_else(overflow)?;
                 }
@@ -102,7 +102,7 @@ pub fn project(plan: &Plan, examples: usize, epochs: usize, batch: usize) -> Res
         n => Some(estimate::step(plan, n)?),
     };
     let overflow = || Error::Overflow {
-        model: plan.name.clone(),
+        model: plan.name().to_string(),
         what: format!("the operations of {epochs} epochs of {examples} examples at batch {batch}"),
     };
     // Per phase: epochs x (full steps x one step + the last step).

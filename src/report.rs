@@ -215,22 +215,22 @@ impl Report {
         estimated: StepCounts,
     ) -> Report {
         let nodes = plan
-            .nodes
+            .nodes()
             .iter()
             .enumerate()
             .map(|(index, n)| NodeInfo {
                 index,
-                name: n.name.clone(),
-                kind: n.op.kind(),
-                params: n.op.params(),
-                output: n.output.to_string(),
+                name: n.name().to_string(),
+                kind: n.kind(),
+                params: n.params(),
+                output: n.output().to_string(),
             })
             .collect();
         Report {
-            model: plan.name.clone(),
+            model: plan.name().to_string(),
             batch,
             params: plan.params(),
-            loss: plan.loss.name(),
+            loss: plan.loss().name(),
             nodes,
             measured,
             estimated,

@@ -54,7 +54,7 @@ pub fn train<S: Scalar>(
     settings: &Settings,
     mut on_step: impl FnMut(&Progress),
 ) -> Result<Vec<f64>> {
-    let loss_kind = net.plan().loss;
+    let loss_kind = net.plan().loss();
     let lr = crate::data::scalar::<S>(settings.lr);
     let mut rng = Rng::new(settings.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
@@ -109,15 +109,15 @@ impl Evaluation {
 /// accuracy: the class is the largest output, or for a single output, 1 above 0.5.
 pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset) -> Evaluation {
     const CHUNK: usize = 256;
-    let loss_kind = net.plan().loss;
+    let loss_kind = net.plan().loss();
     let order: Vec<usize> = (0..data.len()).collect();
     let mut batch = Batch::default();
     let mut loss_sum = 0.0;
     let mut correct = 0;
     for indices in order.chunks(CHUNK) {
         data.gather(indices, loss_kind, &mut batch);
-        net.forward(&batch.inputs, batch.size);
-        loss_sum += net.loss(&batch).to_f64().unwrap_or(f64::NAN) * indices.len() as f64;
+        let loss = net.forward_loss(&batch);
+        loss_sum += loss.to_f64().unwrap_or(f64::NAN) * indices.len() as f64;
         if let Targets::Classes(classes) = &data.targets {
             let outputs = net.output();
             for (row, &i) in outputs.chunks_exact(data.outputs).zip(indices) {

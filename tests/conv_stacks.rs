@@ -21,13 +21,13 @@ fn measured_equals_closed_form(seed: u64) -> Result<(), String> {
         .plan("stack")
         .map_err(|e| format!("{e}\n{}", stack.text))?;
     let data = Dataset::synthetic(&plan, stack.batch, seed);
-    let measured = measure_step(&model, &plan, &data, stack.batch);
+    let measured = measure_step(&plan, &data, stack.batch);
     let estimated = estimate::step(&plan, stack.batch).map_err(|e| e.to_string())?;
     for ((m, e), node) in measured
         .nodes
         .iter()
         .zip(&estimated.nodes)
-        .zip(plan.nodes.iter())
+        .zip(plan.nodes().iter())
     {
         for phase in [Phase::Forward, Phase::Backward, Phase::Update] {
             m.phase(phase)
@@ -36,7 +36,7 @@ fn measured_equals_closed_form(seed: u64) -> Result<(), String> {
                 .map_err(|mismatch| {
                     format!(
                         "{} {} at batch {}: {mismatch}\n{}",
-                        node.name,
+                        node.name(),
                         phase.name(),
                         stack.batch,
                         stack.text

@@ -43,16 +43,16 @@ fn assert_same(measured: &StepCounts, estimated: &StepCounts, plan: &Plan, batch
             if let Err(mismatch) = m.phase(phase).check(&e.phase(phase)) {
                 panic!(
                     "{} batch {batch}: node {} ({}) {}: {mismatch}",
-                    plan.name,
+                    plan.name(),
                     k,
-                    plan.nodes[k].name,
+                    plan.nodes()[k].name(),
                     phase.name()
                 );
             }
         }
     }
     if let Err(mismatch) = measured.loss.check(&estimated.loss) {
-        panic!("{} batch {batch}: loss: {mismatch}", plan.name);
+        panic!("{} batch {batch}: loss: {mismatch}", plan.name());
     }
 }
 
@@ -60,18 +60,18 @@ fn assert_same(measured: &StepCounts, estimated: &StepCounts, plan: &Plan, batch
 fn every_shipped_model_matches_its_closed_form_at_batch_1_and_7() {
     let mut run = 0;
     for path in shipped_models() {
-        let (model, plan, data) = load(&path);
+        let (_, plan, data) = load(&path);
         for batch in [1, 7] {
             let estimated = estimate::step(&plan, batch).unwrap();
             if estimated.totals().all.total() > RUN_BUDGET {
                 assert!(
-                    TOO_BIG_TO_RUN_HERE.contains(&plan.name.as_str()),
+                    TOO_BIG_TO_RUN_HERE.contains(&plan.name()),
                     "{} is too big to run in tests; list it in TOO_BIG_TO_RUN_HERE",
-                    plan.name
+                    plan.name()
                 );
                 continue;
             }
-            let measured = measure_step(&model, &plan, &data, batch).predictable();
+            let measured = measure_step(&plan, &data, batch).predictable();
             assert_same(&measured, &estimated, &plan, batch);
             assert!(
                 Report::new(&plan, batch, Some(measured), estimated)
@@ -87,10 +87,10 @@ fn every_shipped_model_matches_its_closed_form_at_batch_1_and_7() {
 #[test]
 fn the_classic_question_in_numbers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mlp-30-30-30.ron");
-    let (model, plan, data) = load(&path);
-    let step = measure_step(&model, &plan, &data, 1);
-    let dense: Vec<usize> = (0..plan.nodes.len())
-        .filter(|&k| plan.nodes[k].op.kind() == "dense")
+    let (_, plan, data) = load(&path);
+    let step = measure_step(&plan, &data, 1);
+    let dense: Vec<usize> = (0..plan.nodes().len())
+        .filter(|&k| plan.nodes()[k].kind() == "dense")
         .collect();
     assert_eq!(dense, [0, 2]);
     // 30 x 30 + 30 x 30 = 1,800 multiplications forward, and as many additions: each of the
@@ -119,8 +119,8 @@ fn the_classic_question_in_numbers() {
 #[test]
 fn the_xor_table_is_pinned() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/xor.ron");
-    let (model, plan, data) = load(&path);
-    let measured = measure_step(&model, &plan, &data, 4);
+    let (_, plan, data) = load(&path);
+    let measured = measure_step(&plan, &data, 4);
     let estimated = estimate::step(&plan, 4).unwrap();
     let table = Report::new(&plan, 4, Some(measured), estimated).table();
     // Produced by `opcount count models/xor.ron --batch 4` and checked by hand against
@@ -220,7 +220,7 @@ proptest! {
         let model = Model::parse(&text, "random").unwrap();
         let plan = model.plan("random").unwrap();
         let data = Dataset::synthetic(&plan, batch, 5);
-        let measured = measure_step(&model, &plan, &data, batch).predictable();
+        let measured = measure_step(&plan, &data, batch).predictable();
         let estimated = estimate::step(&plan, batch).unwrap();
         assert_same(&measured, &estimated, &plan, batch);
     }

@@ -44,7 +44,7 @@ fn checked_step(
     data: &Dataset,
     expected: &StepCounts,
 ) -> Option<String> {
-    let (step, around) = tally::measure(|| measure_step(model, plan, data, BATCH));
+    let (step, around) = tally::measure(|| measure_step(plan, data, BATCH));
     if step.predictable() != *expected {
         let got = step.predictable().totals().all.total();
         let want = expected.totals().all.total();
@@ -145,7 +145,7 @@ fn a_watch_callback_doing_counted_arithmetic_is_not_charged_to_the_step() {
     let x = Counted::new(3.0f32);
     let mut calls = 0u128;
     let (step, around) = tally::measure(|| {
-        measure_step_watched(&model, &plan, &data, BATCH, |_: Event| {
+        measure_step_watched(&plan, &data, BATCH, |_: Event| {
             // One counted multiplication per event, on the step's own thread.
             std::hint::black_box(x * x);
             calls += 1;

@@ -358,7 +358,7 @@ impl Affine {
     fn measure(model: &Model, plan: &opcount::Plan) -> Affine {
         let data = Dataset::synthetic(plan, 3, 7);
         let [m1, m2, m3] =
-            [1, 2, 3].map(|b| rows(&measure_step(model, plan, &data, b).predictable()));
+            [1, 2, 3].map(|b| rows(&measure_step(plan, &data, b).predictable()));
         let rows = (0..m1.len())
             .map(|r| {
                 std::array::from_fn(|i| {
@@ -403,12 +403,12 @@ proptest! {
         let model = Model::parse(&text, "wide").unwrap();
         let plan = model.plan("wide").unwrap();
         let affine = Affine::measure(&model, &plan);
-        let nodes = plan.nodes.len();
+        let nodes = plan.nodes().len();
         // Rows 3k, 3k+1, 3k+2: node k forward, backward, update; the last row the loss.
         let phase_of_row = |r: usize| if r == 3 * nodes { 1 } else { [0, 2, 3][r % 3] };
         let operation = |i: usize| Op::ALL[i].is_operation();
         let weighted = |r: usize| {
-            r < 3 * nodes && r % 3 < 2 && matches!(plan.nodes[r / 3].op.kind(), "dense" | "conv2d")
+            r < 3 * nodes && r % 3 < 2 && matches!(plan.nodes()[r / 3].kind(), "dense" | "conv2d")
         };
         let mul = Op::Mul as usize;
 

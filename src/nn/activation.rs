@@ -1,9 +1,169 @@
-//! Activation functions as forward/backward pairs over a batch. Each forward records one
-//! activation call where it computes each output value (docs/counting.md, "Activation
-//! calls"); each backward is computed from the forward's output `y`.
+//! Activation functions: identity, sigmoid, tanh, relu and softmax, each a node of its own.
+//! Their shape rule, closed forms, and forward/backward pairs over a batch. Each forward
+//! records one activation call where it computes each output value (docs/counting.md,
+//! "Activation calls"); each backward is computed from the forward's output `y`.
 
-use crate::model::Activation;
+use serde::{Deserialize, Serialize};
+
+use super::ops::{Kernel, NodeOp, Operation, Workspace};
+use crate::counts::Counts;
+use crate::error::Result;
+use crate::estimate::{At, Q, counts};
+use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
+use crate::shape::Shape;
+
+/// An activation function, as model files name it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Activation {
+    /// `x` unchanged.
+    Identity,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(x, 0)`.
+    Relu,
+    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    Softmax,
+}
+
+impl Activation {
+    /// Every activation, for tests and the fuzz dictionary.
+    pub const ALL: [Activation; 5] = [
+        Activation::Identity,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Relu,
+        Activation::Softmax,
+    ];
+
+    /// Lower-case name, as in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Softmax => "softmax",
+        }
+    }
+}
+
+/// An activation node, resolved: the function and the shape it maps.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Act {
+    /// The function.
+    pub f: Activation,
+    /// The shape of its input and output.
+    pub shape: Shape,
+}
+
+impl Act {
+    /// The shape rule: any shape; softmax only over a flat vector.
+    pub(crate) fn resolve(f: Activation, input: Shape) -> Result<NodeOp, String> {
+        if f == Activation::Softmax && input.as_flat().is_none() {
+            return Err(format!(
+                "softmax expects a flat input, found {input}; add a Flatten layer before it"
+            ));
+        }
+        Ok(NodeOp::Activation(Act { f, shape: input }))
+    }
+
+    pub(crate) fn kernel<S: Scalar>(&self) -> ActKernel {
+        ActKernel(*self)
+    }
+}
+
+impl Operation for Act {
+    fn kind(&self) -> &'static str {
+        self.f.name()
+    }
+
+    fn output(&self) -> Shape {
+        self.shape
+    }
+
+    /// Forward, per value: one activation call plus its arithmetic. Backward (only if the
+    /// input's gradient is needed): the derivative from the output y.
+    fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
+        let w = self.shape.len();
+        Ok(NodeCounts {
+            forward: forward_counts(at, self.f, w, name)?,
+            backward: if grads[0] {
+                backward_counts(at, self.f, w, name)?
+            } else {
+                Counts::ZERO
+            },
+            update: Counts::ZERO,
+        })
+    }
+}
+
+/// B examples of `w` values forward: one call per value, plus its arithmetic.
+fn forward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
+    let what = format!("{name} forward");
+    let b: Q = at.b();
+    let e = b * w; // values
+    match f {
+        // y = z.
+        Activation::Identity => counts! { at, what; act: e },
+        // y = 1 / (1 + exp(-z)).
+        Activation::Sigmoid => counts! { at, what; neg: e, exp: e, add: e, div: e, act: e },
+        // y = tanh(z).
+        Activation::Tanh => counts! { at, what; tanh: e, act: e },
+        // y = max(z, 0).
+        Activation::Relu => counts! { at, what; cmp: e, act: e },
+        // Per example: max of W values (W - 1 cmp), exp(z - max) (W sub, W exp), their sum
+        // (W - 1 add), y = e / sum (W div).
+        Activation::Softmax => counts! { at, what;
+            cmp: b * (w - 1), sub: e, exp: e, add: b * (w - 1), div: e, act: e,
+        },
+    }
+}
+
+/// The gradient through an activation, from its output y: dz = dy * f'(z).
+fn backward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
+    let what = format!("{name} backward");
+    let b: Q = at.b();
+    let e = b * w;
+    match f {
+        // dz = dy.
+        Activation::Identity => Ok(Counts::ZERO),
+        // dz = dy * (y * (1 - y)).
+        Activation::Sigmoid => counts! { at, what; sub: e, mul: e * 2 },
+        // dz = dy * (1 - y * y).
+        Activation::Tanh => counts! { at, what; mul: e * 2, sub: e },
+        // dz = dy if y > 0, else 0.
+        Activation::Relu => counts! { at, what; cmp: e },
+        // Per example: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
+        // (W sub, W mul).
+        Activation::Softmax => counts! { at, what; mul: e * 2, add: b * (w - 1), sub: e },
+    }
+}
+
+pub(crate) struct ActKernel(Act);
+
+impl<S: Scalar> Kernel<S> for ActKernel {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+        forward(self.0.f, x[0], y, self.0.shape.last());
+    }
+
+    fn backward(
+        &mut self,
+        _: &[&[S]],
+        y: &[S],
+        dy: &[S],
+        _: &[&[S]],
+        _: &mut [&mut [S]],
+        dx: &mut [Option<&mut [S]>],
+        _: &mut Workspace<S>,
+    ) {
+        if let Some(dx) = dx[0].as_deref_mut() {
+            backward(self.0.f, y, dy, dx, self.0.shape.last());
+        }
+    }
+}
 
 /// `y = f(z)` for every value; `width` is one example's number of values (softmax works per
 /// example). Counts per value: identity nothing; sigmoid 1 neg, 1 exp, 1 add, 1 div; tanh 1

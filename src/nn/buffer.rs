@@ -65,6 +65,12 @@ impl<S> Buffer<S> {
     }
 }
 
+impl<S> Default for Buffer<S> {
+    fn default() -> Self {
+        Buffer::empty()
+    }
+}
+
 impl<S> Deref for Buffer<S> {
     type Target = [S];
     fn deref(&self) -> &[S] {

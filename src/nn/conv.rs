@@ -1,4 +1,5 @@
-//! A 2-D convolution as matrix products (docs/counting.md, "Conv2d").
+//! Conv2d: a 2-D convolution as matrix products (docs/counting.md, "Conv2d"). Its shape
+//! rule, parameters, closed form, forward and backward.
 //!
 //! Per example, the input is padded with zeros and seen as the matrix of its patches
 //! (`im2col`, never materialised: the product reads it block by block): row `k = (c, i, j)`,
@@ -12,23 +13,34 @@
 
 use rayon::prelude::*;
 
-use super::buffer::Buffer;
-use super::dense::sgd;
+use super::dense::check_size;
 use super::gemm::{Operand, Start, Strided, gemm};
+use super::ops::{Kernel, Operation, ParamSpec, Workspace};
 use crate::counts::Counts;
+use crate::error::Result;
+use crate::estimate::{At, Q, counts, q, when};
+use crate::model::MAX_DIM;
+use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
+use crate::shape::Shape;
 use crate::tally;
 
 /// Geometry of a convolution.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Geometry {
+pub struct Geometry {
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels (filters).
     pub out_channels: usize,
+    /// Kernel height and width.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
+    /// Zeros on every side of the input.
     pub padding: usize,
-    /// Input height and width.
+    /// Input height.
     pub height: usize,
+    /// Input width.
     pub width: usize,
 }
 
@@ -64,62 +76,248 @@ impl Geometry {
     fn input_len(&self) -> usize {
         self.in_channels * self.height * self.width
     }
+
+    fn padded_len(&self) -> usize {
+        let (hp, wp) = self.padded();
+        self.in_channels * hp * wp
+    }
 }
 
-/// Parameters, gradients and scratch space of a convolution.
-#[derive(Clone, Debug)]
-pub(crate) struct Conv<S> {
+/// A 2-D convolution, resolved.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Its geometry.
     pub geometry: Geometry,
-    /// `out_channels x K`, K = `(c, i, j)` in that order (PyTorch's layout).
-    pub w: Buffer<S>,
-    /// `out_channels` biases, or empty.
-    pub b: Buffer<S>,
-    pub dw: Buffer<S>,
-    pub db: Buffer<S>,
-    /// One example's padded input.
-    padded: Buffer<S>,
+    /// Whether each output starts from a bias.
+    pub bias: bool,
 }
 
-impl<S: Scalar> Conv<S> {
-    pub fn new(geometry: Geometry, w: Buffer<S>, b: &[S]) -> Conv<S> {
-        let (hp, wp) = geometry.padded();
-        Conv {
-            geometry,
-            dw: Buffer::filled(w.len(), S::zero()),
-            w,
-            b: Buffer::from_slice(b),
-            db: Buffer::filled(b.len(), S::zero()),
-            padded: Buffer::filled(geometry.in_channels * hp * wp, S::zero()),
+impl Conv2d {
+    /// The shape rule: a `channels x height x width` input the kernel fits once padded;
+    /// every buffer the kernels need must have a size that fits in memory's numbers.
+    pub(crate) fn resolve(
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        input: Shape,
+    ) -> Result<Conv2d, String> {
+        let Some((c, h, w)) = input.as_image() else {
+            return Err(format!(
+                "conv2d expects a channels x height x width input, found {input}"
+            ));
+        };
+        check_size("out_channels", out_channels)?;
+        check_size("kernel", kernel)?;
+        check_size("stride", stride)?;
+        if padding > MAX_DIM {
+            return Err(format!("padding: expected at most {MAX_DIM}, found {padding}"));
+        }
+        let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+        if kernel > ph || kernel > pw {
+            return Err(format!(
+                "kernel {kernel}x{kernel} is larger than its padded input {ph}x{pw} \
+                 ({h}x{w} with padding {padding})"
+            ));
+        }
+        let geometry = Geometry {
+            in_channels: c,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            height: h,
+            width: w,
+        };
+        let (ho, wo) = geometry.output();
+        let output = Shape::image(out_channels, ho, wo);
+        output
+            .checked_len()
+            .ok_or_else(|| format!("output {output} is too large"))?;
+        // The padded input and the patch matrix are buffers of their own.
+        let padded = Shape::image(c, ph, pw);
+        padded
+            .checked_len()
+            .ok_or_else(|| format!("padded input {padded} is too large"))?;
+        [c, kernel, kernel, ho * wo]
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .ok_or_else(|| "too many patches".to_string())?;
+        [c, kernel, kernel]
+            .iter()
+            .try_fold(out_channels, |a, &b| a.checked_mul(b))
+            .ok_or_else(|| "too many weights".to_string())?;
+        Ok(Conv2d { geometry, bias })
+    }
+
+    pub(crate) fn kernel<S: Scalar>(&self) -> ConvKernel {
+        ConvKernel(*self)
+    }
+}
+
+impl Operation for Conv2d {
+    fn kind(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn output(&self) -> Shape {
+        let (ho, wo) = self.geometry.output();
+        Shape::image(self.geometry.out_channels, ho, wo)
+    }
+
+    /// Weights `out x in x kernel x kernel` (PyTorch's layout), then `out` biases.
+    fn params(&self) -> Vec<ParamSpec> {
+        let g = self.geometry;
+        let area = g.kernel * g.kernel;
+        let mut specs = vec![ParamSpec {
+            len: g.out_channels * g.patch(),
+            fans: Some((g.in_channels * area, g.out_channels * area)),
+        }];
+        if self.bias {
+            specs.push(ParamSpec {
+                len: g.out_channels,
+                fans: None,
+            });
+        }
+        specs
+    }
+
+    fn explain_param(&self, index: usize) -> String {
+        let g = self.geometry;
+        match index {
+            0 => format!(
+                "{} out x {} in x {} x {}",
+                g.out_channels, g.in_channels, g.kernel, g.kernel
+            ),
+            _ => format!("{} out channels", g.out_channels),
         }
     }
 
+    /// The padded input and, backward, the patch gradients.
+    fn workspace(&self) -> usize {
+        let g = self.geometry;
+        g.padded_len() + g.patch() * g.positions()
+    }
+
+    fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
+        let g = self.geometry;
+        let (b, dx, bias) = (at.b(), grads[0], self.bias);
+        let (c_in, c_out) = (g.in_channels, g.out_channels);
+        let (ho, wo) = g.output();
+        let patch = g.patch(); // K: products per output value
+        let positions = q(ho) * wo; // P: output values per channel
+        // Forward, per example, output channel and position: K products summed onto the
+        // bias (K adds), or from the first product (K - 1 adds).
+        let forward = counts! { at, format!("{name} forward");
+            mul: b * positions * c_out * patch,
+            add: if bias {
+                b * positions * c_out * patch
+            } else {
+                b * positions * c_out * (patch - 1)
+            },
+        }?;
+        // Backward: dW[o][k] sums B*P products (B*P - 1 adds) for C_out*K weights;
+        // db[o] sums B*P values; the input gradient multiplies W^T (K x C_out) by dout
+        // (C_out x P) per example (C_out products, C_out - 1 adds, for K*P patch values),
+        // then adds each patch value that lies inside the input onto its position:
+        // per example and input channel, one add per contribution less one per position
+        // reached.
+        let all = b * positions;
+        let (rows, cols) = (
+            reach(g.height, ho, g.kernel, g.stride, g.padding),
+            reach(g.width, wo, g.kernel, g.stride, g.padding),
+        );
+        let contributions = Q(Some(rows.0)) * Q(Some(cols.0));
+        let reached = Q(Some(rows.1)) * Q(Some(cols.1));
+        let backward = counts! { at, format!("{name} backward");
+            mul: all * c_out * patch + when(dx, b * patch * positions * c_out),
+            add: (all - 1) * c_out * patch
+                + when(bias, (all - 1) * c_out)
+                + when(dx, b * patch * positions * (c_out - 1))
+                + when(dx, b * c_in * (contributions - reached)),
+        }?;
+        let params = q(c_out) * patch + when(bias, q(c_out));
+        let update = counts! { at, format!("{name} update"); mul: params, sub: params }?;
+        Ok(NodeCounts {
+            forward,
+            backward,
+            update,
+        })
+    }
+}
+
+/// Along one axis of a convolution's input (`size` long, `out` windows of `kernel` cells,
+/// `stride` apart, the first starting `padding` cells before the input): how many window
+/// cells lie inside the input (the (position, offset) pairs whose gradient `col2im` adds),
+/// and how many input cells at least one window covers.
+///
+/// Derived from the windows, not from any loop of the kernel: every window has `kernel`
+/// cells, less what sticks out past either edge. The windows stick out past the start by
+/// `padding`, `padding - stride`, ... cells, and past the end, counting back from the last
+/// window, by `(out - 1) * stride + kernel - padding - size`, then `stride` less each window
+/// (see [`overhang`]). A window that sticks out on both sides covers the whole input, and
+/// the two overhangs then add up to exactly `kernel - size`. Windows that overlap or touch
+/// (`stride < kernel`) cover one unbroken run; windows that do not cover their own cells.
+/// The unit tests check both numbers against brute-force enumeration.
+fn reach(size: usize, out: usize, kernel: usize, stride: usize, padding: usize) -> (u128, u128) {
+    let [size, out, kernel, stride, padding] =
+        [size, out, kernel, stride, padding].map(|n| n as u128);
+    let last_end = (out - 1) * stride + kernel; // where the last window ends, padded
+    let before = overhang(out, padding, stride, kernel);
+    let after = overhang(out, last_end.saturating_sub(padding + size), stride, kernel);
+    let inside = out * kernel - before - after;
+    let covered = if stride >= kernel {
+        inside
+    } else {
+        size.min(last_end.saturating_sub(padding))
+    };
+    (inside, covered)
+}
+
+/// Of `n` windows of `kernel` cells, the first sticking out `first` cells past an edge and each
+/// next one `stride` cells less, how many cells stick out in all: the sum over windows of
+/// `min(kernel, max(0, first - y * stride))`. Windows entirely outside are counted whole;
+/// at most `kernel / stride + 1` are partly outside.
+fn overhang(n: u128, first: u128, stride: u128, kernel: u128) -> u128 {
+    let whole = if first >= kernel {
+        n.min((first - kernel) / stride + 1)
+    } else {
+        0
+    };
+    let partial: u128 = (whole..n)
+        .map(|y| first.saturating_sub(y * stride))
+        .take_while(|&cells| cells > 0)
+        .sum();
+    whole * kernel + partial
+}
+
+/// The kernels of a convolution; the padded input and the patch gradients live in the
+/// shared workspace.
+pub(crate) struct ConvKernel(Conv2d);
+
+impl<S: Scalar> Kernel<S> for ConvKernel {
     /// `out[o][p] = b[o] + sum_k W[o][k] patches[k][p]` for every example: per output value K
     /// mul and K add (K - 1 add without bias).
-    ///
-    /// # Shapes
-    /// `x`: batch x C_in x H x W, `out`: batch x C_out x H_out x W_out.
-    pub fn forward(&mut self, x: &[S], out: &mut [S]) {
-        let g = self.geometry;
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], out: &mut [S], ws: &mut Workspace<S>) {
+        let g = self.0.geometry;
         let (k, p) = (g.patch(), g.positions());
-        let start = if self.b.is_empty() {
-            Start::FirstProduct
-        } else {
-            Start::RowBias(&self.b)
+        let start = match params.get(1) {
+            Some(b) => Start::RowBias(b),
+            None => Start::FirstProduct,
         };
         let weights = Strided {
-            data: &self.w,
+            data: params[0],
             row_stride: k,
             col_stride: 1,
         };
-        for (xe, oute) in x
+        let padded = prepare(&g, &mut ws.values, 0);
+        for (xe, oute) in x[0]
             .chunks_exact(g.input_len())
             .zip(out.chunks_exact_mut(g.out_channels * p))
         {
-            pad(&g, xe, &mut self.padded);
-            let patches = Patches {
-                image: &self.padded,
-                g,
-            };
+            pad(&g, xe, padded);
+            let patches = Patches { image: padded, g };
             gemm((g.out_channels, p, k), &weights, &patches, start, oute);
         }
     }
@@ -128,57 +326,49 @@ impl<S: Scalar> Conv<S> {
     /// - `dW[o][k] = sum over examples and positions of dout[o][p] patches[k][p]`: B*P*C_out*K
     ///   mul, (B*P - 1)*C_out*K add;
     /// - `db[o] = sum over examples and positions of dout[o][p]`: (B*P - 1)*C_out add;
-    /// - if `dx` is given: `dpatches = W^T dout` (B*K*P*C_out mul, B*K*P*(C_out - 1) add), then
-    ///   `col2im`: one add per patch entry inside the input, less one per input position
+    /// - if `dx` is wanted: `dpatches = W^T dout` (B*K*P*C_out mul, B*K*P*(C_out - 1) add),
+    ///   then `col2im`: one add per patch entry inside the input, less one per input position
     ///   reached.
-    ///
-    /// `scratch` is reused between calls for the patch gradients.
-    ///
-    /// # Shapes
-    /// `x`, `dx`: batch x C_in x H x W; `dout`: batch x C_out x H_out x W_out.
-    pub fn backward(
+    fn backward(
         &mut self,
-        x: &[S],
+        x: &[&[S]],
+        _: &[S],
         dout: &[S],
-        mut dx: Option<&mut [S]>,
-        scratch: &mut Vec<S>,
-        touched: &mut Vec<bool>,
+        params: &[&[S]],
+        dparams: &mut [&mut [S]],
+        dx: &mut [Option<&mut [S]>],
+        ws: &mut Workspace<S>,
     ) {
-        let g = self.geometry;
+        let g = self.0.geometry;
         let (k, p) = (g.patch(), g.positions());
-        let examples = x
+        let padded_len = g.padded_len();
+        prepare(&g, &mut ws.values, k * p);
+        let (padded, dpatches) = ws.values.split_at_mut(padded_len);
+        let dpatches = &mut dpatches[..k * p];
+        let (dw, db) = dparams.split_at_mut(1);
+        let examples = x[0]
             .chunks_exact(g.input_len())
             .zip(dout.chunks_exact(g.out_channels * p));
         for (e, (xe, doute)) in examples.enumerate() {
-            pad(&g, xe, &mut self.padded);
+            pad(&g, xe, padded);
             let dout_e = Strided {
                 data: doute,
                 row_stride: p,
                 col_stride: 1,
             };
-            let patches_t = PatchesT(Patches {
-                image: &self.padded,
-                g,
-            });
+            let patches_t = PatchesT(Patches { image: padded, g });
             let start = if e == 0 {
                 Start::FirstProduct
             } else {
                 Start::Existing
             };
-            gemm(
-                (g.out_channels, k, p),
-                &dout_e,
-                &patches_t,
-                start,
-                &mut self.dw,
-            );
-            if !self.db.is_empty() {
-                row_sums(doute, p, &mut self.db, e == 0);
+            gemm((g.out_channels, k, p), &dout_e, &patches_t, start, dw[0]);
+            if let Some(db) = db.first_mut() {
+                row_sums(doute, p, db, e == 0);
             }
-            if let Some(dx) = dx.as_deref_mut() {
-                scratch.resize(k * p, S::zero());
+            if let Some(dx) = dx[0].as_deref_mut() {
                 let w_t = Strided {
-                    data: &self.w,
+                    data: params[0],
                     row_stride: 1,
                     col_stride: k,
                 };
@@ -187,19 +377,28 @@ impl<S: Scalar> Conv<S> {
                     &w_t,
                     &dout_e,
                     Start::FirstProduct,
-                    scratch,
+                    dpatches,
                 );
                 let dxe = &mut dx[e * g.input_len()..(e + 1) * g.input_len()];
-                col2im(&g, scratch, dxe, touched);
+                col2im(&g, dpatches, dxe, &mut ws.flags);
             }
         }
     }
+}
 
-    /// `p -= lr * dp` for every weight and bias.
-    pub fn update(&mut self, lr: S) {
-        sgd(&mut self.w, &self.dw, lr);
-        sgd(&mut self.b, &self.db, lr);
+/// Sizes the workspace for this convolution (its padded input, whose border must be zero,
+/// then `extra` values) and returns the padded input.
+fn prepare<'a, S: Scalar>(g: &Geometry, values: &'a mut Vec<S>, extra: usize) -> &'a mut [S] {
+    let padded_len = g.padded_len();
+    if values.len() < padded_len + extra {
+        values.resize(padded_len + extra, S::zero());
     }
+    // Another node may have left values here: the border must be zeros.
+    let padded = &mut values[..padded_len];
+    if g.padding > 0 {
+        padded.fill(S::zero());
+    }
+    padded
 }
 
 /// Copies one example into the middle of the padded buffer, whose border stays zero.
@@ -349,6 +548,47 @@ fn col2im_channel<S: Scalar>(g: &Geometry, rows: &[S], dx: &mut [S], seen: &mut 
                 } else {
                     *d = v;
                     *seen = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `reach` against enumeration: every (window, cell) pair of one axis, and the input
+    /// cells they land on.
+    #[test]
+    fn reach_matches_brute_force() {
+        for size in 1..12usize {
+            for kernel in 1..7 {
+                for stride in 1..5 {
+                    for padding in 0..5 {
+                        let padded = size + 2 * padding;
+                        if padded < kernel {
+                            continue;
+                        }
+                        let out = (padded - kernel) / stride + 1;
+                        let mut inside = 0u128;
+                        let mut covered = vec![false; size];
+                        for y in 0..out {
+                            for i in 0..kernel {
+                                let at = (y * stride + i) as i64 - padding as i64;
+                                if (0..size as i64).contains(&at) {
+                                    inside += 1;
+                                    covered[at as usize] = true;
+                                }
+                            }
+                        }
+                        let covered = covered.iter().filter(|&&c| c).count() as u128;
+                        assert_eq!(
+                            reach(size, out, kernel, stride, padding),
+                            (inside, covered),
+                            "size {size} kernel {kernel} stride {stride} padding {padding}"
+                        );
+                    }
                 }
             }
         }

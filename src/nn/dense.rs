@@ -1,71 +1,170 @@
-//! A fully connected layer: `z_j = b_j + sum_i x_i W_ij`, its gradients and its update.
+//! Dense: a fully connected layer, `z_j = b_j + sum_i x_i W_ij`. Its shape rule,
+//! parameters, closed form, forward and backward.
 //!
 //! Weights are stored input-major, `w[i * units + j]`, so the inner loops of forward and of
 //! the weight gradient run over contiguous outputs `j` and vectorize without reordering any
 //! sum. Every sum is accumulated in ascending order of its index, starting from the bias or
 //! the first product (docs/counting.md: a sum of k terms costs k-1 adds).
 
-use super::buffer::Buffer;
+use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use crate::error::Result;
+use crate::estimate::{At, Q, counts, q, when};
+use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
+use crate::shape::Shape;
 
-/// Parameters and gradients of a dense layer of `inputs` (N) to `units` (M).
-#[derive(Clone, Debug)]
-pub(crate) struct Dense<S> {
+/// A dense layer of `inputs` (N) to `units` (M), resolved.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Dense {
+    /// N, values per example in.
     pub inputs: usize,
+    /// M, values per example out.
     pub units: usize,
-    /// `inputs x units`, input-major.
-    pub w: Buffer<S>,
-    /// `units` biases, or empty for a layer without bias.
-    pub b: Buffer<S>,
-    pub dw: Buffer<S>,
-    pub db: Buffer<S>,
+    /// Whether each sum starts from a bias.
+    pub bias: bool,
 }
 
-impl<S: Scalar> Dense<S> {
-    /// A layer with the given weights (input-major) and biases (empty for none).
-    pub fn new(inputs: usize, units: usize, w: Buffer<S>, b: &[S]) -> Dense<S> {
-        debug_assert_eq!(w.len(), inputs * units);
-        Dense {
+impl Dense {
+    /// The shape rule: a flat input of N values.
+    pub(crate) fn resolve(units: usize, bias: bool, input: Shape) -> Result<Dense, String> {
+        let Some(inputs) = input.as_flat() else {
+            return Err(format!(
+                "dense expects a flat input, found {input}; add a Flatten layer before it"
+            ));
+        };
+        check_size("units", units)?;
+        inputs
+            .checked_mul(units)
+            .ok_or_else(|| format!("{units} units x {inputs} inputs is too many weights"))?;
+        Ok(Dense {
             inputs,
             units,
-            dw: Buffer::filled(w.len(), S::zero()),
-            w,
-            b: Buffer::from_slice(b),
-            db: Buffer::filled(b.len(), S::zero()),
+            bias,
+        })
+    }
+
+    pub(crate) fn kernel<S: Scalar>(&self) -> DenseKernel {
+        DenseKernel(*self)
+    }
+}
+
+impl Operation for Dense {
+    fn kind(&self) -> &'static str {
+        "dense"
+    }
+
+    fn output(&self) -> Shape {
+        Shape::flat(self.units)
+    }
+
+    /// Weights `inputs x units` (stored input-major), then `units` biases.
+    fn params(&self) -> Vec<ParamSpec> {
+        let (n, m) = (self.inputs, self.units);
+        let mut specs = vec![ParamSpec {
+            len: n * m,
+            fans: Some((n, m)),
+        }];
+        if self.bias {
+            specs.push(ParamSpec { len: m, fans: None });
+        }
+        specs
+    }
+
+    /// Model files give weights neuron-major (`[unit][input]`, PyTorch's order).
+    fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        let (n, m) = (self.inputs, self.units);
+        match index {
+            0 => (0..n * m).map(|at| values[(at % m) * n + at / m]).collect(),
+            _ => values.to_vec(),
         }
     }
 
+    fn explain_param(&self, index: usize) -> String {
+        match index {
+            0 => format!("{} units x {} inputs", self.units, self.inputs),
+            _ => format!("{} units", self.units),
+        }
+    }
+
+    fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        let (n, m) = (self.inputs, self.units);
+        match index {
+            0 => (0..n * m).map(|at| values[(at % n) * m + at / n]).collect(),
+            _ => values.to_vec(),
+        }
+    }
+
+    fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
+        let (b, n, m, bias) = (at.b(), self.inputs, self.units, self.bias);
+        let dx = grads[0];
+        // Forward, per example and unit: z_j = b_j + sum_i x_i W_ij, N products summed
+        // from the bias (N adds), or from the first product without bias (N - 1 adds).
+        let forward = counts! { at, format!("{name} forward");
+            mul: b * n * m,
+            add: if bias { b * n * m } else { b * (n - 1) * m },
+        }?;
+        // Backward: dW_ij = sum_e x_ei dz_ej (B products, B - 1 adds, for N*M weights);
+        // db_j = sum_e dz_ej (B - 1 adds, for M biases); dx_ei = sum_j W_ij dz_ej
+        // (M products, M - 1 adds, for B*N inputs) only if an earlier node learns.
+        let backward = counts! { at, format!("{name} backward");
+            mul: b * n * m + when(dx, b * n * m),
+            add: (b - 1) * n * m + when(bias, (b - 1) * m) + when(dx, b * n * (m - 1)),
+        }?;
+        // Update: p -= lr * dp, one mul and one sub per parameter.
+        let params: Q = q(n) * m + when(bias, q(m));
+        let update = counts! { at, format!("{name} update"); mul: params, sub: params }?;
+        Ok(NodeCounts {
+            forward,
+            backward,
+            update,
+        })
+    }
+}
+
+/// Sizes between 1 and [`MAX_DIM`](crate::model::MAX_DIM).
+pub(crate) fn check_size(what: &str, n: usize) -> Result<(), String> {
+    let max = crate::model::MAX_DIM;
+    if n == 0 || n > max {
+        Err(format!("{what}: expected between 1 and {max}, found {n}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The kernels of a dense layer; it keeps no state.
+pub(crate) struct DenseKernel(Dense);
+
+impl<S: Scalar> Kernel<S> for DenseKernel {
     /// `z[e][j] = b[j] + sum_i x[e][i] * w[i][j]`: per example N*M mul and N*M add (N*M - M
     /// add without bias).
-    ///
-    /// # Shapes
-    /// `x`: batch x N, `z`: batch x M.
-    pub fn forward(&self, x: &[S], z: &mut [S]) {
-        forward(&self.w, &self.b, x, z, self.inputs, self.units);
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], z: &mut [S], _: &mut Workspace<S>) {
+        let b = params.get(1).copied().unwrap_or(&[]);
+        forward(params[0], b, x[0], z, self.0.inputs, self.0.units);
     }
 
     /// Gradients from `dz` = dL/dz:
     /// - `dw[i][j] = sum_e x[e][i] * dz[e][j]`: B*N*M mul, (B-1)*N*M add;
     /// - `db[j] = sum_e dz[e][j]`: (B-1)*M add;
-    /// - if `dx` is given, `dx[e][i] = sum_j w[i][j] * dz[e][j]`: B*N*M mul, B*N*(M-1) add.
-    ///
-    /// # Shapes
-    /// `x`: batch x N, `dz`: batch x M, `dx`: batch x N.
-    pub fn backward(&mut self, x: &[S], dz: &[S], dx: Option<&mut [S]>) {
-        let (n, m) = (self.inputs, self.units);
-        weight_grads(x, dz, &mut self.dw, n, m);
-        if !self.db.is_empty() {
-            bias_grads(dz, &mut self.db);
+    /// - if `dx` is wanted, `dx[e][i] = sum_j w[i][j] * dz[e][j]`: B*N*M mul, B*N*(M-1) add.
+    fn backward(
+        &mut self,
+        x: &[&[S]],
+        _: &[S],
+        dz: &[S],
+        params: &[&[S]],
+        dparams: &mut [&mut [S]],
+        dx: &mut [Option<&mut [S]>],
+        _: &mut Workspace<S>,
+    ) {
+        let (n, m) = (self.0.inputs, self.0.units);
+        let (dw, db) = dparams.split_at_mut(1);
+        weight_grads(x[0], dz, dw[0], n, m);
+        if let Some(db) = db.first_mut() {
+            bias_grads(dz, db);
         }
-        if let Some(dx) = dx {
-            input_grads(&self.w, dz, dx, n, m);
+        if let Some(dx) = dx[0].as_deref_mut() {
+            input_grads(params[0], dz, dx, n, m);
         }
-    }
-
-    /// `p -= lr * dp` for every weight and bias: one mul and one sub each.
-    pub fn update(&mut self, lr: S) {
-        sgd(&mut self.w, &self.dw, lr);
-        sgd(&mut self.b, &self.db, lr);
     }
 }
 
@@ -188,38 +287,31 @@ fn dot<S: Scalar>(a: &[S], b: &[S]) -> S {
     acc
 }
 
-/// `p -= lr * g`, element by element.
-#[inline(never)]
-pub(crate) fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
-    for (p, &g) in params.iter_mut().zip(grads) {
-        *p -= lr * g;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Counted, Counts, tally};
 
-    fn layer(n: usize, m: usize, bias: bool) -> Dense<Counted<f64>> {
-        let w: Vec<_> = (0..n * m)
+    /// Weights 0.1k - 0.3 (input-major), biases k.
+    fn layer(n: usize, m: usize, bias: bool) -> (Vec<Counted<f64>>, Vec<Counted<f64>>) {
+        let w = (0..n * m)
             .map(|k| Counted::new(k as f64 * 0.1 - 0.3))
             .collect();
-        let b: Vec<_> = if bias {
+        let b = if bias {
             (0..m).map(|k| Counted::new(k as f64)).collect()
         } else {
             Vec::new()
         };
-        Dense::new(n, m, Buffer::from_slice(&w), &b)
+        (w, b)
     }
 
     #[test]
     fn forward_is_the_weighted_sum_from_the_bias() {
         // 2 inputs, 3 units: z_j = b_j + x0 w0j + x1 w1j, weights 0.1k - 0.3.
-        let d = layer(2, 3, true);
+        let (w, b) = layer(2, 3, true);
         let x = Counted::vec(&[1.0, 2.0]);
         let mut z = vec![Counted::new(0.0); 3];
-        let (_, counts) = tally::measure(|| d.forward(&x, &mut z));
+        let (_, counts) = tally::measure(|| forward(&w, &b, &x, &mut z, 2, 3));
         let expected = [
             0.0 + 1.0 * -0.3 + 2.0 * (3.0 * 0.1 - 0.3),
             1.0 + 1.0 * (0.1 - 0.3) + 2.0 * (4.0 * 0.1 - 0.3),
@@ -237,14 +329,28 @@ mod tests {
 
     #[test]
     fn without_bias_a_sum_of_n_products_costs_n_minus_one_adds() {
-        let d = layer(4, 5, false);
+        let (w, b) = layer(4, 5, false);
         let x = Counted::vec(&[1.0; 8]);
         let mut z = vec![Counted::new(0.0); 10];
-        let (_, counts) = tally::measure(|| d.forward(&x, &mut z));
+        let (_, counts) = tally::measure(|| forward(&w, &b, &x, &mut z, 4, 5));
         counts.assert_eq(&Counts {
             mul: 2 * 4 * 5,
             add: 2 * 3 * 5,
             ..Counts::ZERO
         });
+    }
+
+    #[test]
+    fn file_order_round_trips() {
+        let d = Dense {
+            inputs: 3,
+            units: 2,
+            bias: true,
+        };
+        let file: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let stored = d.from_file(0, &file);
+        // Unit 0's weights are 0, 1, 2; stored input-major: w[i][j] at i * 2 + j.
+        assert_eq!(stored, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(d.to_file(0, &stored), file);
     }
 }

@@ -6,27 +6,29 @@
 //! Memory is the parameters, their gradients, and one activation and one gradient buffer per
 //! node boundary for the current batch: no per-scalar tape.
 
-mod activation;
+pub(crate) mod activation;
+mod add;
 mod buffer;
-mod conv;
-mod dense;
+pub(crate) mod conv;
+pub(crate) mod dense;
+pub(crate) mod flatten;
 mod gemm;
 mod loss;
-mod pool;
+pub(crate) mod ops;
+pub(crate) mod pool;
 
 use crate::CountedZeros;
 use crate::counts::Counts;
 use crate::data::{Batch, Dataset, scalar};
-use crate::model::{Activation, Init, Layer, Loss, Model, NodeOp, Plan, Shape};
+use crate::error::{Error, Result};
+use crate::model::{Init, Layer, Loss, Model, Plan};
 use crate::phases::{NodeCounts, Phase, StepCounts};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
 use crate::tally;
 
 use buffer::Buffer;
-use conv::{Conv, Geometry};
-use dense::Dense;
-use pool::Window;
+use ops::{Kernel, MAX_INPUTS, MAX_PARAMS, Workspace};
 
 /// What a watched step reports: a phase starting (`node` is `None`), or a node finishing its
 /// part of a phase (the loss is node 0 of [`Phase::Loss`]).
@@ -51,140 +53,101 @@ impl Event {
     }
 }
 
-/// A node's runtime state: parameters for the layers that have them.
-#[derive(Clone, Debug)]
-enum State<S> {
-    Dense(Dense<S>),
-    Conv(Conv<S>),
-    /// Max pooling remembers where each window's maximum was.
-    MaxPool(Window, Vec<usize>),
-    AvgPool(Window),
-    Flatten,
-    Activation(Activation),
+/// Where a network is in a step, so that the passes run in order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// No forward pass yet (or the buffers were just resized).
+    Fresh,
+    /// The forward pass ran; the loss may follow.
+    Forward,
+    /// The loss set the output's gradient; the backward pass may follow.
+    Loss,
 }
 
-/// A network ready to run, with numbers of type `S`.
-#[derive(Clone, Debug)]
-pub struct Network<S> {
+/// A network ready to run, with numbers of type `S`: the kernels of every node of a plan,
+/// its parameters, and a buffer for every value and its gradient.
+///
+/// ```
+/// use opcount::{Model, Network};
+///
+/// let model = Model::parse(
+///     "(name: \"tiny\", input: [2], loss: Mse, layers: [Dense(units: 1, activation: Tanh)])",
+///     "tiny.ron",
+/// )?;
+/// let mut net = Network::<f64>::new(&model.plan("tiny.ron")?);
+/// let out = net.forward(&[0.5, -1.0, 2.0, 0.0], 2); // two examples of two values
+/// assert_eq!(out.len(), 2);
+/// # Ok::<(), opcount::Error>(())
+/// ```
+pub struct Network<S: Scalar> {
     plan: Plan,
-    states: Vec<State<S>>,
-    /// `acts[k]` is node k's input for the current batch; the last is the network's output.
-    acts: Vec<Buffer<S>>,
-    /// `grads[k]` is dL/d`acts[k]` (left empty where nothing needs it).
+    kernels: Vec<Box<dyn Kernel<S>>>,
+    /// Parameter tensors in storage order, and their gradients from the last backward pass.
+    params: Vec<Buffer<S>>,
+    param_grads: Vec<Buffer<S>>,
+    /// `values[0]` is the batch's input, `values[k + 1]` node k's output.
+    values: Vec<Buffer<S>>,
+    /// `grads[v]` is dL/d`values[v]` (left empty where nothing needs it).
     grads: Vec<Buffer<S>>,
+    /// Where a node writes a gradient that it then adds onto one already there: one buffer
+    /// per input, one per parameter.
+    scratch: [Buffer<S>; MAX_INPUTS],
+    param_scratch: [Buffer<S>; MAX_PARAMS],
+    workspace: Workspace<S>,
     batch: usize,
+    stage: Stage,
     marks: Marks,
-    /// Scratch space shared by the nodes' backward passes (a convolution's patch
-    /// gradients and which input positions they reached).
-    scratch: Vec<S>,
-    touched: Vec<bool>,
 }
 
 impl<S: Scalar> Network<S> {
     /// Builds the network of a validated plan, with the model's inline parameters or its
     /// seeded initialisation.
-    pub fn new(model: &Model, plan: &Plan) -> Network<S> {
-        let mut rng = Rng::new(match model.init {
+    pub fn new(plan: &Plan) -> Network<S> {
+        let mut rng = Rng::new(match plan.init() {
             Init::Xavier { seed } | Init::He { seed } => seed,
         });
-        let states = plan
-            .nodes
+        // Random weights are drawn tensor by tensor in storage order.
+        let params: Vec<Buffer<S>> = plan
+            .param_tensors()
             .iter()
-            .map(|node| {
-                let (weights, biases) = match &model.layers[node.layer] {
-                    Layer::Dense {
-                        weights, biases, ..
-                    }
-                    | Layer::Conv2d {
-                        weights, biases, ..
-                    } => (weights.as_deref(), biases.as_deref()),
-                    _ => (None, None),
-                };
-                // Random weights are drawn in the layer's storage order; inline weights come
-                // in PyTorch's order (dense `[unit][input]`, conv `[out][in][i][j]`).
-                let init = model.init;
-                let mut draw = |count: usize, fan_in: usize, fan_out: usize| {
-                    let bound = init_bound(init, fan_in, fan_out);
-                    Buffer::from_iter((0..count).map(|_| scalar::<S>(rng.symmetric(bound))))
-                };
-                let biases = |bias: bool, n: usize| -> Vec<S> {
-                    match (bias, biases) {
-                        (false, _) => Vec::new(),
-                        (true, Some(b)) => b.iter().map(|&v| scalar(v)).collect(),
-                        (true, None) => vec![S::zero(); n],
-                    }
-                };
-                match node.op {
-                    NodeOp::Dense {
-                        inputs,
-                        units,
-                        bias,
-                    } => {
-                        let b = biases(bias, units);
-                        State::Dense(match weights {
-                            // The layer keeps its weights input-major: `w[i][j]`.
-                            Some(w) => Dense::new(
-                                inputs,
-                                units,
-                                Buffer::from_iter(
-                                    (0..inputs * units)
-                                        .map(|at| scalar(w[(at % units) * inputs + at / units])),
-                                ),
-                                &b,
-                            ),
-                            None => {
-                                Dense::new(inputs, units, draw(inputs * units, inputs, units), &b)
-                            }
-                        })
-                    }
-                    NodeOp::Conv2d {
-                        in_channels,
-                        out_channels,
-                        kernel,
-                        stride,
-                        padding,
-                        bias,
-                    } => {
-                        let Shape::Image { h, w, .. } = node.input else {
-                            unreachable!("the plan gives a convolution an image input")
-                        };
-                        let area = kernel * kernel;
-                        let count = out_channels * in_channels * area;
-                        let weights = match weights {
-                            Some(w) => Buffer::from_iter(w.iter().map(|&v| scalar(v))),
-                            None => draw(count, in_channels * area, out_channels * area),
-                        };
-                        let geometry = Geometry {
-                            in_channels,
-                            out_channels,
-                            kernel,
-                            stride,
-                            padding,
-                            height: h,
-                            width: w,
-                        };
-                        State::Conv(Conv::new(geometry, weights, &biases(bias, out_channels)))
-                    }
-                    NodeOp::MaxPool2d { size, stride } => {
-                        State::MaxPool(window(node.input, size, stride), Vec::new())
-                    }
-                    NodeOp::AvgPool2d { size, stride } => {
-                        State::AvgPool(window(node.input, size, stride))
-                    }
-                    NodeOp::Flatten => State::Flatten,
-                    NodeOp::Activation(a) => State::Activation(a),
+            .map(|p| match (&p.inline, p.spec.fans) {
+                (Some(values), _) => Buffer::from_iter(values.iter().map(|&v| scalar::<S>(v))),
+                (None, Some((fan_in, fan_out))) => {
+                    let bound = init_bound(plan.init(), fan_in, fan_out);
+                    Buffer::from_iter((0..p.spec.len).map(|_| scalar::<S>(rng.symmetric(bound))))
                 }
+                (None, None) => Buffer::filled(p.spec.len, S::zero()),
             })
             .collect();
+        let param_grads = params
+            .iter()
+            .map(|p| Buffer::filled(p.len(), S::zero()))
+            .collect();
+        let workspace_len = plan.nodes().iter().map(|n| n.op().workspace()).max().unwrap_or(0);
+        let shared = plan.nodes().iter().flat_map(|n| {
+            n.param_ids()
+                .iter()
+                .zip(n.param_grad_adds())
+                .filter(|(_, adds)| **adds)
+                .map(|(&p, _)| plan.param_tensors()[p].spec.len)
+        });
+        let shared = shared.max().unwrap_or(0);
         Network {
-            plan: plan.clone(),
-            states,
-            acts: Vec::new(),
+            kernels: plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect(),
+            params,
+            param_grads,
+            values: Vec::new(),
             grads: Vec::new(),
+            scratch: std::array::from_fn(|_| Buffer::empty()),
+            param_scratch: std::array::from_fn(|_| Buffer::filled(shared, S::zero())),
+            workspace: Workspace {
+                values: Vec::with_capacity(workspace_len),
+                flags: Vec::new(),
+            },
             batch: 0,
-            marks: Marks::new(plan.nodes.len()),
-            scratch: Vec::new(),
-            touched: Vec::new(),
+            stage: Stage::Fresh,
+            marks: Marks::new(plan.nodes().len()),
+            plan: plan.clone(),
         }
     }
 
@@ -209,24 +172,33 @@ impl<S: Scalar> Network<S> {
 
     /// Sizes the buffers for `batch` examples (no work if the size is unchanged).
     fn resize(&mut self, batch: usize) {
-        if batch == self.batch && !self.acts.is_empty() {
+        if batch == self.batch && !self.values.is_empty() {
             return;
         }
         self.batch = batch;
-        let mut sizes = vec![self.plan.input.len()];
-        sizes.extend(self.plan.nodes.iter().map(|n| n.output.len()));
-        self.acts = sizes
-            .iter()
-            .map(|&s| Buffer::filled(s * batch, S::zero()))
-            .collect();
+        self.stage = Stage::Fresh;
+        let plan = &self.plan;
+        let values = plan.nodes().len() + 1;
+        let sizes: Vec<usize> = (0..values).map(|v| plan.value_shape(v).len() * batch).collect();
+        // A value's gradient is kept if a node computes it, and for the output (the loss's).
+        let mut needed = vec![false; values];
+        needed[values - 1] = true;
+        let mut scratch = [0usize; MAX_INPUTS];
+        for node in plan.nodes() {
+            for (j, (&v, &g)) in node.inputs().iter().zip(node.input_grads()).enumerate() {
+                needed[v] |= g;
+                if node.input_grad_adds()[j] {
+                    scratch[j] = scratch[j].max(sizes[v]);
+                }
+            }
+        }
+        self.values = sizes.iter().map(|&s| Buffer::filled(s, S::zero())).collect();
         self.grads = sizes
             .iter()
-            .enumerate()
-            .map(|(k, &s)| {
-                let needed = k == sizes.len() - 1 || self.plan.nodes[k].needs_input_grad;
-                Buffer::filled(if needed { s * batch } else { 0 }, S::zero())
-            })
+            .zip(&needed)
+            .map(|(&s, &n)| Buffer::filled(if n { s } else { 0 }, S::zero()))
             .collect();
+        self.scratch = scratch.map(|s| Buffer::filled(s, S::zero()));
     }
 
     /// Runs the batch forward and returns the network's output.
@@ -241,49 +213,73 @@ impl<S: Scalar> Network<S> {
     /// [`Network::forward`], telling `watch` when the phase starts and each node ends.
     fn forward_phase(&mut self, inputs: &[S], batch: usize, watch: &mut impl FnMut(Event)) {
         self.resize(batch);
-        self.acts[0].copy_from_slice(inputs);
+        self.values[0].copy_from_slice(inputs);
         self.marks.start::<S>(Phase::Forward, false);
         watch(Event::start(Phase::Forward));
-        for k in 0..self.states.len() {
-            let (before, after) = self.acts.split_at_mut(k + 1);
-            let (x, y) = (&before[k], &mut after[0]);
-            let width = self.plan.nodes[k].output.len();
-            match &mut self.states[k] {
-                State::Dense(d) => d.forward(x, y),
-                State::Conv(c) => c.forward(x, y),
-                State::MaxPool(w, argmax) => {
-                    argmax.resize(y.len(), 0);
-                    pool::max_forward(w, x, y, argmax);
-                }
-                State::AvgPool(w) => pool::avg_forward(w, x, y),
-                State::Flatten => y.copy_from_slice(x),
-                State::Activation(a) => activation::forward(*a, x, y, width),
+        for (k, node) in self.plan.nodes().iter().enumerate() {
+            let (before, after) = self.values.split_at_mut(k + 1);
+            let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
+            for (slot, &v) in x.iter_mut().zip(node.inputs()) {
+                *slot = &before[v];
             }
+            let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
+            for (slot, &id) in p.iter_mut().zip(node.param_ids()) {
+                *slot = &self.params[id];
+            }
+            self.kernels[k].forward(
+                &x[..node.inputs().len()],
+                &p[..node.param_ids().len()],
+                &mut after[0],
+                &mut self.workspace,
+            );
             self.marks.lap::<S>(Phase::Forward, k, true);
             watch(Event::end(Phase::Forward, k));
         }
+        self.stage = Stage::Forward;
     }
 
     /// The output of the most recent forward pass.
     pub fn output(&self) -> &[S] {
-        self.acts.last().map_or(&[], |b| b)
+        self.values.last().map_or(&[], |b| b)
     }
 
     /// The loss of the most recent forward pass against `batch`'s targets; also sets the
-    /// gradient that [`Network::backward`] starts from.
-    pub fn loss(&mut self, batch: &Batch<S>) -> S {
+    /// gradient that [`Network::backward`] starts from. An error if no forward pass of a
+    /// batch of that size ran before it.
+    pub fn loss(&mut self, batch: &Batch<S>) -> Result<S> {
+        self.check_stage(Stage::Forward, "the loss needs a forward pass first")?;
+        if batch.size != self.batch {
+            return Err(Error::Usage(format!(
+                "the loss is of a batch of {} but the forward pass ran on {}",
+                batch.size, self.batch
+            )));
+        }
+        Ok(self.loss_phase(batch, false, &mut |_| {}))
+    }
+
+    /// The forward pass and the loss of a batch, in one call.
+    pub fn forward_loss(&mut self, batch: &Batch<S>) -> S {
+        self.forward_phase(&batch.inputs, batch.size, &mut |_| {});
         self.loss_phase(batch, false, &mut |_| {})
+    }
+
+    fn check_stage(&self, stage: Stage, message: &str) -> Result<()> {
+        if self.stage == stage {
+            Ok(())
+        } else {
+            Err(Error::Usage(message.into()))
+        }
     }
 
     /// [`Network::loss`]; `chained` if it runs right after the forward pass, whose last mark
     /// is then also its first.
     fn loss_phase(&mut self, batch: &Batch<S>, chained: bool, watch: &mut impl FnMut(Event)) -> S {
-        let last = self.acts.len() - 1;
+        let last = self.values.len() - 1;
         let width = self.plan.output().len();
-        let (y, grad) = (&self.acts[last], &mut self.grads[last]);
+        let (y, grad) = (&self.values[last], &mut self.grads[last]);
         self.marks.start::<S>(Phase::Loss, chained);
         watch(Event::start(Phase::Loss));
-        let loss = match self.plan.loss {
+        let loss = match self.plan.loss() {
             Loss::Mse => loss::mse(y, &batch.values, grad),
             Loss::SoftmaxCrossEntropy => {
                 loss::softmax_cross_entropy(y, &batch.classes, width, grad)
@@ -291,63 +287,122 @@ impl<S: Scalar> Network<S> {
         };
         self.marks.lap::<S>(Phase::Loss, 0, true);
         watch(Event::end(Phase::Loss, 0));
+        self.stage = Stage::Loss;
         loss
     }
 
     /// Gradients of every parameter, last node to first, from the gradient the loss set.
-    /// A node computes the gradient of its input only if an earlier node has parameters.
-    pub fn backward(&mut self) {
+    /// A node computes the gradient of an input only if that input depends on a parameter.
+    /// An error if the loss did not run since the last forward pass.
+    pub fn backward(&mut self) -> Result<()> {
+        self.check_stage(Stage::Loss, "the backward pass needs a forward pass and a loss first")?;
         self.backward_phase(false, &mut |_| {});
+        Ok(())
     }
 
     /// [`Network::backward`]; `chained` if it runs right after the loss.
     fn backward_phase(&mut self, chained: bool, watch: &mut impl FnMut(Event)) {
-        let n = self.states.len();
         self.marks.start::<S>(Phase::Backward, chained);
         watch(Event::start(Phase::Backward));
-        for k in (0..n).rev() {
-            let (before, after) = self.grads.split_at_mut(k + 1);
-            let dy = &after[0];
-            let dx = if self.plan.nodes[k].needs_input_grad {
-                Some(&mut *before[k])
-            } else {
-                None
-            };
-            let (x, y) = (&self.acts[k], &self.acts[k + 1]);
-            let width = self.plan.nodes[k].output.len();
-            let worked = match (&mut self.states[k], dx) {
-                (State::Dense(d), dx) => {
-                    d.backward(x, dy, dx);
-                    true
-                }
-                (State::Conv(c), dx) => {
-                    c.backward(x, dy, dx, &mut self.scratch, &mut self.touched);
-                    true
-                }
-                (_, None) => false,
-                (State::MaxPool(w, argmax), Some(dx)) => {
-                    pool::max_backward(w, dy, argmax, dx);
-                    true
-                }
-                (State::AvgPool(w), Some(dx)) => {
-                    pool::avg_backward(w, dy, dx);
-                    true
-                }
-                (State::Flatten, Some(dx)) => {
-                    dx.copy_from_slice(dy);
-                    true
-                }
-                (State::Activation(a), Some(dx)) => {
-                    activation::backward(*a, y, dy, dx, width);
-                    true
-                }
-            };
+        for k in (0..self.kernels.len()).rev() {
+            let worked = self.backward_node(k);
             self.marks.lap::<S>(Phase::Backward, k, worked);
             watch(Event::end(Phase::Backward, k));
         }
+        self.stage = Stage::Fresh;
     }
 
-    /// One SGD step on every parameter: `p -= lr * dp`.
+    /// Node k's backward pass: its kernel writes each wanted gradient straight into place,
+    /// or, where the gradient adds onto one already there, into scratch space that is then
+    /// added (the additions counted for this node). Returns whether it did anything.
+    fn backward_node(&mut self, k: usize) -> bool {
+        let node = &self.plan.nodes()[k];
+        let (inputs, grads, adds) = (node.inputs(), node.input_grads(), node.input_grad_adds());
+        let (ids, param_adds) = (node.param_ids(), node.param_grad_adds());
+        if ids.is_empty() && !grads.contains(&true) {
+            return false;
+        }
+        // Take the buffers to write out of the network for the call.
+        let mut dx: [Option<Buffer<S>>; MAX_INPUTS] = Default::default();
+        for (j, slot) in dx.iter_mut().enumerate().take(inputs.len()) {
+            if grads[j] {
+                let target = if adds[j] {
+                    &mut self.scratch[j]
+                } else {
+                    &mut self.grads[inputs[j]]
+                };
+                *slot = Some(std::mem::replace(target, Buffer::empty()));
+            }
+        }
+        let mut dp: [Buffer<S>; MAX_PARAMS] = Default::default();
+        for (j, slot) in dp.iter_mut().enumerate().take(ids.len()) {
+            let target = if param_adds[j] {
+                &mut self.param_scratch[j]
+            } else {
+                &mut self.param_grads[ids[j]]
+            };
+            *slot = std::mem::replace(target, Buffer::empty());
+        }
+        {
+            let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
+            for (slot, &v) in x.iter_mut().zip(inputs) {
+                *slot = &self.values[v];
+            }
+            let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
+            for (slot, &id) in p.iter_mut().zip(ids) {
+                *slot = &self.params[id];
+            }
+            let mut dx_slices: [Option<&mut [S]>; MAX_INPUTS] = Default::default();
+            for (j, (slot, buffer)) in dx_slices.iter_mut().zip(dx.iter_mut()).enumerate() {
+                if let Some(b) = buffer {
+                    let len = self.values[inputs[j]].len();
+                    *slot = Some(&mut b[..len]);
+                }
+            }
+            let mut dp_slices: [&mut [S]; MAX_PARAMS] = Default::default();
+            for (j, (slot, buffer)) in dp_slices.iter_mut().zip(dp.iter_mut()).enumerate() {
+                if j < ids.len() {
+                    let len = self.params[ids[j]].len();
+                    *slot = &mut buffer[..len];
+                }
+            }
+            self.kernels[k].backward(
+                &x[..inputs.len()],
+                &self.values[k + 1],
+                &self.grads[k + 1],
+                &p[..ids.len()],
+                &mut dp_slices[..ids.len()],
+                &mut dx_slices[..inputs.len()],
+                &mut self.workspace,
+            );
+        }
+        // Put the buffers back, adding where this node's gradient is a second one.
+        for (j, buffer) in dx.into_iter().enumerate() {
+            let Some(buffer) = buffer else { continue };
+            if adds[j] {
+                let target = &mut self.grads[inputs[j]];
+                let len = target.len();
+                accumulate(target, &buffer[..len]);
+                self.scratch[j] = buffer;
+            } else {
+                self.grads[inputs[j]] = buffer;
+            }
+        }
+        for (j, buffer) in dp.into_iter().enumerate().take(ids.len()) {
+            if param_adds[j] {
+                let target = &mut self.param_grads[ids[j]];
+                let len = target.len();
+                accumulate(target, &buffer[..len]);
+                self.param_scratch[j] = buffer;
+            } else {
+                self.param_grads[ids[j]] = buffer;
+            }
+        }
+        true
+    }
+
+    /// One SGD step on every parameter: `p -= lr * dp`, each tensor once, counted for the
+    /// node that owns it.
     pub fn update(&mut self, lr: S) {
         self.update_phase(lr, false, &mut |_| {});
     }
@@ -356,19 +411,12 @@ impl<S: Scalar> Network<S> {
     fn update_phase(&mut self, lr: S, chained: bool, watch: &mut impl FnMut(Event)) {
         self.marks.start::<S>(Phase::Update, chained);
         watch(Event::start(Phase::Update));
-        for (k, state) in self.states.iter_mut().enumerate() {
-            let worked = match state {
-                State::Dense(d) => {
-                    d.update(lr);
-                    true
-                }
-                State::Conv(c) => {
-                    c.update(lr);
-                    true
-                }
-                _ => false,
-            };
-            self.marks.lap::<S>(Phase::Update, k, worked);
+        for (k, node) in self.plan.nodes().iter().enumerate() {
+            let owned = if node.owns_params() { node.param_ids() } else { &[] };
+            for &id in owned {
+                sgd(&mut self.params[id], &self.param_grads[id], lr);
+            }
+            self.marks.lap::<S>(Phase::Update, k, !owned.is_empty());
             watch(Event::end(Phase::Update, k));
         }
     }
@@ -404,87 +452,77 @@ impl<S: Scalar> Network<S> {
         self.forward_phase(inputs, batch, &mut |event| watch.call(event));
     }
 
-    /// Every node's parameters, in plan order, as `(weights, biases)` in the layer's own
-    /// storage order (dense: input-major).
-    pub fn params(&self) -> Vec<(&[S], &[S])> {
-        self.states
-            .iter()
-            .filter_map(|s| match s {
-                State::Dense(d) => Some((&*d.w, &*d.b)),
-                State::Conv(c) => Some((&*c.w, &*c.b)),
-                _ => None,
-            })
+    /// Every parameter tensor, in storage order (a dense layer's weights input-major).
+    pub fn params(&self) -> Vec<&[S]> {
+        self.params.iter().map(|p| &p[..]).collect()
+    }
+
+    /// Every parameter tensor with its gradient from the last backward pass, in storage
+    /// order. For gradient checks.
+    pub fn params_and_grads_mut(&mut self) -> Vec<(&mut [S], &[S])> {
+        self.params
+            .iter_mut()
+            .zip(&self.param_grads)
+            .map(|(p, g)| (&mut p[..], &g[..]))
             .collect()
     }
 
-    /// Mutable parameters together with their gradients from the last backward pass, as
-    /// `[(params, grads)]`, two entries (weights, biases) per dense node. For gradient checks.
-    pub fn params_and_grads_mut(&mut self) -> Vec<(&mut [S], &[S])> {
-        let mut out = Vec::new();
-        for s in &mut self.states {
-            match s {
-                State::Dense(d) => {
-                    out.push((&mut *d.w, &*d.dw));
-                    out.push((&mut *d.b, &*d.db));
-                }
-                State::Conv(c) => {
-                    out.push((&mut *c.w, &*c.dw));
-                    out.push((&mut *c.b, &*c.db));
-                }
-                _ => {}
+    /// The model file of this network: the plan's model with every parameter written
+    /// inline, in the model file's order.
+    pub fn to_model(&self) -> Model {
+        let mut out = self.plan.model().clone();
+        for node in self.plan.nodes().iter().filter(|n| n.owns_params()) {
+            let tensors: Vec<Vec<f32>> = node
+                .param_ids()
+                .iter()
+                .enumerate()
+                .map(|(j, &id)| {
+                    let stored: Vec<f32> = self.params[id].iter().map(|&v| to_f32(v)).collect();
+                    node.op().to_file(j, &stored)
+                })
+                .collect();
+            if tensors.is_empty() {
+                continue;
             }
-        }
-        out
-    }
-
-    /// The model file of this network: `model` with every parameter written inline.
-    pub fn to_model(&self, model: &Model) -> Model {
-        let mut out = model.clone();
-        for (node, state) in self.plan.nodes.iter().zip(&self.states) {
-            let (torch_order, b): (Vec<f32>, &[S]) = match state {
-                State::Dense(d) => {
-                    let mut neuron_major = Vec::with_capacity(d.w.len());
-                    for j in 0..d.units {
-                        for i in 0..d.inputs {
-                            neuron_major.push(to_f32(d.w[i * d.units + j]));
-                        }
-                    }
-                    (neuron_major, &d.b)
-                }
-                State::Conv(c) => (c.w.iter().map(|&v| to_f32(v)).collect(), &c.b),
-                _ => continue,
+            let layer = match out.layers.get_mut(node.entry()) {
+                Some(layer) => layer,
+                None => &mut out.graph[node.entry()].op,
             };
             if let Layer::Dense {
                 weights, biases, ..
             }
             | Layer::Conv2d {
                 weights, biases, ..
-            } = &mut out.layers[node.layer]
+            } = layer
             {
-                *weights = Some(torch_order);
-                *biases = (!b.is_empty()).then(|| b.iter().map(|&v| to_f32(v)).collect());
+                let mut tensors = tensors.into_iter();
+                *weights = tensors.next();
+                *biases = tensors.next();
             }
         }
         out
     }
 }
 
-/// The pooling window of a node with an image input.
-fn window(input: Shape, size: usize, stride: usize) -> Window {
-    let Shape::Image { h, w, .. } = input else {
-        unreachable!("the plan gives pooling an image input")
-    };
-    Window {
-        size,
-        stride,
-        height: h,
-        width: w,
+/// `into += from`, value by value: a gradient added onto one already there.
+#[inline(never)]
+fn accumulate<S: Scalar>(into: &mut [S], from: &[S]) {
+    for (g, &d) in into.iter_mut().zip(from) {
+        *g += d;
     }
 }
 
-/// Runs one real training step of `model` with `CountedZeros<f32>` on the first `batch`
-/// examples of `data` (starting over if it has fewer) and returns what every node counted in
-/// every phase, multiplications by zero included.
+/// `p -= lr * g`, element by element.
+#[inline(never)]
+fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
+    for (p, &g) in params.iter_mut().zip(grads) {
+        *p -= lr * g;
+    }
+}
+
+/// Runs one real training step of `plan` with `CountedZeros<f32>` on the first `batch`
+/// examples of `data` (starting over if it has fewer), at the model's learning rate, and
+/// returns what every node counted in every phase, multiplications by zero included.
 ///
 /// ```
 /// use opcount::{Model, data::Dataset, estimate, measure_step};
@@ -496,27 +534,26 @@ fn window(input: Shape, size: usize, stride: usize) -> Window {
 /// )?;
 /// let plan = model.plan("tiny.ron")?;
 /// let data = Dataset::synthetic(&plan, 5, 42);
-/// let measured = measure_step(&model, &plan, &data, 5);
+/// let measured = measure_step(&plan, &data, 5);
 /// // Everything but multiplications by zero, which depend on the data, has a closed form.
 /// assert_eq!(measured.predictable(), estimate::step(&plan, 5)?);
 /// assert_eq!(measured.nodes[0].forward.mul, 5 * 3 * 4);
 /// # Ok::<(), opcount::Error>(())
 /// ```
-pub fn measure_step(model: &Model, plan: &Plan, data: &Dataset, batch: usize) -> StepCounts {
-    measure_step_watched(model, plan, data, batch, |_| {})
+pub fn measure_step(plan: &Plan, data: &Dataset, batch: usize) -> StepCounts {
+    measure_step_watched(plan, data, batch, |_| {})
 }
 
 /// [`measure_step`], telling `watch` how the step progresses (see [`Network::step_watched`]).
 pub fn measure_step_watched(
-    model: &Model,
     plan: &Plan,
     data: &Dataset,
     batch: usize,
     watch: impl FnMut(Event),
 ) -> StepCounts {
-    let mut net = Network::<CountedZeros<f32>>::new(model, plan);
-    let lr = model.training.as_ref().map_or(0.01, |t| t.lr);
-    net.step_watched(&data.head(batch, plan.loss), CountedZeros::from(lr), watch);
+    let mut net = Network::<CountedZeros<f32>>::new(plan);
+    let lr = plan.model().training.as_ref().map_or(0.01, |t| t.lr);
+    net.step_watched(&data.head(batch, plan.loss()), CountedZeros::from(lr), watch);
     net.counts()
         .expect("a counted network with attribution on has counts")
 }

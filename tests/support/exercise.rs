@@ -62,7 +62,7 @@ pub fn exercise(text: &str, dir: &Path) -> Reached {
         return Reached::TooBigToRun;
     }
     let data = data.unwrap_or_else(|| Dataset::synthetic(&plan, BATCH, 1));
-    let measured = measure_step(&model, &plan, &data, BATCH).predictable();
+    let measured = measure_step(&plan, &data, BATCH).predictable();
     assert_eq!(measured, estimated, "measured != closed form for:\n{text}");
     Reached::Ran
 }

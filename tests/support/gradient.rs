@@ -7,8 +7,7 @@ use opcount::{Model, Network, Plan};
 
 /// The loss of a network on a batch, forward only.
 fn loss_of(net: &mut Network<f64>, batch: &Batch<f64>) -> f64 {
-    net.forward(&batch.inputs, batch.size);
-    net.loss(batch)
+    net.forward_loss(batch)
 }
 
 /// Compares every parameter's analytic gradient with `(L(p + h) - L(p - h)) / 2h`.
@@ -22,10 +21,10 @@ pub fn check_sampled(model_text: &str, batch_size: usize, seed: u64, per_tensor:
     let plan: Plan = model.plan("test").unwrap();
     let data = Dataset::synthetic(&plan, batch_size, seed);
     let mut batch = Batch::default();
-    data.gather(&(0..batch_size).collect::<Vec<_>>(), plan.loss, &mut batch);
-    let mut net = Network::<f64>::new(&model, &plan);
+    data.gather(&(0..batch_size).collect::<Vec<_>>(), plan.loss(), &mut batch);
+    let mut net = Network::<f64>::new(&plan);
     loss_of(&mut net, &batch);
-    net.backward();
+    net.backward().unwrap();
     let analytic: Vec<Vec<f64>> = net
         .params_and_grads_mut()
         .into_iter()

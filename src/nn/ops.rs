@@ -1,0 +1,252 @@
+//! The registry of operations: every operation a node can compute, listed once.
+//!
+//! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
+//! `activation.rs`, `add.rs`) holding, side by side, its shape rule (the resolved struct's
+//! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
+//! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
+//! `registry!` below writes the dispatch from that one list, so nothing else matches on
+//! operations. How to add one: docs/ARCHITECTURE.md, "How to add an operation".
+
+use crate::error::Result;
+use crate::estimate::At;
+use crate::model::Layer;
+use crate::phases::NodeCounts;
+use crate::scalar::Scalar;
+use crate::shape::Shape;
+
+use super::{activation, add, conv, dense, flatten, pool};
+
+/// One parameter tensor of an operation: its length and how it starts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Number of values.
+    pub len: usize,
+    /// `Some((fan_in, fan_out))` for weights drawn at random by the model's initialisation;
+    /// `None` for biases, which start at zero.
+    pub fans: Option<(usize, usize)>,
+}
+
+/// What every operation tells about itself, whatever the number type.
+pub(crate) trait Operation {
+    /// Short kind name, as in tables: `dense`, `conv2d`, `relu`, ...
+    fn kind(&self) -> &'static str;
+
+    /// The shape of one example's output.
+    fn output(&self) -> Shape;
+
+    /// Its parameter tensors, in storage order (weights, then biases); empty for none.
+    fn params(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+
+    /// Parameter `index` in storage order from the order model files use (PyTorch's), and
+    /// back (`to_file`). The same order unless the kernel stores it otherwise.
+    fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        let _ = index;
+        values.to_vec()
+    }
+
+    /// What parameter `index` holds, for messages: `2 units x 3 inputs`.
+    fn explain_param(&self, index: usize) -> String {
+        let _ = index;
+        String::new()
+    }
+
+    /// The inverse of [`Operation::from_file`].
+    fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        let _ = index;
+        values.to_vec()
+    }
+
+    /// The closed form: what a node of this operation counts in each phase on `at.batch`
+    /// examples, from its shapes alone. `grads[j]` says whether the backward pass computes
+    /// the gradient of input `j`. `name` names the node in overflow errors.
+    fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts>;
+
+    /// Scratch space the kernels of this operation need, in values (shared by all nodes).
+    fn workspace(&self) -> usize {
+        0
+    }
+}
+
+/// An operation's kernels for numbers of type `S`, with whatever state they keep between
+/// the forward and the backward pass (max pooling's positions).
+///
+/// Both passes write their outputs whole (never add onto them): where a gradient has to be
+/// added to one already there, the interpreter gives the kernel a scratch buffer and adds it
+/// itself, counting those additions for the node (docs/counting.md, "Graphs").
+pub(crate) trait Kernel<S: Scalar>: Send + Sync {
+    /// `y = f(x, params)` for a batch.
+    ///
+    /// # Shapes
+    /// `x[j]`: batch x input j's shape; `y`: batch x the output shape.
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S], ws: &mut Workspace<S>);
+
+    /// From `dy` = dL/dy: every parameter's gradient into `dparams` (same order as
+    /// `params`), and the gradient of every input whose `dx` slot is `Some`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        x: &[&[S]],
+        y: &[S],
+        dy: &[S],
+        params: &[&[S]],
+        dparams: &mut [&mut [S]],
+        dx: &mut [Option<&mut [S]>],
+        ws: &mut Workspace<S>,
+    );
+}
+
+/// Scratch space shared by every node's kernels (a convolution's padded input and patch
+/// gradients), sized once for the largest need.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Workspace<S> {
+    pub values: Vec<S>,
+    pub flags: Vec<bool>,
+}
+
+/// The most inputs a node has.
+pub(crate) const MAX_INPUTS: usize = 2;
+
+/// The most parameter tensors a node has.
+pub(crate) const MAX_PARAMS: usize = 2;
+
+/// Writes [`NodeOp`], the layer names of [`OPERATIONS`], and the dispatch of [`Operation`]
+/// and the kernels, from one list of `Variant(module::Type)`.
+macro_rules! registry {
+    ($($variant:ident($module:ident::$ty:ident)),* $(,)?) => {
+        /// What a node computes, resolved against its input shapes: one variant per
+        /// operation module.
+        #[derive(Clone, Debug, PartialEq)]
+        #[non_exhaustive]
+        pub enum NodeOp {
+            $(
+                #[doc = concat!("See `src/nn/", stringify!($module), ".rs`.")]
+                $variant($module::$ty),
+            )*
+        }
+
+        impl NodeOp {
+            fn op(&self) -> &dyn Operation {
+                match self {
+                    $(NodeOp::$variant(op) => op,)*
+                }
+            }
+
+            /// The kernels of this operation for numbers of type `S`.
+            pub(crate) fn kernel<S: Scalar>(&self) -> Box<dyn Kernel<S>> {
+                match self {
+                    $(NodeOp::$variant(op) => Box::new(op.kernel::<S>()),)*
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    Dense(dense::Dense),
+    Conv2d(conv::Conv2d),
+    MaxPool2d(pool::MaxPool2d),
+    AvgPool2d(pool::AvgPool2d),
+    Flatten(flatten::Flatten),
+    Activation(activation::Act),
+    Add(add::Add),
+}
+
+/// Every layer name a model file may use, for tests, docs and the fuzz dictionary.
+pub const OPERATIONS: &[&str] = &[
+    "Dense",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "Add",
+    "Identity",
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "Softmax",
+];
+
+impl NodeOp {
+    /// Short kind name, as in tables: `dense`, `conv2d`, `relu`, ...
+    pub fn kind(&self) -> &'static str {
+        self.op().kind()
+    }
+
+    /// The shape of one example's output.
+    pub fn output(&self) -> Shape {
+        self.op().output()
+    }
+
+    /// Parameter tensors, in storage order.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        self.op().params()
+    }
+
+    /// Number of trainable parameters.
+    pub fn params(&self) -> u64 {
+        self.param_specs().iter().map(|p| p.len as u64).sum()
+    }
+
+    pub(crate) fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        self.op().from_file(index, values)
+    }
+
+    pub(crate) fn explain_param(&self, index: usize) -> String {
+        self.op().explain_param(index)
+    }
+
+    pub(crate) fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        self.op().to_file(index, values)
+    }
+
+    pub(crate) fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
+        self.op().closed_form(at, name, grads)
+    }
+
+    pub(crate) fn workspace(&self) -> usize {
+        self.op().workspace()
+    }
+}
+
+/// A layer of a model file resolved against its input shapes: the node's operation and the
+/// activation it declares, if any. Errors say what does not fit, for the plan to prefix with
+/// the node's name. This is where a model file's layer names meet the operation modules.
+pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<NodeOp, String> {
+    let one = || match inputs {
+        [x] => Ok(*x),
+        _ => Err(format!("expected 1 input, found {}", inputs.len())),
+    };
+    Ok(match layer {
+        Layer::Dense { units, bias, .. } => NodeOp::Dense(dense::Dense::resolve(*units, *bias, one()?)?),
+        Layer::Conv2d {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            bias,
+            ..
+        } => NodeOp::Conv2d(conv::Conv2d::resolve(
+            *out_channels,
+            *kernel,
+            *stride,
+            *padding,
+            *bias,
+            one()?,
+        )?),
+        Layer::MaxPool2d { size, stride } => {
+            NodeOp::MaxPool2d(pool::MaxPool2d::resolve(*size, *stride, one()?)?)
+        }
+        Layer::AvgPool2d { size, stride } => {
+            NodeOp::AvgPool2d(pool::AvgPool2d::resolve(*size, *stride, one()?)?)
+        }
+        Layer::Flatten => NodeOp::Flatten(flatten::Flatten::resolve(one()?)),
+        Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
+        Layer::Identity => activation::Act::resolve(activation::Activation::Identity, one()?)?,
+        Layer::Sigmoid => activation::Act::resolve(activation::Activation::Sigmoid, one()?)?,
+        Layer::Tanh => activation::Act::resolve(activation::Activation::Tanh, one()?)?,
+        Layer::Relu => activation::Act::resolve(activation::Activation::Relu, one()?)?,
+        Layer::Softmax => activation::Act::resolve(activation::Activation::Softmax, one()?)?,
+    })
+}

@@ -1,0 +1,728 @@
+//! [`Plan`]: a validated model, the graph both the interpreter and the closed forms work
+//! from. Nodes in topological order, each naming the values it reads (the model's input or
+//! earlier nodes' outputs); parameter tensors in storage order, with their initialisation
+//! and the node that owns them; for the backward pass, which input gradients each node
+//! computes and which of them add onto a gradient already there.
+//!
+//! A model file's `layers` (a chain) and `graph` (named entries with inputs) both become a
+//! plan here; a chain is the graph whose every entry reads the one before it.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Training};
+use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
+use crate::shape::Shape;
+
+/// The name by which graph entries read the model's input.
+pub const INPUT: &str = "input";
+
+/// A validated model: every node with its shapes, ready to be run or estimated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    model: Model,
+    name: String,
+    input: Shape,
+    nodes: Vec<Node>,
+    params: Vec<Param>,
+    loss: Loss,
+    init: Init,
+}
+
+/// One computation of the network: a layer, or the activation a layer declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    name: String,
+    op: NodeOp,
+    /// Value ids read: 0 is the model's input, `k + 1` node k's output.
+    inputs: Vec<usize>,
+    input_shapes: Vec<Shape>,
+    /// Per input: whether the backward pass computes its gradient.
+    grads: Vec<bool>,
+    /// Per input: whether that gradient adds onto one another node already wrote.
+    accumulate: Vec<bool>,
+    /// The parameter tensors it uses, in storage order.
+    params: Vec<usize>,
+    /// Per parameter: whether its gradient adds onto one another node already wrote.
+    param_accumulate: Vec<bool>,
+    /// Whether it owns its parameters (false for a node using another node's).
+    owns_params: bool,
+    /// The layer or graph entry of the model file it comes from.
+    entry: usize,
+}
+
+/// A parameter tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Param {
+    pub spec: ParamSpec,
+    /// Values written in the model file, in storage order.
+    pub inline: Option<Vec<f32>>,
+    /// The node that owns it (declares it, is updated as it).
+    pub owner: usize,
+}
+
+impl Plan {
+    /// The model file this plan was made from.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shape of one example.
+    pub fn input(&self) -> Shape {
+        self.input
+    }
+
+    /// The nodes, in the order the forward pass runs them.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The loss.
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    /// How parameters not written in the model file start.
+    pub fn init(&self) -> Init {
+        self.init
+    }
+
+    /// Shape of one example's output (the last node's).
+    pub fn output(&self) -> Shape {
+        self.nodes.last().map_or(self.input, |n| n.output())
+    }
+
+    /// Number of trainable parameters, a shared tensor once. (Each tensor fits a `usize`;
+    /// their sum may not fit a `u64`.)
+    pub fn params(&self) -> u128 {
+        self.params.iter().map(|p| p.spec.len as u128).sum()
+    }
+
+    pub(crate) fn param_tensors(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The shape of value `v` (0 the input, `k + 1` node k's output).
+    pub(crate) fn value_shape(&self, v: usize) -> Shape {
+        if v == 0 {
+            self.input
+        } else {
+            self.nodes[v - 1].output()
+        }
+    }
+
+    /// About how many bytes a network of this plan needs to run a step on `batch`
+    /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
+    /// value and its gradient, the scratch space for gradients that add up, the kernels'
+    /// shared workspace, and max pooling's positions. Computed without allocating anything.
+    pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
+        let b = batch as u128;
+        let mut values: u128 = 2 * self.params();
+        values += 2 * b * self.input.len() as u128;
+        let mut largest_value = 0u128;
+        let mut workspace = 0u128;
+        let mut positions = 0u128;
+        let mut accumulates = false;
+        for node in &self.nodes {
+            let out = node.output().len() as u128;
+            values += 2 * b * out;
+            largest_value = largest_value.max(out);
+            workspace = workspace.max(node.op.workspace() as u128);
+            accumulates |= node.accumulate.iter().any(|&a| a);
+            if node.kind() == "maxpool2d" {
+                positions += b * out;
+            }
+        }
+        let mut scratch = 0;
+        if accumulates {
+            scratch += MAX_INPUTS as u128 * b * largest_value;
+        }
+        // A shared tensor's second gradient is written aside, then added.
+        let shared = self.nodes.iter().flat_map(|n| {
+            n.params
+                .iter()
+                .zip(&n.param_accumulate)
+                .filter(|(_, a)| **a)
+                .map(|(&p, _)| self.params[p].spec.len as u128)
+        });
+        scratch += shared.max().unwrap_or(0);
+        (values + workspace + scratch) * scalar_bytes as u128 + positions * 8
+    }
+}
+
+impl Node {
+    /// Name for reports: `dense1`, or `dense1.sigmoid` for a declared activation.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it computes.
+    pub fn op(&self) -> &NodeOp {
+        &self.op
+    }
+
+    /// Short kind name, as in tables.
+    pub fn kind(&self) -> &'static str {
+        self.op.kind()
+    }
+
+    /// Shape of one example's output.
+    pub fn output(&self) -> Shape {
+        self.op.output()
+    }
+
+    /// Shapes of one example's inputs.
+    pub fn input_shapes(&self) -> &[Shape] {
+        &self.input_shapes
+    }
+
+    /// The values it reads: 0 is the model's input, `k + 1` node k's output.
+    pub fn inputs(&self) -> &[usize] {
+        &self.inputs
+    }
+
+    /// Per input, whether the backward pass computes its gradient.
+    pub fn input_grads(&self) -> &[bool] {
+        &self.grads
+    }
+
+    /// Per input, whether its gradient adds onto one that a node later in the forward order
+    /// already wrote (a value read by several nodes).
+    pub fn input_grad_adds(&self) -> &[bool] {
+        &self.accumulate
+    }
+
+    /// Per parameter tensor, whether its gradient adds onto one that another node using
+    /// the same tensor already wrote.
+    pub fn param_grad_adds(&self) -> &[bool] {
+        &self.param_accumulate
+    }
+
+    /// Trainable parameters it owns (0 for a node that uses another node's).
+    pub fn params(&self) -> u64 {
+        if self.owns_params { self.op.params() } else { 0 }
+    }
+
+    pub(crate) fn param_ids(&self) -> &[usize] {
+        &self.params
+    }
+
+    pub(crate) fn owns_params(&self) -> bool {
+        self.owns_params
+    }
+
+    /// The layer or graph entry of the model file it comes from.
+    pub fn entry(&self) -> usize {
+        self.entry
+    }
+}
+
+/// Checks `model` and lays out its graph, naming the layer or node at fault if something does
+/// not fit. `origin` names the file in error messages.
+pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
+    let model_error = |message: String| Error::Model {
+        origin: origin.to_string(),
+        message,
+    };
+    let input = match model.input[..] {
+        [n] => Shape::flat(n),
+        [c, h, w] => Shape::image(c, h, w),
+        _ => {
+            return Err(model_error(format!(
+                "input: expected [features] or [channels, height, width], found {} numbers",
+                model.input.len()
+            )));
+        }
+    };
+    if let Some(&d) = model.input.iter().find(|&&d| d == 0 || d > MAX_DIM) {
+        return Err(model_error(format!(
+            "input: every size must be between 1 and {MAX_DIM}, found {d}"
+        )));
+    }
+    input
+        .checked_len()
+        .ok_or_else(|| model_error(format!("input {input} is too large")))?;
+    let entries = entries(model).map_err(&model_error)?;
+    let names = names(&entries);
+    let entry_error = |index: usize, message: String| Error::Layer {
+        origin: origin.to_string(),
+        index,
+        name: names[index].clone(),
+        message,
+    };
+
+    // Every entry's inputs, as entry indices (None: the model's input).
+    let by_name: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    if let Some(i) = names.iter().position(|n| n == INPUT) {
+        return Err(entry_error(
+            i,
+            format!("the name '{INPUT}' is reserved for the model's input"),
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if by_name[name.as_str()] != i {
+            return Err(entry_error(
+                i,
+                format!("another node is also named '{name}'"),
+            ));
+        }
+    }
+    let mut reads: Vec<Vec<Option<usize>>> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let refs = match &entry.inputs {
+            None => vec![i.checked_sub(1)],
+            Some(list) => list
+                .iter()
+                .map(|r| match r.as_str() {
+                    INPUT => Ok(None),
+                    r => by_name.get(r).map(|&j| Some(j)).ok_or_else(|| {
+                        entry_error(i, format!("input '{r}': no node has that name"))
+                    }),
+                })
+                .collect::<Result<_>>()?,
+        };
+        if refs.is_empty() {
+            return Err(entry_error(i, "inputs: expected at least one".into()));
+        }
+        if refs.len() > MAX_INPUTS {
+            return Err(entry_error(
+                i,
+                format!("inputs: expected at most {MAX_INPUTS}, found {}", refs.len()),
+            ));
+        }
+        reads.push(refs);
+    }
+    let order = topological(&reads).map_err(|i| {
+        entry_error(i, "its inputs lead back to itself (the graph has a cycle)".into())
+    })?;
+    // The output is the one entry nobody reads; every other entry must be read.
+    let mut read = vec![false; entries.len()];
+    for r in reads.iter().flatten().flatten() {
+        read[*r] = true;
+    }
+    let last = entries.len() - 1;
+    if let Some(i) = (0..entries.len()).find(|&i| !read[i] && i != last) {
+        return Err(entry_error(
+            i,
+            format!(
+                "its output is not used: only the last node ({}) may be the model's output",
+                names[last]
+            ),
+        ));
+    }
+    if read[last] {
+        return Err(entry_error(
+            last,
+            "the last node is the model's output, but another node reads it".into(),
+        ));
+    }
+
+    // Resolve each entry's operation in topological order.
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
+    // Per entry: the value its output is, and its main node.
+    let mut value_of = vec![0usize; entries.len()];
+    let mut main_node = vec![usize::MAX; entries.len()];
+    for &i in &order {
+        let entry = &entries[i];
+        let error = |message: String| entry_error(i, message);
+        let inputs: Vec<usize> = reads[i].iter().map(|r| r.map_or(0, |j| value_of[j])).collect();
+        let shapes: Vec<Shape> = inputs
+            .iter()
+            .map(|&v| if v == 0 { input } else { nodes[v - 1].output() })
+            .collect();
+        let op = ops::resolve(entry.op, &shapes).map_err(&error)?;
+        let output = op.output();
+        output
+            .checked_len()
+            .ok_or_else(|| error(format!("output {output} is too large")))?;
+        let specs = op.param_specs();
+        let (ids, owns) = match &entry.share {
+            None => {
+                let ids = (params.len()..params.len() + specs.len()).collect();
+                let inline = inline_params(entry.op, &op, &specs).map_err(&error)?;
+                for (spec, values) in specs.iter().zip(inline) {
+                    params.push(Param {
+                        spec: *spec,
+                        inline: values,
+                        owner: nodes.len(),
+                    });
+                }
+                (ids, true)
+            }
+            Some(other) => {
+                let j = *by_name
+                    .get(other.as_str())
+                    .ok_or_else(|| error(format!("share '{other}': no node has that name")))?;
+                if main_node[j] == usize::MAX {
+                    return Err(error(format!(
+                        "share '{other}': that node must come before this one"
+                    )));
+                }
+                let owner = &nodes[main_node[j]];
+                if !owner.owns_params || owner.params.is_empty() {
+                    return Err(error(format!(
+                        "share '{other}': that node has no parameters of its own to share"
+                    )));
+                }
+                let theirs: Vec<ParamSpec> =
+                    owner.params.iter().map(|&p| params[p].spec).collect();
+                if owner.kind() != op.kind() || theirs != specs {
+                    return Err(error(format!(
+                        "share '{other}': its parameters ({}, {}) do not fit this {} \
+                         (needs {})",
+                        owner.kind(),
+                        describe(&theirs),
+                        op.kind(),
+                        describe(&specs)
+                    )));
+                }
+                if has_inline(entry.op) {
+                    return Err(error(format!(
+                        "share '{other}': weights come from that node; remove this node's \
+                         weights and biases"
+                    )));
+                }
+                (owner.params.clone(), false)
+            }
+        };
+        let n = ids.len();
+        main_node[i] = nodes.len();
+        nodes.push(Node {
+            name: names[i].clone(),
+            op,
+            inputs,
+            input_shapes: shapes,
+            grads: Vec::new(),
+            accumulate: Vec::new(),
+            param_accumulate: vec![false; n],
+            params: ids,
+            owns_params: owns,
+            entry: i,
+        });
+        if let Some(a) = declared_activation(entry.op) {
+            let name = format!("{}.{}", names[i], a.name());
+            let op = ops::resolve(&activation_layer(a), &[output]).map_err(&error)?;
+            nodes.push(Node {
+                name,
+                op,
+                inputs: vec![nodes.len()],
+                input_shapes: vec![output],
+                grads: Vec::new(),
+                accumulate: Vec::new(),
+                params: Vec::new(),
+                param_accumulate: Vec::new(),
+                owns_params: true,
+                entry: i,
+            });
+        }
+        value_of[i] = nodes.len();
+    }
+    backward_flows(&mut nodes);
+
+    let plan = Plan {
+        model: model.clone(),
+        name: model.name.clone(),
+        input,
+        nodes,
+        params,
+        loss: model.loss,
+        init: model.init,
+    };
+    check_logits(&plan, origin)?;
+    check_loss(&plan).map_err(&model_error)?;
+    if let Some(t) = &model.training {
+        check_training(t).map_err(model_error)?;
+    }
+    Ok(plan)
+}
+
+/// The model's entries: its graph, or its chain of layers as a graph.
+fn entries(model: &Model) -> std::result::Result<Vec<EntryRef<'_>>, String> {
+    match (model.layers.is_empty(), model.graph.is_empty()) {
+        (false, false) => Err("give either layers (a chain) or graph (named nodes), not both".into()),
+        (true, true) => Err("layers: expected at least one layer".into()),
+        (false, true) => Ok(model
+            .layers
+            .iter()
+            .map(|op| EntryRef {
+                name: None,
+                op,
+                inputs: None,
+                share: &None,
+            })
+            .collect()),
+        (true, false) => Ok(model.graph.iter().map(EntryRef::of).collect()),
+    }
+}
+
+/// A layer or graph entry, as the plan reads it.
+struct EntryRef<'a> {
+    name: Option<&'a str>,
+    op: &'a Layer,
+    inputs: Option<&'a [String]>,
+    share: &'a Option<String>,
+}
+
+impl<'a> EntryRef<'a> {
+    fn of(e: &'a Entry) -> EntryRef<'a> {
+        EntryRef {
+            name: e.name.as_deref(),
+            op: &e.op,
+            inputs: e.inputs.as_deref(),
+            share: &e.share,
+        }
+    }
+}
+
+/// Every entry's name: its own, or its layer's, or the kind and a count (`dense2`).
+fn names(entries: &[EntryRef<'_>]) -> Vec<String> {
+    let mut counters: HashMap<&str, usize> = HashMap::new();
+    entries
+        .iter()
+        .map(|e| {
+            let kind = layer_kind(e.op);
+            let k = counters.entry(kind).or_insert(0);
+            *k += 1;
+            e.name
+                .map(str::to_string)
+                .or_else(|| layer_name(e.op))
+                .unwrap_or_else(|| format!("{kind}{k}"))
+        })
+        .collect()
+}
+
+/// An order in which every entry comes after the entries it reads, as close to the file's
+/// order as it can be; `Err` names an entry on a cycle.
+fn topological(reads: &[Vec<Option<usize>>]) -> std::result::Result<Vec<usize>, usize> {
+    let n = reads.len();
+    let mut waiting: Vec<usize> = reads.iter().map(|r| r.iter().flatten().count()).collect();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, r) in reads.iter().enumerate() {
+        for &j in r.iter().flatten() {
+            readers[j].push(i);
+        }
+    }
+    // Ready entries, smallest index first.
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &r in &readers[i] {
+            waiting[r] -= 1;
+            if waiting[r] == 0 {
+                ready.insert(r);
+            }
+        }
+    }
+    match (0..n).find(|&i| waiting[i] > 0) {
+        Some(stuck) => Err(stuck),
+        None => Ok(order),
+    }
+}
+
+/// Which input gradients each node computes (those of values that depend on a parameter),
+/// and which of them, and of its parameters' gradients, add onto one already written: the
+/// backward pass runs last node first, so the last reader of a value writes its gradient
+/// and every earlier reader adds to it.
+fn backward_flows(nodes: &mut [Node]) {
+    // Whether each value depends on a parameter (value 0, the data, never does).
+    let mut learns = vec![false; nodes.len() + 1];
+    for (k, node) in nodes.iter_mut().enumerate() {
+        node.grads = node.inputs.iter().map(|&v| learns[v]).collect();
+        learns[k + 1] = !node.params.is_empty() || node.grads.iter().any(|&g| g);
+    }
+    let mut written = vec![false; nodes.len() + 1];
+    let mut param_written: HashMap<usize, bool> = HashMap::new();
+    for node in nodes.iter_mut().rev() {
+        node.accumulate = node
+            .inputs
+            .iter()
+            .zip(&node.grads)
+            .map(|(&v, &g)| g && std::mem::replace(&mut written[v], true))
+            .collect();
+        node.param_accumulate = node
+            .params
+            .iter()
+            .map(|p| param_written.insert(*p, true).is_some())
+            .collect();
+    }
+}
+
+fn describe(specs: &[ParamSpec]) -> String {
+    let lens: Vec<String> = specs.iter().map(|s| s.len.to_string()).collect();
+    format!("tensors of {} values", lens.join(" and "))
+}
+
+/// The inline weights and biases of a layer, checked and put in storage order.
+fn inline_params(
+    layer: &Layer,
+    op: &NodeOp,
+    specs: &[ParamSpec],
+) -> std::result::Result<Vec<Option<Vec<f32>>>, String> {
+    let (weights, biases, bias) = match layer {
+        Layer::Dense {
+            weights,
+            biases,
+            bias,
+            ..
+        }
+        | Layer::Conv2d {
+            weights,
+            biases,
+            bias,
+            ..
+        } => (weights, biases, *bias),
+        _ => return Ok(vec![None; specs.len()]),
+    };
+    if !bias && biases.is_some() {
+        return Err("biases are given but bias is false".into());
+    }
+    let mut out = Vec::new();
+    for (index, (what, values)) in [("weights", weights), ("biases", biases)]
+        .into_iter()
+        .take(specs.len())
+        .enumerate()
+    {
+        let Some(values) = values else {
+            out.push(None);
+            continue;
+        };
+        let expected = specs[index].len;
+        if values.len() != expected {
+            return Err(format!(
+                "{what}: expected {expected} values ({}), found {}",
+                op.explain_param(index),
+                values.len()
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{what}: value {i} is {}, expected a finite number",
+                values[i]
+            ));
+        }
+        out.push(Some(op.from_file(index, values)));
+    }
+    Ok(out)
+}
+
+fn has_inline(layer: &Layer) -> bool {
+    matches!(
+        layer,
+        Layer::Dense { weights: Some(_), .. }
+            | Layer::Dense { biases: Some(_), .. }
+            | Layer::Conv2d { weights: Some(_), .. }
+            | Layer::Conv2d { biases: Some(_), .. }
+    )
+}
+
+fn declared_activation(layer: &Layer) -> Option<Activation> {
+    match layer {
+        Layer::Dense { activation, .. } | Layer::Conv2d { activation, .. } => *activation,
+        _ => None,
+    }
+}
+
+/// The standalone layer of an activation.
+fn activation_layer(a: Activation) -> Layer {
+    match a {
+        Activation::Identity => Layer::Identity,
+        Activation::Sigmoid => Layer::Sigmoid,
+        Activation::Tanh => Layer::Tanh,
+        Activation::Relu => Layer::Relu,
+        Activation::Softmax => Layer::Softmax,
+    }
+}
+
+fn layer_kind(layer: &Layer) -> &'static str {
+    match layer {
+        Layer::Dense { .. } => "dense",
+        Layer::Conv2d { .. } => "conv",
+        Layer::MaxPool2d { .. } => "maxpool",
+        Layer::AvgPool2d { .. } => "avgpool",
+        Layer::Flatten => "flatten",
+        Layer::Add => "add",
+        Layer::Identity => "identity",
+        Layer::Sigmoid => "sigmoid",
+        Layer::Tanh => "tanh",
+        Layer::Relu => "relu",
+        Layer::Softmax => "softmax",
+    }
+}
+
+fn layer_name(layer: &Layer) -> Option<String> {
+    match layer {
+        Layer::Dense { name, .. } | Layer::Conv2d { name, .. } => name.clone(),
+        _ => None,
+    }
+}
+
+fn check_training(t: &Training) -> std::result::Result<(), String> {
+    for (what, n) in [("epochs", t.epochs), ("batch", t.batch)] {
+        if n == 0 {
+            return Err(format!("training: {what}: expected at least 1, found 0"));
+        }
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        return Err(format!(
+            "training: lr: expected a positive number, found {}",
+            t.lr
+        ));
+    }
+    Ok(())
+}
+
+/// `SoftmaxCrossEntropy` takes logits: no softmax may come after the last node with
+/// parameters (an identity or another activation after it would still hand the loss
+/// probabilities, and a double softmax trains, slowly, towards the wrong thing).
+fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
+    if plan.loss != Loss::SoftmaxCrossEntropy {
+        return Ok(());
+    }
+    let after_params = plan
+        .nodes
+        .iter()
+        .rposition(|n| !n.params.is_empty())
+        .map_or(0, |k| k + 1);
+    let softmax = plan.nodes[after_params..]
+        .iter()
+        .find(|n| n.kind() == Activation::Softmax.name());
+    match softmax {
+        Some(node) => Err(Error::Layer {
+            origin: origin.to_string(),
+            index: node.entry,
+            name: node.name.clone(),
+            message: "loss SoftmaxCrossEntropy applies softmax itself, but this softmax comes \
+                      after the last layer with parameters, so the loss would see \
+                      probabilities, not logits; remove it"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
+    let output = plan.output();
+    if plan.loss == Loss::SoftmaxCrossEntropy {
+        match output.as_flat() {
+            Some(n) if n >= 2 => {}
+            _ => {
+                return Err(format!(
+                    "loss SoftmaxCrossEntropy needs a flat output of at least 2 classes, found {output}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}

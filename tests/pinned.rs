@@ -1,0 +1,32 @@
+//! Every shipped model's `opcount count --format json` at batch 1 and 3, as the chain
+//! interpreter printed it before networks became graphs (`tests/pinned/`, made with the
+//! release binary of commit efb96f5 plus the u128 counts; VGG-16 by its closed form only, the
+//! rest measured too). The graph interpreter must print the same: node names, shapes,
+//! parameters, measured and estimated counts, multiplications by zero included.
+
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{json, opcount, root};
+
+#[test]
+fn every_shipped_model_reports_what_the_chain_interpreter_reported() {
+    let dir = root().join("tests/pinned");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let (model, batch) = stem.rsplit_once('-').unwrap();
+        let file = format!("models/{model}.ron");
+        let mut args = vec!["count", &file, "--batch", batch, "--format", "json", "-q"];
+        if model == "vgg16" {
+            args.push("--closed-form-only");
+        }
+        let now = json(&opcount(&args));
+        let pinned: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(now == pinned, "{stem}: the report changed");
+        checked += 1;
+    }
+    assert_eq!(checked, 12, "six models at two batch sizes");
+}
