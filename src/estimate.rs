@@ -138,12 +138,17 @@ pub fn step(plan: &Plan, batch: usize) -> Result<StepCounts> {
     Ok(step)
 }
 
-/// The counts of one node in each phase: its operation's closed form, and in the backward
+/// The counts of one node in each phase: its operation's closed form (its update only if it
+/// owns its parameters), and in the backward
 /// pass the additions of gradients it adds onto ones already written (docs/counting.md,
 /// "Graphs"): B values per value of an input read by a node later in the forward order, one
 /// per value of a parameter tensor another node also uses.
 fn node(at: At<'_>, plan: &Plan, node: &Node) -> Result<NodeCounts> {
     let mut counts = node.op().closed_form(at, node.name(), node.input_grads())?;
+    // Parameters shared with an earlier node are updated once, by that node.
+    if !node.owns_params() {
+        counts.update = Counts::ZERO;
+    }
     let mut sums = NONE;
     for (&v, &adds) in node.inputs().iter().zip(node.input_grad_adds()) {
         sums = sums + when(adds, at.b() * plan.value_shape(v).len());

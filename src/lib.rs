@@ -52,10 +52,10 @@ pub use counted::{Counted, CountedZeros};
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
 pub use model::{Model, Node, Plan};
-pub use shape::Shape;
 pub use nn::{Event, Network, measure_step, measure_step_watched};
 pub use phases::{NodeCounts, Phase, StepCounts, Totals};
 pub use scalar::{Counting, Scalar};
+pub use shape::Shape;
 
 /// The README's examples run as doctests, so they cannot go stale.
 #[cfg(doctest)]

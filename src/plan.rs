@@ -205,14 +205,19 @@ impl Node {
 
     /// Trainable parameters it owns (0 for a node that uses another node's).
     pub fn params(&self) -> u64 {
-        if self.owns_params { self.op.params() } else { 0 }
+        if self.owns_params {
+            self.op.params()
+        } else {
+            0
+        }
     }
 
     pub(crate) fn param_ids(&self) -> &[usize] {
         &self.params
     }
 
-    pub(crate) fn owns_params(&self) -> bool {
+    /// Whether it owns its parameters (false for a node that uses another node's).
+    pub fn owns_params(&self) -> bool {
         self.owns_params
     }
 
@@ -268,8 +273,9 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
             format!("the name '{INPUT}' is reserved for the model's input"),
         ));
     }
+    let mut seen = std::collections::HashSet::new();
     for (i, name) in names.iter().enumerate() {
-        if by_name[name.as_str()] != i {
+        if !seen.insert(name.as_str()) {
             return Err(entry_error(
                 i,
                 format!("another node is also named '{name}'"),
@@ -296,13 +302,19 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         if refs.len() > MAX_INPUTS {
             return Err(entry_error(
                 i,
-                format!("inputs: expected at most {MAX_INPUTS}, found {}", refs.len()),
+                format!(
+                    "inputs: expected at most {MAX_INPUTS}, found {}",
+                    refs.len()
+                ),
             ));
         }
         reads.push(refs);
     }
     let order = topological(&reads).map_err(|i| {
-        entry_error(i, "its inputs lead back to itself (the graph has a cycle)".into())
+        entry_error(
+            i,
+            "its inputs lead back to itself (the graph has a cycle)".into(),
+        )
     })?;
     // The output is the one entry nobody reads; every other entry must be read.
     let mut read = vec![false; entries.len()];
@@ -310,6 +322,12 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         read[*r] = true;
     }
     let last = entries.len() - 1;
+    if read[last] {
+        return Err(entry_error(
+            last,
+            "the last node is the model's output, but another node reads it".into(),
+        ));
+    }
     if let Some(i) = (0..entries.len()).find(|&i| !read[i] && i != last) {
         return Err(entry_error(
             i,
@@ -317,12 +335,6 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                 "its output is not used: only the last node ({}) may be the model's output",
                 names[last]
             ),
-        ));
-    }
-    if read[last] {
-        return Err(entry_error(
-            last,
-            "the last node is the model's output, but another node reads it".into(),
         ));
     }
 
@@ -335,7 +347,10 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
     for &i in &order {
         let entry = &entries[i];
         let error = |message: String| entry_error(i, message);
-        let inputs: Vec<usize> = reads[i].iter().map(|r| r.map_or(0, |j| value_of[j])).collect();
+        let inputs: Vec<usize> = reads[i]
+            .iter()
+            .map(|r| r.map_or(0, |j| value_of[j]))
+            .collect();
         let shapes: Vec<Shape> = inputs
             .iter()
             .map(|&v| if v == 0 { input } else { nodes[v - 1].output() })
@@ -374,16 +389,14 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                         "share '{other}': that node has no parameters of its own to share"
                     )));
                 }
-                let theirs: Vec<ParamSpec> =
-                    owner.params.iter().map(|&p| params[p].spec).collect();
+                let theirs: Vec<ParamSpec> = owner.params.iter().map(|&p| params[p].spec).collect();
                 if owner.kind() != op.kind() || theirs != specs {
                     return Err(error(format!(
-                        "share '{other}': its parameters ({}, {}) do not fit this {} \
-                         (needs {})",
+                        "share '{other}': its parameters ({} {}) do not fit this {} (needs {})",
                         owner.kind(),
-                        describe(&theirs),
+                        describe(owner.op()),
                         op.kind(),
-                        describe(&specs)
+                        describe(&op)
                     )));
                 }
                 if has_inline(entry.op) {
@@ -449,7 +462,9 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
 /// The model's entries: its graph, or its chain of layers as a graph.
 fn entries(model: &Model) -> std::result::Result<Vec<EntryRef<'_>>, String> {
     match (model.layers.is_empty(), model.graph.is_empty()) {
-        (false, false) => Err("give either layers (a chain) or graph (named nodes), not both".into()),
+        (false, false) => {
+            Err("give either layers (a chain) or graph (named nodes), not both".into())
+        }
         (true, true) => Err("layers: expected at least one layer".into()),
         (false, true) => Ok(model
             .layers
@@ -559,9 +574,12 @@ fn backward_flows(nodes: &mut [Node]) {
     }
 }
 
-fn describe(specs: &[ParamSpec]) -> String {
-    let lens: Vec<String> = specs.iter().map(|s| s.len.to_string()).collect();
-    format!("tensors of {} values", lens.join(" and "))
+/// An operation's parameter tensors, for messages: `8 units x 4 inputs; 8 units`.
+fn describe(op: &NodeOp) -> String {
+    let parts: Vec<String> = (0..op.param_specs().len())
+        .map(|i| op.explain_param(i))
+        .collect();
+    parts.join("; ")
 }
 
 /// The inline weights and biases of a layer, checked and put in storage order.
@@ -612,7 +630,7 @@ fn inline_params(
                 values[i]
             ));
         }
-        out.push(Some(op.from_file(index, values)));
+        out.push(Some(op.storage_order(index, values)));
     }
     Ok(out)
 }
@@ -620,10 +638,19 @@ fn inline_params(
 fn has_inline(layer: &Layer) -> bool {
     matches!(
         layer,
-        Layer::Dense { weights: Some(_), .. }
-            | Layer::Dense { biases: Some(_), .. }
-            | Layer::Conv2d { weights: Some(_), .. }
-            | Layer::Conv2d { biases: Some(_), .. }
+        Layer::Dense {
+            weights: Some(_),
+            ..
+        } | Layer::Dense {
+            biases: Some(_),
+            ..
+        } | Layer::Conv2d {
+            weights: Some(_),
+            ..
+        } | Layer::Conv2d {
+            biases: Some(_),
+            ..
+        }
     )
 }
 

@@ -4,51 +4,19 @@
 //! form for every node, phase and kind. (Gradients over the same shapes:
 //! `tests/gradient_check.rs`.)
 
+#[path = "support/counts.rs"]
+mod counts;
 #[path = "support/stacks.rs"]
 mod stacks;
 
-use opcount::data::Dataset;
 use opcount::rng::Rng;
-use opcount::{Model, Phase, estimate, measure_step};
 use proptest::prelude::*;
 use stacks::random_stack;
 
-/// Every node, phase and kind of one random stack; the first difference as an error.
+/// Every node, phase and kind of one random stack.
 fn measured_equals_closed_form(seed: u64) -> Result<(), String> {
     let stack = random_stack(&mut Rng::new(seed), false);
-    let model = Model::parse(&stack.text, "stack").map_err(|e| e.to_string())?;
-    let plan = model
-        .plan("stack")
-        .map_err(|e| format!("{e}\n{}", stack.text))?;
-    let data = Dataset::synthetic(&plan, stack.batch, seed);
-    let measured = measure_step(&plan, &data, stack.batch);
-    let estimated = estimate::step(&plan, stack.batch).map_err(|e| e.to_string())?;
-    for ((m, e), node) in measured
-        .nodes
-        .iter()
-        .zip(&estimated.nodes)
-        .zip(plan.nodes().iter())
-    {
-        for phase in [Phase::Forward, Phase::Backward, Phase::Update] {
-            m.phase(phase)
-                .predictable()
-                .check(&e.phase(phase))
-                .map_err(|mismatch| {
-                    format!(
-                        "{} {} at batch {}: {mismatch}\n{}",
-                        node.name(),
-                        phase.name(),
-                        stack.batch,
-                        stack.text
-                    )
-                })?;
-        }
-    }
-    measured
-        .loss
-        .predictable()
-        .check(&estimated.loss)
-        .map_err(|mismatch| format!("loss: {mismatch}\n{}", stack.text))
+    counts::measured_equals_closed_form(&stack.text, stack.batch, seed)
 }
 
 proptest! {

@@ -1,6 +1,6 @@
 //! Every shipped model's `opcount count --format json` at batch 1 and 3, as the chain
 //! interpreter printed it before networks became graphs (`tests/pinned/`, made with the
-//! release binary of commit efb96f5 plus the u128 counts; VGG-16 by its closed form only, the
+//! release binary of commit a66b9ad; VGG-16 by its closed form only, the
 //! rest measured too). The graph interpreter must print the same: node names, shapes,
 //! parameters, measured and estimated counts, multiplications by zero included.
 

@@ -32,7 +32,7 @@ fn weighted_sums(plan: &Plan, step: &StepCounts) -> Vec<u128> {
 
 #[test]
 fn lenet5_closed_form_and_measured_run_give_the_published_figures() {
-    let (model, plan) = load("lenet5.ron");
+    let (_, plan) = load("lenet5.ron");
     assert_eq!(plan.params(), 61_706);
     let estimated = estimate::step(&plan, 1).unwrap();
     let per_layer = [117_600, 240_000, 48_000, 10_080, 840];

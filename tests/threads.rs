@@ -28,22 +28,17 @@ const BATCH: usize = 2;
 /// Steps run at once in a pool.
 const STEPS: usize = 96;
 
-fn setup() -> (Model, Plan, Dataset, StepCounts) {
+fn setup() -> (Plan, Dataset, StepCounts) {
     let model = Model::parse(MODEL, "parallel.ron").unwrap();
     let plan = model.plan("parallel.ron").unwrap();
     let data = Dataset::synthetic(&plan, BATCH, 5);
     let expected = estimate::step(&plan, BATCH).unwrap();
-    (model, plan, data, expected)
+    (plan, data, expected)
 }
 
 /// One step measured inside a task: its per-node counts and, around it, `tally::measure`'s
 /// total for the thread. Returns a description of what was wrong, if anything.
-fn checked_step(
-    model: &Model,
-    plan: &Plan,
-    data: &Dataset,
-    expected: &StepCounts,
-) -> Option<String> {
+fn checked_step(plan: &Plan, data: &Dataset, expected: &StepCounts) -> Option<String> {
     let (step, around) = tally::measure(|| measure_step(plan, data, BATCH));
     if step.predictable() != *expected {
         let got = step.predictable().totals().all.total();
@@ -64,7 +59,7 @@ fn checked_step(
 
 /// Many steps as tasks of a pool of `threads` threads; every one must equal the closed form.
 fn many_steps_in_a_pool(threads: usize) {
-    let (model, plan, data, expected) = setup();
+    let (plan, data, expected) = setup();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -76,7 +71,7 @@ fn many_steps_in_a_pool(threads: usize) {
     pool.in_place_scope(|s| {
         for _ in 0..STEPS {
             s.spawn(|_| {
-                if let Some(problem) = checked_step(&model, &plan, &data, &expected) {
+                if let Some(problem) = checked_step(&plan, &data, &expected) {
                     wrong.lock().unwrap().push(problem);
                 }
             });
@@ -102,7 +97,7 @@ fn steps_run_as_tasks_of_an_eight_thread_pool_are_exact() {
 
 #[test]
 fn steps_in_the_global_pool_nested_in_a_custom_pool_are_exact() {
-    let (model, plan, data, expected) = setup();
+    let (plan, data, expected) = setup();
     let outer = rayon::ThreadPoolBuilder::new()
         .num_threads(3)
         .build()
@@ -116,7 +111,7 @@ fn steps_in_the_global_pool_nested_in_a_custom_pool_are_exact() {
                 let inner: Vec<Option<String>> = rayon::scope(|_| {
                     (0..4)
                         .into_par_iter()
-                        .map(|_| checked_step(&model, &plan, &data, &expected))
+                        .map(|_| checked_step(&plan, &data, &expected))
                         .collect()
                 });
                 inner.into_iter().flatten()
@@ -128,10 +123,10 @@ fn steps_in_the_global_pool_nested_in_a_custom_pool_are_exact() {
 
 #[test]
 fn steps_on_many_plain_threads_at_once_are_exact() {
-    let (model, plan, data, expected) = setup();
+    let (plan, data, expected) = setup();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| (0..3).find_map(|_| checked_step(&model, &plan, &data, &expected))))
+            .map(|_| s.spawn(|| (0..3).find_map(|_| checked_step(&plan, &data, &expected))))
             .collect();
         for worker in workers {
             assert_eq!(worker.join().unwrap(), None);
@@ -141,7 +136,7 @@ fn steps_on_many_plain_threads_at_once_are_exact() {
 
 #[test]
 fn a_watch_callback_doing_counted_arithmetic_is_not_charged_to_the_step() {
-    let (model, plan, data, expected) = setup();
+    let (plan, data, expected) = setup();
     let x = Counted::new(3.0f32);
     let mut calls = 0u128;
     let (step, around) = tally::measure(|| {

@@ -355,10 +355,9 @@ fn rows(step: &StepCounts) -> Vec<Counts> {
 }
 
 impl Affine {
-    fn measure(model: &Model, plan: &opcount::Plan) -> Affine {
+    fn measure(plan: &opcount::Plan) -> Affine {
         let data = Dataset::synthetic(plan, 3, 7);
-        let [m1, m2, m3] =
-            [1, 2, 3].map(|b| rows(&measure_step(plan, &data, b).predictable()));
+        let [m1, m2, m3] = [1, 2, 3].map(|b| rows(&measure_step(plan, &data, b).predictable()));
         let rows = (0..m1.len())
             .map(|r| {
                 std::array::from_fn(|i| {
@@ -402,7 +401,7 @@ proptest! {
     ) {
         let model = Model::parse(&text, "wide").unwrap();
         let plan = model.plan("wide").unwrap();
-        let affine = Affine::measure(&model, &plan);
+        let affine = Affine::measure(&plan);
         let nodes = plan.nodes().len();
         // Rows 3k, 3k+1, 3k+2: node k forward, backward, update; the last row the loss.
         let phase_of_row = |r: usize| if r == 3 * nodes { 1 } else { [0, 2, 3][r % 3] };

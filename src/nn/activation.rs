@@ -70,7 +70,7 @@ impl Act {
         Ok(NodeOp::Activation(Act { f, shape: input }))
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> ActKernel {
+    pub(crate) fn kernel(&self) -> ActKernel {
         ActKernel(*self)
     }
 }

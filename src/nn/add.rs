@@ -27,7 +27,7 @@ impl Add {
         }
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> AddKernel {
+    pub(crate) fn kernel(&self) -> AddKernel {
         AddKernel
     }
 }
@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn adds_value_by_value_with_one_add_each() {
-        let (a, b) = (Counted::vec(&[1.0f64, 2.0, 3.0]), Counted::vec(&[0.5, 0.25, -3.0]));
+        let (a, b) = (
+            Counted::vec(&[1.0f64, 2.0, 3.0]),
+            Counted::vec(&[0.5, 0.25, -3.0]),
+        );
         let mut y = vec![Counted::new(0.0); 3];
         let ((), counts) = tally::measure(|| add(&a, &b, &mut y));
         assert_eq!(Counted::unwrap_slice(&y), [1.5, 2.25, 0.0]);

@@ -112,7 +112,9 @@ impl Conv2d {
         check_size("kernel", kernel)?;
         check_size("stride", stride)?;
         if padding > MAX_DIM {
-            return Err(format!("padding: expected at most {MAX_DIM}, found {padding}"));
+            return Err(format!(
+                "padding: expected at most {MAX_DIM}, found {padding}"
+            ));
         }
         let (ph, pw) = (h + 2 * padding, w + 2 * padding);
         if kernel > ph || kernel > pw {
@@ -151,7 +153,7 @@ impl Conv2d {
         Ok(Conv2d { geometry, bias })
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> ConvKernel {
+    pub(crate) fn kernel(&self) -> ConvKernel {
         ConvKernel(*self)
     }
 }

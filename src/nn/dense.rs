@@ -43,7 +43,7 @@ impl Dense {
         })
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> DenseKernel {
+    pub(crate) fn kernel(&self) -> DenseKernel {
         DenseKernel(*self)
     }
 }
@@ -71,7 +71,7 @@ impl Operation for Dense {
     }
 
     /// Model files give weights neuron-major (`[unit][input]`, PyTorch's order).
-    fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+    fn storage_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
         let (n, m) = (self.inputs, self.units);
         match index {
             0 => (0..n * m).map(|at| values[(at % m) * n + at / m]).collect(),
@@ -86,7 +86,7 @@ impl Operation for Dense {
         }
     }
 
-    fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+    fn file_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
         let (n, m) = (self.inputs, self.units);
         match index {
             0 => (0..n * m).map(|at| values[(at % n) * m + at / n]).collect(),
@@ -348,9 +348,9 @@ mod tests {
             bias: true,
         };
         let file: Vec<f32> = (0..6).map(|v| v as f32).collect();
-        let stored = d.from_file(0, &file);
+        let stored = d.storage_order(0, &file);
         // Unit 0's weights are 0, 1, 2; stored input-major: w[i][j] at i * 2 + j.
         assert_eq!(stored, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
-        assert_eq!(d.to_file(0, &stored), file);
+        assert_eq!(d.file_order(0, &stored), file);
     }
 }

@@ -21,7 +21,7 @@ impl Flatten {
         Flatten { len: input.len() }
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> FlattenKernel {
+    pub(crate) fn kernel(&self) -> FlattenKernel {
         FlattenKernel
     }
 }

@@ -123,7 +123,12 @@ impl<S: Scalar> Network<S> {
             .iter()
             .map(|p| Buffer::filled(p.len(), S::zero()))
             .collect();
-        let workspace_len = plan.nodes().iter().map(|n| n.op().workspace()).max().unwrap_or(0);
+        let workspace_len = plan
+            .nodes()
+            .iter()
+            .map(|n| n.op().workspace())
+            .max()
+            .unwrap_or(0);
         let shared = plan.nodes().iter().flat_map(|n| {
             n.param_ids()
                 .iter()
@@ -179,7 +184,9 @@ impl<S: Scalar> Network<S> {
         self.stage = Stage::Fresh;
         let plan = &self.plan;
         let values = plan.nodes().len() + 1;
-        let sizes: Vec<usize> = (0..values).map(|v| plan.value_shape(v).len() * batch).collect();
+        let sizes: Vec<usize> = (0..values)
+            .map(|v| plan.value_shape(v).len() * batch)
+            .collect();
         // A value's gradient is kept if a node computes it, and for the output (the loss's).
         let mut needed = vec![false; values];
         needed[values - 1] = true;
@@ -192,7 +199,10 @@ impl<S: Scalar> Network<S> {
                 }
             }
         }
-        self.values = sizes.iter().map(|&s| Buffer::filled(s, S::zero())).collect();
+        self.values = sizes
+            .iter()
+            .map(|&s| Buffer::filled(s, S::zero()))
+            .collect();
         self.grads = sizes
             .iter()
             .zip(&needed)
@@ -295,7 +305,10 @@ impl<S: Scalar> Network<S> {
     /// A node computes the gradient of an input only if that input depends on a parameter.
     /// An error if the loss did not run since the last forward pass.
     pub fn backward(&mut self) -> Result<()> {
-        self.check_stage(Stage::Loss, "the backward pass needs a forward pass and a loss first")?;
+        self.check_stage(
+            Stage::Loss,
+            "the backward pass needs a forward pass and a loss first",
+        )?;
         self.backward_phase(false, &mut |_| {});
         Ok(())
     }
@@ -331,7 +344,7 @@ impl<S: Scalar> Network<S> {
                 } else {
                     &mut self.grads[inputs[j]]
                 };
-                *slot = Some(std::mem::replace(target, Buffer::empty()));
+                *slot = Some(std::mem::take(target));
             }
         }
         let mut dp: [Buffer<S>; MAX_PARAMS] = Default::default();
@@ -341,7 +354,7 @@ impl<S: Scalar> Network<S> {
             } else {
                 &mut self.param_grads[ids[j]]
             };
-            *slot = std::mem::replace(target, Buffer::empty());
+            *slot = std::mem::take(target);
         }
         {
             let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
@@ -412,7 +425,11 @@ impl<S: Scalar> Network<S> {
         self.marks.start::<S>(Phase::Update, chained);
         watch(Event::start(Phase::Update));
         for (k, node) in self.plan.nodes().iter().enumerate() {
-            let owned = if node.owns_params() { node.param_ids() } else { &[] };
+            let owned = if node.owns_params() {
+                node.param_ids()
+            } else {
+                &[]
+            };
             for &id in owned {
                 sgd(&mut self.params[id], &self.param_grads[id], lr);
             }
@@ -478,7 +495,7 @@ impl<S: Scalar> Network<S> {
                 .enumerate()
                 .map(|(j, &id)| {
                     let stored: Vec<f32> = self.params[id].iter().map(|&v| to_f32(v)).collect();
-                    node.op().to_file(j, &stored)
+                    node.op().file_order(j, &stored)
                 })
                 .collect();
             if tensors.is_empty() {
@@ -553,7 +570,11 @@ pub fn measure_step_watched(
 ) -> StepCounts {
     let mut net = Network::<CountedZeros<f32>>::new(plan);
     let lr = plan.model().training.as_ref().map_or(0.01, |t| t.lr);
-    net.step_watched(&data.head(batch, plan.loss()), CountedZeros::from(lr), watch);
+    net.step_watched(
+        &data.head(batch, plan.loss()),
+        CountedZeros::from(lr),
+        watch,
+    );
     net.counts()
         .expect("a counted network with attribution on has counts")
 }

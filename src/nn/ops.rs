@@ -40,8 +40,8 @@ pub(crate) trait Operation {
     }
 
     /// Parameter `index` in storage order from the order model files use (PyTorch's), and
-    /// back (`to_file`). The same order unless the kernel stores it otherwise.
-    fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+    /// back (`file_order`). The same order unless the kernel stores it otherwise.
+    fn storage_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
         let _ = index;
         values.to_vec()
     }
@@ -52,8 +52,8 @@ pub(crate) trait Operation {
         String::new()
     }
 
-    /// The inverse of [`Operation::from_file`].
-    fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
+    /// The inverse of [`Operation::storage_order`].
+    fn file_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
         let _ = index;
         values.to_vec()
     }
@@ -136,7 +136,7 @@ macro_rules! registry {
             /// The kernels of this operation for numbers of type `S`.
             pub(crate) fn kernel<S: Scalar>(&self) -> Box<dyn Kernel<S>> {
                 match self {
-                    $(NodeOp::$variant(op) => Box::new(op.kernel::<S>()),)*
+                    $(NodeOp::$variant(op) => Box::new(op.kernel()),)*
                 }
             }
         }
@@ -189,16 +189,16 @@ impl NodeOp {
         self.param_specs().iter().map(|p| p.len as u64).sum()
     }
 
-    pub(crate) fn from_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
-        self.op().from_file(index, values)
+    pub(crate) fn storage_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        self.op().storage_order(index, values)
     }
 
     pub(crate) fn explain_param(&self, index: usize) -> String {
         self.op().explain_param(index)
     }
 
-    pub(crate) fn to_file(&self, index: usize, values: &[f32]) -> Vec<f32> {
-        self.op().to_file(index, values)
+    pub(crate) fn file_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
+        self.op().file_order(index, values)
     }
 
     pub(crate) fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
@@ -219,7 +219,9 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         _ => Err(format!("expected 1 input, found {}", inputs.len())),
     };
     Ok(match layer {
-        Layer::Dense { units, bias, .. } => NodeOp::Dense(dense::Dense::resolve(*units, *bias, one()?)?),
+        Layer::Dense { units, bias, .. } => {
+            NodeOp::Dense(dense::Dense::resolve(*units, *bias, one()?)?)
+        }
         Layer::Conv2d {
             out_channels,
             kernel,

@@ -85,11 +85,15 @@ impl Window {
 pub struct MaxPool2d(pub Window);
 
 impl MaxPool2d {
-    pub(crate) fn resolve(size: usize, stride: Option<usize>, input: Shape) -> Result<Self, String> {
+    pub(crate) fn resolve(
+        size: usize,
+        stride: Option<usize>,
+        input: Shape,
+    ) -> Result<Self, String> {
         Window::resolve(size, stride, input).map(MaxPool2d)
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> MaxPoolKernel {
+    pub(crate) fn kernel(&self) -> MaxPoolKernel {
         MaxPoolKernel {
             window: self.0,
             argmax: Vec::new(),
@@ -151,11 +155,15 @@ impl<S: Scalar> Kernel<S> for MaxPoolKernel {
 pub struct AvgPool2d(pub Window);
 
 impl AvgPool2d {
-    pub(crate) fn resolve(size: usize, stride: Option<usize>, input: Shape) -> Result<Self, String> {
+    pub(crate) fn resolve(
+        size: usize,
+        stride: Option<usize>,
+        input: Shape,
+    ) -> Result<Self, String> {
         Window::resolve(size, stride, input).map(AvgPool2d)
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> AvgPoolKernel {
+    pub(crate) fn kernel(&self) -> AvgPoolKernel {
         AvgPoolKernel(self.0)
     }
 }

@@ -21,7 +21,11 @@ pub fn check_sampled(model_text: &str, batch_size: usize, seed: u64, per_tensor:
     let plan: Plan = model.plan("test").unwrap();
     let data = Dataset::synthetic(&plan, batch_size, seed);
     let mut batch = Batch::default();
-    data.gather(&(0..batch_size).collect::<Vec<_>>(), plan.loss(), &mut batch);
+    data.gather(
+        &(0..batch_size).collect::<Vec<_>>(),
+        plan.loss(),
+        &mut batch,
+    );
     let mut net = Network::<f64>::new(&plan);
     loss_of(&mut net, &batch);
     net.backward().unwrap();

@@ -1,0 +1,115 @@
+//! Random valid graphs, for the tests that check counts and gradients over branches, joins
+//! and shared parameters: dense layers of one width reading any earlier value, sums of two
+//! earlier values (a value may be added to itself), dense layers that use an earlier
+//! layer's parameters, standalone activations, and a head. Every value is used: whatever no
+//! node read is summed into the head's input. Included with `#[path]` by each test crate.
+#![allow(dead_code)]
+
+use opcount::rng::Rng;
+
+/// A model text and a batch size.
+pub struct Graph {
+    pub text: String,
+    pub batch: usize,
+}
+
+/// A random graph. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
+pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
+    let activations: &[&str] = if smooth {
+        &["Identity", "Sigmoid", "Tanh"]
+    } else {
+        &["Identity", "Sigmoid", "Tanh", "Relu"]
+    };
+    let width = 1 + rng.below(5);
+    // The input has the hidden width half of the time, so that nodes may read it too.
+    let inputs = if rng.below(2) == 0 {
+        width
+    } else {
+        1 + rng.below(6)
+    };
+    let mut entries: Vec<String> = Vec::new();
+    // Values of the hidden width, by name, and whether a node read them.
+    let mut values: Vec<(String, bool)> = Vec::new();
+    if inputs == width {
+        values.push(("input".into(), false));
+    }
+    entries.push(format!(
+        "(name: \"n0\", op: Dense(units: {width}, activation: Tanh), inputs: [\"input\"])"
+    ));
+    values.push(("n0".into(), false));
+    // Dense layers that own parameters another may share: (name, bias).
+    let mut owners: Vec<(String, bool)> = Vec::new();
+    for k in 1..2 + rng.below(6) {
+        let name = format!("n{k}");
+        let pick = |rng: &mut Rng, values: &mut Vec<(String, bool)>| {
+            let i = rng.below(values.len());
+            values[i].1 = true;
+            values[i].0.clone()
+        };
+        let entry = match rng.below(4) {
+            0 => {
+                let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
+                format!("(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])")
+            }
+            1 if !owners.is_empty() => {
+                let (owner, bias) = owners[rng.below(owners.len())].clone();
+                let x = pick(rng, &mut values);
+                format!(
+                    "(name: \"{name}\", op: Dense(units: {width}, bias: {bias}), \
+                     inputs: [\"{x}\"], share: \"{owner}\")"
+                )
+            }
+            2 => {
+                let x = pick(rng, &mut values);
+                let f = activations[rng.below(activations.len())];
+                format!("(name: \"{name}\", op: {f}, inputs: [\"{x}\"])")
+            }
+            _ => {
+                let x = pick(rng, &mut values);
+                let bias = rng.below(3) > 0;
+                let f = activations[rng.below(activations.len())];
+                // Only a layer whose input has the hidden width can lend its parameters.
+                if x != "input" || inputs == width {
+                    owners.push((name.clone(), bias));
+                }
+                format!(
+                    "(name: \"{name}\", op: Dense(units: {width}, bias: {bias}, activation: {f}), \
+                     inputs: [\"{x}\"])"
+                )
+            }
+        };
+        entries.push(entry);
+        values.push((name, false));
+    }
+    // Sum whatever was not read, then the head.
+    let mut unread: Vec<String> = values
+        .iter()
+        .filter(|(n, read)| !read && n != "input")
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut k = entries.len();
+    while unread.len() > 1 {
+        let (a, b) = (unread.remove(0), unread.remove(0));
+        let name = format!("n{k}");
+        entries.push(format!(
+            "(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])"
+        ));
+        unread.push(name);
+        k += 1;
+    }
+    let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
+    let units = if loss == "Mse" { 1 } else { 2 } + rng.below(3);
+    entries.push(format!(
+        "(name: \"head\", op: Dense(units: {units}), inputs: [\"{}\"])",
+        unread[0]
+    ));
+    let text = format!(
+        "(name: \"graph\", input: [{inputs}], loss: {loss}, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
+        rng.below(1000),
+        entries.join(",\n  ")
+    );
+    Graph {
+        text,
+        batch: 1 + rng.below(4),
+    }
+}
