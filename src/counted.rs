@@ -1,4 +1,5 @@
-//! [`Counted<T>`]: a floating-point number that records every operation done on it.
+//! [`Counted<T>`] and [`CountedZeros<T>`]: floating-point numbers that record every operation
+//! done on them.
 //!
 //! Each operation calls the same operation of `T`, so results are bit-identical to `T`, and
 //! bumps the counter(s) that `docs/counting.md` assigns to it. The arithmetic operators are
@@ -23,7 +24,8 @@ use crate::counts::Op;
 use crate::scalar::Counting;
 use crate::tally::{bump, bump_by};
 
-/// A number of type `T` (`f32`, `f64`) whose operations are counted in the thread's tally.
+/// A number of type `T` (`f32`, `f64`) whose operations are counted in the thread's tally:
+/// [`CountedNumber`] without the count of multiplications by zero.
 ///
 /// Same size and layout as `T`; every operation gives the same bits as on `T`. Constructing,
 /// copying, converting and printing are free; see `docs/counting.md` for what each operation
@@ -37,34 +39,62 @@ use crate::tally::{bump, bump_by};
 /// assert_eq!(y.get(), 12.0);
 /// assert_eq!((counts.mul, counts.add), (1, 1));
 /// ```
-#[derive(Copy, Clone, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-#[repr(transparent)]
-pub struct Counted<T, const ZEROS: bool = false>(T);
+pub type Counted<T> = CountedNumber<T, false>;
 
 /// [`Counted`] that also counts multiplications with an operand exactly zero
 /// ([`Op::Zmul`]): work a sparse kernel could skip. Costs a comparison per multiplication, so
 /// plain `Counted` leaves it out.
-pub type CountedZeros<T> = Counted<T, true>;
+///
+/// ```
+/// use opcount::{CountedZeros, tally};
+///
+/// let x = CountedZeros::vec(&[0.0f32, 2.0]);
+/// let (_, counts) = tally::measure(|| x[0] * x[1] + x[1] * x[1]);
+/// assert_eq!((counts.mul, counts.zmul), (2, 1));
+/// ```
+pub type CountedZeros<T> = CountedNumber<T, true>;
 
-// Constructors are written for plain `Counted<T>` only, so that `Counted::new(1.0)` needs no
-// annotation; build a `CountedZeros<T>` with `x.into()`.
-impl<T> Counted<T> {
+/// The number type behind [`Counted`] (`ZEROS = false`) and [`CountedZeros`] (`ZEROS =
+/// true`); use those two names. (They are aliases rather than one type with a default
+/// parameter so that `Counted::new(1.0)` and `CountedZeros::new(1.0)` both need no
+/// annotation.)
+#[derive(Copy, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+#[repr(transparent)]
+pub struct CountedNumber<T, const ZEROS: bool>(T);
+
+impl<T, const Z: bool> CountedNumber<T, Z> {
     /// Wraps a value. Free.
     #[inline]
     pub const fn new(value: T) -> Self {
-        Counted(value)
+        CountedNumber(value)
+    }
+
+    /// Views a slice of plain numbers as counted numbers, without copying (the type is
+    /// `repr(transparent)`).
+    ///
+    /// ```
+    /// use opcount::{Counted, tally};
+    ///
+    /// let plain = [1.0f32, 2.0, 3.0];
+    /// let (sum, counts) = tally::measure(|| Counted::from_slice(&plain).iter().copied().sum::<Counted<f32>>());
+    /// assert_eq!((sum.get(), counts.add), (6.0, 2));
+    /// ```
+    pub fn from_slice(values: &[T]) -> &[Self] {
+        // SAFETY: `CountedNumber<T, Z>` is `repr(transparent)` over `T`, so a slice of one
+        // has the layout of a slice of the other, and the lifetime is kept.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<Self>(), values.len()) }
     }
 }
 
-impl<T: Copy> Counted<T> {
+impl<T: Copy, const Z: bool> CountedNumber<T, Z> {
     /// Wraps every value of a slice.
-    pub fn vec(values: &[T]) -> Vec<Counted<T>> {
-        values.iter().map(|&v| Counted(v)).collect()
+    pub fn vec(values: &[T]) -> Vec<Self> {
+        values.iter().map(|&v| CountedNumber(v)).collect()
     }
 }
 
-impl<T, const Z: bool> Counted<T, Z> {
+impl<T, const Z: bool> CountedNumber<T, Z> {
     /// The wrapped value. Free.
     #[inline]
     pub fn get(self) -> T {
@@ -72,21 +102,21 @@ impl<T, const Z: bool> Counted<T, Z> {
     }
 }
 
-impl<T: Copy, const Z: bool> Counted<T, Z> {
+impl<T: Copy, const Z: bool> CountedNumber<T, Z> {
     /// Unwraps every value of a slice.
-    pub fn unwrap_slice(values: &[Counted<T, Z>]) -> Vec<T> {
+    pub fn unwrap_slice(values: &[CountedNumber<T, Z>]) -> Vec<T> {
         values.iter().map(|v| v.0).collect()
     }
 }
 
-impl<T, const Z: bool> From<T> for Counted<T, Z> {
+impl<T, const Z: bool> From<T> for CountedNumber<T, Z> {
     #[inline]
     fn from(value: T) -> Self {
-        Counted(value)
+        CountedNumber(value)
     }
 }
 
-impl<T, const Z: bool> Counting for Counted<T, Z> {
+impl<T, const Z: bool> Counting for CountedNumber<T, Z> {
     const IS_COUNTED: bool = true;
 
     #[inline]
@@ -100,7 +130,7 @@ impl<T, const Z: bool> Counting for Counted<T, Z> {
 
 macro_rules! forward_fmt {
     ($($Trait:ident),*) => {$(
-        impl<T: fmt::$Trait, const Z: bool> fmt::$Trait for Counted<T, Z> {
+        impl<T: fmt::$Trait, const Z: bool> fmt::$Trait for CountedNumber<T, Z> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::$Trait::fmt(&self.0, f)
             }
@@ -114,12 +144,12 @@ forward_fmt!(Debug, Display, LowerExp, UpperExp);
 
 macro_rules! binary_operator {
     ($Trait:ident::$method:ident, $Assign:ident::$assign:ident, $kind:ident, $op:tt) => {
-        impl<T: Float, const Z: bool> $Trait for Counted<T, Z> {
+        impl<T: Float, const Z: bool> $Trait for CountedNumber<T, Z> {
             type Output = Self;
             #[inline]
             fn $method(self, rhs: Self) -> Self {
                 bump(Op::$kind);
-                Counted(self.0 $op rhs.0)
+                CountedNumber(self.0 $op rhs.0)
             }
         }
         borrowed_forms!($Trait::$method, $Assign::$assign);
@@ -129,36 +159,36 @@ macro_rules! binary_operator {
 /// The forms with borrowed operands and the assigning form, all through the owned one.
 macro_rules! borrowed_forms {
     ($Trait:ident::$method:ident, $Assign:ident::$assign:ident) => {
-        impl<T: Float, const Z: bool> $Trait<&Counted<T, Z>> for Counted<T, Z> {
-            type Output = Counted<T, Z>;
+        impl<T: Float, const Z: bool> $Trait<&CountedNumber<T, Z>> for CountedNumber<T, Z> {
+            type Output = CountedNumber<T, Z>;
             #[inline]
-            fn $method(self, rhs: &Counted<T, Z>) -> Counted<T, Z> {
+            fn $method(self, rhs: &CountedNumber<T, Z>) -> CountedNumber<T, Z> {
                 self.$method(*rhs)
             }
         }
-        impl<T: Float, const Z: bool> $Trait<Counted<T, Z>> for &Counted<T, Z> {
-            type Output = Counted<T, Z>;
+        impl<T: Float, const Z: bool> $Trait<CountedNumber<T, Z>> for &CountedNumber<T, Z> {
+            type Output = CountedNumber<T, Z>;
             #[inline]
-            fn $method(self, rhs: Counted<T, Z>) -> Counted<T, Z> {
+            fn $method(self, rhs: CountedNumber<T, Z>) -> CountedNumber<T, Z> {
                 (*self).$method(rhs)
             }
         }
-        impl<T: Float, const Z: bool> $Trait<&Counted<T, Z>> for &Counted<T, Z> {
-            type Output = Counted<T, Z>;
+        impl<T: Float, const Z: bool> $Trait<&CountedNumber<T, Z>> for &CountedNumber<T, Z> {
+            type Output = CountedNumber<T, Z>;
             #[inline]
-            fn $method(self, rhs: &Counted<T, Z>) -> Counted<T, Z> {
+            fn $method(self, rhs: &CountedNumber<T, Z>) -> CountedNumber<T, Z> {
                 (*self).$method(*rhs)
             }
         }
-        impl<T: Float, const Z: bool> $Assign for Counted<T, Z> {
+        impl<T: Float, const Z: bool> $Assign for CountedNumber<T, Z> {
             #[inline]
             fn $assign(&mut self, rhs: Self) {
                 *self = (*self).$method(rhs);
             }
         }
-        impl<T: Float, const Z: bool> $Assign<&Counted<T, Z>> for Counted<T, Z> {
+        impl<T: Float, const Z: bool> $Assign<&CountedNumber<T, Z>> for CountedNumber<T, Z> {
             #[inline]
-            fn $assign(&mut self, rhs: &Counted<T, Z>) {
+            fn $assign(&mut self, rhs: &CountedNumber<T, Z>) {
                 *self = (*self).$method(*rhs);
             }
         }
@@ -167,13 +197,13 @@ macro_rules! borrowed_forms {
 
 /// Multiplication also counts a zero operand, for [`CountedZeros`] (`Z`); for plain
 /// `Counted` the check compiles away.
-impl<T: Float, const Z: bool> Mul for Counted<T, Z> {
+impl<T: Float, const Z: bool> Mul for CountedNumber<T, Z> {
     type Output = Self;
     #[inline]
     fn mul(self, rhs: Self) -> Self {
         bump(Op::Mul);
         count_zero_operand::<T, Z>(self.0, rhs.0);
-        Counted(self.0 * rhs.0)
+        CountedNumber(self.0 * rhs.0)
     }
 }
 borrowed_forms!(Mul::mul, MulAssign::mul_assign);
@@ -191,45 +221,46 @@ binary_operator!(Sub::sub, SubAssign::sub_assign, Sub, -);
 binary_operator!(Div::div, DivAssign::div_assign, Div, /);
 binary_operator!(Rem::rem, RemAssign::rem_assign, Rem, %);
 
-impl<T: Float, const Z: bool> Neg for Counted<T, Z> {
+impl<T: Float, const Z: bool> Neg for CountedNumber<T, Z> {
     type Output = Self;
     #[inline]
     fn neg(self) -> Self {
         bump(Op::Neg);
-        Counted(-self.0)
+        CountedNumber(-self.0)
     }
 }
 
-impl<T: Float, const Z: bool> Neg for &Counted<T, Z> {
-    type Output = Counted<T, Z>;
+impl<T: Float, const Z: bool> Neg for &CountedNumber<T, Z> {
+    type Output = CountedNumber<T, Z>;
     #[inline]
-    fn neg(self) -> Counted<T, Z> {
+    fn neg(self) -> CountedNumber<T, Z> {
         -*self
     }
 }
 
 /// A sum of k values costs k-1 additions: it starts from the first value. The standard
 /// library starts from `-0.0`, which gives the same bits because `-0.0 + x == x`.
-impl<T: Float, const Z: bool> Sum for Counted<T, Z> {
+impl<T: Float, const Z: bool> Sum for CountedNumber<T, Z> {
     fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
-        iter.reduce(|a, b| a + b).unwrap_or(Counted(T::neg_zero()))
+        iter.reduce(|a, b| a + b)
+            .unwrap_or(CountedNumber(T::neg_zero()))
     }
 }
 
-impl<'a, T: Float, const Z: bool> Sum<&'a Counted<T, Z>> for Counted<T, Z> {
+impl<'a, T: Float, const Z: bool> Sum<&'a CountedNumber<T, Z>> for CountedNumber<T, Z> {
     fn sum<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
         iter.copied().sum()
     }
 }
 
 /// A product of k values costs k-1 multiplications: it starts from the first value.
-impl<T: Float, const Z: bool> Product for Counted<T, Z> {
+impl<T: Float, const Z: bool> Product for CountedNumber<T, Z> {
     fn product<I: Iterator<Item = Self>>(iter: I) -> Self {
-        iter.reduce(|a, b| a * b).unwrap_or(Counted(T::one()))
+        iter.reduce(|a, b| a * b).unwrap_or(CountedNumber(T::one()))
     }
 }
 
-impl<'a, T: Float, const Z: bool> Product<&'a Counted<T, Z>> for Counted<T, Z> {
+impl<'a, T: Float, const Z: bool> Product<&'a CountedNumber<T, Z>> for CountedNumber<T, Z> {
     fn product<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
         iter.copied().product()
     }
@@ -239,7 +270,7 @@ impl<'a, T: Float, const Z: bool> Product<&'a Counted<T, Z>> for Counted<T, Z> {
 // Comparisons: one `cmp` each. Written out rather than derived so that `lt`, `le`, ... call
 // `T`'s own comparison once instead of going through `partial_cmp`.
 
-impl<T: Float, const Z: bool> PartialEq for Counted<T, Z> {
+impl<T: Float, const Z: bool> PartialEq for CountedNumber<T, Z> {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         bump(Op::Cmp);
@@ -253,7 +284,7 @@ impl<T: Float, const Z: bool> PartialEq for Counted<T, Z> {
     }
 }
 
-impl<T: Float, const Z: bool> PartialOrd for Counted<T, Z> {
+impl<T: Float, const Z: bool> PartialOrd for CountedNumber<T, Z> {
     #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         bump(Op::Cmp);
@@ -281,7 +312,7 @@ impl<T: Float, const Z: bool> PartialOrd for Counted<T, Z> {
     }
 }
 
-impl<T: Float + TotalOrder, const Z: bool> TotalOrder for Counted<T, Z> {
+impl<T: Float + TotalOrder, const Z: bool> TotalOrder for CountedNumber<T, Z> {
     #[inline]
     fn total_cmp(&self, other: &Self) -> Ordering {
         bump(Op::Cmp);
@@ -292,10 +323,10 @@ impl<T: Float + TotalOrder, const Z: bool> TotalOrder for Counted<T, Z> {
 // ---------------------------------------------------------------------------------------
 // num-traits: constants, conversions and classification are free.
 
-impl<T: Float, const Z: bool> Zero for Counted<T, Z> {
+impl<T: Float, const Z: bool> Zero for CountedNumber<T, Z> {
     #[inline]
     fn zero() -> Self {
-        Counted(T::zero())
+        CountedNumber(T::zero())
     }
     #[inline]
     fn is_zero(&self) -> bool {
@@ -303,10 +334,10 @@ impl<T: Float, const Z: bool> Zero for Counted<T, Z> {
     }
 }
 
-impl<T: Float, const Z: bool> One for Counted<T, Z> {
+impl<T: Float, const Z: bool> One for CountedNumber<T, Z> {
     #[inline]
     fn one() -> Self {
-        Counted(T::one())
+        CountedNumber(T::one())
     }
     // Written out: the default body compares with `==`, which would count.
     #[inline]
@@ -315,23 +346,23 @@ impl<T: Float, const Z: bool> One for Counted<T, Z> {
     }
 }
 
-impl<T: Float, const Z: bool> Num for Counted<T, Z> {
+impl<T: Float, const Z: bool> Num for CountedNumber<T, Z> {
     type FromStrRadixErr = T::FromStrRadixErr;
     fn from_str_radix(s: &str, radix: u32) -> Result<Self, Self::FromStrRadixErr> {
-        T::from_str_radix(s, radix).map(Counted)
+        T::from_str_radix(s, radix).map(CountedNumber)
     }
 }
 
-impl<T: Float, const Z: bool> NumCast for Counted<T, Z> {
+impl<T: Float, const Z: bool> NumCast for CountedNumber<T, Z> {
     #[inline]
     fn from<N: ToPrimitive>(n: N) -> Option<Self> {
-        <T as NumCast>::from(n).map(Counted)
+        <T as NumCast>::from(n).map(CountedNumber)
     }
 }
 
 macro_rules! forward_to_primitive {
     ($($method:ident -> $ty:ty;)*) => {
-        impl<T: Float, const Z: bool> ToPrimitive for Counted<T, Z> {
+        impl<T: Float, const Z: bool> ToPrimitive for CountedNumber<T, Z> {
             $( #[inline] fn $method(&self) -> Option<$ty> { self.0.$method() } )*
         }
     };
@@ -344,8 +375,8 @@ forward_to_primitive! {
 
 macro_rules! forward_from_primitive {
     ($($method:ident($ty:ty);)*) => {
-        impl<T: Float + FromPrimitive, const Z: bool> FromPrimitive for Counted<T, Z> {
-            $( #[inline] fn $method(n: $ty) -> Option<Self> { T::$method(n).map(Counted) } )*
+        impl<T: Float + FromPrimitive, const Z: bool> FromPrimitive for CountedNumber<T, Z> {
+            $( #[inline] fn $method(n: $ty) -> Option<Self> { T::$method(n).map(CountedNumber) } )*
         }
     };
 }
@@ -355,21 +386,21 @@ forward_from_primitive! {
     from_u64(u64); from_u128(u128); from_f32(f32); from_f64(f64);
 }
 
-impl<T: Float + Bounded, const Z: bool> Bounded for Counted<T, Z> {
+impl<T: Float + Bounded, const Z: bool> Bounded for CountedNumber<T, Z> {
     #[inline]
     fn min_value() -> Self {
-        Counted(<T as Bounded>::min_value())
+        CountedNumber(<T as Bounded>::min_value())
     }
     #[inline]
     fn max_value() -> Self {
-        Counted(<T as Bounded>::max_value())
+        CountedNumber(<T as Bounded>::max_value())
     }
 }
 
 macro_rules! forward_float_const {
     ($($name:ident)*) => {
-        impl<T: Float + FloatConst, const Z: bool> FloatConst for Counted<T, Z> {
-            $( #[inline] fn $name() -> Self { Counted(T::$name()) } )*
+        impl<T: Float + FloatConst, const Z: bool> FloatConst for CountedNumber<T, Z> {
+            $( #[inline] fn $name() -> Self { CountedNumber(T::$name()) } )*
         }
     };
 }
@@ -378,22 +409,22 @@ forward_float_const! {
     FRAC_PI_6 FRAC_PI_8 LN_10 LN_2 LOG10_E LOG2_E PI SQRT_2 TAU LOG10_2 LOG2_10
 }
 
-impl<T: Float + Signed, const Z: bool> Signed for Counted<T, Z> {
+impl<T: Float + Signed, const Z: bool> Signed for CountedNumber<T, Z> {
     #[inline]
     fn abs(&self) -> Self {
         bump(Op::Abs);
-        Counted(Signed::abs(&self.0))
+        CountedNumber(Signed::abs(&self.0))
     }
     #[inline]
     fn abs_sub(&self, other: &Self) -> Self {
         bump(Op::Sub);
         bump(Op::Cmp);
-        Counted(Signed::abs_sub(&self.0, &other.0))
+        CountedNumber(Signed::abs_sub(&self.0, &other.0))
     }
     #[inline]
     fn signum(&self) -> Self {
         bump(Op::Abs);
-        Counted(Signed::signum(&self.0))
+        CountedNumber(Signed::signum(&self.0))
     }
     #[inline]
     fn is_positive(&self) -> bool {
@@ -416,26 +447,26 @@ macro_rules! float_methods {
         unary { $($u:ident => [$($uk:ident)+];)* }
         binary { $($b:ident => [$($bk:ident)+];)* }
     ) => {
-        $( #[inline] fn $c() -> Self { Counted(<T as Float>::$c()) } )*
+        $( #[inline] fn $c() -> Self { CountedNumber(<T as Float>::$c()) } )*
         $( #[inline] fn $p(self) -> bool { <T as Float>::$p(self.0) } )*
         $(
             #[inline]
             fn $u(self) -> Self {
                 $( bump(Op::$uk); )+
-                Counted(<T as Float>::$u(self.0))
+                CountedNumber(<T as Float>::$u(self.0))
             }
         )*
         $(
             #[inline]
             fn $b(self, other: Self) -> Self {
                 $( bump(Op::$bk); )+
-                Counted(<T as Float>::$b(self.0, other.0))
+                CountedNumber(<T as Float>::$b(self.0, other.0))
             }
         )*
     };
 }
 
-impl<T: Float, const Z: bool> Float for Counted<T, Z> {
+impl<T: Float, const Z: bool> Float for CountedNumber<T, Z> {
     float_methods! {
         constants {
             nan infinity neg_infinity neg_zero min_value min_positive_value epsilon max_value
@@ -504,26 +535,26 @@ impl<T: Float, const Z: bool> Float for Counted<T, Z> {
         bump(Op::Mul);
         count_zero_operand::<T, Z>(self.0, a.0);
         bump(Op::Add);
-        Counted(self.0.mul_add(a.0, b.0))
+        CountedNumber(self.0.mul_add(a.0, b.0))
     }
 
     #[inline]
     fn powi(self, n: i32) -> Self {
         bump(Op::Pow);
-        Counted(self.0.powi(n))
+        CountedNumber(self.0.powi(n))
     }
 
     /// Both bounds are compared whatever the value (counts never depend on data).
     #[inline]
     fn clamp(self, min: Self, max: Self) -> Self {
         bump_by(Op::Cmp, 2);
-        Counted(<T as Float>::clamp(self.0, min.0, max.0))
+        CountedNumber(<T as Float>::clamp(self.0, min.0, max.0))
     }
 
     #[inline]
     fn sin_cos(self) -> (Self, Self) {
         bump_by(Op::Trans, 2);
         let (s, c) = self.0.sin_cos();
-        (Counted(s), Counted(c))
+        (CountedNumber(s), CountedNumber(c))
     }
 }

@@ -16,6 +16,7 @@ macro_rules! kinds {
     ($( $field:ident => $variant:ident: $what:literal; )+) => {
         /// A kind of operation. See `docs/counting.md` for what each kind counts.
         #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
         pub enum Op {
             $( #[doc = $what] $variant, )+
         }

@@ -18,6 +18,22 @@ pub enum Targets {
 }
 
 /// Examples, checked against a plan: `features` inputs and one target each.
+///
+/// ```
+/// use std::path::Path;
+/// use opcount::{Model, data::Dataset};
+///
+/// let model = Model::load(Path::new("models/iris.ron"))?;
+/// let plan = model.plan("iris.ron")?;
+/// let training = model.training.as_ref().expect("iris ships its data");
+/// let data = Dataset::load(&training.data, Path::new("models"), "iris.ron", &plan)?;
+/// assert_eq!((data.len(), data.features, data.outputs), (150, 4, 3));
+///
+/// // Made-up examples of the right shape, for counting a model that ships no data.
+/// let made_up = Dataset::synthetic(&plan, 8, 42);
+/// assert_eq!(made_up.len(), 8);
+/// # Ok::<(), opcount::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// `len x features` values, example after example.

@@ -110,6 +110,18 @@ pub(crate) use counts;
 
 /// The counts of one training step of `plan` on a batch of `batch` examples.
 ///
+/// ```
+/// use opcount::{Model, estimate};
+///
+/// // The classic question: 30 inputs, two dense layers of 30 sigmoid neurons.
+/// let model = Model::load(std::path::Path::new("models/mlp-30-30-30.ron"))?;
+/// let step = estimate::step(&model.plan("mlp-30-30-30.ron")?, 1)?;
+/// let dense_forward_mul: u128 = [0, 2].iter().map(|&k| step.nodes[k].forward.mul).sum();
+/// assert_eq!(dense_forward_mul, 1_800);
+/// assert_eq!(step.totals().all.total(), 11_431);
+/// # Ok::<(), opcount::Error>(())
+/// ```
+///
 /// Every count fits in `u128`, and so does the sum of all of them (every node, phase and
 /// kind, `act` and `zmul` included), so every total a report or a projection makes of them
 /// is exact; otherwise an [`Error::Overflow`] names what does not fit.

@@ -48,7 +48,7 @@ mod shape;
 pub mod tally;
 pub mod train;
 
-pub use counted::{Counted, CountedZeros};
+pub use counted::{Counted, CountedNumber, CountedZeros};
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
 pub use model::{Model, Node, Plan};

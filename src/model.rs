@@ -287,6 +287,15 @@ fn ron_options() -> ron::Options {
 
 impl Model {
     /// Reads and parses a model file (it is not validated yet; see [`Model::plan`]).
+    ///
+    /// ```
+    /// use opcount::Model;
+    ///
+    /// let model = Model::load(std::path::Path::new("models/xor.ron"))?;
+    /// assert_eq!(model.name, "xor");
+    /// assert!(Model::load(std::path::Path::new("models/no-such-model.ron")).is_err());
+    /// # Ok::<(), opcount::Error>(())
+    /// ```
     pub fn load(path: &Path) -> Result<Model> {
         let text = read_text(path)?;
         Model::parse(&text, &path.display().to_string())
@@ -316,6 +325,26 @@ impl Model {
 
     /// Checks the model and lays out its graph, naming the layer or node at fault if
     /// something does not fit. `origin` names the file in error messages.
+    ///
+    /// ```
+    /// use opcount::Model;
+    ///
+    /// let model = Model::parse(
+    ///     "(name: \"m\", input: [1, 8, 8], loss: Mse,
+    ///       layers: [Conv2d(out_channels: 2, kernel: 3), Flatten, Dense(units: 1)])",
+    ///     "m.ron",
+    /// )?;
+    /// let plan = model.plan("m.ron")?;
+    /// let shapes: Vec<String> = plan.nodes().iter().map(|n| n.output().to_string()).collect();
+    /// assert_eq!(shapes, ["2x6x6", "72", "1"]);
+    /// assert_eq!(plan.params(), 2 * 9 + 2 + 72 + 1);
+    ///
+    /// // A layer that does not fit is named.
+    /// let bad = Model::parse("(name: \"b\", input: [3], loss: Mse, layers: [Flatten, Conv2d(out_channels: 1, kernel: 1)])", "b.ron")?;
+    /// let err = bad.plan("b.ron").unwrap_err().to_string();
+    /// assert!(err.starts_with("b.ron: layer 1 (conv1): conv2d expects"), "{err}");
+    /// # Ok::<(), opcount::Error>(())
+    /// ```
     pub fn plan(&self, origin: &str) -> Result<Plan> {
         crate::plan::build(self, origin)
     }

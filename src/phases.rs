@@ -55,6 +55,15 @@ impl NodeCounts {
         }
     }
 
+    /// The counts a closed form can predict (see [`Counts::predictable`]).
+    pub fn predictable(&self) -> NodeCounts {
+        NodeCounts {
+            forward: self.forward.predictable(),
+            backward: self.backward.predictable(),
+            update: self.update.predictable(),
+        }
+    }
+
     /// All phases together.
     pub fn all(&self) -> Counts {
         self.forward + self.backward + self.update
@@ -82,15 +91,7 @@ impl StepCounts {
     /// The counts a closed form can predict (see [`Counts::predictable`]).
     pub fn predictable(&self) -> StepCounts {
         StepCounts {
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| NodeCounts {
-                    forward: n.forward.predictable(),
-                    backward: n.backward.predictable(),
-                    update: n.update.predictable(),
-                })
-                .collect(),
+            nodes: self.nodes.iter().map(NodeCounts::predictable).collect(),
             loss: self.loss.predictable(),
         }
     }
