@@ -145,6 +145,26 @@ pub enum Layer {
     Relu,
     /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
     Softmax,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+    /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh form GPT-2 uses.
+    Gelu,
+}
+
+impl Layer {
+    /// The activation a standalone activation layer applies.
+    pub fn activation(&self) -> Option<Activation> {
+        Some(match self {
+            Layer::Identity => Activation::Identity,
+            Layer::Sigmoid => Activation::Sigmoid,
+            Layer::Tanh => Activation::Tanh,
+            Layer::Relu => Activation::Relu,
+            Layer::Softmax => Activation::Softmax,
+            Layer::Relu6 => Activation::Relu6,
+            Layer::Gelu => Activation::Gelu,
+            _ => return None,
+        })
+    }
 }
 
 fn one() -> usize {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Training};
+use crate::nn::activation::Act;
 use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
 use crate::shape::Shape;
 
@@ -424,7 +425,7 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         });
         if let Some(a) = declared_activation(entry.op) {
             let name = format!("{}.{}", names[i], a.name());
-            let op = ops::resolve(&activation_layer(a), &[output]).map_err(&error)?;
+            let op = Act::resolve(a, output).map_err(&error)?;
             nodes.push(Node {
                 name,
                 op,
@@ -661,17 +662,6 @@ fn declared_activation(layer: &Layer) -> Option<Activation> {
     }
 }
 
-/// The standalone layer of an activation.
-fn activation_layer(a: Activation) -> Layer {
-    match a {
-        Activation::Identity => Layer::Identity,
-        Activation::Sigmoid => Layer::Sigmoid,
-        Activation::Tanh => Layer::Tanh,
-        Activation::Relu => Layer::Relu,
-        Activation::Softmax => Layer::Softmax,
-    }
-}
-
 fn layer_kind(layer: &Layer) -> &'static str {
     match layer {
         Layer::Dense { .. } => "dense",
@@ -680,11 +670,10 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::AvgPool2d { .. } => "avgpool",
         Layer::Flatten => "flatten",
         Layer::Add => "add",
-        Layer::Identity => "identity",
-        Layer::Sigmoid => "sigmoid",
-        Layer::Tanh => "tanh",
-        Layer::Relu => "relu",
-        Layer::Softmax => "softmax",
+        activation => activation
+            .activation()
+            .expect("every other layer is an activation")
+            .name(),
     }
 }
 

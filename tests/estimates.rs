@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use opcount::data::Dataset;
+use opcount::model::Activation;
 use opcount::report::Report;
 use opcount::{Counts, Model, Phase, Plan, StepCounts, estimate, measure_step};
 use proptest::prelude::*;
@@ -177,10 +178,12 @@ fn a_mismatch_is_reported_per_node_phase_and_kind() {
     assert!(report.table().contains("✗"));
 }
 
-const ACTIVATIONS: [&str; 5] = ["Identity", "Sigmoid", "Tanh", "Relu", "Softmax"];
-
 fn dense_stack() -> impl Strategy<Value = (String, usize)> {
-    let layer = (1usize..64, proptest::option::of(0usize..5), any::<bool>());
+    let layer = (
+        1usize..64,
+        proptest::option::of(0..Activation::ALL.len()),
+        any::<bool>(),
+    );
     (
         1usize..64,
         proptest::collection::vec(layer, 1..=4),
@@ -195,11 +198,10 @@ fn dense_stack() -> impl Strategy<Value = (String, usize)> {
                 // Cross-entropy needs at least 2 logits from the last layer and no softmax.
                 let last = i + 1 == n;
                 let units = if last && !mse { units.max(2) } else { units };
-                let act = match act {
-                    Some(4) if last && !mse => None,
-                    a => a,
-                };
-                let act = act.map_or(String::new(), |a| format!(", activation: {}", ACTIVATIONS[a]));
+                let act = act.map(|a| Activation::ALL[a]).filter(|&a| {
+                    !(last && !mse && a == Activation::Softmax)
+                });
+                let act = act.map_or(String::new(), |a| format!(", activation: {a:?}"));
                 text.push(format!("Dense(units: {units}, bias: {bias}{act})"));
             }
             let loss = if mse { "Mse" } else { "SoftmaxCrossEntropy" };

@@ -38,12 +38,65 @@ fn every_operation_is_documented_in_the_model_format_and_the_counting_rules() {
 }
 
 #[test]
-fn every_activation_is_also_a_layer() {
+fn every_activation_is_also_a_layer_of_its_own() {
     for a in Activation::ALL {
-        let name = format!("{a:?}");
-        assert!(
-            OPERATIONS.contains(&name.as_str()),
-            "{name} is not in OPERATIONS"
+        let text =
+            format!("(name: \"a\", input: [3], loss: Mse, layers: [{a:?}, Dense(units: 1)])");
+        let plan = opcount::Model::parse(&text, "a")
+            .unwrap()
+            .plan("a")
+            .unwrap();
+        assert_eq!(plan.nodes()[0].kind(), a.name());
+        assert_eq!(plan.nodes()[0].name(), format!("{}1", a.name()));
+    }
+}
+
+/// One training step of a model holding `layers`, with `f32` and with `Counted<f32>`: the
+/// loss, the output and every parameter afterwards, bit for bit.
+fn plain_and_counted_agree(text: &str) {
+    use opcount::data::Dataset;
+    use opcount::{Counted, Network};
+    let model = opcount::Model::parse(text, "m").unwrap();
+    let plan = model.plan("m").unwrap();
+    let data = Dataset::synthetic(&plan, 3, 9);
+    let mut plain = Network::<f32>::new(&plan);
+    let mut counted = Network::<Counted<f32>>::new(&plan);
+    let a = plain.step(&data.head(3, plan.loss()), 0.1);
+    let b = counted.step(&data.head(3, plan.loss()), Counted::new(0.1));
+    assert_eq!(a.to_bits(), b.get().to_bits(), "{text}: loss");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (p, q) in plain.params().iter().zip(counted.params()) {
+        assert_eq!(
+            bits(p),
+            bits(&Counted::unwrap_slice(q)),
+            "{text}: parameters"
         );
     }
+    assert_eq!(
+        bits(plain.output()),
+        bits(&Counted::unwrap_slice(counted.output())),
+        "{text}: output"
+    );
+}
+
+#[test]
+fn every_operation_is_bit_identical_counted_and_plain() {
+    for a in Activation::ALL {
+        plain_and_counted_agree(&format!(
+            "(name: \"a\", input: [5], loss: Mse, layers: [Dense(units: 4, activation: {a:?}), Dense(units: 2)])"
+        ));
+    }
+    plain_and_counted_agree(
+        "(name: \"c\", input: [2, 9, 8], loss: SoftmaxCrossEntropy, layers: [
+            Conv2d(out_channels: 3, kernel: 3, stride: 2, padding: 1), MaxPool2d(size: 2),
+            Conv2d(out_channels: 2, kernel: 1), AvgPool2d(size: 1, stride: 2), Flatten,
+            Dense(units: 3)])",
+    );
+    plain_and_counted_agree(
+        "(name: \"g\", input: [4], loss: Mse, graph: [
+            (name: \"a\", op: Dense(units: 4, activation: Tanh)),
+            (name: \"b\", op: Dense(units: 4), share: \"a\"),
+            (name: \"s\", op: Add, inputs: [\"a\", \"b\"]),
+            (name: \"out\", op: Dense(units: 1))])",
+    );
 }

@@ -26,16 +26,22 @@ pub enum Activation {
     Relu,
     /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
     Softmax,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+    /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh form GPT-2 uses.
+    Gelu,
 }
 
 impl Activation {
     /// Every activation, for tests and the fuzz dictionary.
-    pub const ALL: [Activation; 5] = [
+    pub const ALL: [Activation; 7] = [
         Activation::Identity,
         Activation::Sigmoid,
         Activation::Tanh,
         Activation::Relu,
         Activation::Softmax,
+        Activation::Relu6,
+        Activation::Gelu,
     ];
 
     /// Lower-case name, as in tables.
@@ -46,6 +52,8 @@ impl Activation {
             Activation::Tanh => "tanh",
             Activation::Relu => "relu",
             Activation::Softmax => "softmax",
+            Activation::Relu6 => "relu6",
+            Activation::Gelu => "gelu",
         }
     }
 }
@@ -119,6 +127,10 @@ fn forward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Cou
         Activation::Softmax => counts! { at, what;
             cmp: b * (w - 1), sub: e, exp: e, add: b * (w - 1), div: e, act: e,
         },
+        // y = min(max(z, 0), 6).
+        Activation::Relu6 => counts! { at, what; cmp: e * 2, act: e },
+        // u = z z, v = z + c (u z), t = tanh(s v), y = (h z)(1 + t): 6 mul, 2 add, 1 tanh.
+        Activation::Gelu => counts! { at, what; mul: e * 6, add: e * 2, tanh: e, act: e },
     }
 }
 
@@ -139,6 +151,12 @@ fn backward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Co
         // Per example: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
         // (W sub, W mul).
         Activation::Softmax => counts! { at, what; mul: e * 2, add: b * (w - 1), sub: e },
+        // dz = dy if 0 < y < 6, else 0.
+        Activation::Relu6 => counts! { at, what; cmp: e * 2 },
+        // From z: u, v, t again (4 mul, 1 add, 1 tanh); a = h (1 + t) (1 add, 1 mul);
+        // d = 1 - t t (1 mul, 1 sub); e = 1 + 3c u (1 mul, 1 add); b = (h z) d s e (4 mul);
+        // dz = dy (a + b) (1 add, 1 mul). In all 12 mul, 4 add, 1 sub, 1 tanh.
+        Activation::Gelu => counts! { at, what; mul: e * 12, add: e * 4, sub: e, tanh: e },
     }
 }
 
@@ -151,7 +169,7 @@ impl<S: Scalar> Kernel<S> for ActKernel {
 
     fn backward(
         &mut self,
-        _: &[&[S]],
+        x: &[&[S]],
         y: &[S],
         dy: &[S],
         _: &[&[S]],
@@ -160,7 +178,7 @@ impl<S: Scalar> Kernel<S> for ActKernel {
         _: &mut Workspace<S>,
     ) {
         if let Some(dx) = dx[0].as_deref_mut() {
-            backward(self.0.f, y, dy, dx, self.0.shape.last());
+            backward(self.0.f, x[0], y, dy, dx, self.0.shape.last());
         }
     }
 }
@@ -184,10 +202,32 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
                 softmax(ze, ye);
             }
         }
+        Activation::Relu6 => {
+            let six = constant::<S>(6.0);
+            map(z, y, |v| v.max(S::zero()).min(six))
+        }
+        Activation::Gelu => {
+            let [s, c, h] = [GELU_S, GELU_C, 0.5].map(constant::<S>);
+            map(z, y, |v| {
+                let u = v * v;
+                let t = (s * (v + c * (u * v))).tanh();
+                h * v * (one + t)
+            })
+        }
     }
 }
 
-/// `dz = dy * f'(z)`, from the forward's output `y`. Counts per value: identity nothing;
+/// sqrt(2/pi) and the cubic's coefficient in GELU's tanh form.
+const GELU_S: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+/// A constant as a number (a conversion: free).
+fn constant<S: Scalar>(v: f64) -> S {
+    S::from_f64(v).expect("every Scalar holds a constant")
+}
+
+/// `dz = dy * f'(z)`, from the forward's output `y` (GELU from its input `z`). Counts per
+/// value: identity nothing;
 /// sigmoid `dy * (y * (1 - y))` 1 sub, 2 mul; tanh `dy * (1 - y * y)` 2 mul, 1 sub; relu 1
 /// cmp. Softmax per example of width W, `dz_j = y_j * (dy_j - sum_k y_k dy_k)`: 2W mul, W-1
 /// add, W sub.
@@ -195,7 +235,14 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
 /// # Shapes
 /// `y`, `dy`, `dz`: batch x width.
 #[inline(never)]
-pub(crate) fn backward<S: Scalar>(f: Activation, y: &[S], dy: &[S], dz: &mut [S], width: usize) {
+pub(crate) fn backward<S: Scalar>(
+    f: Activation,
+    z: &[S],
+    y: &[S],
+    dy: &[S],
+    dz: &mut [S],
+    width: usize,
+) {
     let one = S::one();
     match f {
         Activation::Identity => dz.copy_from_slice(dy),
@@ -211,6 +258,27 @@ pub(crate) fn backward<S: Scalar>(f: Activation, y: &[S], dy: &[S], dz: &mut [S]
                 }
                 map2(ye, dye, dze, |yj, dj| yj * (dj - dot));
             }
+        }
+        Activation::Relu6 => {
+            let six = constant::<S>(6.0);
+            map2(y, dy, dz, |y, d| {
+                // Both comparisons, whatever the first says (docs/counting.md, principle 2).
+                if (y > S::zero()) & (y < six) {
+                    d
+                } else {
+                    S::zero()
+                }
+            })
+        }
+        Activation::Gelu => {
+            let [s, c, h, c3] = [GELU_S, GELU_C, 0.5, 3.0 * GELU_C].map(constant::<S>);
+            map2(z, dy, dz, |v, d| {
+                let u = v * v;
+                let t = (s * (v + c * (u * v))).tanh();
+                let a = h * (one + t);
+                let b = h * v * (one - t * t) * s * (one + c3 * u);
+                d * (a + b)
+            })
         }
     }
 }
@@ -275,7 +343,7 @@ mod tests {
         let y = [2.0f32, 0.0, 0.5];
         let dy = [1.0f32, 1.0, -3.0];
         let mut dz = [9.0f32; 3];
-        backward(Activation::Relu, &y, &dy, &mut dz, 3);
+        backward(Activation::Relu, &y, &y, &dy, &mut dz, 3);
         assert_eq!(dz, [1.0, 0.0, -3.0]);
     }
 }

@@ -62,7 +62,7 @@ pub fn check_sampled(model_text: &str, batch_size: usize, seed: u64, per_tensor:
         let scale = norm(&expected).max(norm(&numeric)).max(1e-12);
         assert!(
             diff / scale <= 1e-6,
-            "parameter tensor {t}: relative error {:.2e}\nanalytic {expected:?}\nnumeric  {numeric:?}\nmodel {model_text}",
+            "parameter tensor {t}: relative error {:.2e}\nanalytic {expected:?}\nnumeric  {numeric:?}\nmodel {model_text}\nbatch {batch_size}, data seed {seed}",
             diff / scale
         );
     }

@@ -5,6 +5,7 @@
 //! node read is summed into the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
+use opcount::model::Activation;
 use opcount::rng::Rng;
 
 /// A model text and a batch size.
@@ -15,11 +16,14 @@ pub struct Graph {
 
 /// A random graph. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
 pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
-    let activations: &[&str] = if smooth {
-        &["Identity", "Sigmoid", "Tanh"]
-    } else {
-        &["Identity", "Sigmoid", "Tanh", "Relu"]
-    };
+    // Every activation of the registry but softmax (which wants a flat input), and with
+    // `smooth` none with a kink.
+    let names: Vec<String> = Activation::ALL
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .filter(|a| a != "Softmax" && !(smooth && ["Relu", "Relu6"].contains(&a.as_str())))
+        .collect();
+    let activations: Vec<&str> = names.iter().map(String::as_str).collect();
     let width = 1 + rng.below(5);
     // The input has the hidden width half of the time, so that nodes may read it too.
     let inputs = if rng.below(2) == 0 {

@@ -4,6 +4,7 @@
 //! inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
+use opcount::model::Activation;
 use opcount::rng::Rng;
 
 /// A model text and a batch size.
@@ -14,11 +15,14 @@ pub struct Stack {
 
 /// A random stack. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
 pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
-    let activations: &[&str] = if smooth {
-        &["Identity", "Sigmoid", "Tanh"]
-    } else {
-        &["Identity", "Sigmoid", "Tanh", "Relu"]
-    };
+    // Every activation of the registry but softmax (which wants a flat input), and with
+    // `smooth` none with a kink.
+    let names: Vec<String> = Activation::ALL
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .filter(|a| a != "Softmax" && !(smooth && ["Relu", "Relu6"].contains(&a.as_str())))
+        .collect();
+    let activations: Vec<&str> = names.iter().map(String::as_str).collect();
     let pick = |rng: &mut Rng| activations[rng.below(activations.len())];
     let (channels, height, width) = (1 + rng.below(3), 5 + rng.below(8), 5 + rng.below(8));
     let (mut h, mut w) = (height, width);
