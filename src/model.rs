@@ -133,6 +133,9 @@ pub enum Layer {
     },
     /// `channels x height x width` values as one flat vector, in that order.
     Flatten,
+    /// Batch normalisation in training mode, per channel of an image, with learnable scale
+    /// and shift.
+    BatchNorm2d,
     /// The sum of two values of the same shape (a residual connection); in a `graph` only.
     Add,
     /// `x` unchanged.

@@ -131,7 +131,7 @@ impl Plan {
         let mut accumulates = false;
         for node in &self.nodes {
             let out = node.output().len() as u128;
-            values += 2 * b * out;
+            values += 2 * b * out + b * node.op.kept() as u128;
             largest_value = largest_value.max(out);
             workspace = workspace.max(node.op.workspace() as u128);
             accumulates |= node.accumulate.iter().any(|&a| a);
@@ -669,6 +669,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::MaxPool2d { .. } => "maxpool",
         Layer::AvgPool2d { .. } => "avgpool",
         Layer::Flatten => "flatten",
+        Layer::BatchNorm2d => "batchnorm",
         Layer::Add => "add",
         activation => activation
             .activation()

@@ -44,6 +44,7 @@ fn the_stacks_cover_strides_padding_gaps_and_non_square_inputs() {
         "MaxPool2d(size: 2, stride: 3)",
         "AvgPool2d(size: 2, stride: 3)",
         "Relu",
+        "BatchNorm2d",
     ] {
         assert!(all.contains(wanted), "no stack has {wanted}");
     }

@@ -88,7 +88,7 @@ fn every_operation_is_bit_identical_counted_and_plain() {
     }
     plain_and_counted_agree(
         "(name: \"c\", input: [2, 9, 8], loss: SoftmaxCrossEntropy, layers: [
-            Conv2d(out_channels: 3, kernel: 3, stride: 2, padding: 1), MaxPool2d(size: 2),
+            Conv2d(out_channels: 3, kernel: 3, stride: 2, padding: 1), BatchNorm2d, MaxPool2d(size: 2),
             Conv2d(out_channels: 2, kernel: 1), AvgPool2d(size: 1, stride: 2), Flatten,
             Dense(units: 3)])",
     );

@@ -8,6 +8,7 @@
 
 pub(crate) mod activation;
 mod add;
+pub(crate) mod batchnorm;
 mod buffer;
 pub(crate) mod conv;
 pub(crate) mod dense;
@@ -116,7 +117,7 @@ impl<S: Scalar> Network<S> {
                     let bound = init_bound(plan.init(), fan_in, fan_out);
                     Buffer::from_iter((0..p.spec.len).map(|_| scalar::<S>(rng.symmetric(bound))))
                 }
-                (None, None) => Buffer::filled(p.spec.len, S::zero()),
+                (None, None) => Buffer::filled(p.spec.len, scalar::<S>(p.spec.start)),
             })
             .collect();
         let param_grads = params
@@ -433,7 +434,9 @@ impl<S: Scalar> Network<S> {
             for &id in owned {
                 sgd(&mut self.params[id], &self.param_grads[id], lr);
             }
-            self.marks.lap::<S>(Phase::Update, k, !owned.is_empty());
+            let updated = self.kernels[k].update();
+            self.marks
+                .lap::<S>(Phase::Update, k, updated || !owned.is_empty());
             watch(Event::end(Phase::Update, k));
         }
     }

@@ -14,16 +14,18 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::{activation, add, conv, dense, flatten, pool};
+use super::{activation, add, batchnorm, conv, dense, flatten, pool};
 
 /// One parameter tensor of an operation: its length and how it starts.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq)]
 pub struct ParamSpec {
     /// Number of values.
     pub len: usize,
     /// `Some((fan_in, fan_out))` for weights drawn at random by the model's initialisation;
-    /// `None` for biases, which start at zero.
+    /// `None` for the ones that all start at `start` (biases at zero, a scale at one).
     pub fans: Option<(usize, usize)>,
+    /// Every value's start when `fans` is `None`.
+    pub start: f32,
 }
 
 /// What every operation tells about itself, whatever the number type.
@@ -67,6 +69,12 @@ pub(crate) trait Operation {
     fn workspace(&self) -> usize {
         0
     }
+
+    /// Values per example a node of this operation keeps from the forward pass to the
+    /// backward pass besides its input and output (batch normalisation's normalised input).
+    fn kept(&self) -> usize {
+        0
+    }
 }
 
 /// An operation's kernels for numbers of type `S`, with whatever state they keep between
@@ -95,6 +103,13 @@ pub(crate) trait Kernel<S: Scalar>: Send + Sync {
         dx: &mut [Option<&mut [S]>],
         ws: &mut Workspace<S>,
     );
+
+    /// Work of the update phase besides the SGD step on the parameters, which the network
+    /// does (batch normalisation's running statistics); whether there was any. Nothing by
+    /// default.
+    fn update(&mut self) -> bool {
+        false
+    }
 }
 
 /// Scratch space shared by every node's kernels (a convolution's padded input and patch
@@ -145,6 +160,7 @@ macro_rules! registry {
 
 registry! {
     Dense(dense::Dense),
+    BatchNorm2d(batchnorm::BatchNorm2d),
     Conv2d(conv::Conv2d),
     MaxPool2d(pool::MaxPool2d),
     AvgPool2d(pool::AvgPool2d),
@@ -158,6 +174,7 @@ registry! {
 pub const OPERATIONS: &[&str] = &[
     "Dense",
     "Conv2d",
+    "BatchNorm2d",
     "MaxPool2d",
     "AvgPool2d",
     "Flatten",
@@ -204,6 +221,10 @@ impl NodeOp {
     pub(crate) fn workspace(&self) -> usize {
         self.op().workspace()
     }
+
+    pub(crate) fn kept(&self) -> usize {
+        self.op().kept()
+    }
 }
 
 /// A layer of a model file resolved against its input shapes: the node's operation and the
@@ -240,6 +261,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             NodeOp::AvgPool2d(pool::AvgPool2d::resolve(*size, *stride, one()?)?)
         }
         Layer::Flatten => NodeOp::Flatten(flatten::Flatten::resolve(one()?)),
+        Layer::BatchNorm2d => NodeOp::BatchNorm2d(batchnorm::BatchNorm2d::resolve(one()?)?),
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         activation => {
             let f = activation

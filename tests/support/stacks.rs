@@ -1,7 +1,7 @@
 //! Random valid convolutional stacks, for the tests that check counts and gradients over
 //! many shapes: Conv2d (kernel 1-5, stride 1-3, padding 0-2), max and average pooling
-//! (stride at least the window, so also with gaps between windows), on odd and non-square
-//! inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
+//! (stride at least the window, so also with gaps between windows), batch normalisation, on
+//! odd and non-square inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
 use opcount::model::Activation;
@@ -45,6 +45,9 @@ pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
             ));
             h = (h + 2 * padding - kernel) / stride + 1;
             w = (w + 2 * padding - kernel) / stride + 1;
+            if rng.below(3) == 0 {
+                layers.push("BatchNorm2d".into());
+            }
         } else {
             let size = (1 + rng.below(3)).min(h.min(w));
             let stride = size + rng.below(2);
