@@ -149,6 +149,9 @@ pub(crate) struct BatchNormKernel<S> {
     running_var: Vec<S>,
 }
 
+// `ch` picks a channel's values out of every example and indexes the per-channel
+// parameters and statistics alike, so the loops run over channel numbers.
+#[allow(clippy::needless_range_loop)]
 impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
         let (c, plane) = (self.op.channels(), self.op.plane());
