@@ -119,20 +119,28 @@ pub enum Layer {
     MaxPool2d {
         /// Window height and width.
         size: usize,
-        /// Step between windows; default `size`. Windows must not overlap (stride >= size).
+        /// Step between windows; default `size`. Windows may overlap (stride < size).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stride: Option<usize>,
+        /// Cells of padding on every side, at most half the window.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
     },
     /// The mean of each `size x size` window, per channel.
     AvgPool2d {
         /// Window height and width.
         size: usize,
-        /// Step between windows; default `size`. Windows must not overlap (stride >= size).
+        /// Step between windows; default `size`. Windows may overlap (stride < size).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stride: Option<usize>,
+        /// Cells of padding on every side, at most half the window.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
     },
     /// `channels x height x width` values as one flat vector, in that order.
     Flatten,
+    /// The mean of each channel of an image, as a flat vector.
+    GlobalAvgPool2d,
     /// Batch normalisation in training mode, per channel of an image, with learnable scale
     /// and shift.
     BatchNorm2d,

@@ -670,6 +670,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::AvgPool2d { .. } => "avgpool",
         Layer::Flatten => "flatten",
         Layer::BatchNorm2d => "batchnorm",
+        Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
         activation => activation
             .activation()

@@ -41,10 +41,12 @@ fn the_stacks_cover_strides_padding_gaps_and_non_square_inputs() {
     for wanted in [
         "stride: 3, padding: 2",
         "kernel: 5",
-        "MaxPool2d(size: 2, stride: 3)",
-        "AvgPool2d(size: 2, stride: 3)",
+        "Pool2d(size: 2, stride: 3",
+        "MaxPool2d(size: 3, stride: 1, padding: 1)",
+        "AvgPool2d(size: 3, stride: 2, padding: 1)",
         "Relu",
         "BatchNorm2d",
+        "GlobalAvgPool2d",
     ] {
         assert!(all.contains(wanted), "no stack has {wanted}");
     }

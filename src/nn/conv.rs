@@ -264,7 +264,13 @@ impl Operation for Conv2d {
 /// the two overhangs then add up to exactly `kernel - size`. Windows that overlap or touch
 /// (`stride < kernel`) cover one unbroken run; windows that do not cover their own cells.
 /// The unit tests check both numbers against brute-force enumeration.
-fn reach(size: usize, out: usize, kernel: usize, stride: usize, padding: usize) -> (u128, u128) {
+pub(crate) fn reach(
+    size: usize,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> (u128, u128) {
     let [size, out, kernel, stride, padding] =
         [size, out, kernel, stride, padding].map(|n| n as u128);
     let last_end = (out - 1) * stride + kernel; // where the last window ends, padded

@@ -14,6 +14,7 @@ pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod flatten;
 mod gemm;
+pub(crate) mod global_pool;
 mod loss;
 pub(crate) mod ops;
 pub(crate) mod pool;

@@ -14,7 +14,7 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::{activation, add, batchnorm, conv, dense, flatten, pool};
+use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, pool};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -164,6 +164,7 @@ registry! {
     Conv2d(conv::Conv2d),
     MaxPool2d(pool::MaxPool2d),
     AvgPool2d(pool::AvgPool2d),
+    GlobalAvgPool2d(global_pool::GlobalAvgPool2d),
     Flatten(flatten::Flatten),
     Activation(activation::Act),
     Add(add::Add),
@@ -177,6 +178,7 @@ pub const OPERATIONS: &[&str] = &[
     "BatchNorm2d",
     "MaxPool2d",
     "AvgPool2d",
+    "GlobalAvgPool2d",
     "Flatten",
     "Add",
 ];
@@ -254,14 +256,21 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             *bias,
             one()?,
         )?),
-        Layer::MaxPool2d { size, stride } => {
-            NodeOp::MaxPool2d(pool::MaxPool2d::resolve(*size, *stride, one()?)?)
-        }
-        Layer::AvgPool2d { size, stride } => {
-            NodeOp::AvgPool2d(pool::AvgPool2d::resolve(*size, *stride, one()?)?)
-        }
+        Layer::MaxPool2d {
+            size,
+            stride,
+            padding,
+        } => NodeOp::MaxPool2d(pool::MaxPool2d::resolve(*size, *stride, *padding, one()?)?),
+        Layer::AvgPool2d {
+            size,
+            stride,
+            padding,
+        } => NodeOp::AvgPool2d(pool::AvgPool2d::resolve(*size, *stride, *padding, one()?)?),
         Layer::Flatten => NodeOp::Flatten(flatten::Flatten::resolve(one()?)),
         Layer::BatchNorm2d => NodeOp::BatchNorm2d(batchnorm::BatchNorm2d::resolve(one()?)?),
+        Layer::GlobalAvgPool2d => {
+            NodeOp::GlobalAvgPool2d(global_pool::GlobalAvgPool2d::resolve(one()?)?)
+        }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         activation => {
             let f = activation

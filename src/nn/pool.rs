@@ -1,15 +1,15 @@
-//! MaxPool2d and AvgPool2d over non-overlapping windows: shape rule, closed form, forward
-//! and backward. Max pooling compares (k*k - 1 cmp
-//! per output) and routes each gradient to its window's maximum (no arithmetic); average
-//! pooling adds (k*k - 1 add and 1 div per output) and spreads each gradient evenly (1 div per
-//! output). Windows never overlap (the plan checks stride >= size), so no input receives
-//! more than one gradient and the backward passes count nothing data-dependent.
+//! MaxPool2d and AvgPool2d, with padding and windows that may overlap: shape rule, closed
+//! form, forward and backward (docs/counting.md, "Pooling"). Max pooling compares (one cmp
+//! fewer than the window's cells inside the input) and routes each gradient to its window's
+//! maximum; average pooling adds the cells inside and divides by the window's area. Where
+//! windows overlap, an input cell may get several gradients, so backward adds every
+//! gradient onto a zeroed buffer: one add per routed gradient, the same whatever the values.
 
+use super::conv::reach;
 use super::dense::check_size;
 use super::ops::{Kernel, Operation, Workspace};
 use crate::error::Result;
-use crate::estimate::{At, counts, when};
-use crate::model::MAX_DIM;
+use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
@@ -19,8 +19,12 @@ use crate::shape::Shape;
 pub struct Window {
     /// Window height and width.
     pub size: usize,
-    /// Step between windows (at least `size`).
+    /// Step between windows.
     pub stride: usize,
+    /// Cells of padding on every side: windows may reach past the input by this much, and
+    /// only the cells inside count (max pooling pads with minus infinity, average pooling
+    /// with zeros and still divides by `size * size`, as PyTorch does by default).
+    pub padding: usize,
     /// Input height.
     pub height: usize,
     /// Input width.
@@ -30,8 +34,14 @@ pub struct Window {
 }
 
 impl Window {
-    /// The shape rule shared by both poolings: an image the window fits, windows apart.
-    fn resolve(size: usize, stride: Option<usize>, input: Shape) -> Result<Window, String> {
+    /// The shape rule shared by both poolings: an image the padded window fits, padding at
+    /// most half the window (so every window has a cell inside the input).
+    fn resolve(
+        size: usize,
+        stride: Option<usize>,
+        padding: usize,
+        input: Shape,
+    ) -> Result<Window, String> {
         let Some((c, h, w)) = input.as_image() else {
             return Err(format!(
                 "pooling expects a channels x height x width input, found {input}"
@@ -39,31 +49,46 @@ impl Window {
         };
         check_size("size", size)?;
         let stride = stride.unwrap_or(size);
-        if stride < size || stride > MAX_DIM {
+        check_size("stride", stride)?;
+        if padding > size / 2 {
             return Err(format!(
-                "stride: expected at least the window size {size} (windows must not \
-                 overlap, or the backward pass's count would depend on the data), \
-                 found {stride}"
+                "padding: expected at most half the window ({}), found {padding}",
+                size / 2
             ));
         }
-        if size > h || size > w {
+        if size > h + 2 * padding || size > w + 2 * padding {
             return Err(format!(
-                "window {size}x{size} is larger than its input {h}x{w}"
+                "window {size}x{size} is larger than its input {h}x{w} (padding {padding})"
             ));
         }
         Ok(Window {
             size,
             stride,
+            padding,
             height: h,
             width: w,
             channels: c,
         })
     }
 
+    /// Whether windows overlap, so that an input cell may get several gradients.
+    fn overlaps(&self) -> bool {
+        self.stride < self.size
+    }
+
+    /// Per plane: the window cells that lie inside the input, summed over all windows.
+    fn cells_inside(&self) -> u128 {
+        let (ho, wo) = self.output();
+        let rows = reach(self.height, ho, self.size, self.stride, self.padding).0;
+        let cols = reach(self.width, wo, self.size, self.stride, self.padding).0;
+        rows * cols
+    }
+
     pub fn output(&self) -> (usize, usize) {
+        let p = 2 * self.padding;
         (
-            (self.height - self.size) / self.stride + 1,
-            (self.width - self.size) / self.stride + 1,
+            (self.height + p - self.size) / self.stride + 1,
+            (self.width + p - self.size) / self.stride + 1,
         )
     }
 
@@ -72,11 +97,22 @@ impl Window {
         Shape::image(self.channels, ho, wo)
     }
 
-    /// Input offsets (in the plane) of the window of output (y, x), row by row.
+    /// Input offsets (in the plane) of the cells of the window of output (y, x) that lie
+    /// inside the input, row by row.
     fn cells(&self, y: usize, x: usize) -> impl Iterator<Item = usize> + '_ {
-        let (top, left) = (y * self.stride, x * self.stride);
-        (0..self.size)
-            .flat_map(move |i| (0..self.size).map(move |j| (top + i) * self.width + left + j))
+        let rows = self.span(y, self.height);
+        let cols = self.span(x, self.width);
+        rows.flat_map(move |r| cols.clone().map(move |c| r * self.width + c))
+    }
+
+    /// The input positions, along an axis of `len`, of window `i`'s cells inside the input.
+    fn span(&self, i: usize, len: usize) -> std::ops::Range<usize> {
+        let start = i * self.stride;
+        let (lo, hi) = (
+            start.max(self.padding),
+            (start + self.size).min(len + self.padding),
+        );
+        lo - self.padding..hi - self.padding
     }
 }
 
@@ -88,9 +124,10 @@ impl MaxPool2d {
     pub(crate) fn resolve(
         size: usize,
         stride: Option<usize>,
+        padding: usize,
         input: Shape,
     ) -> Result<Self, String> {
-        Window::resolve(size, stride, input).map(MaxPool2d)
+        Window::resolve(size, stride, padding, input).map(MaxPool2d)
     }
 
     pub(crate) fn kernel(&self) -> MaxPoolKernel {
@@ -110,14 +147,20 @@ impl Operation for MaxPool2d {
         self.0.output_shape()
     }
 
-    fn closed_form(&self, at: At<'_>, name: &str, _: &[bool]) -> Result<NodeCounts> {
-        // Per output value: the largest of size^2 values (size^2 - 1 cmp). Backward only
-        // routes each gradient to its window's maximum.
-        let outputs = at.b() * self.output().len();
-        let size = self.0.size;
+    fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
+        // Per output value: the largest of the window's cells inside the input (one cmp
+        // fewer than cells). Backward routes each gradient to its window's maximum: a copy
+        // when windows are apart, else added onto the zeroed input gradient (1 add each).
+        let w = self.0;
+        let (planes, outputs) = (at.b() * w.channels, at.b() * self.output().len());
+        let (ho, wo) = w.output();
+        let cmp = planes * Q(Some(w.cells_inside() - (ho * wo) as u128));
         Ok(NodeCounts {
-            forward: counts! { at, format!("{name} forward"); cmp: outputs * (size * size - 1) }?,
-            ..NodeCounts::default()
+            forward: counts! { at, format!("{name} forward"); cmp: cmp }?,
+            backward: counts! { at, format!("{name} backward");
+                add: when(grads[0] && w.overlaps(), outputs),
+            }?,
+            update: Default::default(),
         })
     }
 }
@@ -158,9 +201,10 @@ impl AvgPool2d {
     pub(crate) fn resolve(
         size: usize,
         stride: Option<usize>,
+        padding: usize,
         input: Shape,
     ) -> Result<Self, String> {
-        Window::resolve(size, stride, input).map(AvgPool2d)
+        Window::resolve(size, stride, padding, input).map(AvgPool2d)
     }
 
     pub(crate) fn kernel(&self) -> AvgPoolKernel {
@@ -178,15 +222,22 @@ impl Operation for AvgPool2d {
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
-        // Per output value: a sum of size^2 values (size^2 - 1 add) over size^2 (1 div).
-        // Backward: each gradient over size^2 (1 div), copied to the window.
-        let outputs = at.b() * self.output().len();
-        let size = self.0.size;
+        // Per output value: the sum of the window's cells inside the input (one add fewer
+        // than cells) over size^2 (1 div). Backward: each gradient over size^2 (1 div), to
+        // every cell of its window inside the input: copies when windows are apart, else
+        // added onto the zeroed input gradient (1 add per cell).
+        let w = self.0;
+        let (planes, outputs) = (at.b() * w.channels, at.b() * self.output().len());
+        let (ho, wo) = w.output();
+        let inside = planes * Q(Some(w.cells_inside()));
+        let dx = grads[0];
         Ok(NodeCounts {
             forward: counts! { at, format!("{name} forward");
-                add: outputs * (size * size - 1), div: outputs,
+                add: inside - planes * (ho * wo), div: outputs,
             }?,
-            backward: counts! { at, format!("{name} backward"); div: when(grads[0], outputs) }?,
+            backward: counts! { at, format!("{name} backward");
+                div: when(dx, outputs), add: when(dx && w.overlaps(), inside),
+            }?,
             update: Default::default(),
         })
     }
@@ -252,8 +303,16 @@ pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], 
     for (plane, (d, arg)) in
         planes.zip(dout.chunks_exact(ho * wo).zip(argmax.chunks_exact(ho * wo)))
     {
-        for (&g, &at) in d.iter().zip(arg) {
-            plane[at] = g;
+        if w.overlaps() {
+            // Windows share cells: each gradient is added on (the closed form's 1 add per
+            // output, whatever the maxima are).
+            for (&g, &at) in d.iter().zip(arg) {
+                plane[at] += g;
+            }
+        } else {
+            for (&g, &at) in d.iter().zip(arg) {
+                plane[at] = g;
+            }
         }
     }
 }
@@ -294,8 +353,14 @@ pub(crate) fn avg_backward<S: Scalar>(w: &Window, dout: &[S], dx: &mut [S]) {
         for y in 0..ho {
             for x in 0..wo {
                 let share = d[y * wo + x] / area;
-                for cell in w.cells(y, x) {
-                    plane[cell] = share;
+                if w.overlaps() {
+                    for cell in w.cells(y, x) {
+                        plane[cell] += share;
+                    }
+                } else {
+                    for cell in w.cells(y, x) {
+                        plane[cell] = share;
+                    }
                 }
             }
         }
@@ -317,6 +382,7 @@ mod tests {
         let w = Window {
             size: 2,
             stride: 2,
+            padding: 0,
             height: 2,
             width: 4,
             channels: 1,

@@ -1,7 +1,7 @@
 //! Random valid convolutional stacks, for the tests that check counts and gradients over
 //! many shapes: Conv2d (kernel 1-5, stride 1-3, padding 0-2), max and average pooling
-//! (stride at least the window, so also with gaps between windows), batch normalisation, on
-//! odd and non-square inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
+//! (padded, with windows that overlap, touch or leave gaps), batch normalisation, on odd and
+//! non-square inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
 use opcount::model::Activation;
@@ -49,15 +49,22 @@ pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
                 layers.push("BatchNorm2d".into());
             }
         } else {
-            let size = (1 + rng.below(3)).min(h.min(w));
-            let stride = size + rng.below(2);
+            let size = 1 + rng.below(3);
+            let padding = rng.below(size / 2 + 1);
+            let size = size.min(h.min(w) + 2 * padding);
+            let padding = padding.min(size / 2);
+            // Windows overlapping (stride below the window), touching, or apart.
+            let stride = 1 + rng.below(size + 1);
             let kind = ["MaxPool2d", "AvgPool2d"][rng.below(2)];
-            layers.push(format!("{kind}(size: {size}, stride: {stride})"));
-            h = (h - size) / stride + 1;
-            w = (w - size) / stride + 1;
+            layers.push(format!(
+                "{kind}(size: {size}, stride: {stride}, padding: {padding})"
+            ));
+            h = (h + 2 * padding - size) / stride + 1;
+            w = (w + 2 * padding - size) / stride + 1;
         }
     }
-    layers.push("Flatten".into());
+    // A global average pool or a flatten.
+    layers.push(["Flatten", "GlobalAvgPool2d"][rng.below(2)].into());
     if rng.below(2) == 0 {
         layers.push(format!(
             "Dense(units: {}, activation: {})",
