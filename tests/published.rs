@@ -1,5 +1,5 @@
-//! Published figures of LeNet-5 and VGG-16, reproduced from the closed form and, for LeNet-5,
-//! from a measured run.
+//! Published figures of LeNet-5, VGG-16 and ResNet-18, reproduced from the closed form and
+//! from measured runs.
 //!
 //! Sources: LeNet-5's 61,706 parameters and per-layer multiplications are the standard
 //! figures for its modern form (conv 6@5x5 and 16@5x5 with biases, dense 120-84-10); VGG-16's
@@ -62,4 +62,31 @@ fn vgg16_closed_form_gives_the_published_figures() {
         .map(|(_, c)| c.forward.add)
         .sum();
     assert_eq!(adds, 15_470_264_320);
+}
+
+/// ResNet-18 (torchvision's `resnet18`): 11,689,512 parameters, and 1,814,073,344
+/// multiply-accumulates in its convolutions and dense layer forward, which torchvision lists
+/// as 1.81 "GFLOPS". The full-size step is measured by `opcount count models/resnet18.ron`
+/// (every count equal to its closed form); here the same graph is measured at 32x32, where
+/// it runs in the test suite, through every operation it has.
+#[test]
+fn resnet18_gives_the_published_figures_and_its_graph_measures_as_its_closed_form() {
+    let (mut model, plan) = load("resnet18.ron");
+    assert_eq!(plan.params(), 11_689_512);
+    let estimated = estimate::step(&plan, 1).unwrap();
+    let sums = weighted_sums(&plan, &estimated);
+    assert_eq!(
+        sums.len(),
+        20 + 1,
+        "17 3x3/7x7 and 3 downsampling convolutions, 1 dense"
+    );
+    assert_eq!(sums.iter().sum::<u128>(), 1_814_073_344);
+
+    model.input = vec![3, 32, 32];
+    let small = model.plan("resnet18 at 32x32").unwrap();
+    let data = Dataset::synthetic(&small, 1, 4);
+    assert_eq!(
+        measure_step(&small, &data, 1).predictable(),
+        estimate::step(&small, 1).unwrap()
+    );
 }
