@@ -3,7 +3,7 @@
 //! (momentum 0.1, as PyTorch) in the update phase. Shape rule, closed form, forward and
 //! backward (docs/counting.md, "BatchNorm2d").
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -184,16 +184,14 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         }
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            dy,
+            params,
+            dparams,
+            dx,
+            ..
+        } = grads;
         let (c, plane) = (self.op.channels(), self.op.plane());
         let n = constant::<S>((dy.len() / c) as f64);
         let (dgamma, dbeta) = dparams.split_at_mut(1);

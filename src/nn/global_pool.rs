@@ -1,7 +1,7 @@
 //! GlobalAvgPool2d: the mean of each channel of an image, as a flat vector of one value per
 //! channel (a ResNet's last pooling). Shape rule, closed form, forward and backward.
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts, when};
 use crate::phases::NodeCounts;
@@ -66,16 +66,8 @@ impl<S: Scalar> Kernel<S> for GlobalPoolKernel {
         means(x[0], self.0.plane, y);
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             spread(dy, self.0.plane, dx);
         }
