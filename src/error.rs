@@ -1,7 +1,10 @@
 //! The library's one error type. Every message says where (file and line/column, or layer)
-//! and what was expected against what was found.
+//! and what was expected against what was found, on one line: text from the input (a path, a
+//! layer name, a CSV cell) is shown with its control characters escaped ([`crate::text`]).
 
 use std::path::PathBuf;
+
+use crate::text::escape;
 
 /// Everything that can go wrong loading, checking, running or writing a model.
 #[derive(Debug, thiserror::Error)]
@@ -10,7 +13,7 @@ pub enum Error {
     /// A file could not be read or written. The operating system's reason is the error's
     /// [`source`](std::error::Error::source), not part of its own message: print the chain
     /// (e.g. anyhow's `{:#}`) to show both.
-    #[error("{}: {action}", path.display())]
+    #[error("{}: {action}", escape(&path.display().to_string()))]
     Io {
         /// The file.
         path: PathBuf,
@@ -21,7 +24,7 @@ pub enum Error {
     },
 
     /// The model file is not valid RON, or does not fit the schema.
-    #[error("{origin}:{line}:{column}: {message}")]
+    #[error("{}:{line}:{column}: {}", escape(origin), escape(message))]
     Syntax {
         /// The model file (or a description of where the text came from).
         origin: String,
@@ -34,7 +37,12 @@ pub enum Error {
     },
 
     /// A layer that cannot be built as written.
-    #[error("{origin}: layer {index} ({name}): {message}")]
+    #[error(
+        "{}: layer {index} ({}): {}",
+        escape(origin),
+        escape(name),
+        escape(message)
+    )]
     Layer {
         /// The model file.
         origin: String,
@@ -47,7 +55,7 @@ pub enum Error {
     },
 
     /// A problem with the model as a whole (input shape, loss, training settings).
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", escape(origin), escape(message))]
     Model {
         /// The model file.
         origin: String,
@@ -56,7 +64,7 @@ pub enum Error {
     },
 
     /// Training data that cannot be used.
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", escape(origin), escape(message))]
     Data {
         /// The data file with its line, e.g. `iris.csv:12`, or the model file for inline data.
         origin: String,
@@ -86,7 +94,7 @@ pub enum Error {
     },
 
     /// A command-line setting out of range.
-    #[error("{0}")]
+    #[error("{}", escape(.0))]
     Usage(String),
 }
 

@@ -44,6 +44,7 @@ pub mod report;
 pub mod rng;
 mod scalar;
 pub mod tally;
+pub mod text;
 pub mod train;
 
 pub use counted::{Counted, CountedZeros};

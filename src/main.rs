@@ -13,6 +13,7 @@ use opcount::convention::Convention;
 use opcount::data::Dataset;
 use opcount::model::Data;
 use opcount::report::{Report, phase_table, thousands};
+use opcount::text::escape;
 use opcount::train::{Settings, evaluate, train};
 use opcount::{
     Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
@@ -211,7 +212,9 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`opcount ... | head`) is not an error.
         Err(err) if closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("opcount: {err:#}");
+            // One line: whatever the error quotes (paths, names, the system's reason) is
+            // shown with its control characters escaped.
+            eprintln!("opcount: {}", escape(&format!("{err:#}")));
             ExitCode::from(2)
         }
     }
@@ -318,7 +321,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         mismatches.len()
     );
     for m in &mismatches {
-        eprintln!("  {m}");
+        eprintln!("  {}", escape(&m.to_string()));
     }
     eprintln!("Please report this with the model file.");
     Ok(ExitCode::from(1))
@@ -399,7 +402,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         Format::Table => {
             outln!(
                 "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
-                loaded.plan.name,
+                escape(&loaded.plan.name),
                 thousands(loaded.plan.params()),
                 data.len(),
                 settings.epochs,
@@ -420,7 +423,10 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
             )?;
             outln!("{}", phase_table(&totals))?;
             if let Some(out) = &args.save {
-                outln!("saved the trained model to {}", out.display())?;
+                outln!(
+                    "saved the trained model to {}",
+                    escape(&out.display().to_string())
+                )?;
             }
         }
     }
@@ -562,7 +568,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         Format::Table => {
             outln!(
                 "{}: {} examples x {} epochs at batch {} = {} steps",
-                loaded.plan.name,
+                escape(&loaded.plan.name),
                 thousands(projection.examples as u64),
                 projection.epochs,
                 batch,
@@ -907,7 +913,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             };
             outln!(
                 "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
-                loaded.plan.name,
+                escape(&loaded.plan.name),
                 args.batch,
                 thousands(ops.total()),
                 result.rounds

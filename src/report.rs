@@ -14,6 +14,7 @@ use crate::convention::Convention;
 use crate::counts::{Counts, Op};
 use crate::model::Plan;
 use crate::phases::{Phase, StepCounts, Totals};
+use crate::text::escape;
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: impl Into<u128>) -> String {
@@ -266,7 +267,9 @@ impl Report {
                         measured: Option<Counts>,
                         estimated: Counts| {
             let (index, layer, kind, output, params) = match first {
-                Some((i, l, k, o, p)) => (i, l.to_string(), k.to_string(), o.to_string(), p),
+                Some((i, l, k, o, p)) => {
+                    (i, escape(l).into_owned(), k.to_string(), o.to_string(), p)
+                }
                 None => (
                     String::new(),
                     String::new(),
@@ -352,7 +355,7 @@ impl Report {
             .modify(Columns::new(6..).not(Rows::first()), Alignment::right());
         let mut out = format!(
             "{}: one training step on a batch of {}, {}\n",
-            self.model,
+            escape(&self.model),
             self.batch,
             match self.measured {
                 Some(_) => "measured with CountedZeros<f32> next to the closed form",
@@ -425,7 +428,7 @@ impl Report {
                 let mut row = if first {
                     vec![
                         info.index.to_string(),
-                        info.name.clone(),
+                        escape(&info.name).into_owned(),
                         info.kind.to_string(),
                         info.output.clone(),
                         thousands(info.params),
@@ -469,7 +472,7 @@ impl Report {
         format!(
             "{}: one training step on a batch of {}, in {} ({}): convolution and dense \
              layers only\n{table}\nparameters: {}\n",
-            self.model,
+            escape(&self.model),
             self.batch,
             unit,
             match self.convention {

@@ -174,3 +174,51 @@ fn closed_form_only_counts_a_175_billion_parameter_model_without_running_it() {
         120_000u64 * 120_000
     );
 }
+
+/// A model whose names hold a newline and the escape sequence that clears a terminal.
+const HOSTILE_NAMES: &str = r#"(
+    name: "clear\u{1b}[2J\u{7}",
+    input: [2],
+    layers: [Dense(units: 2, name: "a\nb\u{1b}[2J\u{0}", activation: Tanh), Dense(units: 1)],
+    loss: Mse,
+    training: (
+        data: Inline(inputs: [[0, 1], [1, 0]], targets: Values([[1], [0]])),
+        epochs: 2, lr: 0.1, batch: 2,
+    ),
+)"#;
+
+/// Whether text holds a character a terminal would act on (anything but the newlines that
+/// end its lines).
+fn has_control_characters(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() && c != '\n')
+}
+
+#[test]
+fn names_with_control_characters_are_escaped_in_every_table_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.ron");
+    std::fs::write(&path, HOSTILE_NAMES).unwrap();
+    let path = path.to_str().unwrap();
+    let svg = dir.path().join("chart.svg");
+    let runs: &[&[&str]] = &[
+        &["count", path, "--svg", svg.to_str().unwrap()],
+        &["count", path, "--convention", "mac"],
+        &["count", path, "--closed-form-only"],
+        &["train", path],
+        &["bench", path, "--rounds", "1"],
+        &["project", path, "--examples", "4", "--epochs", "1"],
+    ];
+    for args in runs {
+        let out = opcount(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!has_control_characters(&text), "{args:?}:\n{text}");
+        assert!(text.contains("clear\\u{1b}[2J\\u{7}"), "{args:?}:\n{text}");
+    }
+    let table = String::from_utf8(opcount(&["count", path]).stdout).unwrap();
+    assert!(table.contains("a\\nb\\u{1b}[2J\\0"), "{table}");
+    // The chart is well-formed XML (which has no escape for most control characters).
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    roxmltree::Document::parse(&chart).unwrap();
+    assert!(!has_control_characters(&chart));
+}
