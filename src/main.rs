@@ -348,12 +348,13 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
 
     let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
-    let steps = data.len().div_ceil(settings.batch) * settings.epochs;
-    let bar = progress_bar(steps as u64, args.run.quiet);
+    // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
+    let steps = (data.len().div_ceil(settings.batch) as u64).saturating_mul(settings.epochs as u64);
+    let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
     train(&mut net, &data, &settings, |p| {
-        step += 1;
-        if step.is_multiple_of(64) || step == steps as u64 {
+        step = step.saturating_add(1);
+        if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
                 "epoch {}/{} loss {:.4}",
@@ -807,11 +808,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             21
         });
-    let expected = one_step * 3 * rounds as u32;
-    let bar = progress_bar(
-        rounds as u64,
-        args.run.quiet || expected < Duration::from_secs(1),
-    );
+    let expected_s = one_step.as_secs_f64() * 3.0 * rounds as f64;
+    let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
     // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
     // with a snapshot of the tally between nodes to attribute the counts to them.

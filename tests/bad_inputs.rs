@@ -259,6 +259,61 @@ fn killing_train_mid_run_keeps_the_previous_saved_model() {
     assert_untouched(dir.path(), &saved, &good);
 }
 
+/// Resident memory of a running process, in bytes (Linux).
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn huge_epochs_and_rounds_run_long_instead_of_crashing() {
+    // Up to 2^64 - 1 epochs or rounds: the run may take forever, but it must start, and
+    // nothing it keeps may grow with the number (no capacity overflow, no abort).
+    let dir = tempfile::tempdir().unwrap();
+    let xor = std::fs::read_to_string(root().join("models/xor.ron")).unwrap();
+    let in_file = dir.path().join("epochs.ron");
+    std::fs::write(
+        &in_file,
+        xor.replace("epochs: 3000", "epochs: 18446744073709551615"),
+    )
+    .unwrap();
+    let max = "18446744073709551615";
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["train", "models/xor.ron", "--epochs", max],
+        vec!["train", "models/xor.ron", "--epochs", "1000000000000"],
+        vec!["train", in_file.to_str().unwrap()],
+        vec!["bench", "models/xor.ron", "--rounds", max],
+        vec!["bench", "models/xor.ron", "--rounds", "1000000000000"],
+    ];
+    let children: Vec<KillOnDrop> = runs
+        .iter()
+        .map(|args| {
+            KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_opcount"))
+                    .args(args)
+                    .arg("-q")
+                    .current_dir(root())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (mut child, args) in children.into_iter().zip(&runs) {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("{args:?} ended with {status}: {err}");
+        }
+        let rss = resident_bytes(child.0.id());
+        assert!(rss < 100 << 20, "{args:?}: {rss} bytes resident");
+    }
+}
+
 /// Pieces of model text: structure and the names the schema knows.
 #[rustfmt::skip]
 const TOKENS: &[&str] = &[

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use opcount::data::Dataset;
-use opcount::train::{Settings, evaluate, train};
+use opcount::train::{LossHistory, Settings, evaluate, train};
 use opcount::{Counted, Model, Network, Plan, Scalar};
 
 fn load(name: &str) -> (Model, Plan, Dataset, Settings) {
@@ -19,7 +19,7 @@ fn load(name: &str) -> (Model, Plan, Dataset, Settings) {
 }
 
 /// Trains and returns every parameter's bits and every epoch's loss.
-fn trained<S: Scalar>(name: &str, epochs: usize) -> (Vec<u32>, Vec<f64>, Network<S>) {
+fn trained<S: Scalar>(name: &str, epochs: usize) -> (Vec<u32>, LossHistory, Network<S>) {
     let (model, plan, data, mut settings) = load(name);
     settings.epochs = epochs;
     let mut net = Network::<S>::new(&model, &plan);
