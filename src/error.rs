@@ -86,6 +86,26 @@ pub enum Error {
         loss: f64,
     },
 
+    /// Training left a parameter that is not a finite number: the last update overflowed
+    /// after a finite loss (every earlier update shows in a later loss).
+    #[error(
+        "training diverged in its last update: {what} {index} of layer {layer} ({}) is {value}; \
+         a smaller learning rate (--lr) may help",
+        escape(name)
+    )]
+    NotFinite {
+        /// The layer's position in the `layers` list, from 0.
+        layer: usize,
+        /// The layer's name.
+        name: String,
+        /// `weight` or `bias`.
+        what: &'static str,
+        /// The parameter's position in the layer's inline `weights` or `biases`.
+        index: usize,
+        /// The value (NaN or infinite).
+        value: f32,
+    },
+
     /// A count or a size too large to represent.
     #[error("{what} does not fit in 64 bits")]
     Overflow {

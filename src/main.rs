@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::convention::Convention;
@@ -362,7 +362,14 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
             ));
         }
     })
-    .with_context(|| loaded.origin.clone())?;
+    .map_err(|err| match &args.save {
+        Some(out) => anyhow!(
+            "{}: {err}; {} was left as it was",
+            loaded.origin,
+            out.display()
+        ),
+        None => anyhow!("{}: {err}", loaded.origin),
+    })?;
     bar.finish_and_clear();
     let result = evaluate(&mut net, &data);
 

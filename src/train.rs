@@ -3,7 +3,7 @@
 
 use crate::data::{Batch, Dataset, Targets};
 use crate::error::{Error, Result};
-use crate::model::Training;
+use crate::model::{NodeOp, Training};
 use crate::nn::Network;
 use crate::rng::Rng;
 use crate::scalar::Scalar;
@@ -150,7 +150,47 @@ pub fn train<S: Scalar>(
         }
         history.push(sum / steps as f64);
     }
+    check_finite(net)?;
     Ok(history)
+}
+
+/// Fails with [`Error::NotFinite`] naming the first parameter that is NaN or infinite. The
+/// loss check above sees every update but the last, whose result no loss has measured.
+fn check_finite<S: Scalar>(net: &Network<S>) -> Result<()> {
+    let layers = net
+        .plan()
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, NodeOp::Dense { .. } | NodeOp::Conv2d { .. }));
+    for (node, (weights, biases)) in layers.zip(net.params()) {
+        for (what, values) in [("weight", weights), ("bias", biases)] {
+            let not_finite = |v: &S| !v.to_f32().is_some_and(f32::is_finite);
+            if let Some(index) = values.iter().position(not_finite) {
+                return Err(Error::NotFinite {
+                    layer: node.layer,
+                    name: node.name.clone(),
+                    what,
+                    // Inline weights are written neuron by neuron; dense layers store them
+                    // input by input.
+                    index: if what == "weight" {
+                        inline_index(node.op, index)
+                    } else {
+                        index
+                    },
+                    value: values[index].to_f32().unwrap_or(f32::NAN),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the weight stored at `stored` appears in the layer's inline `weights`.
+fn inline_index(op: NodeOp, stored: usize) -> usize {
+    match op {
+        NodeOp::Dense { units, inputs, .. } => (stored % units) * inputs + stored / units,
+        _ => stored,
+    }
 }
 
 /// Loss and accuracy over a whole data set.

@@ -218,6 +218,34 @@ fn training_that_diverges_does_not_overwrite_the_saved_model() {
     assert_untouched(dir.path(), &saved, &good);
 }
 
+#[test]
+fn an_update_that_overflows_does_not_replace_the_saved_model() {
+    // The loss of the last step is finite; the update after it makes a weight -inf. Saved,
+    // that model could not even be loaded again.
+    let (dir, saved, good) = with_saved_model();
+    let out = opcount_in(
+        &root().join("tests/bad_inputs"),
+        &[
+            "train",
+            "last-update-overflows.ron",
+            "--save",
+            saved.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_refused(
+        &out,
+        "weight 0 of layer 0 (dense1) is -inf; a smaller learning rate (--lr) may help",
+        "last update overflows",
+    );
+    assert!(
+        stderr(&out).contains("saved.ron was left as it was"),
+        "{}",
+        stderr(&out)
+    );
+    assert_untouched(dir.path(), &saved, &good);
+}
+
 /// A child process that is killed when dropped, even if the test fails first.
 struct KillOnDrop(std::process::Child);
 
