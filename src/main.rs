@@ -277,7 +277,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     }
     let loaded = load(&args.model)?;
     for out in args.output.iter().chain(&args.svg) {
-        files::check_writable(out)?;
+        check_output(out)?;
     }
     let estimated = estimate::step(&loaded.plan, args.batch)?;
     let measured = if args.closed_form_only {
@@ -301,7 +301,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     let report = Report::new(&loaded.plan, args.batch, measured, estimated)
         .in_convention(args.convention.into());
     if let Some(svg) = &args.svg {
-        files::write_atomic(svg, chart::svg(&report).as_bytes())?;
+        write_output(svg, chart::svg(&report).as_bytes())?;
     }
     let text = match args.format {
         ReportFormat::Table => report.table(),
@@ -309,7 +309,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         ReportFormat::Csv => report.csv(),
     };
     match &args.output {
-        Some(path) => files::write_atomic(path, text.as_bytes())?,
+        Some(path) => write_output(path, text.as_bytes())?,
         None => out!("{text}")?,
     }
     let mismatches = report.mismatches();
@@ -342,7 +342,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     settings.batch = args.batch.unwrap_or(settings.batch);
     check_settings(&settings)?;
     if let Some(out) = &args.save {
-        files::check_writable(out)?;
+        check_output(out)?;
     }
     check_memory(&loaded, settings.batch, 2, &args.run)?;
     let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
@@ -388,7 +388,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         if let Some(t) = &mut saved.training {
             relocate_data(&mut t.data, &loaded.dir, out);
         }
-        files::write_atomic(out, saved.to_ron().as_bytes())?;
+        write_output(out, saved.to_ron().as_bytes())?;
     }
 
     match args.format {
@@ -430,13 +430,39 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
             )?;
             outln!("{}", phase_table(&totals))?;
-            if let Some(out) = &args.save {
+            if let Some(out) = args.save.as_deref().filter(|p| !is_stdout(p)) {
                 outln!(
                     "saved the trained model to {}",
                     escape(&out.display().to_string())
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Standard output, for an output file named `-`.
+fn is_stdout(path: &Path) -> bool {
+    path == Path::new("-")
+}
+
+/// Checks before any long work that an output file can be written.
+fn check_output(path: &Path) -> anyhow::Result<()> {
+    if !is_stdout(path) {
+        files::check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Writes an output file (see `files::write`), or standard output for `-`.
+fn write_output(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if is_stdout(path) {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(contents)?;
+        stdout.flush()?;
+    } else {
+        files::write(path, contents)?;
     }
     Ok(())
 }
