@@ -106,6 +106,22 @@ pub enum Error {
         value: f32,
     },
 
+    /// Something that grows with the input does not fit in the memory budget
+    /// ([`crate::budget::Budget`]).
+    #[error("{}", memory_message(what, *need, *left, *limit, note))]
+    Memory {
+        /// What needed the memory, e.g. "models/x.ron: running this model at batch 8".
+        what: String,
+        /// Bytes it needs.
+        need: u128,
+        /// Bytes left in the budget.
+        left: u128,
+        /// The budget.
+        limit: u64,
+        /// Where the budget came from, e.g. "set by --max-memory".
+        note: &'static str,
+    },
+
     /// A count or a size too large to represent.
     #[error("{what} does not fit in 64 bits")]
     Overflow {
@@ -120,3 +136,18 @@ pub enum Error {
 
 /// `Result` with opcount's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn memory_message(what: &str, need: u128, left: u128, limit: u64, note: &str) -> String {
+    use crate::budget::human_bytes;
+    let budget = format!("the budget of {} ({note})", human_bytes(u128::from(limit)));
+    let room = if left == u128::from(limit) {
+        budget
+    } else {
+        format!("the {} left of {budget}", human_bytes(left))
+    };
+    format!(
+        "{} needs about {} of memory, more than {room}",
+        escape(what),
+        human_bytes(need)
+    )
+}

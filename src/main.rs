@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
 use opcount::data::Dataset;
 use opcount::model::Data;
@@ -98,6 +99,19 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+impl RunArgs {
+    /// The memory budget: `--max-memory`, or half of the memory this process can count on.
+    fn budget(&self) -> Budget {
+        match self.max_memory {
+            Some(bytes) => Budget::new(bytes, "set by --max-memory"),
+            None => Budget::new(
+                budget::available_memory() / 2,
+                "half of the memory available; change it with --max-memory",
+            ),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -242,49 +256,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A model file, read and validated.
+/// A model file, read and validated, and the memory budget what it read is charged to.
 struct Loaded {
     model: Model,
     plan: Plan,
     origin: String,
     dir: PathBuf,
+    budget: Budget,
 }
 
-fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let model = Model::load(path)?;
+fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
+    let mut budget = run.budget();
+    let model = Model::load_within(path, &mut budget)?;
     let origin = path.display().to_string();
+    // Charged before planning, for as many nodes as the layers can make (a layer with an
+    // activation makes two); what the plan does not use is given back.
+    let per_node = u128::from(budget::NODE_BYTES);
+    let most = 2 * model.layers.len() as u128;
+    budget.charge(per_node * most, || {
+        format!("{origin}: the counts and bookkeeping of up to {most} nodes")
+    })?;
     let plan = model.plan(&origin)?;
+    budget.release(per_node * (most - plan.nodes.len() as u128));
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     Ok(Loaded {
         model,
         plan,
         origin,
         dir,
+        budget,
     })
 }
 
-/// The model's data set, or `n` seeded made-up examples if it has none.
-fn data_or_synthetic(loaded: &Loaded, n: usize) -> anyhow::Result<Dataset> {
-    Ok(match &loaded.model.training {
-        Some(t) => Dataset::load(&t.data, &loaded.dir, &loaded.origin, &loaded.plan)?,
-        None => Dataset::synthetic(&loaded.plan, n, 0),
-    })
+impl Loaded {
+    /// The model's data set, or `n` seeded made-up examples if it has none.
+    fn data_or_synthetic(&mut self, n: usize) -> anyhow::Result<Dataset> {
+        Ok(match &self.model.training {
+            Some(t) => Dataset::load_within(
+                &t.data,
+                &self.dir,
+                &self.origin,
+                &self.plan,
+                &mut self.budget,
+            )?,
+            None => Dataset::synthetic(&self.plan, n, 0),
+        })
+    }
+
+    /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
+    /// numbers running a step at `batch`.
+    fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
+        let need = self.plan.memory_bytes(batch, 4).saturating_mul(networks);
+        let origin = &self.origin;
+        self.budget
+            .charge(need, || {
+                format!("{origin}: running this model at batch {batch}")
+            })
+            .map_err(|e| {
+                anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
+            })
+    }
 }
 
 fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     for out in args.output.iter().chain(&args.svg) {
         check_output(out)?;
     }
+    // The report's rendering grows with the nodes, more than anything else for a deep model.
+    let per_node = match args.format {
+        ReportFormat::Table => budget::TABLE_BYTES_PER_NODE,
+        ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
+        ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
+    } + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
+    let nodes = loaded.plan.nodes.len();
+    let origin = &loaded.origin;
+    loaded
+        .budget
+        .charge(u128::from(per_node) * nodes as u128, || {
+            format!("{origin}: the report of {nodes} nodes")
+        })?;
     let estimated = estimate::step(&loaded.plan, args.batch)?;
     let measured = if args.closed_form_only {
         None
     } else {
-        check_memory(&loaded, args.batch, 2, &args.run)?;
-        let data = data_or_synthetic(&loaded, args.batch)?;
+        loaded.charge_run(args.batch, 2)?;
+        let data = loaded.data_or_synthetic(args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
         let nodes = loaded.plan.nodes.len() as u64;
@@ -328,7 +388,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     let Some(training) = &loaded.model.training else {
         bail!(
             "{}: the model has no training block, so there is nothing to train on \
@@ -344,8 +404,26 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         check_output(out)?;
     }
-    check_memory(&loaded, settings.batch, 2, &args.run)?;
-    let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
+    let data = Dataset::load_within(
+        &training.data,
+        &loaded.dir,
+        &loaded.origin,
+        &loaded.plan,
+        &mut loaded.budget,
+    )?;
+    // A batch larger than the data would be the whole data set: the memory check, the
+    // training and the counted step all use the batch actually run.
+    let asked = settings.batch;
+    settings.batch = settings.batch.min(data.len());
+    loaded.charge_run(settings.batch, 2)?;
+    if args.save.is_some() {
+        let params = loaded.plan.params();
+        let origin = &loaded.origin;
+        loaded.budget.charge(
+            u128::from(budget::SAVE_BYTES_PER_PARAM) * u128::from(params),
+            || format!("{origin}: saving the trained model ({params} parameters)"),
+        )?;
+    }
 
     let mut net = Network::<f32>::new(&loaded.model, &loaded.plan);
     // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
@@ -371,11 +449,11 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         None => anyhow!("{}: {err}", loaded.origin),
     })?;
     bar.finish_and_clear();
-    let result = evaluate(&mut net, &data);
+    let result = evaluate(&mut net, &data, settings.batch);
 
     // One counted step at the training batch size (counts depend on shapes only).
     let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
-    let batch_size = settings.batch.min(data.len());
+    let batch_size = settings.batch;
     let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss);
     counted.step(&batch, Counted::new(settings.lr));
     let totals = counted
@@ -399,6 +477,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "examples": data.len(),
                 "epochs": settings.epochs,
                 "batch": settings.batch,
+                "batch_asked": asked,
                 "lr": settings.lr,
                 "final_loss": result.loss,
                 "train_accuracy": result.accuracy(),
@@ -408,8 +487,13 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
             outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         }
         Format::Table => {
+            let clamped = if asked > settings.batch {
+                format!(" (asked for {asked}, more than the examples)")
+            } else {
+                String::new()
+            };
             outln!(
-                "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
+                "{}: {} parameters, {} examples, {} epochs, batch {}{clamped}, lr {}",
                 escape(&loaded.plan.name),
                 thousands(loaded.plan.params()),
                 data.len(),
@@ -507,7 +591,7 @@ fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
 }
 
 fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     let batch = args
         .batch
         .or(loaded.model.training.as_ref().map(|t| t.batch))
@@ -518,11 +602,11 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
     // model fits in memory.
-    let runnable = check_memory(&loaded, batch, 2, &args.run);
+    let runnable = loaded.charge_run(batch, 2);
     let mut measured = None;
     let mut step_s = None;
     if runnable.is_ok() {
-        let data = data_or_synthetic(&loaded, batch)?;
+        let data = loaded.data_or_synthetic(batch)?;
         let step = measure_step_watched(&loaded.model, &loaded.plan, &data, batch, |_| {});
         let report = Report::new(&loaded.plan, batch, Some(step), projection.step.clone());
         if let Some(m) = report.mismatches().first() {
@@ -670,66 +754,6 @@ fn human_time(seconds: f64) -> String {
     }
 }
 
-/// The memory budget: `--max-memory`, or half of what the system has available.
-fn memory_budget(args: &RunArgs) -> u64 {
-    args.max_memory.unwrap_or_else(|| available_memory() / 2)
-}
-
-/// Bytes of memory available, from /proc/meminfo (or 8 GiB where it cannot be read).
-fn available_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(8 << 30)
-}
-
-/// Refuses, before anything is allocated, a model that needs more memory than the budget
-/// for `networks` networks of 4-byte numbers at `batch`.
-fn check_memory(
-    loaded: &Loaded,
-    batch: usize,
-    networks: u128,
-    args: &RunArgs,
-) -> anyhow::Result<()> {
-    let need = loaded.plan.memory_bytes(batch, 4) * networks;
-    let budget = memory_budget(args);
-    if need > u128::from(budget) {
-        let source = match args.max_memory {
-            Some(_) => "set by --max-memory",
-            None => "half of the memory available; change it with --max-memory",
-        };
-        bail!(
-            "{}: running this model at batch {batch} needs about {} of memory, more than the \
-             budget of {} ({source}); `opcount count --closed-form-only` counts it without \
-             running it",
-            loaded.origin,
-            bytes(need),
-            bytes(u128::from(budget))
-        );
-    }
-    Ok(())
-}
-
-/// A byte count with a binary unit, e.g. `1.5 GiB`.
-fn bytes(n: u128) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 /// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -778,9 +802,9 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.rounds == Some(0) {
         bail!("--batch and --rounds must be at least 1");
     }
-    let loaded = load(&args.model)?;
-    check_memory(&loaded, args.batch, 3, &args.run)?;
-    let data = data_or_synthetic(&loaded, args.batch)?;
+    let mut loaded = load(&args.model, &args.run)?;
+    loaded.charge_run(args.batch, 3)?;
+    let data = loaded.data_or_synthetic(args.batch)?;
     let mut plain = Network::<f32>::new(&loaded.model, &loaded.plan);
     let mut counted = Network::<Counted<f32>>::new(&loaded.model, &loaded.plan);
     let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss);

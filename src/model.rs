@@ -5,12 +5,14 @@
 //! The schema is documented, with an annotated example, in `docs/model-format.md`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ron::extensions::Extensions;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Budget;
 use crate::error::{Error, Result};
+use crate::input::{charged, charged_nested, charged_option};
 
 /// A model file, as written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,8 +21,10 @@ pub struct Model {
     /// A name for reports.
     pub name: String,
     /// The shape of one example: `[features]`, or `[channels, height, width]`.
+    #[serde(deserialize_with = "charged")]
     pub input: Vec<usize>,
     /// The layers, first to last.
+    #[serde(deserialize_with = "charged")]
     pub layers: Vec<Layer>,
     /// The loss the last layer's output is trained against.
     pub loss: Loss,
@@ -50,10 +54,18 @@ pub enum Layer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
         /// Inline weights, `units x inputs` values, one neuron's weights after another.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         weights: Option<Vec<f32>>,
         /// Inline biases, `units` values.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         biases: Option<Vec<f32>>,
     },
     /// 2-D convolution over a `channels x height x width` input with a square kernel:
@@ -80,10 +92,18 @@ pub enum Layer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
         /// Inline weights, `out_channels x in_channels x kernel x kernel` values in that order.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         weights: Option<Vec<f32>>,
         /// Inline biases, `out_channels` values.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         biases: Option<Vec<f32>>,
     },
     /// The maximum of each `size x size` window, per channel.
@@ -231,7 +251,11 @@ pub enum Data {
         /// Path, relative to the model file.
         path: String,
         /// Feature columns by name; default: every column but the target's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
@@ -239,6 +263,7 @@ pub enum Data {
     /// Examples written in the model file.
     Inline {
         /// One list of feature values per example.
+        #[serde(deserialize_with = "charged_nested")]
         inputs: Vec<Vec<f32>>,
         /// One target per example.
         targets: InlineTargets,
@@ -255,12 +280,17 @@ pub enum Target {
         /// The column holding the class.
         column: String,
         /// Class labels, in output order.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         classes: Option<Vec<String>>,
     },
     /// Regression: one column per output.
     Values {
         /// The columns, in output order.
+        #[serde(deserialize_with = "charged")]
         columns: Vec<String>,
     },
 }
@@ -269,9 +299,9 @@ pub enum Target {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum InlineTargets {
     /// A class index per example.
-    Classes(Vec<usize>),
+    Classes(#[serde(deserialize_with = "charged")] Vec<usize>),
     /// A list of output values per example.
-    Values(Vec<Vec<f32>>),
+    Values(#[serde(deserialize_with = "charged_nested")] Vec<Vec<f32>>),
 }
 
 /// The shape of one example's values at some point of the network.
@@ -492,8 +522,15 @@ fn ron_options() -> ron::Options {
 impl Model {
     /// Reads and parses a model file (it is not validated yet; see [`Model::plan`]).
     pub fn load(path: &Path) -> Result<Model> {
-        let text = read_text(path)?;
-        Model::parse(&text, &path.display().to_string())
+        Model::load_within(path, &mut Budget::unlimited())
+    }
+
+    /// [`Model::load`], charging the file's text and every list read from it to `budget`:
+    /// a file that does not fit is an [`Error::Memory`], never an abort. Files larger than
+    /// [`crate::input::MAX_MODEL_BYTES`], or not text, are refused as they are read.
+    pub fn load_within(path: &Path, budget: &mut Budget) -> Result<Model> {
+        let text = crate::input::read_model_text(path, budget)?;
+        Model::parse_within(&text, &path.display().to_string(), budget)
     }
 
     /// Parses RON text; `origin` names it in error messages.
@@ -504,8 +541,22 @@ impl Model {
                 origin: origin.to_string(),
                 line: e.span.start.line,
                 column: e.span.start.col,
-                message: e.code.to_string(),
+                // The message may quote the input (an unknown name): a few hundred bytes of it.
+                message: crate::text::clip(&e.code.to_string(), 2 * crate::text::ECHO_BYTES)
+                    .into_owned(),
             })
+    }
+
+    /// [`Model::parse`], charging every list it reads to `budget`.
+    pub fn parse_within(text: &str, origin: &str, budget: &mut Budget) -> Result<Model> {
+        let (result, refused) = crate::input::charging_lists(budget, || Model::parse(text, origin));
+        match (result, refused) {
+            (Err(Error::Syntax { line, column, .. }), Some(need)) => Err(budget.refusal(
+                format!("{origin}:{line}:{column}: reading the model's lists"),
+                need,
+            )),
+            (result, _) => result,
+        }
     }
 
     /// The model as RON text, in the same schema it was read from.
@@ -782,22 +833,6 @@ impl Builder {
         self.push(layer, name, NodeOp::Activation(a), self.shape);
         Ok(())
     }
-}
-
-/// Reads a whole text file, with the path in the error.
-pub(crate) fn read_text(path: &Path) -> Result<String> {
-    if path.is_dir() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            action: "cannot read",
-            source: std::io::Error::other("is a directory, expected a file"),
-        });
-    }
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: PathBuf::from(path),
-        action: "cannot read",
-        source,
-    })
 }
 
 fn layer_kind(layer: &Layer) -> &'static str {

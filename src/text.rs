@@ -36,12 +36,17 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// assert!(opcount::text::echo(&cell).len() < 300);
 /// ```
 pub fn echo(text: &str) -> Cow<'_, str> {
-    if text.len() <= ECHO_BYTES {
+    clip(text, ECHO_BYTES)
+}
+
+/// `text` escaped as [`escape`] does and clipped to about `max` bytes (see [`echo`]).
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
         return escape(text);
     }
-    let mut out = String::with_capacity(ECHO_BYTES + 32);
+    let mut out = String::with_capacity(max + 32);
     for c in text.chars() {
-        if out.len() >= ECHO_BYTES {
+        if out.len() >= max {
             break;
         }
         push_escaped(&mut out, c);

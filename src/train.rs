@@ -211,16 +211,17 @@ impl Evaluation {
     }
 }
 
-/// Runs every example forward (no update) and measures the loss and, for class targets, the
-/// accuracy: the class is the largest output, or for a single output, 1 above 0.5.
-pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset) -> Evaluation {
-    const CHUNK: usize = 256;
+/// Runs every example forward (no update), `batch` at a time (a network's memory grows with
+/// its batch: pass the one it trained with), and measures the loss and, for class targets,
+/// the accuracy: the class is the largest output, or for a single output, 1 above 0.5.
+pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -> Evaluation {
     let loss_kind = net.plan().loss;
     let order: Vec<usize> = (0..data.len()).collect();
+    let chunk = batch.max(1);
     let mut batch = Batch::default();
     let mut loss_sum = 0.0;
     let mut correct = 0;
-    for indices in order.chunks(CHUNK) {
+    for indices in order.chunks(chunk) {
         data.gather(indices, loss_kind, &mut batch);
         net.forward(&batch.inputs, batch.size);
         loss_sum += net.loss(&batch).to_f64().unwrap_or(f64::NAN) * indices.len() as f64;

@@ -222,3 +222,35 @@ fn names_with_control_characters_are_escaped_in_every_table_and_chart() {
     roxmltree::Document::parse(&chart).unwrap();
     assert!(!has_control_characters(&chart));
 }
+
+#[test]
+fn a_batch_larger_than_the_data_is_clamped_to_it_and_said() {
+    // xor has 4 examples: a batch of 10^9 would be refused as needing 119 GiB, though the
+    // batch actually run is 4.
+    let out = json(&opcount(&[
+        "train",
+        "models/xor.ron",
+        "--batch",
+        "1000000000",
+        "--epochs",
+        "2",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["batch"], 4);
+    assert_eq!(out["batch_asked"], 1_000_000_000);
+    assert_eq!(out["step_batch"], 4);
+    let table = opcount(&[
+        "train",
+        "models/xor.ron",
+        "--batch",
+        "1000000000",
+        "--epochs",
+        "2",
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("batch 4 (asked for 1000000000, more than the examples)"),
+        "{text}"
+    );
+}
