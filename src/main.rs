@@ -22,12 +22,12 @@ use opcount::{
 };
 use serde_json::json;
 
-/// `print!` to standard output, returning the error instead of panicking when it fails,
-/// e.g. when a reader such as `head` has closed the pipe.
+/// `print!` to standard output, returning the error (saying it was standard output) instead
+/// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)
+        write!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
     }};
 }
 
@@ -35,8 +35,14 @@ macro_rules! out {
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
     }};
+}
+
+/// A failed write to standard output, saying so (the system's reason alone, "No space left
+/// on device", would not say which file).
+fn stdout_error(err: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(err).context("cannot write to standard output")
 }
 
 /// Count every arithmetic operation of a neural network, by kind.
@@ -220,8 +226,17 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(&err),
+    };
+    // What is still buffered for standard output must get there too, or be an error.
+    let run = run(cli).and_then(|code| {
+        use std::io::Write as _;
+        std::io::stdout().flush().map_err(stdout_error)?;
+        Ok(code)
+    });
+    match run {
         Ok(code) => code,
         // A reader that stopped reading (`opcount ... | head`) is not an error.
         Err(err) if closed_pipe(&err) => ExitCode::SUCCESS,
@@ -229,6 +244,31 @@ fn main() -> ExitCode {
             // One line: whatever the error quotes (paths, names, the system's reason) is
             // shown with its control characters escaped.
             eprintln!("opcount: {}", escape(&format!("{err:#}")));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints clap's help, version or usage error, and returns its exit code: 0 for help shown,
+/// 2 for a mistake, and 2 also when the help cannot be written (`--help > /dev/full`).
+fn clap_exit(err: &clap::Error) -> ExitCode {
+    let code = ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+    if err.use_stderr() {
+        // The message quotes the user's arguments: their control characters are escaped.
+        let text = err.render().to_string();
+        let lines: Vec<_> = text.lines().map(escape).collect();
+        eprintln!("{}", lines.join("\n"));
+        return code;
+    }
+    let printed = err.print().and_then(|()| {
+        use std::io::Write as _;
+        std::io::stdout().flush()
+    });
+    match printed {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Err(e) => {
+            eprintln!("opcount: {:#}", stdout_error(e));
             ExitCode::from(2)
         }
     }
@@ -543,8 +583,10 @@ fn write_output(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     if is_stdout(path) {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(contents)?;
-        stdout.flush()?;
+        stdout
+            .write_all(contents)
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_error)?;
     } else {
         files::write(path, contents)?;
     }
@@ -795,7 +837,26 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
             .expect("a valid template"),
     );
+    end_line_on_interrupt();
     bar
+}
+
+/// Makes Ctrl-C end the progress bar's line before the process dies of it as usual, so that
+/// the shell's prompt starts on a line of its own.
+fn end_line_on_interrupt() {
+    extern "C" fn on_interrupt(signal: libc::c_int) {
+        // SAFETY: write, signal and raise are async-signal-safe; the buffer is static.
+        unsafe {
+            libc::write(2, c"\n".as_ptr().cast(), 1);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    // SAFETY: installs a handler that only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
@@ -931,7 +992,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let sgemm = bench::sgemm_flops(5);
 
     let per_s = |seconds: f64| args.batch as f64 / seconds;
-    let kernel_rate = kernel_ops as f64 / kernel_s;
+    // No rate for a model with no convolution or dense layer: nothing was timed.
+    let kernel_rate = (kernel_ops > 0).then(|| kernel_ops as f64 / kernel_s);
     match args.format {
         Format::Json => {
             let out = json!({
@@ -955,7 +1017,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                     "ops_per_s": kernel_rate,
                 },
                 "sgemm_flops_per_s": sgemm,
-                "kernel_efficiency": kernel_rate / sgemm,
+                "kernel_efficiency": kernel_rate.map(|r| r / sgemm),
                 "counts_per_step": ops,
             });
             outln!("{}", serde_json::to_string_pretty(&out)?)?;
@@ -992,17 +1054,27 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                 result.ratio(),
                 attributed_s / result.plain_s
             )?;
-            outln!(
-                "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
-                thousands(kernel_ops),
-                duration(kernel_s),
-                kernel_rate / 1e9
-            )?;
-            outln!(
-                "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; kernels at {:.0}% of it",
-                sgemm / 1e9,
-                100.0 * kernel_rate / sgemm
-            )?;
+            match kernel_rate {
+                Some(rate) => {
+                    outln!(
+                        "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
+                        thousands(kernel_ops),
+                        duration(kernel_s),
+                        rate / 1e9
+                    )?;
+                    outln!(
+                        "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; \
+                         kernels at {:.0}% of it",
+                        sgemm / 1e9,
+                        100.0 * rate / sgemm
+                    )?;
+                }
+                None => outln!(
+                    "  no convolution or dense layers, so no kernel rate; reference sgemm \
+                     1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s",
+                    sgemm / 1e9
+                )?,
+            }
         }
     }
     Ok(())

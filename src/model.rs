@@ -533,14 +533,16 @@ impl Model {
         Model::parse_within(&text, &path.display().to_string(), budget)
     }
 
-    /// Parses RON text; `origin` names it in error messages.
+    /// Parses RON text; `origin` names it in error messages. A byte order mark at the start
+    /// is skipped, and lines may end in LF, CRLF or CR.
     pub fn parse(text: &str, origin: &str) -> Result<Model> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         ron_options()
             .from_str(text)
             .map_err(|e: ron::error::SpannedError| Error::Syntax {
                 origin: origin.to_string(),
-                line: e.span.start.line,
-                column: e.span.start.col,
+                line: position(text, e.span.start).0,
+                column: position(text, e.span.start).1,
                 // The message may quote the input (an unknown name): a few hundred bytes of it.
                 message: crate::text::clip(&e.code.to_string(), 2 * crate::text::ECHO_BYTES)
                     .into_owned(),
@@ -796,6 +798,31 @@ impl Model {
     }
 }
 
+/// The line and column of RON's position `at` in `text`, where a CR, an LF or a CRLF each
+/// end a line (RON counts LFs only, so a file with old Mac line endings would be all line 1).
+fn position(text: &str, at: ron::error::Position) -> (usize, usize) {
+    let (mut ron_line, mut ron_column) = (1, 1);
+    let (mut line, mut column) = (1, 1);
+    let mut after_cr = false;
+    for c in text.chars() {
+        if (ron_line, ron_column) == (at.line, at.col) {
+            break;
+        }
+        if c == '\n' {
+            (ron_line, ron_column) = (ron_line + 1, 1);
+        } else {
+            ron_column += 1;
+        }
+        match c {
+            '\n' if after_cr => {}
+            '\n' | '\r' => (line, column) = (line + 1, 1),
+            _ => column += 1,
+        }
+        after_cr = c == '\r';
+    }
+    (line, column)
+}
+
 /// Lays out nodes one after another, tracking the current shape and whether any parameters
 /// came before (which decides whether a node needs its input's gradient).
 struct Builder {
@@ -977,6 +1004,25 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("m.ron:"), "{text}");
         assert!(matches!(err, Error::Syntax { line: 3, .. }), "{text}");
+    }
+
+    #[test]
+    fn positions_count_every_line_ending() {
+        for end in ["\n", "\r\n", "\r"] {
+            let text = ["(", "  name: \"x\",", "  input: [2,,],", ")"].join(end);
+            let err = Model::parse(&text, "m.ron").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Syntax {
+                        line: 3,
+                        column: 13,
+                        ..
+                    }
+                ),
+                "{end:?}: {err}"
+            );
+        }
     }
 
     #[test]
