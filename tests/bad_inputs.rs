@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cli::{opcount_in, root, stderr};
-use exercise::{Reached, exercise};
+use exercise::{CSV_NAME, Reached, exercise, exercise_bytes};
 use proptest::prelude::*;
 
 /// Exit code 2, one line on stderr holding `fragment`, nothing on stdout, no panic.
@@ -602,6 +602,65 @@ proptest! {
         }
         // Panics (a broken invariant) fail the test; any stage may refuse the text.
         exercise(&text, &root().join("models"));
+    }
+}
+
+/// Pieces of CSV text: separators, line endings, quotes, numbers at the limits, labels.
+#[rustfmt::skip]
+const CSV_PIECES: &[&str] = &[
+    ",", ",", "\n", "\r\n", "\r", "\"", " ", "\u{feff}", "a", "b", "y", "label", "setosa",
+    "0", "1", "2", "-1", "0.5", "1e30", "1e39", "NaN", "inf", "-0", "18446744073709551616", "x",
+];
+
+/// Models that read `fuzz.csv` in every way the schema allows.
+fn csv_models() -> Vec<String> {
+    let training = |data: &str| {
+        format!(
+            "(name: \"csv\", input: [2], loss: SoftmaxCrossEntropy, layers: [Dense(units: 2)],
+              training: (data: {data}, epochs: 2, lr: 0.5, batch: 2))"
+        )
+    };
+    let path = format!("path: \"{CSV_NAME}\"");
+    vec![
+        training(&format!("Csv({path}, target: Class(column: \"y\"))")),
+        training(&format!(
+            "Csv({path}, features: [\"a\", \"b\"], target: Class(column: \"label\", \
+             classes: [\"setosa\", \"x\"]))"
+        )),
+        training(&format!(
+            "Csv({path}, target: Values(columns: [\"y\", \"b\"]))"
+        ))
+        .replace("SoftmaxCrossEntropy", "Mse"),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_csv_files_are_an_error_or_trained(
+        model in 0..3usize,
+        header in prop::sample::select(&["a,b,y\n", "a,b,label\n", "y,a,b\r", "a\n", ""][..]),
+        pieces in prop::collection::vec(prop::sample::select(CSV_PIECES), 0..80)
+    ) {
+        let scratch = tempfile::tempdir().unwrap();
+        let input = format!("{}\0{header}{}", csv_models()[model], pieces.concat());
+        exercise_bytes(input.as_bytes(), &root().join("models"), scratch.path());
+    }
+}
+
+#[test]
+fn the_csv_test_reaches_training() {
+    let scratch = tempfile::tempdir().unwrap();
+    let files = [
+        "a,b,y\n0,1,1\r\n1,0,1\r0.5,0.5,0\n",
+        "\u{feff}label,a,b\nx,0,1\r\nsetosa,1,0\r\n",
+        "a,c,y,b\r0,1,1,0\r1,0,0.5,1",
+    ];
+    for (model, csv) in csv_models().iter().zip(files) {
+        let input = format!("{model}\0{csv}");
+        let reached = exercise_bytes(input.as_bytes(), &root().join("models"), scratch.path());
+        assert_eq!(reached, Reached::Ran, "{model}");
     }
 }
 

@@ -54,6 +54,9 @@ fn grew(bytes: usize) {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// A rendering of the report, returning its length.
+type Render<'a> = Box<dyn Fn() -> usize + 'a>;
+
 /// Peak bytes allocated by `f` above what was live before it, and its result.
 fn peak_of<T>(f: impl FnOnce() -> T) -> (T, u64) {
     let before = LIVE.load(Ordering::Relaxed);
@@ -92,7 +95,7 @@ fn the_budget_charges_cover_the_per_node_memory() {
             assert!(report.mismatches().is_empty());
             report
         });
-        let renderings: [(&str, u64, Box<dyn Fn() -> usize>); 4] = [
+        let renderings: [(&str, u64, Render); 4] = [
             (
                 "table",
                 TABLE_BYTES_PER_NODE,

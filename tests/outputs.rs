@@ -386,7 +386,7 @@ fn temporary_files_of_killed_runs_are_removed_by_the_next_write() {
         0
     );
     let out = opcount_in(
-        &root(),
+        root(),
         &[
             "count",
             "models/xor.ron",
