@@ -65,7 +65,16 @@ const SYNTAX: &[&str] = &[
     "NaN",
     "inf",
     "1e30",
+    "features:",
+    "columns:",
+    "\"fuzz.csv\"",
+    "18446744073709551615",
+    "1e39",
 ];
+
+/// Bytes for the CSV file a fuzz input carries after a NUL byte (see
+/// `tests/support/exercise.rs`), in libFuzzer's escapes: the separator, line endings, a BOM.
+const BYTES: &[&str] = &[r"\x00", r"\x0d\x0a", r"\x0d", r"\xef\xbb\xbf"];
 
 fn main() {
     println!("# Tokens of the model format, for libFuzzer's -dict option.");
@@ -82,5 +91,9 @@ fn main() {
             "{}",
             serde_json::to_string(&token).expect("a string serializes")
         );
+    }
+    println!("# After a NUL byte, the CSV file the model reads as fuzz.csv.");
+    for bytes in BYTES {
+        println!("\"{bytes}\"");
     }
 }

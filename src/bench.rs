@@ -54,15 +54,71 @@ pub fn interleave(
         side();
     }
     let calls = calls_per(round_time, &mut *sides[0]);
-    let mut times = vec![Vec::with_capacity(rounds); sides.len()];
+    let n = sides.len();
+    let mut times: Vec<Samples> = (0..n).map(|_| Samples::default()).collect();
     for round in 0..rounds {
-        for i in 0..sides.len() {
-            let side = (round + i) % sides.len();
+        for i in 0..n {
+            let side = (round % n + i) % n;
             times[side].push(time(calls, &mut *sides[side]));
         }
         on_round(round + 1);
     }
-    times.iter_mut().map(|t| median(t)).collect()
+    times.iter_mut().map(Samples::median).collect()
+}
+
+/// Timings kept for a median in memory that does not grow with the number of rounds: every
+/// one up to [`Samples::CAPACITY`], then every second, every fourth, ... of the run so far,
+/// evenly spread over it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Samples {
+    kept: Vec<f64>,
+    /// Sample `i` is kept if `i` is a multiple of the stride.
+    stride: usize,
+    seen: usize,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Samples {
+            kept: Vec::new(),
+            stride: 1,
+            seen: 0,
+        }
+    }
+}
+
+impl Samples {
+    /// The most samples kept.
+    pub const CAPACITY: usize = 1024;
+
+    /// Adds the next sample.
+    pub fn push(&mut self, value: f64) {
+        if self.seen.is_multiple_of(self.stride) {
+            if self.kept.len() == Self::CAPACITY {
+                // Keep the samples at multiples of twice the stride: every other one.
+                let mut index = 0;
+                self.kept.retain(|_| {
+                    index += 1;
+                    index % 2 == 1
+                });
+                self.stride *= 2;
+            }
+            if self.seen.is_multiple_of(self.stride) {
+                self.kept.push(value);
+            }
+        }
+        self.seen += 1;
+    }
+
+    /// The samples kept.
+    pub fn kept(&self) -> &[f64] {
+        &self.kept
+    }
+
+    /// The median of the samples kept (reordering them).
+    pub fn median(&mut self) -> f64 {
+        median(&mut self.kept)
+    }
 }
 
 /// Median seconds of one call of `f`, over `rounds` rounds of about `round_time` each.
@@ -147,6 +203,23 @@ pub fn median(values: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_stay_bounded_and_evenly_spread() {
+        let mut s = Samples::default();
+        for i in 0..5000 {
+            s.push(i as f64);
+        }
+        // 5000 samples: after thinning to every fourth, 1250 would be too many: every eighth.
+        assert_eq!(s.kept().len(), 625);
+        assert!(
+            s.kept()
+                .iter()
+                .enumerate()
+                .all(|(k, &v)| v == (8 * k) as f64)
+        );
+        assert_eq!(s.median(), 2496.0);
+    }
 
     #[test]
     fn median_of_odd_and_even() {

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 
 use crate::phases::{Phase, StepCounts};
 use crate::report::{Report, thousands};
+use crate::text::escape;
 
 /// Colours of the phases, in stacking order.
 const PHASES: [(Phase, RGBColor); 4] = [
@@ -26,7 +27,7 @@ pub fn svg(report: &Report) -> String {
         .zip(&step.nodes)
         .map(|(info, c)| {
             (
-                info.name.clone(),
+                escape(&info.name).into_owned(),
                 [c.forward.total(), c.backward.total(), c.update.total(), 0],
             )
         })
@@ -63,7 +64,7 @@ fn draw(
     let n = rows.len() as i32;
     let caption = format!(
         "{}: arithmetic operations of one training step, batch {} ({} in all)",
-        report.model,
+        escape(&report.model),
         report.batch,
         thousands(
             rows.iter()

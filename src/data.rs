@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
+use crate::budget::Budget;
 use crate::error::{Error, Result};
+use crate::input::{LineTooLong, Lines, out_of_memory};
 use crate::model::{Data, InlineTargets, Loss, Plan, Target};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
+use crate::text::echo;
 
 /// What each example should produce.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,12 +63,25 @@ impl Dataset {
     /// Loads a model's training data; relative paths are relative to `model_dir`.
     /// `origin` names the model file in messages about inline data.
     pub fn load(data: &Data, model_dir: &Path, origin: &str, plan: &Plan) -> Result<Dataset> {
+        Dataset::load_within(data, model_dir, origin, plan, &mut Budget::unlimited())
+    }
+
+    /// [`Dataset::load`], charging the examples to `budget` as they are read: data too big
+    /// for it is an [`Error::Memory`] naming the file, never an abort. A CSV file is read a
+    /// bounded line at a time ([`crate::input::MAX_CSV_LINE_BYTES`]).
+    pub fn load_within(
+        data: &Data,
+        model_dir: &Path,
+        origin: &str,
+        plan: &Plan,
+        budget: &mut Budget,
+    ) -> Result<Dataset> {
         let (inputs, features, targets, lines) = match data {
             Data::Csv {
                 path,
                 features,
                 target,
-            } => read_csv(&model_dir.join(path), features.as_deref(), target)?,
+            } => read_csv(&model_dir.join(path), features.as_deref(), target, budget)?,
             Data::Inline { inputs, targets } => {
                 let err = |message: String| Error::Data {
                     origin: origin.to_string(),
@@ -88,6 +104,15 @@ impl Dataset {
                         inputs.len()
                     )));
                 }
+                // The model's lists were charged as they were read; this is a copy of them.
+                let copy = inputs.iter().map(Vec::len).sum::<usize>() as u128 * 4
+                    + match targets {
+                        InlineTargets::Classes(c) => c.len() as u128 * 8,
+                        InlineTargets::Values(v) => {
+                            v.iter().map(Vec::len).sum::<usize>() as u128 * 4
+                        }
+                    };
+                budget.charge(copy, || format!("{origin}: the inline examples"))?;
                 let flat: Vec<f32> = inputs.concat();
                 let targets = match targets {
                     InlineTargets::Classes(c) => Targets::Classes(c.clone()),
@@ -293,11 +318,12 @@ pub struct Batch<S> {
     pub values: Vec<S>,
 }
 
-/// Reads a CSV file with a header row.
+/// Reads a CSV file with a header row, charging what it keeps to `budget`.
 fn read_csv(
     path: &Path,
     features: Option<&[String]>,
     target: &Target,
+    budget: &mut Budget,
 ) -> Result<(Vec<f32>, usize, Targets, Vec<u64>)> {
     let shown = path.display().to_string();
     let err_at = |line: u64, message: String| Error::Data {
@@ -317,7 +343,7 @@ fn read_csv(
     })?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(file);
+        .from_reader(Lines::new(file));
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| csv_error(&shown, e))?
@@ -329,8 +355,9 @@ fn read_csv(
             err_at(
                 1,
                 format!(
-                    "no column named '{name}'; the header has: {}",
-                    header.join(", ")
+                    "no column named '{}'; the header has: {}",
+                    echo(name),
+                    echo(&header.join(", "))
                 ),
             )
         })
@@ -350,19 +377,24 @@ fn read_csv(
     let mut classes = Vec::new();
     let mut values = Vec::new();
     let mut lines = Vec::new();
+    let mut kept = Kept {
+        budget,
+        what: format!("{shown}: the examples"),
+    };
     for record in reader.records() {
         let record = record.map_err(|e| csv_error(&shown, e))?;
         let line = record.position().map_or(0, |p| p.line());
-        lines.push(line);
+        kept.push(&mut lines, line)?;
         let number = |col: usize| -> Result<f32> {
             let text = &record[col];
             let v: f32 = text.parse().map_err(|_| {
                 err_at(
                     line,
                     format!(
-                        "column {} ({}): expected a number, found '{text}'",
+                        "column {} ({}): expected a number, found '{}'",
                         col + 1,
-                        header[col]
+                        echo(&header[col]),
+                        echo(text)
                     ),
                 )
             })?;
@@ -372,15 +404,16 @@ fn read_csv(
                 Err(err_at(
                     line,
                     format!(
-                        "column {} ({}): {text} is not a finite number",
+                        "column {} ({}): {} is not a finite number",
                         col + 1,
-                        header[col]
+                        echo(&header[col]),
+                        echo(text)
                     ),
                 ))
             }
         };
         for &c in &feature_columns {
-            inputs.push(number(c)?);
+            kept.push(&mut inputs, number(c)?)?;
         }
         match target {
             Target::Class {
@@ -393,10 +426,11 @@ fn read_csv(
                         err_at(
                             line,
                             format!(
-                                "column {} ({}): unknown class '{text}', expected one of: {}",
+                                "column {} ({}): unknown class '{}', expected one of: {}",
                                 col + 1,
-                                header[col],
-                                labels.join(", ")
+                                echo(&header[col]),
+                                echo(text),
+                                echo(&labels.join(", "))
                             ),
                         )
                     })?,
@@ -404,18 +438,19 @@ fn read_csv(
                         err_at(
                             line,
                             format!(
-                                "column {} ({}): expected a class number 0, 1, 2, ..., found '{text}'",
+                                "column {} ({}): expected a class number 0, 1, 2, ..., found '{}'",
                                 col + 1,
-                                header[col]
+                                echo(&header[col]),
+                                echo(text)
                             ),
                         )
                     })?,
                 };
-                classes.push(class);
+                kept.push(&mut classes, class)?;
             }
             Target::Values { .. } => {
                 for &c in &target_columns {
-                    values.push(number(c)?);
+                    kept.push(&mut values, number(c)?)?;
                 }
             }
         }
@@ -427,7 +462,36 @@ fn read_csv(
     Ok((inputs, feature_columns.len(), targets, lines))
 }
 
+/// What a CSV file keeps, charged to the budget as it grows.
+struct Kept<'a> {
+    budget: &'a mut Budget,
+    what: String,
+}
+
+impl Kept<'_> {
+    /// Pushes `value`, charging (and reserving, without aborting) the room first.
+    fn push<T>(&mut self, list: &mut Vec<T>, value: T) -> Result<()> {
+        if list.len() == list.capacity() {
+            let more = list.capacity().max(64);
+            let bytes = more * size_of::<T>();
+            self.budget.charge(bytes as u128, || self.what.clone())?;
+            list.try_reserve_exact(more)
+                .map_err(|_| out_of_memory(self.what.clone(), bytes))?;
+        }
+        list.push(value);
+        Ok(())
+    }
+}
+
 fn csv_error(shown: &str, e: csv::Error) -> Error {
+    if let csv::ErrorKind::Io(io) = e.kind()
+        && let Some(LineTooLong(line)) = io.get_ref().and_then(|e| e.downcast_ref())
+    {
+        return Error::Data {
+            origin: format!("{shown}:{line}"),
+            message: LineTooLong(*line).to_string(),
+        };
+    }
     let line = e.position().map_or(0, |p| p.line());
     let message = match e.kind() {
         csv::ErrorKind::UnequalLengths {

@@ -1,7 +1,10 @@
 //! The library's one error type. Every message says where (file and line/column, or layer)
-//! and what was expected against what was found.
+//! and what was expected against what was found, on one line: text from the input (a path, a
+//! layer name, a CSV cell) is shown with its control characters escaped ([`crate::text`]).
 
 use std::path::PathBuf;
+
+use crate::text::escape;
 
 /// Everything that can go wrong loading, checking, running or writing a model.
 #[derive(Debug, thiserror::Error)]
@@ -10,7 +13,7 @@ pub enum Error {
     /// A file could not be read or written. The operating system's reason is the error's
     /// [`source`](std::error::Error::source), not part of its own message: print the chain
     /// (e.g. anyhow's `{:#}`) to show both.
-    #[error("{}: {action}", path.display())]
+    #[error("{}: {action}", escape(&path.display().to_string()))]
     Io {
         /// The file.
         path: PathBuf,
@@ -21,7 +24,7 @@ pub enum Error {
     },
 
     /// The model file is not valid RON, or does not fit the schema.
-    #[error("{origin}:{line}:{column}: {message}")]
+    #[error("{}:{line}:{column}: {}", escape(origin), escape(message))]
     Syntax {
         /// The model file (or a description of where the text came from).
         origin: String,
@@ -34,7 +37,12 @@ pub enum Error {
     },
 
     /// A layer that cannot be built as written.
-    #[error("{origin}: layer {index} ({name}): {message}")]
+    #[error(
+        "{}: layer {index} ({}): {}",
+        escape(origin),
+        escape(name),
+        escape(message)
+    )]
     Layer {
         /// The model file.
         origin: String,
@@ -47,7 +55,7 @@ pub enum Error {
     },
 
     /// A problem with the model as a whole (input shape, loss, training settings).
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", escape(origin), escape(message))]
     Model {
         /// The model file.
         origin: String,
@@ -56,7 +64,7 @@ pub enum Error {
     },
 
     /// Training data that cannot be used.
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", escape(origin), escape(message))]
     Data {
         /// The data file with its line, e.g. `iris.csv:12`, or the model file for inline data.
         origin: String,
@@ -78,6 +86,42 @@ pub enum Error {
         loss: f64,
     },
 
+    /// Training left a parameter that is not a finite number: the last update overflowed
+    /// after a finite loss (every earlier update shows in a later loss).
+    #[error(
+        "training diverged in its last update: {what} {index} of layer {layer} ({}) is {value}; \
+         a smaller learning rate (--lr) may help",
+        escape(name)
+    )]
+    NotFinite {
+        /// The layer's position in the `layers` list, from 0.
+        layer: usize,
+        /// The layer's name.
+        name: String,
+        /// `weight` or `bias`.
+        what: &'static str,
+        /// The parameter's position in the layer's inline `weights` or `biases`.
+        index: usize,
+        /// The value (NaN or infinite).
+        value: f32,
+    },
+
+    /// Something that grows with the input does not fit in the memory budget
+    /// ([`crate::budget::Budget`]).
+    #[error("{}", memory_message(what, *need, *left, *limit, note))]
+    Memory {
+        /// What needed the memory, e.g. "models/x.ron: running this model at batch 8".
+        what: String,
+        /// Bytes it needs.
+        need: u128,
+        /// Bytes left in the budget.
+        left: u128,
+        /// The budget.
+        limit: u64,
+        /// Where the budget came from, e.g. "set by --max-memory".
+        note: &'static str,
+    },
+
     /// A count too large for opcount's 128-bit counts (past 3.4e38).
     #[error("model {model}: {what} does not fit in 128 bits")]
     Overflow {
@@ -88,9 +132,24 @@ pub enum Error {
     },
 
     /// A command-line setting out of range.
-    #[error("{0}")]
+    #[error("{}", escape(.0))]
     Usage(String),
 }
 
 /// `Result` with opcount's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn memory_message(what: &str, need: u128, left: u128, limit: u64, note: &str) -> String {
+    use crate::budget::human_bytes;
+    let budget = format!("the budget of {} ({note})", human_bytes(u128::from(limit)));
+    let room = if left == u128::from(limit) {
+        budget
+    } else {
+        format!("the {} left of {budget}", human_bytes(left))
+    };
+    format!(
+        "{} needs about {} of memory, more than {room}",
+        escape(what),
+        human_bytes(need)
+    )
+}

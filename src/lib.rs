@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod budget;
 pub mod chart;
 pub mod convention;
 mod counted;
@@ -36,6 +37,7 @@ pub mod data;
 mod error;
 pub mod estimate;
 pub mod files;
+pub mod input;
 pub mod model;
 mod nn;
 mod phases;
@@ -46,6 +48,7 @@ pub mod rng;
 mod scalar;
 mod shape;
 pub mod tally;
+pub mod text;
 pub mod train;
 
 pub use counted::{Counted, CountedNumber, CountedZeros};

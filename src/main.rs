@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
 use opcount::data::Dataset;
 use opcount::model::Data;
 use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
+use opcount::text::escape;
 use opcount::train::{Settings, evaluate, train};
 use opcount::{
     Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
@@ -20,12 +22,12 @@ use opcount::{
 };
 use serde_json::json;
 
-/// `print!` to standard output, returning the error instead of panicking when it fails,
-/// e.g. when a reader such as `head` has closed the pipe.
+/// `print!` to standard output, returning the error (saying it was standard output) instead
+/// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)
+        write!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
     }};
 }
 
@@ -33,8 +35,14 @@ macro_rules! out {
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
     }};
+}
+
+/// A failed write to standard output, saying so (the system's reason alone, "No space left
+/// on device", would not say which file).
+fn stdout_error(err: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(err).context("cannot write to standard output")
 }
 
 /// Count every arithmetic operation of a neural network, by kind.
@@ -97,6 +105,19 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+impl RunArgs {
+    /// The memory budget: `--max-memory`, or half of the memory this process can count on.
+    fn budget(&self) -> Budget {
+        match self.max_memory {
+            Some(bytes) => Budget::new(bytes, "set by --max-memory"),
+            None => Budget::new(
+                budget::available_memory() / 2,
+                "half of the memory available; change it with --max-memory",
+            ),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -205,13 +226,49 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(&err),
+    };
+    // What is still buffered for standard output must get there too, or be an error.
+    let run = run(cli).and_then(|code| {
+        use std::io::Write as _;
+        std::io::stdout().flush().map_err(stdout_error)?;
+        Ok(code)
+    });
+    match run {
         Ok(code) => code,
         // A reader that stopped reading (`opcount ... | head`) is not an error.
         Err(err) if closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("opcount: {err:#}");
+            // One line: whatever the error quotes (paths, names, the system's reason) is
+            // shown with its control characters escaped.
+            eprintln!("opcount: {}", escape(&format!("{err:#}")));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints clap's help, version or usage error, and returns its exit code: 0 for help shown,
+/// 2 for a mistake, and 2 also when the help cannot be written (`--help > /dev/full`).
+fn clap_exit(err: &clap::Error) -> ExitCode {
+    let code = ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+    if err.use_stderr() {
+        // The message quotes the user's arguments: their control characters are escaped.
+        let text = err.render().to_string();
+        let lines: Vec<_> = text.lines().map(escape).collect();
+        eprintln!("{}", lines.join("\n"));
+        return code;
+    }
+    let printed = err.print().and_then(|()| {
+        use std::io::Write as _;
+        std::io::stdout().flush()
+    });
+    match printed {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Err(e) => {
+            eprintln!("opcount: {:#}", stdout_error(e));
             ExitCode::from(2)
         }
     }
@@ -239,50 +296,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A model file, read and validated.
+/// A model file, read and validated, and the memory budget what it read is charged to.
 struct Loaded {
     model: Model,
     plan: Plan,
     origin: String,
     dir: PathBuf,
+    budget: Budget,
 }
 
-fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let model = Model::load(path)?;
+fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
+    let mut budget = run.budget();
+    let model = Model::load_within(path, &mut budget)?;
     let origin = path.display().to_string();
+    // Charged before planning, for as many nodes as the layers can make (a layer with an
+    // activation makes two); what the plan does not use is given back.
+    let per_node = u128::from(budget::NODE_BYTES);
+    let most = 2 * model.layers.len() as u128;
+    budget.charge(per_node * most, || {
+        format!("{origin}: the counts and bookkeeping of up to {most} nodes")
+    })?;
     let plan = model.plan(&origin)?;
+    budget.release(per_node * (most - plan.nodes().len() as u128));
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     Ok(Loaded {
         model,
         plan,
         origin,
         dir,
+        budget,
     })
 }
 
-/// The model's data set, or `n` seeded made-up examples if it has none.
-fn data_or_synthetic(loaded: &Loaded, n: usize) -> anyhow::Result<Dataset> {
-    Ok(match &loaded.model.training {
-        Some(t) => Dataset::load(&t.data, &loaded.dir, &loaded.origin, &loaded.plan)?,
-        None => Dataset::synthetic(&loaded.plan, n, 0),
-    })
+impl Loaded {
+    /// The model's data set, or `n` seeded made-up examples if it has none.
+    fn data_or_synthetic(&mut self, n: usize) -> anyhow::Result<Dataset> {
+        Ok(match &self.model.training {
+            Some(t) => Dataset::load_within(
+                &t.data,
+                &self.dir,
+                &self.origin,
+                &self.plan,
+                &mut self.budget,
+            )?,
+            None => Dataset::synthetic(&self.plan, n, 0),
+        })
+    }
+
+    /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
+    /// numbers running a step at `batch`.
+    fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
+        let need = self.plan.memory_bytes(batch, 4).saturating_mul(networks);
+        let origin = &self.origin;
+        self.budget
+            .charge(need, || {
+                format!("{origin}: running this model at batch {batch}")
+            })
+            .map_err(|e| {
+                anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
+            })
+    }
 }
 
 fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     for out in args.output.iter().chain(&args.svg) {
-        files::check_writable(out)?;
+        check_output(out)?;
     }
+    // The report's rendering grows with the nodes, more than anything else for a deep model.
+    let per_node = match args.format {
+        ReportFormat::Table => budget::TABLE_BYTES_PER_NODE,
+        ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
+        ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
+    } + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
+    let nodes = loaded.plan.nodes().len();
+    let origin = &loaded.origin;
+    loaded
+        .budget
+        .charge(u128::from(per_node) * nodes as u128, || {
+            format!("{origin}: the report of {nodes} nodes")
+        })?;
     let estimated =
         estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
     let measured = if args.closed_form_only {
         None
     } else {
-        check_memory(&loaded, args.batch, 2, &args.run)?;
-        let data = data_or_synthetic(&loaded, args.batch)?;
+        loaded.charge_run(args.batch, 2)?;
+        let data = loaded.data_or_synthetic(args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
         let nodes = loaded.plan.nodes().len() as u64;
@@ -300,7 +403,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         .in_convention(args.convention.into())
         .with_context(|| loaded.origin.clone())?;
     if let Some(svg) = &args.svg {
-        files::write_atomic(svg, chart::svg(&report).as_bytes())?;
+        write_output(svg, chart::svg(&report).as_bytes())?;
     }
     let text = match args.format {
         ReportFormat::Table => report.table(),
@@ -308,7 +411,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         ReportFormat::Csv => report.csv(),
     };
     match &args.output {
-        Some(path) => files::write_atomic(path, text.as_bytes())?,
+        Some(path) => write_output(path, text.as_bytes())?,
         None => out!("{text}")?,
     }
     let mismatches = report.mismatches();
@@ -320,14 +423,14 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         mismatches.len()
     );
     for m in &mismatches {
-        eprintln!("  {m}");
+        eprintln!("  {}", escape(&m.to_string()));
     }
     eprintln!("Please report this with the model file.");
     Ok(ExitCode::from(1))
 }
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     let Some(training) = &loaded.model.training else {
         bail!(
             "{}: the model has no training block, so there is nothing to train on \
@@ -341,18 +444,38 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     settings.batch = args.batch.unwrap_or(settings.batch);
     check_settings(&settings)?;
     if let Some(out) = &args.save {
-        files::check_writable(out)?;
+        check_output(out)?;
     }
-    check_memory(&loaded, settings.batch, 2, &args.run)?;
-    let data = Dataset::load(&training.data, &loaded.dir, &loaded.origin, &loaded.plan)?;
+    let data = Dataset::load_within(
+        &training.data,
+        &loaded.dir,
+        &loaded.origin,
+        &loaded.plan,
+        &mut loaded.budget,
+    )?;
+    // A batch larger than the data would be the whole data set: the memory check, the
+    // training and the counted step all use the batch actually run.
+    let asked = settings.batch;
+    settings.batch = settings.batch.min(data.len());
+    loaded.charge_run(settings.batch, 2)?;
+    if args.save.is_some() {
+        let params = loaded.plan.params();
+        let origin = &loaded.origin;
+        loaded
+            .budget
+            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * params, || {
+                format!("{origin}: saving the trained model ({params} parameters)")
+            })?;
+    }
 
     let mut net = Network::<f32>::new(&loaded.plan);
-    let steps = data.len().div_ceil(settings.batch) * settings.epochs;
-    let bar = progress_bar(steps as u64, args.run.quiet);
+    // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
+    let steps = (data.len().div_ceil(settings.batch) as u64).saturating_mul(settings.epochs as u64);
+    let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
     train(&mut net, &data, &settings, |p| {
-        step += 1;
-        if step.is_multiple_of(64) || step == steps as u64 {
+        step = step.saturating_add(1);
+        if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
                 "epoch {}/{} loss {:.4}",
@@ -360,13 +483,20 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
             ));
         }
     })
-    .with_context(|| loaded.origin.clone())?;
+    .map_err(|err| match &args.save {
+        Some(out) => anyhow!(
+            "{}: {err}; {} was left as it was",
+            loaded.origin,
+            out.display()
+        ),
+        None => anyhow!("{}: {err}", loaded.origin),
+    })?;
     bar.finish_and_clear();
-    let result = evaluate(&mut net, &data);
+    let result = evaluate(&mut net, &data, settings.batch);
 
     // One counted step at the training batch size (counts depend on shapes only).
     let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
-    let batch_size = settings.batch.min(data.len());
+    let batch_size = settings.batch;
     let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss());
     counted.step(&batch, Counted::new(settings.lr));
     let totals = counted
@@ -379,7 +509,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         if let Some(t) = &mut saved.training {
             relocate_data(&mut t.data, &loaded.dir, out);
         }
-        files::write_atomic(out, saved.to_ron().as_bytes())?;
+        write_output(out, saved.to_ron().as_bytes())?;
     }
 
     match args.format {
@@ -390,6 +520,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "examples": data.len(),
                 "epochs": settings.epochs,
                 "batch": settings.batch,
+                "batch_asked": asked,
                 "lr": settings.lr,
                 "final_loss": result.loss,
                 "train_accuracy": result.accuracy(),
@@ -400,9 +531,14 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
             outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         }
         Format::Table => {
+            let clamped = if asked > settings.batch {
+                format!(" (asked for {asked}, more than the examples)")
+            } else {
+                String::new()
+            };
             outln!(
-                "{}: {} parameters, {} examples, {} epochs, batch {}, lr {}",
-                loaded.plan.name(),
+                "{}: {} parameters, {} examples, {} epochs, batch {}{clamped}, lr {}",
+                escape(loaded.plan.name()),
                 thousands(loaded.plan.params()),
                 data.len(),
                 settings.epochs,
@@ -422,10 +558,41 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
             )?;
             outln!("{}", phase_table(&totals))?;
-            if let Some(out) = &args.save {
-                outln!("saved the trained model to {}", out.display())?;
+            if let Some(out) = args.save.as_deref().filter(|p| !is_stdout(p)) {
+                outln!(
+                    "saved the trained model to {}",
+                    escape(&out.display().to_string())
+                )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Standard output, for an output file named `-`.
+fn is_stdout(path: &Path) -> bool {
+    path == Path::new("-")
+}
+
+/// Checks before any long work that an output file can be written.
+fn check_output(path: &Path) -> anyhow::Result<()> {
+    if !is_stdout(path) {
+        files::check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Writes an output file (see `files::write`), or standard output for `-`.
+fn write_output(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if is_stdout(path) {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(contents)
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_error)?;
+    } else {
+        files::write(path, contents)?;
     }
     Ok(())
 }
@@ -470,7 +637,7 @@ fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
 }
 
 fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model, &args.run)?;
     let batch = args
         .batch
         .or(loaded.model.training.as_ref().map(|t| t.batch))
@@ -482,11 +649,11 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
     // model fits in memory.
-    let runnable = check_memory(&loaded, batch, 2, &args.run);
+    let runnable = loaded.charge_run(batch, 2);
     let mut measured = None;
     let mut step_s = None;
     if runnable.is_ok() {
-        let data = data_or_synthetic(&loaded, batch)?;
+        let data = loaded.data_or_synthetic(batch)?;
         let step = measure_step_watched(&loaded.plan, &data, batch, |_| {});
         let report = Report::new(&loaded.plan, batch, Some(step), projection.step.clone());
         if let Some(m) = report.mismatches().first() {
@@ -564,7 +731,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         Format::Table => {
             outln!(
                 "{}: {} examples x {} epochs at batch {} = {} steps",
-                loaded.plan.name(),
+                escape(loaded.plan.name()),
                 thousands(projection.examples as u128),
                 thousands(projection.epochs as u128),
                 batch,
@@ -632,66 +799,6 @@ fn human_time(seconds: f64) -> String {
     }
 }
 
-/// The memory budget: `--max-memory`, or half of what the system has available.
-fn memory_budget(args: &RunArgs) -> u64 {
-    args.max_memory.unwrap_or_else(|| available_memory() / 2)
-}
-
-/// Bytes of memory available, from /proc/meminfo (or 8 GiB where it cannot be read).
-fn available_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(8 << 30)
-}
-
-/// Refuses, before anything is allocated, a model that needs more memory than the budget
-/// for `networks` networks of 4-byte numbers at `batch`.
-fn check_memory(
-    loaded: &Loaded,
-    batch: usize,
-    networks: u128,
-    args: &RunArgs,
-) -> anyhow::Result<()> {
-    let need = loaded.plan.memory_bytes(batch, 4) * networks;
-    let budget = memory_budget(args);
-    if need > u128::from(budget) {
-        let source = match args.max_memory {
-            Some(_) => "set by --max-memory",
-            None => "half of the memory available; change it with --max-memory",
-        };
-        bail!(
-            "{}: running this model at batch {batch} needs about {} of memory, more than the \
-             budget of {} ({source}); `opcount count --closed-form-only` counts it without \
-             running it",
-            loaded.origin,
-            bytes(need),
-            bytes(u128::from(budget))
-        );
-    }
-    Ok(())
-}
-
-/// A byte count with a binary unit, e.g. `1.5 GiB`.
-fn bytes(n: u128) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 /// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -733,16 +840,35 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
             .expect("a valid template"),
     );
+    end_line_on_interrupt();
     bar
+}
+
+/// Makes Ctrl-C end the progress bar's line before the process dies of it as usual, so that
+/// the shell's prompt starts on a line of its own.
+fn end_line_on_interrupt() {
+    extern "C" fn on_interrupt(signal: libc::c_int) {
+        // SAFETY: write, signal and raise are async-signal-safe; the buffer is static.
+        unsafe {
+            libc::write(2, c"\n".as_ptr().cast(), 1);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    // SAFETY: installs a handler that only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.rounds == Some(0) {
         bail!("--batch and --rounds must be at least 1");
     }
-    let loaded = load(&args.model)?;
-    check_memory(&loaded, args.batch, 3, &args.run)?;
-    let data = data_or_synthetic(&loaded, args.batch)?;
+    let mut loaded = load(&args.model, &args.run)?;
+    loaded.charge_run(args.batch, 3)?;
+    let data = loaded.data_or_synthetic(args.batch)?;
     let mut plain = Network::<f32>::new(&loaded.plan);
     let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
     let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss());
@@ -803,11 +929,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             21
         });
-    let expected = one_step * 3 * rounds as u32;
-    let bar = progress_bar(
-        rounds as u64,
-        args.run.quiet || expected < Duration::from_secs(1),
-    );
+    let expected_s = one_step.as_secs_f64() * 3.0 * rounds as f64;
+    let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
     // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
     // with a snapshot of the tally between nodes to attribute the counts to them.
@@ -872,7 +995,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let sgemm = bench::sgemm_flops(5);
 
     let per_s = |seconds: f64| args.batch as f64 / seconds;
-    let kernel_rate = kernel_ops as f64 / kernel_s;
+    // No rate for a model with no convolution or dense layer: nothing was timed.
+    let kernel_rate = (kernel_ops > 0).then(|| kernel_ops as f64 / kernel_s);
     match args.format {
         Format::Json => {
             let out = json!({
@@ -896,7 +1020,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                     "ops_per_s": kernel_rate,
                 },
                 "sgemm_flops_per_s": sgemm,
-                "kernel_efficiency": kernel_rate / sgemm,
+                "kernel_efficiency": kernel_rate.map(|r| r / sgemm),
                 "counts_per_step": counts_json(&ops, false),
             });
             outln!("{}", serde_json::to_string_pretty(&out)?)?;
@@ -909,7 +1033,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             };
             outln!(
                 "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
-                loaded.plan.name(),
+                escape(loaded.plan.name()),
                 args.batch,
                 thousands(ops.total()),
                 result.rounds
@@ -933,17 +1057,27 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
                 result.ratio(),
                 attributed_s / result.plain_s
             )?;
-            outln!(
-                "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
-                thousands(kernel_ops),
-                duration(kernel_s),
-                kernel_rate / 1e9
-            )?;
-            outln!(
-                "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; kernels at {:.0}% of it",
-                sgemm / 1e9,
-                100.0 * kernel_rate / sgemm
-            )?;
+            match kernel_rate {
+                Some(rate) => {
+                    outln!(
+                        "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
+                        thousands(kernel_ops),
+                        duration(kernel_s),
+                        rate / 1e9
+                    )?;
+                    outln!(
+                        "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; \
+                         kernels at {:.0}% of it",
+                        sgemm / 1e9,
+                        100.0 * rate / sgemm
+                    )?;
+                }
+                None => outln!(
+                    "  no convolution or dense layers, so no kernel rate; reference sgemm \
+                     1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s",
+                    sgemm / 1e9
+                )?,
+            }
         }
     }
     Ok(())

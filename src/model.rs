@@ -4,12 +4,14 @@
 //!
 //! The schema is documented, with an annotated example, in `docs/model-format.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ron::extensions::Extensions;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Budget;
 use crate::error::{Error, Result};
+use crate::input::{charged, charged_nested, charged_option};
 pub use crate::nn::activation::Activation;
 pub use crate::nn::ops::{NodeOp, OPERATIONS, ParamSpec};
 pub use crate::plan::{Node, Plan};
@@ -22,13 +24,22 @@ pub struct Model {
     /// A name for reports.
     pub name: String,
     /// The shape of one example: `[features]`, or `[channels, height, width]`.
+    #[serde(deserialize_with = "charged")]
     pub input: Vec<usize>,
     /// The layers, first to last: a chain, each reading the one before. Give this or
     /// `graph`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "charged",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub layers: Vec<Layer>,
     /// The nodes of a graph, each naming its inputs. Give this or `layers`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "charged",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub graph: Vec<Entry>,
     /// The loss the last layer's output is trained against.
     pub loss: Loss,
@@ -79,10 +90,18 @@ pub enum Layer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
         /// Inline weights, `units x inputs` values, one neuron's weights after another.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         weights: Option<Vec<f32>>,
         /// Inline biases, `units` values.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         biases: Option<Vec<f32>>,
     },
     /// 2-D convolution over a `channels x height x width` input with a square kernel:
@@ -109,10 +128,18 @@ pub enum Layer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
         /// Inline weights, `out_channels x in_channels x kernel x kernel` values in that order.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         weights: Option<Vec<f32>>,
         /// Inline biases, `out_channels` values.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         biases: Option<Vec<f32>>,
     },
     /// The maximum of each `size x size` window, per channel.
@@ -265,7 +292,11 @@ pub enum Data {
         /// Path, relative to the model file.
         path: String,
         /// Feature columns by name; default: every column but the target's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
@@ -273,6 +304,7 @@ pub enum Data {
     /// Examples written in the model file.
     Inline {
         /// One list of feature values per example.
+        #[serde(deserialize_with = "charged_nested")]
         inputs: Vec<Vec<f32>>,
         /// One target per example.
         targets: InlineTargets,
@@ -289,12 +321,17 @@ pub enum Target {
         /// The column holding the class.
         column: String,
         /// Class labels, in output order.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "charged_option",
+            skip_serializing_if = "Option::is_none"
+        )]
         classes: Option<Vec<String>>,
     },
     /// Regression: one column per output.
     Values {
         /// The columns, in output order.
+        #[serde(deserialize_with = "charged")]
         columns: Vec<String>,
     },
 }
@@ -303,9 +340,9 @@ pub enum Target {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum InlineTargets {
     /// A class index per example.
-    Classes(Vec<usize>),
+    Classes(#[serde(deserialize_with = "charged")] Vec<usize>),
     /// A list of output values per example.
-    Values(Vec<Vec<f32>>),
+    Values(#[serde(deserialize_with = "charged_nested")] Vec<Vec<f32>>),
 }
 
 /// The largest value any single dimension may have: larger is surely a typo.
@@ -328,20 +365,43 @@ impl Model {
     /// # Ok::<(), opcount::Error>(())
     /// ```
     pub fn load(path: &Path) -> Result<Model> {
-        let text = read_text(path)?;
-        Model::parse(&text, &path.display().to_string())
+        Model::load_within(path, &mut Budget::unlimited())
     }
 
-    /// Parses RON text; `origin` names it in error messages.
+    /// [`Model::load`], charging the file's text and every list read from it to `budget`:
+    /// a file that does not fit is an [`Error::Memory`], never an abort. Files larger than
+    /// [`crate::input::MAX_MODEL_BYTES`], or not text, are refused as they are read.
+    pub fn load_within(path: &Path, budget: &mut Budget) -> Result<Model> {
+        let text = crate::input::read_model_text(path, budget)?;
+        Model::parse_within(&text, &path.display().to_string(), budget)
+    }
+
+    /// Parses RON text; `origin` names it in error messages. A byte order mark at the start
+    /// is skipped, and lines may end in LF, CRLF or CR.
     pub fn parse(text: &str, origin: &str) -> Result<Model> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         ron_options()
             .from_str(text)
             .map_err(|e: ron::error::SpannedError| Error::Syntax {
                 origin: origin.to_string(),
-                line: e.span.start.line,
-                column: e.span.start.col,
-                message: e.code.to_string(),
+                line: position(text, e.span.start).0,
+                column: position(text, e.span.start).1,
+                // The message may quote the input (an unknown name): a few hundred bytes of it.
+                message: crate::text::clip(&e.code.to_string(), 2 * crate::text::ECHO_BYTES)
+                    .into_owned(),
             })
+    }
+
+    /// [`Model::parse`], charging every list it reads to `budget`.
+    pub fn parse_within(text: &str, origin: &str, budget: &mut Budget) -> Result<Model> {
+        let (result, refused) = crate::input::charging_lists(budget, || Model::parse(text, origin));
+        match (result, refused) {
+            (Err(Error::Syntax { line, column, .. }), Some(need)) => Err(budget.refusal(
+                format!("{origin}:{line}:{column}: reading the model's lists"),
+                need,
+            )),
+            (result, _) => result,
+        }
     }
 
     /// The model as RON text, in the same schema it was read from.
@@ -381,20 +441,29 @@ impl Model {
     }
 }
 
-/// Reads a whole text file, with the path in the error.
-pub(crate) fn read_text(path: &Path) -> Result<String> {
-    if path.is_dir() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            action: "cannot read",
-            source: std::io::Error::other("is a directory, expected a file"),
-        });
+/// The line and column of RON's position `at` in `text`, where a CR, an LF or a CRLF each
+/// end a line (RON counts LFs only, so a file with old Mac line endings would be all line 1).
+fn position(text: &str, at: ron::error::Position) -> (usize, usize) {
+    let (mut ron_line, mut ron_column) = (1, 1);
+    let (mut line, mut column) = (1, 1);
+    let mut after_cr = false;
+    for c in text.chars() {
+        if (ron_line, ron_column) == (at.line, at.col) {
+            break;
+        }
+        if c == '\n' {
+            (ron_line, ron_column) = (ron_line + 1, 1);
+        } else {
+            ron_column += 1;
+        }
+        match c {
+            '\n' if after_cr => {}
+            '\n' | '\r' => (line, column) = (line + 1, 1),
+            _ => column += 1,
+        }
+        after_cr = c == '\r';
     }
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: PathBuf::from(path),
-        action: "cannot read",
-        source,
-    })
+    (line, column)
 }
 
 #[cfg(test)]
@@ -457,6 +526,25 @@ mod tests {
         }
         // A softmax inside the network, before a weighted layer, is an activation like any.
         assert!(model("Dense(units: 3, activation: Softmax), Dense(units: 2)").is_ok());
+    }
+
+    #[test]
+    fn positions_count_every_line_ending() {
+        for end in ["\n", "\r\n", "\r"] {
+            let text = ["(", "  name: \"x\",", "  input: [2,,],", ")"].join(end);
+            let err = Model::parse(&text, "m.ron").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Syntax {
+                        line: 3,
+                        column: 13,
+                        ..
+                    }
+                ),
+                "{end:?}: {err}"
+            );
+        }
     }
 
     #[test]

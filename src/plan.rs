@@ -274,8 +274,10 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
             format!("the name '{INPUT}' is reserved for the model's input"),
         ));
     }
+    // A graph's nodes are read by name, so each name names one node; a chain's names are
+    // only labels.
     let mut seen = std::collections::HashSet::new();
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in names.iter().enumerate().filter(|_| !model.graph.is_empty()) {
         if !seen.insert(name.as_str()) {
             return Err(entry_error(
                 i,
@@ -705,7 +707,7 @@ fn check_training(t: &Training) -> std::result::Result<(), String> {
 /// parameters (an identity or another activation after it would still hand the loss
 /// probabilities, and a double softmax trains, slowly, towards the wrong thing).
 fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
-    if plan.loss != Loss::SoftmaxCrossEntropy {
+    if plan.loss() != Loss::SoftmaxCrossEntropy {
         return Ok(());
     }
     let after_params = plan
@@ -713,7 +715,7 @@ fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
         .iter()
         .rposition(|n| !n.params.is_empty())
         .map_or(0, |k| k + 1);
-    let softmax = plan.nodes[after_params..]
+    let softmax = plan.nodes()[after_params..]
         .iter()
         .find(|n| n.kind() == Activation::Softmax.name());
     match softmax {
@@ -732,7 +734,7 @@ fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
 
 fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
     let output = plan.output();
-    if plan.loss == Loss::SoftmaxCrossEntropy {
+    if plan.loss() == Loss::SoftmaxCrossEntropy {
         match output.as_flat() {
             Some(n) if n >= 2 => {}
             _ => {

@@ -15,6 +15,7 @@ use crate::counts::{Counts, JSON_EXACT_MAX, Op};
 use crate::error::{Error, Result};
 use crate::model::Plan;
 use crate::phases::{Phase, StepCounts, Totals};
+use crate::text::escape;
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: impl Into<u128>) -> String {
@@ -353,7 +354,9 @@ impl Report {
                         measured: Option<Counts>,
                         estimated: Counts| {
             let (index, layer, kind, output, params) = match first {
-                Some((i, l, k, o, p)) => (i, l.to_string(), k.to_string(), o.to_string(), p),
+                Some((i, l, k, o, p)) => {
+                    (i, escape(l).into_owned(), k.to_string(), o.to_string(), p)
+                }
                 None => (
                     String::new(),
                     String::new(),
@@ -439,7 +442,7 @@ impl Report {
             .modify(Columns::new(6..).not(Rows::first()), Alignment::right());
         let mut out = format!(
             "{}: one training step on a batch of {}, {}\n",
-            self.model,
+            escape(&self.model),
             self.batch,
             match self.measured {
                 Some(_) => "measured with CountedZeros<f32> next to the closed form",
@@ -514,7 +517,7 @@ impl Report {
                 let mut row = if first {
                     vec![
                         info.index.to_string(),
-                        info.name.clone(),
+                        escape(&info.name).into_owned(),
                         info.kind.to_string(),
                         info.output.clone(),
                         thousands(info.params),
@@ -558,7 +561,7 @@ impl Report {
         format!(
             "{}: one training step on a batch of {}, in {} ({}): convolution and dense \
              layers only\n{table}\nparameters: {}\n",
-            self.model,
+            escape(&self.model),
             self.batch,
             unit,
             match self.convention {

@@ -46,21 +46,87 @@ pub struct Progress {
     pub loss: f64,
 }
 
-/// Trains for `settings.epochs` epochs, shuffling before each, and returns each epoch's mean
-/// step loss. Stops with [`Error::Diverged`] at the first loss that is not finite.
+/// The mean step loss of every epoch, in memory that does not grow with the number of epochs:
+/// up to [`LossHistory::CAPACITY`] values, one per epoch; past that, neighbouring values are
+/// merged pair by pair, so that each value is the mean loss of a run of
+/// [`epochs_per_value`](LossHistory::epochs_per_value) epochs (a power of two; the last value
+/// may cover fewer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossHistory {
+    /// Sum of the epoch losses and number of epochs of each value.
+    runs: Vec<(f64, u64)>,
+    per_value: u64,
+}
+
+impl Default for LossHistory {
+    fn default() -> Self {
+        LossHistory {
+            runs: Vec::new(),
+            per_value: 1,
+        }
+    }
+}
+
+impl LossHistory {
+    /// The most values kept.
+    pub const CAPACITY: usize = 1024;
+
+    /// Adds the next epoch's mean loss.
+    pub fn push(&mut self, loss: f64) {
+        match self.runs.last_mut() {
+            Some((sum, n)) if *n < self.per_value => {
+                *sum += loss;
+                *n += 1;
+            }
+            _ => {
+                if self.runs.len() == Self::CAPACITY {
+                    self.runs = self
+                        .runs
+                        .chunks(2)
+                        .map(|pair| {
+                            pair.iter()
+                                .fold((0.0, 0), |(s, n), &(ps, pn)| (s + ps, n + pn))
+                        })
+                        .collect();
+                    self.per_value *= 2;
+                }
+                self.runs.push((loss, 1));
+            }
+        }
+    }
+
+    /// The mean losses, first epochs first.
+    pub fn values(&self) -> Vec<f64> {
+        self.runs.iter().map(|&(sum, n)| sum / n as f64).collect()
+    }
+
+    /// How many epochs each value is the mean of (the last value may have fewer).
+    pub fn epochs_per_value(&self) -> u64 {
+        self.per_value
+    }
+
+    /// How many epochs were pushed.
+    pub fn epochs(&self) -> u64 {
+        self.runs.iter().map(|&(_, n)| n).sum()
+    }
+}
+
+/// Trains for `settings.epochs` epochs, shuffling before each, and returns the epochs' mean
+/// step losses. Stops with [`Error::Diverged`] at the first loss that is not finite. Nothing it
+/// keeps grows with the number of epochs.
 pub fn train<S: Scalar>(
     net: &mut Network<S>,
     data: &Dataset,
     settings: &Settings,
     mut on_step: impl FnMut(&Progress),
-) -> Result<Vec<f64>> {
+) -> Result<LossHistory> {
     let loss_kind = net.plan().loss();
     let lr = crate::data::scalar::<S>(settings.lr);
     let mut rng = Rng::new(settings.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let steps = data.len().div_ceil(settings.batch);
     let mut batch = Batch::default();
-    let mut epoch_losses = Vec::with_capacity(settings.epochs);
+    let mut history = LossHistory::default();
     for epoch in 1..=settings.epochs {
         rng.shuffle(&mut order);
         let mut sum = 0.0;
@@ -82,9 +148,42 @@ pub fn train<S: Scalar>(
                 loss,
             });
         }
-        epoch_losses.push(sum / steps as f64);
+        history.push(sum / steps as f64);
     }
-    Ok(epoch_losses)
+    check_finite(net)?;
+    Ok(history)
+}
+
+/// Fails with [`Error::NotFinite`] naming the first parameter that is NaN or infinite, by its
+/// position in the model file's order. The loss check above sees every update but the last,
+/// whose result no loss has measured.
+fn check_finite<S: Scalar>(net: &Network<S>) -> Result<()> {
+    let tensors = net.params();
+    for node in net.plan().nodes().iter().filter(|n| n.owns_params()) {
+        for (j, &id) in node.param_ids().iter().enumerate() {
+            let finite = |v: &f32| v.is_finite();
+            if tensors[id]
+                .iter()
+                .all(|v| v.to_f32().is_some_and(|v| finite(&v)))
+            {
+                continue;
+            }
+            let stored: Vec<f32> = tensors[id]
+                .iter()
+                .map(|v| v.to_f32().unwrap_or(f32::NAN))
+                .collect();
+            let in_file = node.op().file_order(j, &stored);
+            let index = in_file.iter().position(|v| !finite(v)).unwrap_or(0);
+            return Err(Error::NotFinite {
+                layer: node.entry(),
+                name: node.name().to_string(),
+                what: ["weight", "bias"][j.min(1)],
+                index,
+                value: in_file[index],
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loss and accuracy over a whole data set.
@@ -105,16 +204,17 @@ impl Evaluation {
     }
 }
 
-/// Runs every example forward (no update) and measures the loss and, for class targets, the
-/// accuracy: the class is the largest output, or for a single output, 1 above 0.5.
-pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset) -> Evaluation {
-    const CHUNK: usize = 256;
+/// Runs every example forward (no update), `batch` at a time (a network's memory grows with
+/// its batch: pass the one it trained with), and measures the loss and, for class targets,
+/// the accuracy: the class is the largest output, or for a single output, 1 above 0.5.
+pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -> Evaluation {
     let loss_kind = net.plan().loss();
     let order: Vec<usize> = (0..data.len()).collect();
+    let chunk = batch.max(1);
     let mut batch = Batch::default();
     let mut loss_sum = 0.0;
     let mut correct = 0;
-    for indices in order.chunks(CHUNK) {
+    for indices in order.chunks(chunk) {
         data.gather(indices, loss_kind, &mut batch);
         let loss = net.forward_loss(&batch);
         loss_sum += loss.to_f64().unwrap_or(f64::NAN) * indices.len() as f64;
@@ -148,4 +248,31 @@ fn predicted_class<S: Scalar>(row: &[S]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loss_history_stays_bounded_and_keeps_the_means() {
+        let mut h = LossHistory::default();
+        for epoch in 0..3 * LossHistory::CAPACITY as u64 {
+            h.push(epoch as f64);
+        }
+        // 3072 epochs: 1024 values of 2 epochs would be 2048, so 768 values of 4.
+        assert_eq!(h.epochs(), 3 * LossHistory::CAPACITY as u64);
+        assert_eq!(h.epochs_per_value(), 4);
+        let values = h.values();
+        assert_eq!(values.len(), 768);
+        assert_eq!(values[0], (0.0 + 1.0 + 2.0 + 3.0) / 4.0);
+        assert_eq!(values[767], (3068.0 + 3069.0 + 3070.0 + 3071.0) / 4.0);
+        let mut short = LossHistory::default();
+        short.push(2.0);
+        short.push(1.0);
+        assert_eq!(
+            (short.values(), short.epochs_per_value()),
+            (vec![2.0, 1.0], 1)
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cli::{opcount_in, root, stderr};
-use exercise::{Reached, exercise};
+use exercise::{CSV_NAME, Reached, exercise, exercise_bytes};
 use proptest::prelude::*;
 
 /// Exit code 2, one line on stderr holding `fragment`, nothing on stdout, no panic.
@@ -100,12 +100,13 @@ fn command_line_mistakes_are_refused_with_exit_code_2() {
             "cannot write: no/such/dir does not exist",
         ),
         (
-            &["count", "models/lenet5.ron", "--max-memory", "100K"],
-            "more than the budget of 100.0 KiB (set by --max-memory)",
+            &["count", "models/lenet5.ron", "--max-memory", "400K"],
+            "lenet5.ron: running this model at batch 1 needs about",
         ),
         (
-            &["count", "models/lenet5.ron", "--max-memory", "100K"],
-            "`opcount count --closed-form-only` counts it without running it",
+            &["count", "models/lenet5.ron", "--max-memory", "400K"],
+            "left of the budget of 400.0 KiB (set by --max-memory); \
+             `opcount count --closed-form-only` counts it without running it",
         ),
         (
             &["count", xor, "--batch", "0"],
@@ -221,6 +222,34 @@ fn training_that_diverges_does_not_overwrite_the_saved_model() {
     assert_untouched(dir.path(), &saved, &good);
 }
 
+#[test]
+fn an_update_that_overflows_does_not_replace_the_saved_model() {
+    // The loss of the last step is finite; the update after it makes a weight -inf. Saved,
+    // that model could not even be loaded again.
+    let (dir, saved, good) = with_saved_model();
+    let out = opcount_in(
+        &root().join("tests/bad_inputs"),
+        &[
+            "train",
+            "last-update-overflows.ron",
+            "--save",
+            saved.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_refused(
+        &out,
+        "weight 0 of layer 0 (dense1) is -inf; a smaller learning rate (--lr) may help",
+        "last update overflows",
+    );
+    assert!(
+        stderr(&out).contains("saved.ron was left as it was"),
+        "{}",
+        stderr(&out)
+    );
+    assert_untouched(dir.path(), &saved, &good);
+}
+
 /// A child process that is killed when dropped, even if the test fails first.
 struct KillOnDrop(std::process::Child);
 
@@ -260,6 +289,219 @@ fn killing_train_mid_run_keeps_the_previous_saved_model() {
     );
     drop(child);
     assert_untouched(dir.path(), &saved, &good);
+}
+
+/// Resident memory of a running process, in bytes (Linux).
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn huge_epochs_and_rounds_run_long_instead_of_crashing() {
+    // Up to 2^64 - 1 epochs or rounds: the run may take forever, but it must start, and
+    // nothing it keeps may grow with the number (no capacity overflow, no abort).
+    let dir = tempfile::tempdir().unwrap();
+    let xor = std::fs::read_to_string(root().join("models/xor.ron")).unwrap();
+    let in_file = dir.path().join("epochs.ron");
+    std::fs::write(
+        &in_file,
+        xor.replace("epochs: 3000", "epochs: 18446744073709551615"),
+    )
+    .unwrap();
+    let max = "18446744073709551615";
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["train", "models/xor.ron", "--epochs", max],
+        vec!["train", "models/xor.ron", "--epochs", "1000000000000"],
+        vec!["train", in_file.to_str().unwrap()],
+        vec!["bench", "models/xor.ron", "--rounds", max],
+        vec!["bench", "models/xor.ron", "--rounds", "1000000000000"],
+    ];
+    let children: Vec<KillOnDrop> = runs
+        .iter()
+        .map(|args| {
+            KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_opcount"))
+                    .args(args)
+                    .arg("-q")
+                    .current_dir(root())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (mut child, args) in children.into_iter().zip(&runs) {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("{args:?} ended with {status}: {err}");
+        }
+        let rss = resident_bytes(child.0.id());
+        assert!(rss < 100 << 20, "{args:?}: {rss} bytes resident");
+    }
+}
+
+/// Runs `opcount args` in `dir` with its address space limited to `kib` KiB (`ulimit -v`),
+/// killed if it takes more than a minute.
+fn opcount_limited(dir: &Path, kib: u64, args: &[&str]) -> Output {
+    let mut script = format!("ulimit -v {kib}; exec timeout 60 \"$0\"");
+    for i in 1..=args.len() {
+        script += &format!(" \"${i}\"");
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_opcount"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// A model with `layers` in its layer list and `training` (may be empty) after it.
+fn model_text(layers: &str, training: &str) -> String {
+    format!("(name: \"m\", input: [2], loss: Mse, layers: [{layers}], {training})")
+}
+
+/// A training block reading `path` with columns a, b and y.
+fn csv_training(path: &str) -> String {
+    format!(
+        "training: (data: Csv(path: \"{path}\", target: Values(columns: [\"y\"])), \
+         epochs: 1, lr: 0.1, batch: 1)"
+    )
+}
+
+#[test]
+fn no_input_file_of_any_size_makes_opcount_abort() {
+    // Each hostile file ends in exit 2 and one line, under a 2 GB address-space limit, within
+    // the minute the helper allows (most in well under a second).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sparse = |name: &str, bytes: u64| {
+        let f = std::fs::File::create(d.join(name)).unwrap();
+        f.set_len(bytes).unwrap();
+    };
+    // 3 GB of NUL bytes, as a model and as a CSV file without a line break.
+    sparse("huge.ron", 3 << 30);
+    sparse("huge.csv", 3 << 30);
+    let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+    write(
+        "zero-csv.ron",
+        &model_text("Dense(units: 1)", &csv_training("/dev/zero")),
+    );
+    write(
+        "huge-csv.ron",
+        &model_text("Dense(units: 1)", &csv_training("huge.csv")),
+    );
+    // 20 million layers in 100 MB, each a list entry of over 100 bytes once parsed.
+    write("layers.ron", &model_text(&"Relu,".repeat(20_000_000), ""));
+    // 2 million rows of numbers, 20 bytes each once read (with its line number).
+    let mut rows = String::from("a,b,y\n");
+    rows.push_str(&"0,0,0\n".repeat(2_000_000));
+    write("rows.csv", &rows);
+    write(
+        "rows.ron",
+        &model_text("Dense(units: 1)", &csv_training("rows.csv")),
+    );
+    // 300,000 layers: the report of a step is 10 GB of JSON values.
+    write("deep.ron", &model_text(&"Relu,".repeat(300_000), ""));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["count", "/dev/zero"],
+            "/dev/zero: cannot read: not a model file: a NUL byte at byte 0",
+        ),
+        (
+            &["count", "huge.ron"],
+            "huge.ron: cannot read: more than the largest model file",
+        ),
+        (
+            &["count", "zero-csv.ron"],
+            "/dev/zero:1: a line longer than 64.0 MiB",
+        ),
+        (
+            &["train", "huge-csv.ron"],
+            "huge.csv:1: a line longer than 64.0 MiB",
+        ),
+        (
+            &["count", "layers.ron"],
+            "reading the model's lists needs about",
+        ),
+        (
+            &["train", "rows.ron", "--max-memory", "30M"],
+            "rows.csv: the examples needs about",
+        ),
+        (
+            &[
+                "count",
+                "deep.ron",
+                "--closed-form-only",
+                "--format",
+                "json",
+            ],
+            "deep.ron: the",
+        ),
+    ];
+    for (args, fragment) in cases {
+        let out = opcount_limited(d, 2_000_000, &[args, &["-q"][..]].concat());
+        assert_refused(&out, fragment, &args.join(" "));
+        assert!(stderr(&out).contains("more than") || !fragment.ends_with("about"));
+    }
+}
+
+#[test]
+fn input_echoed_in_an_error_is_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = "x".repeat(100_000);
+    std::fs::write(dir.path().join("long.csv"), format!("a,b,y\n1,{cell},0\n")).unwrap();
+    let text = model_text("Dense(units: 1)", &csv_training("long.csv"));
+    std::fs::write(dir.path().join("long.ron"), text).unwrap();
+    let out = opcount_in(dir.path(), &["train", "long.ron", "-q"]);
+    assert_refused(
+        &out,
+        "long.csv:2: column 2 (b): expected a number, found 'xxx",
+        "long cell",
+    );
+    assert!(
+        stderr(&out).contains("… (100000 bytes)'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).len() < 400, "{} bytes", stderr(&out).len());
+}
+
+#[test]
+fn the_report_and_the_evaluation_are_counted_against_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 100,000 layers: a table of them takes far more than 100 MiB.
+    std::fs::write(d.join("deep.ron"), model_text(&"Relu,".repeat(100_000), "")).unwrap();
+    let out = opcount_in(d, &["count", "deep.ron", "--max-memory", "100M"]);
+    assert_refused(&out, "deep.ron: the", "deep model");
+    assert!(
+        stderr(&out).contains("nodes needs about"),
+        "{}",
+        stderr(&out)
+    );
+    // A wide layer: 13 MiB to train at batch 1, 60 times that to evaluate 256 examples at a
+    // time as train once did.
+    let csv = "x,y\n".to_string() + &"0.5,1\n".repeat(260);
+    std::fs::write(d.join("examples.csv"), csv).unwrap();
+    let wide = "(name: \"wide\", input: [1], loss: SoftmaxCrossEntropy,
+        layers: [Dense(units: 200000, activation: Relu), Dense(units: 2)],
+        training: (data: Csv(path: \"examples.csv\", target: Class(column: \"y\")),
+                   epochs: 1, lr: 0.01, batch: 1))";
+    std::fs::write(d.join("wide.ron"), wide).unwrap();
+    let out = opcount_limited(
+        d,
+        600_000,
+        &["train", "wide.ron", "--max-memory", "40M", "-q"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Pieces of model text: structure and the names the schema knows.
@@ -363,6 +605,65 @@ proptest! {
         }
         // Panics (a broken invariant) fail the test; any stage may refuse the text.
         exercise(&text, &root().join("models"));
+    }
+}
+
+/// Pieces of CSV text: separators, line endings, quotes, numbers at the limits, labels.
+#[rustfmt::skip]
+const CSV_PIECES: &[&str] = &[
+    ",", ",", "\n", "\r\n", "\r", "\"", " ", "\u{feff}", "a", "b", "y", "label", "setosa",
+    "0", "1", "2", "-1", "0.5", "1e30", "1e39", "NaN", "inf", "-0", "18446744073709551616", "x",
+];
+
+/// Models that read `fuzz.csv` in every way the schema allows.
+fn csv_models() -> Vec<String> {
+    let training = |data: &str| {
+        format!(
+            "(name: \"csv\", input: [2], loss: SoftmaxCrossEntropy, layers: [Dense(units: 2)],
+              training: (data: {data}, epochs: 2, lr: 0.5, batch: 2))"
+        )
+    };
+    let path = format!("path: \"{CSV_NAME}\"");
+    vec![
+        training(&format!("Csv({path}, target: Class(column: \"y\"))")),
+        training(&format!(
+            "Csv({path}, features: [\"a\", \"b\"], target: Class(column: \"label\", \
+             classes: [\"setosa\", \"x\"]))"
+        )),
+        training(&format!(
+            "Csv({path}, target: Values(columns: [\"y\", \"b\"]))"
+        ))
+        .replace("SoftmaxCrossEntropy", "Mse"),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_csv_files_are_an_error_or_trained(
+        model in 0..3usize,
+        header in prop::sample::select(&["a,b,y\n", "a,b,label\n", "y,a,b\r", "a\n", ""][..]),
+        pieces in prop::collection::vec(prop::sample::select(CSV_PIECES), 0..80)
+    ) {
+        let scratch = tempfile::tempdir().unwrap();
+        let input = format!("{}\0{header}{}", csv_models()[model], pieces.concat());
+        exercise_bytes(input.as_bytes(), &root().join("models"), scratch.path());
+    }
+}
+
+#[test]
+fn the_csv_test_reaches_training() {
+    let scratch = tempfile::tempdir().unwrap();
+    let files = [
+        "a,b,y\n0,1,1\r\n1,0,1\r0.5,0.5,0\n",
+        "\u{feff}label,a,b\nx,0,1\r\nsetosa,1,0\r\n",
+        "a,c,y,b\r0,1,1,0\r1,0,0.5,1",
+    ];
+    for (model, csv) in csv_models().iter().zip(files) {
+        let input = format!("{model}\0{csv}");
+        let reached = exercise_bytes(input.as_bytes(), &root().join("models"), scratch.path());
+        assert_eq!(reached, Reached::Ran, "{model}");
     }
 }
 

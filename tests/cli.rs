@@ -291,3 +291,247 @@ fn closed_form_only_counts_a_175_billion_parameter_model_without_running_it() {
         120_000u64 * 120_000
     );
 }
+
+/// A model whose names hold a newline and the escape sequence that clears a terminal.
+const HOSTILE_NAMES: &str = r#"(
+    name: "clear\u{1b}[2J\u{7}",
+    input: [2],
+    layers: [Dense(units: 2, name: "a\nb\u{1b}[2J\u{0}", activation: Tanh), Dense(units: 1)],
+    loss: Mse,
+    training: (
+        data: Inline(inputs: [[0, 1], [1, 0]], targets: Values([[1], [0]])),
+        epochs: 2, lr: 0.1, batch: 2,
+    ),
+)"#;
+
+/// Whether text holds a character a terminal would act on (anything but the newlines that
+/// end its lines).
+fn has_control_characters(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() && c != '\n')
+}
+
+#[test]
+fn names_with_control_characters_are_escaped_in_every_table_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.ron");
+    std::fs::write(&path, HOSTILE_NAMES).unwrap();
+    let path = path.to_str().unwrap();
+    let svg = dir.path().join("chart.svg");
+    let runs: &[&[&str]] = &[
+        &["count", path, "--svg", svg.to_str().unwrap()],
+        &["count", path, "--convention", "mac"],
+        &["count", path, "--closed-form-only"],
+        &["train", path],
+        &["bench", path, "--rounds", "1"],
+        &["project", path, "--examples", "4", "--epochs", "1"],
+    ];
+    for args in runs {
+        let out = opcount(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!has_control_characters(&text), "{args:?}:\n{text}");
+        assert!(text.contains("clear\\u{1b}[2J\\u{7}"), "{args:?}:\n{text}");
+    }
+    let table = String::from_utf8(opcount(&["count", path]).stdout).unwrap();
+    assert!(table.contains("a\\nb\\u{1b}[2J\\0"), "{table}");
+    // The chart is well-formed XML (which has no escape for most control characters).
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    roxmltree::Document::parse(&chart).unwrap();
+    assert!(!has_control_characters(&chart));
+}
+
+#[test]
+fn a_batch_larger_than_the_data_is_clamped_to_it_and_said() {
+    // xor has 4 examples: a batch of 10^9 would be refused as needing 119 GiB, though the
+    // batch actually run is 4.
+    let out = json(&opcount(&[
+        "train",
+        "models/xor.ron",
+        "--batch",
+        "1000000000",
+        "--epochs",
+        "2",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["batch"], 4);
+    assert_eq!(out["batch_asked"], 1_000_000_000);
+    assert_eq!(out["step_batch"], 4);
+    let table = opcount(&[
+        "train",
+        "models/xor.ron",
+        "--batch",
+        "1000000000",
+        "--epochs",
+        "2",
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("batch 4 (asked for 1000000000, more than the examples)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bench_of_a_model_without_kernels_prints_no_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acts.ron");
+    std::fs::write(
+        &path,
+        "(name: \"acts\", input: [4], loss: Mse, layers: [Relu, Sigmoid])",
+    )
+    .unwrap();
+    let out = opcount(&["bench", path.to_str().unwrap(), "--rounds", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("NaN"), "{text}");
+    assert!(text.contains("no convolution or dense layers"), "{text}");
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped_and_every_line_ending_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "(name: \"x\", input: [2], loss: Mse, layers: [Dense(units: 1)])";
+    let bom = dir.path().join("bom.ron");
+    std::fs::write(&bom, format!("\u{feff}{model}")).unwrap();
+    let out = opcount(&["count", bom.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The same mistake on line 5, whatever ends the lines.
+    for (name, end) in [("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")] {
+        let text = [
+            "(",
+            "  name: \"x\",",
+            "  input: [2],",
+            "  loss: Mse,",
+            "  layers: [Dense(units: 2x)],",
+            ")",
+        ]
+        .join(end);
+        let path = dir.path().join(format!("{name}.ron"));
+        std::fs::write(&path, text).unwrap();
+        let out = opcount(&["count", path.to_str().unwrap()]);
+        assert!(
+            stderr(&out).contains(&format!("{name}.ron:5:")),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+    // And in a CSV file: its third line holds the bad number.
+    let csv = dir.path().join("cr.csv");
+    std::fs::write(&csv, "\u{feff}a,b,y\r1,2,0\r3,x,1\r").unwrap();
+    let model = dir.path().join("csv.ron");
+    std::fs::write(
+        &model,
+        "(name: \"x\", input: [2], loss: SoftmaxCrossEntropy, layers: [Dense(units: 2)],
+          training: (data: Csv(path: \"cr.csv\", target: Class(column: \"y\")),
+                     epochs: 1, lr: 0.1, batch: 1))",
+    )
+    .unwrap();
+    let out = opcount(&["train", model.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("cr.csv:3: column 2 (b)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Runs `opcount args` with standard output on /dev/full, where every write fails.
+fn opcount_into_full(args: &[&str]) -> std::process::Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args(args)
+        .current_dir(cli::root())
+        .stdout(full)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_standard_output_is_an_error_that_says_so() {
+    for args in [
+        &["count", "models/xor.ron"][..],
+        &["kinds"],
+        &["--help"],
+        &["count", "--help"],
+    ] {
+        let out = opcount_into_full(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            "opcount: cannot write to standard output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}
+
+/// A pseudo-terminal: (the side a terminal emulator reads, the side a program writes to).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors, which are then owned by the Files below.
+    let status = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(status, 0, "openpty");
+    // SAFETY: both descriptors were just opened for us and have no other owner.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+#[test]
+fn an_interrupted_progress_bar_leaves_its_line_ended() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::{Arc, Mutex};
+    // Standard error on a terminal, so that the bar is drawn.
+    let (mut terminal, program_side) = pty();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opcount"))
+        .args(["train", "models/iris.ron", "--epochs", "100000000"])
+        .current_dir(cli::root())
+        .stdout(std::process::Stdio::null())
+        .stderr(program_side)
+        .spawn()
+        .unwrap();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let shown = Arc::clone(&shown);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with an error (EIO) once no program holds the terminal.
+            while let Ok(n @ 1..) = terminal.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let drawn = || String::from_utf8_lossy(&shown.lock().unwrap()).contains(" steps ");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !drawn() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(drawn(), "no progress bar");
+    // SAFETY: kill sends a signal to the child we spawned; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "dies of the interrupt");
+    reader.join().unwrap();
+    let shown = shown.lock().unwrap();
+    assert_eq!(
+        shown.last(),
+        Some(&b'\n'),
+        "{}",
+        String::from_utf8_lossy(&shown)
+    );
+}

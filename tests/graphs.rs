@@ -131,7 +131,9 @@ fn the_residual_iris_model_learns_to_95_percent() {
     let data = Dataset::load(&training.data, &path, "iris-residual.ron", &plan).unwrap();
     let mut net = Network::<f32>::new(&plan);
     train(&mut net, &data, &Settings::of(&training), |_| {}).unwrap();
-    let accuracy = evaluate(&mut net, &data).accuracy().unwrap();
+    let accuracy = evaluate(&mut net, &data, training.batch)
+        .accuracy()
+        .unwrap();
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
 }
 

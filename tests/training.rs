@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use opcount::data::Dataset;
-use opcount::train::{Settings, evaluate, train};
+use opcount::train::{LossHistory, Settings, evaluate, train};
 use opcount::{Counted, Model, Network, Plan, Scalar};
 
 fn load(name: &str) -> (Model, Plan, Dataset, Settings) {
@@ -19,7 +19,7 @@ fn load(name: &str) -> (Model, Plan, Dataset, Settings) {
 }
 
 /// Trains and returns every parameter's bits and every epoch's loss.
-fn trained<S: Scalar>(name: &str, epochs: usize) -> (Vec<u32>, Vec<f64>, Network<S>) {
+fn trained<S: Scalar>(name: &str, epochs: usize) -> (Vec<u32>, LossHistory, Network<S>) {
     let (_, plan, data, mut settings) = load(name);
     settings.epochs = epochs;
     let mut net = Network::<S>::new(&plan);
@@ -38,7 +38,7 @@ fn iris_reaches_95_percent_training_accuracy() {
     let (_, plan, data, settings) = load("iris.ron");
     let mut net = Network::<f32>::new(&plan);
     train(&mut net, &data, &settings, |_| {}).unwrap();
-    let result = evaluate(&mut net, &data);
+    let result = evaluate(&mut net, &data, settings.batch);
     let accuracy = result.accuracy().unwrap();
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
 }
@@ -48,7 +48,7 @@ fn xor_classifies_all_four_examples() {
     let (_, plan, data, settings) = load("xor.ron");
     let mut net = Network::<f32>::new(&plan);
     train(&mut net, &data, &settings, |_| {}).unwrap();
-    assert_eq!(evaluate(&mut net, &data).correct, Some(4));
+    assert_eq!(evaluate(&mut net, &data, settings.batch).correct, Some(4));
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn a_saved_model_loads_back_with_the_same_weights() {
     assert_eq!(bits, reloaded_bits);
     let mut original = net;
     assert_eq!(
-        evaluate(&mut original, &data),
-        evaluate(&mut reloaded, &data)
+        evaluate(&mut original, &data, 16),
+        evaluate(&mut reloaded, &data, 16)
     );
 }
