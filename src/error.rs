@@ -123,7 +123,7 @@ pub enum Error {
     },
 
     /// A count too large for opcount's 128-bit counts (past 3.4e38).
-    #[error("model {model}: {what} does not fit in 128 bits")]
+    #[error("model {}: {} does not fit in 128 bits", escape(model), escape(what))]
     Overflow {
         /// The model's name.
         model: String,
