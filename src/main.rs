@@ -343,12 +343,8 @@ impl Loaded {
     /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
     /// numbers running a step at `batch`.
     fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
-        let need = self.plan.memory_bytes(batch, 4).saturating_mul(networks);
-        let origin = &self.origin;
         self.budget
-            .charge(need, || {
-                format!("{origin}: running this model at batch {batch}")
-            })
+            .charge_run(&self.plan, batch, networks, &self.origin)
             .map_err(|e| {
                 anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
             })
