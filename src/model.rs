@@ -571,6 +571,19 @@ impl Model {
             .expect("a Model always serializes")
     }
 
+    /// How many nodes [`Model::plan`] makes of this model: one per layer, and one more for
+    /// each activation a dense or convolution layer declares. Known before planning, so
+    /// that the memory of the nodes can be charged first.
+    pub fn nodes(&self) -> usize {
+        let declared = |layer: &Layer| match layer {
+            Layer::Dense { activation, .. } | Layer::Conv2d { activation, .. } => {
+                usize::from(activation.is_some())
+            }
+            _ => 0,
+        };
+        self.layers.len() + self.layers.iter().map(declared).sum::<usize>()
+    }
+
     /// Checks the model and lays out its nodes, naming the layer at fault if something does
     /// not fit. `origin` names the file in error messages.
     pub fn plan(&self, origin: &str) -> Result<Plan> {
@@ -1013,6 +1026,10 @@ mod tests {
         assert_eq!(
             names,
             ["dense1", "dense1.sigmoid", "dense2", "dense2.sigmoid"]
+        );
+        assert_eq!(
+            Model::parse(XOR, "xor.ron").unwrap().nodes(),
+            plan.nodes.len()
         );
         let grads: Vec<bool> = plan.nodes.iter().map(|n| n.needs_input_grad).collect();
         assert_eq!(grads, [false, true, true, true]);
