@@ -8,6 +8,7 @@
 //! rest is counted until the end, which overstates a little and never understates.
 
 use crate::error::{Error, Result};
+use crate::model::Plan;
 
 /// Bytes per node of the plan, the closed forms and the measured counts of a step, the
 /// interpreter's bookkeeping (buffers are charged by [`crate::Plan::memory_bytes`]) and the
@@ -78,6 +79,22 @@ impl Budget {
         }
         self.used += bytes;
         Ok(())
+    }
+
+    /// Charges what `networks` networks of `plan` need to run a step on `batch` examples of
+    /// 4-byte numbers ([`Plan::memory_bytes`]), before any of it is allocated. `origin`
+    /// names the model in the error.
+    pub fn charge_run(
+        &mut self,
+        plan: &Plan,
+        batch: usize,
+        networks: u128,
+        origin: &str,
+    ) -> Result<()> {
+        let need = plan.memory_bytes(batch, 4).saturating_mul(networks);
+        self.charge(need, || {
+            format!("{origin}: running this model at batch {batch}")
+        })
     }
 
     /// The error for `what`, which needs `need` bytes that the budget does not have.

@@ -141,8 +141,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn memory_message(what: &str, need: u128, left: u128, limit: u64, note: &str) -> String {
     use crate::budget::human_bytes;
+    if limit == 0 {
+        // Not the budget's refusal but the system's (see `input::out_of_memory`).
+        return format!(
+            "{} needs about {} of memory, which the system refused ({note})",
+            escape(what),
+            human_bytes(need)
+        );
+    }
     let budget = format!("the budget of {} ({note})", human_bytes(u128::from(limit)));
-    let room = if left == u128::from(limit) {
+    // What is left, if that differs visibly from the whole budget.
+    let room = if human_bytes(left) == human_bytes(u128::from(limit)) {
         budget
     } else {
         format!("the {} left of {budget}", human_bytes(left))

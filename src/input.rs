@@ -102,14 +102,15 @@ pub fn read_model_text(path: &Path, budget: &mut Budget) -> Result<String> {
     })
 }
 
-/// An allocation the budget allowed but the system refused: an error, not an abort.
+/// An allocation the budget allowed but the system refused: an error, not an abort. (A
+/// budget of 0 marks it; see `Error::Memory`'s message.)
 pub(crate) fn out_of_memory(what: String, bytes: usize) -> Error {
     Error::Memory {
         what,
         need: bytes as u128,
         left: 0,
         limit: 0,
-        note: "the system has no more to give",
+        note: "a smaller --max-memory keeps within what it can give",
     }
 }
 

@@ -309,15 +309,12 @@ fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
     let mut budget = run.budget();
     let model = Model::load_within(path, &mut budget)?;
     let origin = path.display().to_string();
-    // Charged before planning, for as many nodes as the layers can make (a layer with an
-    // activation makes two); what the plan does not use is given back.
-    let per_node = u128::from(budget::NODE_BYTES);
-    let most = 2 * model.layers.len() as u128;
-    budget.charge(per_node * most, || {
-        format!("{origin}: the counts and bookkeeping of up to {most} nodes")
+    // Charged before planning: the plan is the first thing built per node.
+    let nodes = model.nodes();
+    budget.charge(u128::from(budget::NODE_BYTES) * nodes as u128, || {
+        format!("{origin}: the counts and bookkeeping of {nodes} nodes")
     })?;
     let plan = model.plan(&origin)?;
-    budget.release(per_node * (most - plan.nodes().len() as u128));
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     Ok(Loaded {
         model,
@@ -346,12 +343,8 @@ impl Loaded {
     /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
     /// numbers running a step at `batch`.
     fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
-        let need = self.plan.memory_bytes(batch, 4).saturating_mul(networks);
-        let origin = &self.origin;
         self.budget
-            .charge(need, || {
-                format!("{origin}: running this model at batch {batch}")
-            })
+            .charge_run(&self.plan, batch, networks, &self.origin)
             .map_err(|e| {
                 anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
             })

@@ -414,6 +414,20 @@ impl Model {
             .expect("a Model always serializes")
     }
 
+    /// How many nodes [`Model::plan`] makes of this model: one per layer or graph entry,
+    /// and one more for each activation a dense or convolution layer declares. Known before planning, so
+    /// that the memory of the nodes can be charged first.
+    pub fn nodes(&self) -> usize {
+        let declared = |layer: &Layer| match layer {
+            Layer::Dense { activation, .. } | Layer::Conv2d { activation, .. } => {
+                usize::from(activation.is_some())
+            }
+            _ => 0,
+        };
+        let ops = self.layers.iter().chain(self.graph.iter().map(|e| &e.op));
+        ops.map(|layer| 1 + declared(layer)).sum()
+    }
+
     /// Checks the model and lays out its graph, naming the layer or node at fault if
     /// something does not fit. `origin` names the file in error messages.
     ///
@@ -487,6 +501,10 @@ mod tests {
         assert_eq!(
             names,
             ["dense1", "dense1.sigmoid", "dense2", "dense2.sigmoid"]
+        );
+        assert_eq!(
+            Model::parse(XOR, "xor.ron").unwrap().nodes(),
+            plan.nodes().len()
         );
         let grads: Vec<&[bool]> = plan.nodes().iter().map(|n| n.input_grads()).collect();
         assert_eq!(grads, [&[false], &[true], &[true], &[true]]);

@@ -75,6 +75,11 @@ pub fn exercise(text: &str, dir: &Path) -> Reached {
     let Ok(plan) = model.plan("fuzz.ron") else {
         return Reached::Plan;
     };
+    assert_eq!(
+        model.nodes(),
+        plan.nodes().len(),
+        "nodes known before planning:\n{text}"
+    );
     let bytes = plan.memory_bytes(BATCH, 4);
     assert!(bytes > 0, "a valid plan needs memory");
     let Ok(estimated) = estimate::step(&plan, BATCH) else {
