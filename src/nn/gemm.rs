@@ -2,10 +2,18 @@
 //!
 //! Every element `C[i][j]` is the sum of its K products `A[i][k] B[k][j]` added one at a time in
 //! ascending `k`, starting from a bias, from the value already in `C`, or from the first
-//! product. Blocking, packing, vectorizing and splitting the rows among threads change which
-//! element is computed when, never the order of an element's own sum, so results are the same
-//! bits on every machine and every thread count, and an element costs exactly K
-//! multiplications and K (or K - 1) additions, as `docs/counting.md` says.
+//! product. Each product is added with one fused multiply-add, `acc = a.mul_add(b, acc)`, for
+//! every number type alike (one multiplication and one addition in `docs/counting.md`, one
+//! rounding instead of two). Blocking, packing, vectorizing and splitting the rows among
+//! threads change which element is computed when, never the order of an element's own sum, so
+//! results are the same bits on every thread count, and an element costs exactly K
+//! multiplications and K (or K - 1) additions.
+//!
+//! One exception to fusing: a build for a CPU without FMA (not this crate's
+//! `.cargo/config.toml`), run on a CPU without AVX2 and FMA, takes the baseline path, which then
+//! multiplies and adds separately, since there `mul_add` would be a call into a software
+//! routine many times slower. Its results differ from the fused ones in the last bits; its
+//! counts do not.
 //!
 //! The structure is the usual one (Goto and van de Geijn, 2008): blocks of B and A are copied
 //! ("packed") into contiguous panels, and a small tile of C is kept in registers while a
@@ -114,12 +122,12 @@ pub(crate) fn gemm<S: Scalar>(
 /// The instruction set the kernels are compiled for, picked once at run time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Isa {
-    /// x86-64 baseline (SSE2): 4-wide vectors.
+    /// Whatever the build targets (x86-64-v3 with this crate's `.cargo/config.toml`).
     Baseline,
-    /// AVX2: 8-wide vectors, 16 registers.
+    /// AVX2 and FMA: 8-wide vectors, 16 registers.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512: 16-wide vectors, 32 registers.
+    /// AVX-512 (with FMA): 16-wide vectors, 32 registers.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -128,10 +136,12 @@ impl Isa {
     fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            if fma && avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if fma && avx2 {
                 return Isa::Avx2;
             }
         }
@@ -140,7 +150,23 @@ impl Isa {
 
     /// Rows of a register tile.
     fn mr(self) -> usize {
-        4
+        match self {
+            Isa::Baseline => 4,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => AVX2_TILE.0,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => AVX512_TILE.0,
+        }
+    }
+
+    /// Whether this path's tiles fuse each multiply and add (see the module's notes).
+    #[cfg(test)]
+    fn fuses(self) -> bool {
+        match self {
+            Isa::Baseline => BASELINE_FUSES,
+            #[cfg(target_arch = "x86_64")]
+            _ => true,
+        }
     }
 
     /// Computes rows `i0..i1` of C into `c` (which holds exactly those rows).
@@ -199,7 +225,7 @@ fn tile_baseline<S: Scalar>(
     c: &mut [S],
     ldc: usize,
 ) {
-    full_tile(a, b, first, bias, c, ldc);
+    full_tile::<S, 4, 8, BASELINE_FUSES>(a, b, first, bias, c, ldc);
 }
 
 /// The edge tile, likewise on its own.
@@ -213,17 +239,29 @@ fn edge_baseline<S: Scalar>(
     ldc: usize,
     size: (usize, usize),
 ) {
-    edge_tile(a, b, first, bias, c, ldc, size);
+    edge_tile::<S, 4, 8, BASELINE_FUSES>(a, b, first, bias, c, ldc, size);
 }
+
+/// Whether the baseline path fuses: only where the build's target has a hardware FMA (as
+/// x86-64-v3 and every 64-bit ARM CPU do), so that `mul_add` is one instruction.
+const BASELINE_FUSES: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
+/// The register tiles, rows x columns. AVX-512: 6 x 64 is 24 vector sums of 32 registers,
+/// enough independent multiply-adds in flight to cover the unit's latency on both pipes; the
+/// 4 vectors of B and one broadcast of A take the rest. AVX2: 6 x 16, 12 of 16 registers.
+#[cfg(target_arch = "x86_64")]
+const AVX512_TILE: (usize, usize) = (6, 64);
+#[cfg(target_arch = "x86_64")]
+const AVX2_TILE: (usize, usize) = (6, 16);
 
 /// The blocking loops and the tile kernel compiled for one instruction set.
 macro_rules! kernels_for {
-    ($rows:ident, $tile:ident, $edge:ident, $feature:literal, $mr:literal, $nr:literal) => {
+    ($rows:ident, $tile:ident, $edge:ident, $feature:literal, $mr:expr, $nr:expr) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
         fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [S]) {
             // The closures inherit the instruction set, so they may call the tiles directly.
-            rows::<S, $mr, $nr>(
+            rows::<S, { $mr }, { $nr }>(
                 job,
                 c,
                 |a, b, first, bias, c, ldc| $tile(a, b, first, bias, c, ldc),
@@ -244,7 +282,7 @@ macro_rules! kernels_for {
             ldc: usize,
             size: (usize, usize),
         ) {
-            edge_tile(a, b, first, bias, c, ldc, size);
+            edge_tile::<S, { $mr }, { $nr }, true>(a, b, first, bias, c, ldc, size);
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -258,13 +296,27 @@ macro_rules! kernels_for {
             c: &mut [S],
             ldc: usize,
         ) {
-            full_tile(a, b, first, bias, c, ldc);
+            full_tile::<S, { $mr }, { $nr }, true>(a, b, first, bias, c, ldc);
         }
     };
 }
 
-kernels_for!(rows_avx2, tile_avx2, edge_avx2, "avx2", 4, 16);
-kernels_for!(rows_avx512, tile_avx512, edge_avx512, "avx512f", 4, 32);
+kernels_for!(
+    rows_avx2,
+    tile_avx2,
+    edge_avx2,
+    "avx2,fma",
+    AVX2_TILE.0,
+    AVX2_TILE.1
+);
+kernels_for!(
+    rows_avx512,
+    tile_avx512,
+    edge_avx512,
+    "avx512f,avx2,fma",
+    AVX512_TILE.0,
+    AVX512_TILE.1
+);
 
 /// Rows `i0..i1` of C, block by block: for each block of columns and of K, pack B, then for
 /// each block of rows pack A and run the tiles. `c` holds rows `i0..i1` only.
@@ -408,7 +460,7 @@ fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out
 /// The loop over K cannot panic (iterators, no indexing), so the counters stay in registers
 /// too.
 #[inline(always)]
-fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
+fn full_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
@@ -435,7 +487,7 @@ fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
         for (row, &ai) in acc.iter_mut().zip(ak) {
             for (v, &bj) in row.iter_mut().zip(bk) {
-                *v += ai * bj;
+                *v = madd::<S, FUSE>(*v, ai, bj);
             }
         }
     }
@@ -449,7 +501,7 @@ fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
 /// iterators instead of indexing), so the counters stay in registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
+fn edge_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
@@ -475,10 +527,17 @@ fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
         for (ak, bk) in pairs {
             let ai = row_of(ak);
             for (v, &bj) in out.iter_mut().zip(bk) {
-                *v += ai * bj;
+                *v = madd::<S, FUSE>(*v, ai, bj);
             }
         }
     }
+}
+
+/// `acc + a b`: fused (`a.mul_add(b, acc)`, one rounding) or not (two roundings); one
+/// multiplication and one addition either way.
+#[inline(always)]
+fn madd<S: Scalar, const FUSE: bool>(acc: S, a: S, b: S) -> S {
+    if FUSE { a.mul_add(b, acc) } else { acc + a * b }
 }
 
 #[cfg(test)]
@@ -486,14 +545,26 @@ mod tests {
     use super::*;
     use crate::{Counted, Counts, Op};
 
-    /// The definition, one element at a time.
-    fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], bias: &[f64]) -> Vec<f64> {
+    /// The definition, one element at a time, each product added with one rounding (`mul_add`)
+    /// if `fused`, with two if not.
+    fn naive(
+        (m, n, k): (usize, usize, usize),
+        a: &[f64],
+        b: &[f64],
+        bias: &[f64],
+        fused: bool,
+    ) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
                 let mut acc = bias[i];
                 for kk in 0..k {
-                    acc += a[i * k + kk] * b[kk * n + j];
+                    let (x, y) = (a[i * k + kk], b[kk * n + j]);
+                    acc = if fused {
+                        x.mul_add(y, acc)
+                    } else {
+                        acc + x * y
+                    };
                 }
                 c[i * n + j] = acc;
             }
@@ -513,7 +584,13 @@ mod tests {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
             let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
-            let expected = naive(m, n, k, &a, &b, &bias);
+            let fused = Isa::detect().fuses();
+            let expected = naive((m, n, k), &a, &b, &bias, fused);
+            // The data tells fused from unfused sums apart, so a kernel that stopped fusing
+            // (or fused where it should not) fails here.
+            if k > 100 {
+                assert_ne!(expected, naive((m, n, k), &a, &b, &bias, !fused));
+            }
             let (ca, cb, cbias) = (Counted::vec(&a), Counted::vec(&b), Counted::vec(&bias));
             let mut c = vec![Counted::new(0.0); m * n];
             let ((), counts) = tally::measure(|| {
