@@ -4,8 +4,8 @@
 //! ascending `k`, starting from a bias, from the value already in `C`, or from the first
 //! product. Each product is added with one fused multiply-add, `acc = a.mul_add(b, acc)`, for
 //! every number type alike (one multiplication and one addition in `docs/counting.md`, one
-//! rounding instead of two). Blocking, packing, vectorizing and splitting the rows among
-//! threads change which element is computed when, never the order of an element's own sum, so
+//! rounding instead of two). Blocking, packing, vectorizing and splitting C among threads
+//! change which element is computed when, never the order of an element's own sum, so
 //! results are the same bits on every thread count, and an element costs exactly K
 //! multiplications and K (or K - 1) additions.
 //!
@@ -19,10 +19,13 @@
 //! ("packed") into contiguous panels, and a small tile of C is kept in registers while a
 //! panel of K is streamed through it. The tile is `MR x NR` with `NR` a multiple of the
 //! vector width; the widest instruction set the CPU has is picked at run time. A tile at the
-//! edge of C computes exactly its own elements: no lane does arithmetic on padding, which
-//! would be counted.
+//! edge of C computes exactly its own elements, in a smaller register tile (fewer rows, fewer
+//! whole vectors) and the last few elements in memory: no lane does arithmetic on padding,
+//! which would be counted.
 //!
-//! Work split among threads is counted on those threads; each part's counts are taken out
+//! C is split among threads along its longer side, on tile boundaries (each part packs all of
+//! the other operand, so that the repeated packing is the smaller). Work split among threads
+//! is counted on those threads; each part's counts are taken out
 //! there and merged into the caller's tally under `tally::parallel`, so the caller's counts
 //! are exact, even when the pool runs unrelated tasks on the caller's thread while it waits.
 
@@ -99,23 +102,56 @@ pub(crate) fn gemm<S: Scalar>(
     }
     let isa = Isa::detect();
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * n * k < PARALLEL_WORK || m < 2 * isa.mr() {
-        isa.run((0, m), (n, k), a, b, start, c);
+    let job = Job {
+        rows: (0, m),
+        columns: (0, n),
+        k,
+        a,
+        b,
+        start,
+    };
+    fn whole<S>(c: &mut [S], n: usize) -> Vec<&mut [S]> {
+        c.chunks_exact_mut(n).collect()
+    }
+    if threads == 1 || m * n * k < PARALLEL_WORK {
+        isa.run(job, &mut whole(&mut c[..m * n], n));
         return;
     }
-    // Split the rows into one part per thread, on tile boundaries.
-    let per = m.div_ceil(threads).next_multiple_of(isa.mr());
-    tally::parallel(|| {
-        let parts: Vec<Counts> = c[..m * n]
-            .par_chunks_mut(per * n)
-            .enumerate()
-            .map(|(part, rows)| {
-                let i0 = part * per;
-                let i1 = (i0 + per).min(m);
-                tally::take(|| isa.run((i0, i1), (n, k), a, b, start, rows)).1
+    // One part per thread, on tile boundaries, along the longer side of C: each part packs
+    // all of the other operand, so that side's packing is the one repeated.
+    let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
+        let per = n.div_ceil(threads).next_multiple_of(isa.nr());
+        let mut parts: Vec<_> = (0..n.div_ceil(per))
+            .map(|p| {
+                let columns = (p * per, (p * per + per).min(n));
+                (Job { columns, ..job }, Vec::with_capacity(m))
             })
             .collect();
-        ((), parts.into_iter().sum())
+        for mut row in c.chunks_exact_mut(n).take(m) {
+            for (_, rows) in &mut parts {
+                let (head, tail) = row.split_at_mut(per.min(row.len()));
+                rows.push(head);
+                row = tail;
+            }
+        }
+        parts
+    } else {
+        let per = m.div_ceil(threads).next_multiple_of(isa.mr());
+        c[..m * n]
+            .chunks_mut(per * n)
+            .enumerate()
+            .map(|(p, part)| {
+                let rows = (p * per, (p * per + per).min(m));
+                (Job { rows, ..job }, whole(part, n))
+            })
+            .collect()
+    };
+    tally::parallel(|| {
+        let counts: Vec<Counts> = parts
+            .into_par_iter()
+            .map(|(job, mut out)| tally::take(|| isa.run(job, &mut out)).1)
+            .collect();
+        ((), counts.into_iter().sum())
     });
 }
 
@@ -159,6 +195,17 @@ impl Isa {
         }
     }
 
+    /// Columns of a register tile.
+    fn nr(self) -> usize {
+        match self {
+            Isa::Baseline => 8,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => AVX2_TILE.1,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => AVX512_TILE.1,
+        }
+    }
+
     /// Whether this path's tiles fuse each multiply and add (see the module's notes).
     #[cfg(test)]
     fn fuses(self) -> bool {
@@ -169,27 +216,10 @@ impl Isa {
         }
     }
 
-    /// Computes rows `i0..i1` of C into `c` (which holds exactly those rows).
-    fn run<S: Scalar>(
-        self,
-        (i0, i1): (usize, usize),
-        (n, k): (usize, usize),
-        a: &dyn Operand<S>,
-        b: &dyn Operand<S>,
-        start: Start<'_, S>,
-        c: &mut [S],
-    ) {
-        let job = Job {
-            i0,
-            i1,
-            n,
-            k,
-            a,
-            b,
-            start,
-        };
+    /// Computes the job's block of C into `c`, one slice per row of the block.
+    fn run<S: Scalar>(self, job: Job<'_, S>, c: &mut [&mut [S]]) {
         match self {
-            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline, edge_baseline),
+            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline),
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(job, c) },
@@ -200,12 +230,12 @@ impl Isa {
     }
 }
 
-/// One call's rows of C and its operands.
+/// One call's block of C (rows `rows.0..rows.1`, columns `columns.0..columns.1`) and its
+/// operands.
 #[derive(Copy, Clone)]
 struct Job<'a, S> {
-    i0: usize,
-    i1: usize,
-    n: usize,
+    rows: (usize, usize),
+    columns: (usize, usize),
     k: usize,
     a: &'a dyn Operand<S>,
     b: &'a dyn Operand<S>,
@@ -213,34 +243,53 @@ struct Job<'a, S> {
 }
 
 /// The tile kernel stands alone, never inlined into the blocking loops: in a small function
-/// whose slices are its arguments, the compiler can tell the tile's memory from the
-/// thread-local tally and keeps both the sums and the counters in registers; inlined into
-/// the big loop nest it does neither, and the counted kernel runs several times slower.
+/// whose only written memory is its `acc` argument (the caller's local tile), the compiler
+/// can tell the tile from the thread-local tally and keeps both the sums and the counters in
+/// registers; inlined into the big loop nest it does neither, and the counted kernel runs
+/// several times slower.
 #[inline(never)]
 fn tile_baseline<S: Scalar>(
     a: &[[S; 4]],
     b: &[[S; 8]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
-) {
-    full_tile::<S, 4, 8, BASELINE_FUSES>(a, b, first, bias, c, ldc);
-}
-
-/// The edge tile, likewise on its own.
-#[inline(never)]
-fn edge_baseline<S: Scalar>(
-    a: &[[S; 4]],
-    b: &[[S; 8]],
-    first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
+    acc: &mut [[S; 8]; 4],
     size: (usize, usize),
 ) {
-    edge_tile::<S, 4, 8, BASELINE_FUSES>(a, b, first, bias, c, ldc, size);
+    tile_of_widths!(BASELINE_FUSES, 4, 8, [4, 2], [8, 4], a, b, first, acc, size);
 }
+
+/// A tile of `mr x nr` elements (`mr <= MR`, `nr <= NR`): the tallest of the listed row
+/// counts that fits, as wide as the widest of the listed widths (whole vectors) that fits, in
+/// registers; what that leaves (columns to the right, rows below) by `edge_tile`.
+macro_rules! tile_of_widths {
+    ($fuse:expr, $mr:expr, $nr:expr, [$($r:literal),*], $widths:tt, $a:ident, $b:ident, $first:ident, $acc:ident, $size:ident) => {{
+        let (mr, nr) = $size;
+        let (mut rows, mut columns) = (0, 0);
+        $(
+            if rows == 0 && mr >= $r {
+                rows = $r;
+                columns = tile_of_widths!(@widths $fuse, $mr, $nr, $r, $widths, $a, $b, $first, $acc, nr);
+            }
+        )*
+        if columns < nr {
+            edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (0, rows), (columns, nr));
+        }
+        if rows < mr {
+            edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (rows, mr), (0, nr));
+        }
+    }};
+    (@widths $fuse:expr, $mr:expr, $nr:expr, $r:literal, [$($w:literal),*], $a:ident, $b:ident, $first:ident, $acc:ident, $n:ident) => {{
+        let mut columns = 0;
+        $(
+            if columns == 0 && $n >= $w {
+                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc);
+                columns = $w;
+            }
+        )*
+        columns
+    }};
+}
+use tile_of_widths;
 
 /// Whether the baseline path fuses: only where the build's target has a hardware FMA (as
 /// x86-64-v3 and every 64-bit ARM CPU do), so that `mul_add` is one instruction.
@@ -256,33 +305,14 @@ const AVX2_TILE: (usize, usize) = (6, 16);
 
 /// The blocking loops and the tile kernel compiled for one instruction set.
 macro_rules! kernels_for {
-    ($rows:ident, $tile:ident, $edge:ident, $feature:literal, $mr:expr, $nr:expr) => {
+    ($rows:ident, $tile:ident, $feature:literal, $mr:expr, $nr:expr, $heights:tt, $widths:tt) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
-        fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [S]) {
-            // The closures inherit the instruction set, so they may call the tiles directly.
-            rows::<S, { $mr }, { $nr }>(
-                job,
-                c,
-                |a, b, first, bias, c, ldc| $tile(a, b, first, bias, c, ldc),
-                |a, b, first, bias, c, ldc, size| $edge(a, b, first, bias, c, ldc, size),
-            );
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feature)]
-        #[inline(never)]
-        #[allow(clippy::too_many_arguments)]
-        fn $edge<S: Scalar>(
-            a: &[[S; $mr]],
-            b: &[[S; $nr]],
-            first: bool,
-            bias: Option<&[S]>,
-            c: &mut [S],
-            ldc: usize,
-            size: (usize, usize),
-        ) {
-            edge_tile::<S, { $mr }, { $nr }, true>(a, b, first, bias, c, ldc, size);
+        fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [&mut [S]]) {
+            // The closure inherits the instruction set, so it may call the tile directly.
+            rows::<S, { $mr }, { $nr }>(job, c, |a, b, first, acc, size| {
+                $tile(a, b, first, acc, size)
+            });
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -292,11 +322,10 @@ macro_rules! kernels_for {
             a: &[[S; $mr]],
             b: &[[S; $nr]],
             first: bool,
-            bias: Option<&[S]>,
-            c: &mut [S],
-            ldc: usize,
+            acc: &mut [[S; $nr]; $mr],
+            size: (usize, usize),
         ) {
-            full_tile::<S, { $mr }, { $nr }, true>(a, b, first, bias, c, ldc);
+            tile_of_widths!(true, $mr, $nr, $heights, $widths, a, b, first, acc, size);
         }
     };
 }
@@ -304,33 +333,34 @@ macro_rules! kernels_for {
 kernels_for!(
     rows_avx2,
     tile_avx2,
-    edge_avx2,
     "avx2,fma",
     AVX2_TILE.0,
-    AVX2_TILE.1
+    AVX2_TILE.1,
+    [6, 4, 2],
+    [16, 8]
 );
 kernels_for!(
     rows_avx512,
     tile_avx512,
-    edge_avx512,
     "avx512f,avx2,fma",
     AVX512_TILE.0,
-    AVX512_TILE.1
+    AVX512_TILE.1,
+    [6, 4, 2],
+    [64, 48, 32, 16]
 );
 
-/// Rows `i0..i1` of C, block by block: for each block of columns and of K, pack B, then for
-/// each block of rows pack A and run the tiles. `c` holds rows `i0..i1` only.
+/// The job's block of C, block by block: for each block of columns and of K, pack B, then
+/// for each block of rows pack A and run the tiles. `c` holds the block's rows, each cut to
+/// the block's columns.
 #[inline(always)]
 fn rows<S: Scalar, const MR: usize, const NR: usize>(
     job: Job<'_, S>,
-    c: &mut [S],
-    tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize),
-    edge: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize, (usize, usize)),
+    c: &mut [&mut [S]],
+    tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, &mut [[S; NR]; MR], (usize, usize)),
 ) {
     let Job {
-        i0,
-        i1,
-        n,
+        rows: (i0, i1),
+        columns: (j0, j1),
         k,
         a,
         b,
@@ -338,7 +368,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
     } = job;
     // Buffers as large as this product needs, up to one block each, kept by the thread
     // between products: fresh ones would cost a page fault per 4 KiB on every call.
-    let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(n), MC.min(i1 - i0));
+    let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(j1 - j0), MC.min(i1 - i0));
     let sizes = [
         kc_max * nc_max.max(mc_max),
         kc_max * nc_max.next_multiple_of(NR),
@@ -347,14 +377,16 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
     let mut workspace = take_workspace::<S>(sizes.iter().sum());
     let (scratch, rest) = workspace.split_at_mut(sizes[0]);
     let (bpack, apack) = rest.split_at_mut(sizes[1]);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
+    let mut acc = [[S::zero(); NR]; MR];
+    for jc in (j0..j1).step_by(NC) {
+        let nc = NC.min(j1 - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             b.copy_block(pc, kc, jc, nc, scratch);
             pack_b::<S, NR>(&scratch[..kc * nc], kc, nc, bpack);
             // Only the first block of K starts the sums; later blocks continue them.
             let block_start = if pc == 0 { start } else { Start::Existing };
+            let first = matches!(block_start, Start::FirstProduct);
             for ic in (i0..i1).step_by(MC) {
                 let mc = MC.min(i1 - ic);
                 a.copy_block(ic, mc, pc, kc, scratch);
@@ -365,7 +397,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                     .enumerate()
                 {
                     let j = jc + jr * NR;
-                    let nr = NR.min(n - j);
+                    let nr = NR.min(j1 - j);
                     let (bk, _) = bpanel.as_chunks::<NR>();
                     for (ir, apanel) in apack
                         .chunks_exact(kc * MR)
@@ -375,16 +407,21 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         let i = ic + ir * MR;
                         let mr = MR.min(i1 - i);
                         let (ak, _) = apanel.as_chunks::<MR>();
-                        let first = matches!(block_start, Start::FirstProduct);
-                        let bias = match block_start {
-                            Start::RowBias(bias) => Some(&bias[i..i + mr]),
-                            _ => None,
-                        };
-                        let out = &mut c[(i - i0) * n + j..];
-                        if mr == MR && nr == NR {
-                            tile(ak, bk, first, bias, out, n);
-                        } else {
-                            edge(ak, bk, first, bias, out, n, (mr, nr));
+                        let out = &mut c[i - i0..i - i0 + mr];
+                        let columns = j - j0..j - j0 + nr;
+                        // Where the sums start: copied into the tile, free.
+                        for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
+                            match block_start {
+                                Start::RowBias(bias) => sums[..nr].fill(bias[i + row]),
+                                Start::Existing => {
+                                    sums[..nr].copy_from_slice(&out[columns.clone()])
+                                }
+                                Start::FirstProduct => {}
+                            }
+                        }
+                        tile(ak, bk, first, &mut acc, (mr, nr));
+                        for (sums, out) in acc.iter().zip(out.iter_mut()) {
+                            out[columns.clone()].copy_from_slice(&sums[..nr]);
                         }
                     }
                 }
@@ -456,77 +493,72 @@ fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out
     }
 }
 
-/// One full `MR x NR` tile: the sums stay in registers while the panel of K streams through.
-/// The loop over K cannot panic (iterators, no indexing), so the counters stay in registers
-/// too.
+/// A tile of the first `R` of the `MR` rows and the first `W` of the `NR` columns: the sums,
+/// started in `acc` (or from the first product if `first`), stay in registers while the
+/// panel of K streams through. The loop over K cannot panic (iterators, no indexing), so the
+/// counters stay in registers too.
 #[inline(always)]
-fn full_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
+fn full_tile<
+    S: Scalar,
+    const MR: usize,
+    const NR: usize,
+    const R: usize,
+    const W: usize,
+    const FUSE: bool,
+>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
+    acc: &mut [[S; NR]; MR],
 ) {
-    let mut acc = [[S::zero(); NR]; MR];
+    let mut sums = [[S::zero(); W]; R];
+    for (row, all) in sums.iter_mut().zip(acc.iter()) {
+        row.copy_from_slice(&all[..W]);
+    }
     let rest = usize::from(first);
     if first {
-        for (row, &ai) in acc.iter_mut().zip(&a[0]) {
+        for (row, &ai) in sums.iter_mut().zip(&a[0]) {
             for (v, &bj) in row.iter_mut().zip(&b[0]) {
                 *v = ai * bj;
             }
         }
-    } else {
-        for (i, row) in acc.iter_mut().enumerate() {
-            match bias {
-                Some(bias) => *row = [bias[i]; NR],
-                None => row.copy_from_slice(&c[i * ldc..i * ldc + NR]),
-            }
-        }
     }
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
-        for (row, &ai) in acc.iter_mut().zip(ak) {
+        for (row, &ai) in sums.iter_mut().zip(ak) {
             for (v, &bj) in row.iter_mut().zip(bk) {
                 *v = madd::<S, FUSE>(*v, ai, bj);
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        c[i * ldc..i * ldc + NR].copy_from_slice(row);
+    for (row, all) in sums.iter().zip(acc.iter_mut()) {
+        all[..W].copy_from_slice(row);
     }
 }
 
-/// A tile at the edge of C, `mr x nr` with `mr <= MR`, `nr <= NR`: the same sums, on exactly
-/// its own elements. Like the full tile, its loops over K cannot panic (`get` and zipped
-/// iterators instead of indexing), so the counters stay in registers.
+/// The part of a tile that no register tile covers: rows `i0..i1`, columns `j0..j1` of
+/// `acc`, on exactly those elements (the rest of `acc` is left as it is). K is the outer loop,
+/// so that the elements' sums, kept in memory here, advance side by side rather than one
+/// long chain at a time. Like the full tile, its loops cannot panic.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn edge_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
-    (mr, nr): (usize, usize),
+    acc: &mut [[S; NR]; MR],
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
 ) {
-    for (i, out) in c.chunks_mut(ldc).take(mr).enumerate() {
-        let out = &mut out[..nr];
-        let row_of = |ak: &[S; MR]| ak.get(i).copied().unwrap_or_else(S::zero);
-        let mut pairs = a.iter().zip(b);
-        if first {
-            if let Some((ak, bk)) = pairs.next() {
-                let ai = row_of(ak);
-                for (v, &bj) in out.iter_mut().zip(bk) {
-                    *v = ai * bj;
-                }
+    let mut pairs = a.iter().zip(b);
+    if first && let Some((ak, bk)) = pairs.next() {
+        for (row, &ai) in acc[i0..i1].iter_mut().zip(&ak[i0..]) {
+            for (v, &bj) in row[j0..j1].iter_mut().zip(&bk[j0..j1]) {
+                *v = ai * bj;
             }
-        } else if let Some(&bias) = bias.and_then(|bias| bias.get(i)) {
-            out.fill(bias);
         }
-        for (ak, bk) in pairs {
-            let ai = row_of(ak);
-            for (v, &bj) in out.iter_mut().zip(bk) {
+    }
+    for (ak, bk) in pairs {
+        for (row, &ai) in acc[i0..i1].iter_mut().zip(&ak[i0..]) {
+            for (v, &bj) in row[j0..j1].iter_mut().zip(&bk[j0..j1]) {
                 *v = madd::<S, FUSE>(*v, ai, bj);
             }
         }
