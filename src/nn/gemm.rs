@@ -155,6 +155,12 @@ pub(crate) fn gemm<S: Scalar>(
     });
 }
 
+/// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
+#[cfg(test)]
+pub(crate) fn fuses() -> bool {
+    Isa::detect().fuses()
+}
+
 /// The instruction set the kernels are compiled for, picked once at run time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Isa {
