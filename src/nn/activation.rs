@@ -1,9 +1,18 @@
 //! Activation functions as forward/backward pairs over a batch. Each forward records one
 //! activation call where it computes each output value (docs/counting.md, "Activation
-//! calls"); each backward is computed from the forward's output `y`.
+//! calls"); each backward is computed from the forward's output `y`. A long forward of an
+//! expensive function (sigmoid, tanh: a library call per value) is split among the cores;
+//! each value is computed alone, so the split changes no bit and no count.
 
+use rayon::prelude::*;
+
+use crate::counts::Counts;
 use crate::model::Activation;
 use crate::scalar::Scalar;
+use crate::tally;
+
+/// From this many values on, sigmoid and tanh run on all cores.
+const PARALLEL_CALLS: usize = 1 << 13;
 
 /// `y = f(z)` for every value; `width` is one example's number of values (softmax works per
 /// example). Counts per value: identity nothing; sigmoid 1 neg, 1 exp, 1 add, 1 div; tanh 1
@@ -16,8 +25,8 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
     let one = S::one();
     match f {
         Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => map(z, y, |v| one / (one + (-v).exp())),
-        Activation::Tanh => map(z, y, |v| v.tanh()),
+        Activation::Sigmoid => map_on_all_cores(z, y, |v| one / (one + (-v).exp())),
+        Activation::Tanh => map_on_all_cores(z, y, |v| v.tanh()),
         Activation::Relu => map(z, y, |v| v.max(S::zero())),
         Activation::Softmax => {
             for (ze, ye) in z.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
@@ -71,7 +80,27 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
     }
 }
 
+/// `map`, in one part per thread when there are enough values; each part is counted on its
+/// thread and merged into the caller's tally (`tally::parallel`).
+fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || z.len() < PARALLEL_CALLS {
+        map(z, y, f);
+        return;
+    }
+    let part = z.len().div_ceil(threads).next_multiple_of(64);
+    tally::parallel(|| {
+        let counts: Vec<Counts> = y
+            .par_chunks_mut(part)
+            .zip(z.par_chunks(part))
+            .map(|(y, z)| tally::take(|| map(z, y, &f)).1)
+            .collect();
+        ((), counts.into_iter().sum())
+    });
+}
+
 /// `y = f(z)` value by value, one activation call each.
+#[inline(never)]
 fn map<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S) {
     for (yj, &zj) in y.iter_mut().zip(z) {
         S::record_act();
