@@ -265,8 +265,9 @@ fn tile_baseline<S: Scalar>(
 }
 
 /// A tile of `mr x nr` elements (`mr <= MR`, `nr <= NR`): the tallest of the listed row
-/// counts that fits, as wide as the widest of the listed widths (whole vectors) that fits, in
-/// registers; what that leaves (columns to the right, rows below) by `edge_tile`.
+/// counts that fits, in register tiles of the listed widths (whole vectors; from the widest,
+/// each width once if it fits in what is left); what that leaves (columns to the right, rows
+/// below) by `edge_tile`.
 macro_rules! tile_of_widths {
     ($fuse:expr, $mr:expr, $nr:expr, [$($r:literal),*], $widths:tt, $a:ident, $b:ident, $first:ident, $acc:ident, $size:ident) => {{
         let (mr, nr) = $size;
@@ -287,9 +288,9 @@ macro_rules! tile_of_widths {
     (@widths $fuse:expr, $mr:expr, $nr:expr, $r:literal, [$($w:literal),*], $a:ident, $b:ident, $first:ident, $acc:ident, $n:ident) => {{
         let mut columns = 0;
         $(
-            if columns == 0 && $n >= $w {
-                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc);
-                columns = $w;
+            if $n - columns >= $w {
+                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc, columns);
+                columns += $w;
             }
         )*
         columns
@@ -343,7 +344,7 @@ kernels_for!(
     AVX2_TILE.0,
     AVX2_TILE.1,
     [6, 4, 2],
-    [16, 8]
+    [16, 8, 4]
 );
 kernels_for!(
     rows_avx512,
@@ -352,7 +353,7 @@ kernels_for!(
     AVX512_TILE.0,
     AVX512_TILE.1,
     [6, 4, 2],
-    [64, 48, 32, 16]
+    [64, 48, 32, 16, 8, 4]
 );
 
 /// The job's block of C, block by block: for each block of columns and of K, pack B, then
@@ -414,20 +415,18 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         let mr = MR.min(i1 - i);
                         let (ak, _) = apanel.as_chunks::<MR>();
                         let out = &mut c[i - i0..i - i0 + mr];
-                        let columns = j - j0..j - j0 + nr;
                         // Where the sums start: copied into the tile, free.
+                        let j = j - j0;
                         for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
                             match block_start {
-                                Start::RowBias(bias) => sums[..nr].fill(bias[i + row]),
-                                Start::Existing => {
-                                    sums[..nr].copy_from_slice(&out[columns.clone()])
-                                }
+                                Start::RowBias(bias) => sums.fill(bias[i + row]),
+                                Start::Existing => copy::<S, NR>(&out[j..], sums, nr),
                                 Start::FirstProduct => {}
                             }
                         }
                         tile(ak, bk, first, &mut acc, (mr, nr));
                         for (sums, out) in acc.iter().zip(out.iter_mut()) {
-                            out[columns.clone()].copy_from_slice(&sums[..nr]);
+                            copy::<S, NR>(sums, &mut out[j..], nr);
                         }
                     }
                 }
@@ -435,6 +434,17 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
         }
     }
     give_back_workspace(workspace);
+}
+
+/// Copies the first `n` values of `from` to `to`, `n <= NR`; a whole tile row (the common
+/// case) as one fixed-size copy, which compiles to a few vector moves rather than a call.
+#[inline(always)]
+fn copy<S: Copy, const NR: usize>(from: &[S], to: &mut [S], n: usize) {
+    if n == NR {
+        to[..NR].copy_from_slice(&from[..NR]);
+    } else {
+        to[..n].copy_from_slice(&from[..n]);
+    }
 }
 
 thread_local! {
@@ -499,10 +509,10 @@ fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out
     }
 }
 
-/// A tile of the first `R` of the `MR` rows and the first `W` of the `NR` columns: the sums,
+/// A tile of the first `R` of the `MR` rows and `W` of the `NR` columns from `j0`: the sums,
 /// started in `acc` (or from the first product if `first`), stay in registers while the
-/// panel of K streams through. The loop over K cannot panic (iterators, no indexing), so the
-/// counters stay in registers too.
+/// panel of K streams through. The loop over K cannot panic (iterators, and slices whose
+/// bounds are checked once before it), so the counters stay in registers too.
 #[inline(always)]
 fn full_tile<
     S: Scalar,
@@ -516,28 +526,30 @@ fn full_tile<
     b: &[[S; NR]],
     first: bool,
     acc: &mut [[S; NR]; MR],
+    j0: usize,
 ) {
+    assert!(j0 + W <= NR);
     let mut sums = [[S::zero(); W]; R];
     for (row, all) in sums.iter_mut().zip(acc.iter()) {
-        row.copy_from_slice(&all[..W]);
+        row.copy_from_slice(&all[j0..j0 + W]);
     }
     let rest = usize::from(first);
     if first {
         for (row, &ai) in sums.iter_mut().zip(&a[0]) {
-            for (v, &bj) in row.iter_mut().zip(&b[0]) {
+            for (v, &bj) in row.iter_mut().zip(&b[0][j0..j0 + W]) {
                 *v = ai * bj;
             }
         }
     }
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
         for (row, &ai) in sums.iter_mut().zip(ak) {
-            for (v, &bj) in row.iter_mut().zip(bk) {
+            for (v, &bj) in row.iter_mut().zip(&bk[j0..j0 + W]) {
                 *v = madd::<S, FUSE>(*v, ai, bj);
             }
         }
     }
     for (row, all) in sums.iter().zip(acc.iter_mut()) {
-        all[..W].copy_from_slice(row);
+        all[j0..j0 + W].copy_from_slice(row);
     }
 }
 
