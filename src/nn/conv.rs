@@ -210,7 +210,7 @@ impl<S: Scalar> Conv<S> {
                 rows: g.out_channels,
                 row_len: p,
             };
-            let patches_t = PatchesT(Patches::new(&g, xg, &mut self.padded));
+            let patches_t = PatchesT::new(Patches::new(&g, xg, &mut self.padded));
             let start = if first_group {
                 Start::FirstProduct
             } else {
@@ -363,15 +363,28 @@ impl<S: Scalar> Operand<S> for Patches<'_, S> {
     }
 }
 
-/// The transposed patch matrices (G*P x K), for the weight gradient.
-struct PatchesT<'a, S>(Patches<'a, S>);
+/// The transposed patch matrices (G*P x K), for the weight gradient, with each column's
+/// offset in an image worked out once.
+struct PatchesT<'a, S> {
+    patches: Patches<'a, S>,
+    offsets: Vec<usize>,
+}
+
+impl<'a, S: Scalar> PatchesT<'a, S> {
+    fn new(patches: Patches<'a, S>) -> PatchesT<'a, S> {
+        let offsets = (0..patches.g.patch())
+            .map(|k| patches.row_offset(k))
+            .collect();
+        PatchesT { patches, offsets }
+    }
+}
 
 impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
-        let offsets: Vec<usize> = (c0..c0 + cols).map(|k| self.0.row_offset(k)).collect();
+        let offsets = &self.offsets[c0..c0 + cols];
         for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
-            let image = &self.0.images[self.0.column_offset(r0 + r)..];
-            for (v, &off) in dst.iter_mut().zip(&offsets) {
+            let image = &self.patches.images[self.patches.column_offset(r0 + r)..];
+            for (v, &off) in dst.iter_mut().zip(offsets) {
                 *v = image[off];
             }
         }

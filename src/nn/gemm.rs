@@ -55,6 +55,57 @@ pub(crate) trait Operand<S>: Sync {
     /// Copies `rows` x `cols` elements starting at (`r0`, `c0`) into `out`, row by row
     /// (`out[r * cols + c]`).
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]);
+
+    /// Packs the block into panels of `width` columns, each panel row by row with rows
+    /// `width` apart: element (r, p * width + j) goes to `out[(p * rows + r) * width + j]`.
+    /// Columns past the end of a last, narrower panel are left as they are.
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        for (p, panel) in out
+            .chunks_mut(rows * width)
+            .take(cols.div_ceil(width))
+            .enumerate()
+        {
+            let j0 = p * width;
+            let n = width.min(cols - j0);
+            for (r, dst) in panel.chunks_mut(width).enumerate() {
+                self.copy_block(r0 + r, 1, c0 + j0, n, &mut dst[..n]);
+            }
+        }
+    }
+
+    /// Packs the block into panels of `height` rows, each panel column by column with columns
+    /// `height` apart: element (p * height + i, c) goes to `out[(p * cols + c) * height + i]`.
+    /// Rows past the end of a last, shorter panel are left as they are.
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) where
+        S: Copy + Default,
+    {
+        // Each row through a small buffer, a piece at a time.
+        const PIECE: usize = 64;
+        let mut piece = [S::default(); PIECE];
+        for r in 0..rows {
+            let (p, i) = (r / height, r % height);
+            let panel = &mut out[p * cols * height..];
+            for c in (0..cols).step_by(PIECE) {
+                let n = PIECE.min(cols - c);
+                self.copy_block(r0 + r, 1, c0 + c, n, &mut piece[..n]);
+                for (k, &v) in piece[..n].iter().enumerate() {
+                    panel[(c + k) * height + i] = v;
+                }
+            }
+        }
+    }
 }
 
 /// A matrix stored in a slice: element (r, c) is `data[r * row_stride + c * col_stride]`.
@@ -74,6 +125,29 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
             } else {
                 for (c, v) in row.iter_mut().enumerate() {
                     *v = self.data[base + c * self.col_stride];
+                }
+            }
+        }
+    }
+
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) {
+        for (p, panel) in out
+            .chunks_mut(cols * height)
+            .take(rows.div_ceil(height))
+            .enumerate()
+        {
+            let i0 = r0 + p * height;
+            let n = height.min(rows - p * height);
+            for (c, dst) in panel.chunks_mut(height).enumerate() {
+                let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                for (i, v) in dst[..n].iter_mut().enumerate() {
+                    *v = self.data[base + i * self.row_stride];
                 }
             }
         }
@@ -376,28 +450,21 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
     // Buffers as large as this product needs, up to one block each, kept by the thread
     // between products: fresh ones would cost a page fault per 4 KiB on every call.
     let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(j1 - j0), MC.min(i1 - i0));
-    let sizes = [
-        kc_max * nc_max.max(mc_max),
-        kc_max * nc_max.next_multiple_of(NR),
-        kc_max * mc_max.next_multiple_of(MR),
-    ];
-    let mut workspace = take_workspace::<S>(sizes.iter().sum());
-    let (scratch, rest) = workspace.split_at_mut(sizes[0]);
-    let (bpack, apack) = rest.split_at_mut(sizes[1]);
+    let b_len = kc_max * nc_max.next_multiple_of(NR);
+    let mut workspace = take_workspace::<S>(b_len + kc_max * mc_max.next_multiple_of(MR));
+    let (bpack, apack) = workspace.split_at_mut(b_len);
     let mut acc = [[S::zero(); NR]; MR];
     for jc in (j0..j1).step_by(NC) {
         let nc = NC.min(j1 - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            b.copy_block(pc, kc, jc, nc, scratch);
-            pack_b::<S, NR>(&scratch[..kc * nc], kc, nc, bpack);
+            b.pack_columns((pc, kc), (jc, nc), NR, bpack);
             // Only the first block of K starts the sums; later blocks continue them.
             let block_start = if pc == 0 { start } else { Start::Existing };
             let first = matches!(block_start, Start::FirstProduct);
             for ic in (i0..i1).step_by(MC) {
                 let mc = MC.min(i1 - ic);
-                a.copy_block(ic, mc, pc, kc, scratch);
-                pack_a::<S, MR>(&scratch[..mc * kc], mc, kc, apack);
+                a.pack_rows((ic, mc), (pc, kc), MR, apack);
                 for (jr, bpanel) in bpack
                     .chunks_exact(kc * NR)
                     .take(nc.div_ceil(NR))
@@ -470,43 +537,6 @@ fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
         w.borrow_mut()
             .insert(TypeId::of::<S>(), Box::new(buffer) as Box<dyn Any>)
     });
-}
-
-/// Packs a `rows x cols` row-major block of B into panels of `NR` columns, each panel K-major
-/// (`panel[k][j]`). Columns past the end of the last panel are left as they are: no tile
-/// reads them.
-#[inline(always)]
-fn pack_b<S: Scalar, const NR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out
-        .chunks_exact_mut(rows * NR)
-        .take(cols.div_ceil(NR))
-        .enumerate()
-    {
-        let j0 = p * NR;
-        let width = NR.min(cols - j0);
-        for (r, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            dst[..width].copy_from_slice(&block[r * cols + j0..r * cols + j0 + width]);
-        }
-    }
-}
-
-/// Packs a `rows x cols` row-major block of A into panels of `MR` rows, each panel K-major
-/// (`panel[k][i]`).
-#[inline(always)]
-fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out
-        .chunks_exact_mut(cols * MR)
-        .take(rows.div_ceil(MR))
-        .enumerate()
-    {
-        let i0 = p * MR;
-        let height = MR.min(rows - i0);
-        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
-            for (i, v) in dst[..height].iter_mut().enumerate() {
-                *v = block[(i0 + i) * cols + kk];
-            }
-        }
-    }
 }
 
 /// A tile of the first `R` of the `MR` rows and `W` of the `NR` columns from `j0`: the sums,
