@@ -480,6 +480,9 @@ fn col2im_channel<'a, S: Scalar>(
 ) {
     let (_, wo) = g.output();
     let (kk, s, pad) = (g.kernel, g.stride, g.padding);
+    if s == 1 {
+        return col2im_stride_1(g, rows, dx);
+    }
     for (ij, row) in rows.enumerate() {
         let (i, j) = (ij / kk, ij % kk);
         // Output columns x whose input column x*s + j - pad lies in 0..width.
@@ -505,6 +508,58 @@ fn col2im_channel<'a, S: Scalar>(
                 }
             }
         }
+    }
+}
+
+/// `col2im_channel` for stride 1, without flags: the first contribution to input position
+/// `(yy, xx)` in the order `(i, j, y, x)` comes from the smallest `i` that reaches row `yy`,
+/// `max(0, yy + pad + 1 - H_out)`, and among those from the smallest `j` that reaches column
+/// `xx`, `max(0, xx + pad + 1 - W_out)`. So along one row of a patch gradient the first
+/// contributions form one run (none, a prefix or a single value), and the rest are adds.
+fn col2im_stride_1<'a, S: Scalar>(g: &Geometry, rows: impl Iterator<Item = &'a [S]>, dx: &mut [S]) {
+    let (ho, wo) = g.output();
+    let (kk, pad) = (g.kernel, g.padding);
+    for (ij, row) in rows.enumerate() {
+        let (i, j) = (ij / kk, ij % kk);
+        // Output columns x whose input column x + j - pad lies in 0..width.
+        let x_lo = pad.saturating_sub(j);
+        let x_hi = (g.width + pad).saturating_sub(j).min(wo);
+        if x_lo >= x_hi {
+            continue;
+        }
+        let (first_column, len) = (x_lo + j - pad, x_hi - x_lo);
+        for (y, values) in row.chunks_exact(wo).enumerate() {
+            let Some(yy) = (y + i).checked_sub(pad).filter(|&yy| yy < g.height) else {
+                continue;
+            };
+            let firsts = if i != (yy + pad + 1).saturating_sub(ho) {
+                0..0
+            } else if j == 0 {
+                // Columns xx with xx + pad + 1 <= W_out.
+                0..(wo - pad.min(wo)).saturating_sub(first_column).min(len)
+            } else {
+                // The one column with xx + pad + 1 - W_out = j.
+                match (j + wo - 1).checked_sub(pad + first_column) {
+                    Some(t) if t < len => t..t + 1,
+                    _ => 0..0,
+                }
+            };
+            let targets = &mut dx[yy * g.width + first_column..][..len];
+            add_or_set(targets, &values[x_lo..x_hi], firsts);
+        }
+    }
+}
+
+/// `d += v` element by element, except `d = v` on `set`.
+fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
+    let (head, rest) = d.split_at_mut(set.start);
+    let (middle, tail) = rest.split_at_mut(set.len());
+    for (d, &v) in head.iter_mut().zip(&v[..set.start]) {
+        *d += v;
+    }
+    middle.copy_from_slice(&v[set.clone()]);
+    for (d, &v) in tail.iter_mut().zip(&v[set.end..]) {
+        *d += v;
     }
 }
 
