@@ -323,42 +323,52 @@ impl<'a, S: Scalar> Patches<'a, S> {
         let (c, i, j) = (k / (kk * kk), k / kk % kk, k % kk);
         c * hp * wp + i * wp + j
     }
+}
 
-    /// The offset of column `(e, p)` relative to a row's (0, 0) element of the first image.
-    fn column_offset(&self, column: usize) -> usize {
+impl<S: Scalar> Patches<'_, S> {
+    /// The image offset (relative to a row's (0, 0) element) of each of `n` columns from
+    /// `column`, walking examples, output rows and columns without dividing: `visit` gets
+    /// each run of columns along one output row as (offset of its first, length).
+    fn runs(&self, column: usize, n: usize, mut visit: impl FnMut(usize, usize)) {
+        let (ho, wo) = self.g.output();
         let (_, wp) = self.g.padded();
-        let (_, wo) = self.g.output();
-        let positions = self.g.positions();
-        let (e, p) = (column / positions, column % positions);
-        let (y, x) = (p / wo, p % wo);
-        e * self.image_len() + (y * wp + x) * self.g.stride
+        let (s, positions) = (self.g.stride, self.g.positions());
+        let (mut e, p) = (column / positions, column % positions);
+        let (mut y, mut x) = (p / wo, p % wo);
+        let mut done = 0;
+        while done < n {
+            let run = (wo - x).min(n - done);
+            visit(e * self.image_len() + (y * wp + x) * s, run);
+            done += run;
+            x = 0;
+            y += 1;
+            if y == ho {
+                y = 0;
+                e += 1;
+            }
+        }
     }
 }
 
 impl<S: Scalar> Operand<S> for Patches<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
-        let (_, wo) = self.g.output();
-        let (s, positions) = (self.g.stride, self.g.positions());
+        let s = self.g.stride;
         for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
-            let base = self.row_offset(r0 + r);
+            let image = &self.images[self.row_offset(r0 + r)..];
             let mut filled = 0;
-            while filled < cols {
-                // A run of positions along one output row reads every `stride`-th value of
-                // one input row.
-                let column = c0 + filled;
-                let x = column % positions % wo;
-                let run = (wo - x).min(cols - filled);
-                let start = base + self.column_offset(column);
+            // A run of positions along one output row reads every `stride`-th value of one
+            // input row.
+            self.runs(c0, cols, |start, run| {
                 let dst = &mut dst[filled..filled + run];
                 if s == 1 {
-                    dst.copy_from_slice(&self.images[start..start + run]);
+                    dst.copy_from_slice(&image[start..start + run]);
                 } else {
-                    for (t, v) in dst.iter_mut().enumerate() {
-                        *v = self.images[start + t * s];
+                    for (v, &x) in dst.iter_mut().zip(image[start..].iter().step_by(s)) {
+                        *v = x;
                     }
                 }
                 filled += run;
-            }
+            });
         }
     }
 }
@@ -382,12 +392,42 @@ impl<'a, S: Scalar> PatchesT<'a, S> {
 impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         let offsets = &self.offsets[c0..c0 + cols];
-        for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
-            let image = &self.patches.images[self.patches.column_offset(r0 + r)..];
-            for (v, &off) in dst.iter_mut().zip(offsets) {
-                *v = image[off];
+        let mut r = 0;
+        self.patches.runs(r0, rows, |start, run| {
+            for t in 0..run {
+                let image = &self.patches.images[start + t * self.patches.g.stride..];
+                let dst = &mut out[(r + t) * cols..(r + t + 1) * cols];
+                for (v, &off) in dst.iter_mut().zip(offsets) {
+                    *v = image[off];
+                }
             }
-        }
+            r += run;
+        });
+    }
+
+    /// Row by row (each a position), straight into every panel: the position's place in the
+    /// image is worked out once for all its columns.
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        let offsets = &self.offsets[c0..c0 + cols];
+        let mut r = 0;
+        self.patches.runs(r0, rows, |start, run| {
+            for t in 0..run {
+                let image = &self.patches.images[start + t * self.patches.g.stride..];
+                for (p, offsets) in offsets.chunks(width).enumerate() {
+                    let dst = &mut out[(p * rows + r + t) * width..][..offsets.len()];
+                    for (v, &off) in dst.iter_mut().zip(offsets) {
+                        *v = image[off];
+                    }
+                }
+            }
+            r += run;
+        });
     }
 }
 
