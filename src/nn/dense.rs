@@ -3,10 +3,73 @@
 //! Weights are stored input-major, `w[i * units + j]`, so the inner loops of forward and of
 //! the weight gradient run over contiguous outputs `j` and vectorize without reordering any
 //! sum. Every sum is accumulated in ascending order of its index, starting from the bias or
-//! the first product (docs/counting.md: a sum of k terms costs k-1 adds).
+//! the first product (docs/counting.md: a sum of k terms costs k-1 adds), each product added
+//! with one fused multiply-add as in the matrix product (`gemm::madd`).
+//!
+//! Large layers run on all cores: each part computes whole values (a range of units, of
+//! inputs, of examples or of parameters), each value's sum in the same order as alone, so
+//! the split changes no bit and no count.
+
+use rayon::prelude::*;
 
 use super::buffer::Buffer;
+use super::gemm::{Start, Strided, gemm, madd};
+use crate::counts::Counts;
 use crate::scalar::Scalar;
+use crate::tally;
+
+/// Below this many multiply-adds (or updated values) a kernel runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 20;
+
+/// From this many examples on, forward and gradients are matrix products (`gemm`): the same
+/// sums in the same order, each product added with the same fused multiply-add, so the same
+/// bits as the loops below, which serve smaller batches (a matrix product of one row would
+/// copy every weight for one use). (Only a build for a CPU without FMA, whose loops do not
+/// fuse, run where `gemm` finds AVX2 or AVX-512 and does, would give other bits.)
+const GEMM_BATCH: usize = 6;
+
+/// A row-major matrix of rows `width` long, as a matrix-product operand.
+fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: width,
+        col_stride: 1,
+    }
+}
+
+/// The transpose of a row-major matrix of rows `width` long.
+fn columns<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: 1,
+        col_stride: width,
+    }
+}
+
+/// Runs `kernel` on pieces of `out`, each a whole number of `unit` values, one per thread,
+/// with the offset of its first value; each piece is counted on its thread and merged into
+/// the caller's tally (`tally::parallel`). Alone on the calling thread if `work` is small.
+fn in_parts<S: Scalar>(
+    out: &mut [S],
+    unit: usize,
+    work: usize,
+    kernel: impl Fn(&mut [S], usize) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || work < PARALLEL_WORK || out.len() < 2 * unit {
+        kernel(out, 0);
+        return;
+    }
+    let per = (out.len() / unit).div_ceil(threads) * unit;
+    tally::parallel(|| {
+        let counts: Vec<Counts> = out
+            .par_chunks_mut(per)
+            .enumerate()
+            .map(|(p, piece)| tally::take(|| kernel(piece, p * per)).1)
+            .collect();
+        ((), counts.into_iter().sum())
+    });
+}
 
 /// Parameters and gradients of a dense layer of `inputs` (N) to `units` (M).
 #[derive(Clone, Debug)]
@@ -41,7 +104,27 @@ impl<S: Scalar> Dense<S> {
     /// # Shapes
     /// `x`: batch x N, `z`: batch x M.
     pub fn forward(&self, x: &[S], z: &mut [S]) {
-        forward(&self.w, &self.b, x, z, self.inputs, self.units);
+        let (n, m, w, b) = (self.inputs, self.units, &self.w[..], &self.b[..]);
+        let work = z.len() * n;
+        let batch = z.len() / m;
+        if batch >= GEMM_BATCH {
+            let start = if b.is_empty() {
+                Start::FirstProduct
+            } else {
+                Start::ColumnBias(b)
+            };
+            gemm((batch, m, n), &rows(x, n), &rows(w, m), start, z);
+        } else if batch == 1 {
+            // One example: a range of units per thread.
+            in_parts(z, 16, work, |zp, j0| {
+                let bias = b.get(j0..j0 + zp.len()).unwrap_or(&[]);
+                forward(&w[j0..], m, bias, x, zp, n, zp.len());
+            });
+        } else {
+            in_parts(z, m, work, |zp, off| {
+                forward(w, m, b, &x[off / m * n..], zp, n, m);
+            });
+        }
     }
 
     /// Gradients from `dz` = dL/dz:
@@ -52,13 +135,45 @@ impl<S: Scalar> Dense<S> {
     /// # Shapes
     /// `x`: batch x N, `dz`: batch x M, `dx`: batch x N.
     pub fn backward(&mut self, x: &[S], dz: &[S], dx: Option<&mut [S]>) {
-        let (n, m) = (self.inputs, self.units);
-        weight_grads(x, dz, &mut self.dw, n, m);
+        let (n, m, w) = (self.inputs, self.units, &self.w[..]);
+        let work = dz.len() * n;
+        let batch = dz.len() / m;
+        if batch >= GEMM_BATCH {
+            gemm(
+                (n, m, batch),
+                &columns(x, n),
+                &rows(dz, m),
+                Start::FirstProduct,
+                &mut self.dw,
+            );
+        } else {
+            // A range of inputs (rows of dw) per thread.
+            in_parts(&mut self.dw, m, work, |dwp, off| {
+                weight_grads(&x[off / m..], dz, dwp, n, m);
+            });
+        }
         if !self.db.is_empty() {
             bias_grads(dz, &mut self.db);
         }
         if let Some(dx) = dx {
-            input_grads(&self.w, dz, dx, n, m);
+            if batch >= GEMM_BATCH {
+                gemm(
+                    (batch, n, m),
+                    &rows(dz, m),
+                    &columns(w, m),
+                    Start::FirstProduct,
+                    dx,
+                );
+            } else if dx.len() == n {
+                // One example: a range of inputs per thread.
+                in_parts(dx, 4, work, |dxp, i0| {
+                    input_grads(&w[i0 * m..], dz, dxp, dxp.len(), m);
+                });
+            } else {
+                in_parts(dx, n, work, |dxp, off| {
+                    input_grads(w, &dz[off / n * m..], dxp, n, m);
+                });
+            }
         }
     }
 
@@ -74,11 +189,12 @@ impl<S: Scalar> Dense<S> {
 // thread-local tally, keeps the counters in registers across each loop and vectorizes the
 // counted loop exactly like the plain one. N is the layer's inputs, M its units.
 
-/// Forward: see [`Dense::forward`]. `b` empty means no bias. Four input rows are added per
-/// pass over `z` (one load and store of `z[j]` instead of four); each `z[j]` still receives
-/// its products one at a time in ascending `i`.
+/// Forward: see [`Dense::forward`], for `m` units whose weights are the first `m` of each row
+/// of `w` (rows `ldw` apart). `b` empty means no bias. Four input rows are added per pass
+/// over `z` (one load and store of `z[j]` instead of four); each `z[j]` still receives its
+/// products one at a time in ascending `i`.
 #[inline(never)]
-fn forward<S: Scalar>(w: &[S], b: &[S], x: &[S], z: &mut [S], n: usize, m: usize) {
+fn forward<S: Scalar>(w: &[S], ldw: usize, b: &[S], x: &[S], z: &mut [S], n: usize, m: usize) {
     for (xe, ze) in x.chunks_exact(n).zip(z.chunks_exact_mut(m)) {
         let mut i = 0;
         if b.is_empty() {
@@ -90,31 +206,32 @@ fn forward<S: Scalar>(w: &[S], b: &[S], x: &[S], z: &mut [S], n: usize, m: usize
             ze.copy_from_slice(b);
         }
         while n - i >= 4 {
-            let row = |k: usize| &w[(i + k) * m..(i + k + 1) * m];
+            let row = |k: usize| &w[(i + k) * ldw..(i + k) * ldw + m];
             let (x0, x1, x2, x3) = (xe[i], xe[i + 1], xe[i + 2], xe[i + 3]);
             let rows = row(0).iter().zip(row(1)).zip(row(2)).zip(row(3));
             for (zj, (((&w0, &w1), &w2), &w3)) in ze.iter_mut().zip(rows) {
                 let mut acc = *zj;
-                acc += x0 * w0;
-                acc += x1 * w1;
-                acc += x2 * w2;
-                acc += x3 * w3;
+                acc = madd(acc, x0, w0);
+                acc = madd(acc, x1, w1);
+                acc = madd(acc, x2, w2);
+                acc = madd(acc, x3, w3);
                 *zj = acc;
             }
             i += 4;
         }
-        for (row, &xi) in w[i * m..].chunks_exact(m).zip(&xe[i..]) {
-            for (zj, &wij) in ze.iter_mut().zip(row) {
-                *zj += xi * wij;
+        for (row, &xi) in w[i * ldw..].chunks(ldw).zip(&xe[i..]) {
+            for (zj, &wij) in ze.iter_mut().zip(&row[..m]) {
+                *zj = madd(*zj, xi, wij);
             }
         }
     }
 }
 
-/// `dw[i][j] = sum_e x[e][i] * dz[e][j]`, accumulated from the first example.
+/// `dw[i][j] = sum_e x[e][i] * dz[e][j]`, accumulated from the first example, for the rows
+/// of `dw` given (the first of them is input 0 of `x`, whose examples are `n` apart).
 #[inline(never)]
 fn weight_grads<S: Scalar>(x: &[S], dz: &[S], dw: &mut [S], n: usize, m: usize) {
-    for (e, (xe, dze)) in x.chunks_exact(n).zip(dz.chunks_exact(m)).enumerate() {
+    for (e, (xe, dze)) in x.chunks(n).zip(dz.chunks_exact(m)).enumerate() {
         for (row, &xi) in dw.chunks_exact_mut(m).zip(xe) {
             if e == 0 {
                 for (g, &d) in row.iter_mut().zip(dze) {
@@ -122,7 +239,7 @@ fn weight_grads<S: Scalar>(x: &[S], dz: &[S], dw: &mut [S], n: usize, m: usize) 
                 }
             } else {
                 for (g, &d) in row.iter_mut().zip(dze) {
-                    *g += xi * d;
+                    *g = madd(*g, xi, d);
                 }
             }
         }
@@ -170,10 +287,10 @@ fn dots4<S: Scalar>([r0, r1, r2, r3]: [&[S]; 4], v: &[S]) -> [S; 4] {
     let mut acc = [r0[0] * v[0], r1[0] * v[0], r2[0] * v[0], r3[0] * v[0]];
     let rows = r0[1..].iter().zip(&r1[1..]).zip(&r2[1..]).zip(&r3[1..]);
     for ((((&w0, &w1), &w2), &w3), &d) in rows.zip(&v[1..]) {
-        acc[0] += w0 * d;
-        acc[1] += w1 * d;
-        acc[2] += w2 * d;
-        acc[3] += w3 * d;
+        acc[0] = madd(acc[0], w0, d);
+        acc[1] = madd(acc[1], w1, d);
+        acc[2] = madd(acc[2], w2, d);
+        acc[3] = madd(acc[3], w3, d);
     }
     acc
 }
@@ -183,14 +300,21 @@ fn dots4<S: Scalar>([r0, r1, r2, r3]: [&[S]; 4], v: &[S]) -> [S; 4] {
 fn dot<S: Scalar>(a: &[S], b: &[S]) -> S {
     let mut acc = a[0] * b[0];
     for (&x, &y) in a[1..].iter().zip(&b[1..]) {
-        acc += x * y;
+        acc = madd(acc, x, y);
     }
     acc
 }
 
-/// `p -= lr * g`, element by element.
-#[inline(never)]
+/// `p -= lr * g`, element by element (on all cores when there are many).
 pub(crate) fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
+    let work = params.len();
+    in_parts(params, 1024, work, |part, off| {
+        sgd_part(part, &grads[off..], lr)
+    });
+}
+
+#[inline(never)]
+fn sgd_part<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
     for (p, &g) in params.iter_mut().zip(grads) {
         *p -= lr * g;
     }
@@ -233,6 +357,53 @@ mod tests {
             add: 6,
             ..Counts::ZERO
         });
+    }
+
+    #[test]
+    fn a_layer_split_among_threads_or_run_as_matrix_products_gives_the_loops_bits_and_counts() {
+        // Big enough for every kernel to run in parts (when there are threads): one example
+        // splits units or inputs, two split examples; seven run as matrix products.
+        let (n, m) = (1030, 1020);
+        let d = layer(n, m, true);
+        for batch in [1, 2, GEMM_BATCH + 1] {
+            let x: Vec<_> = (0..batch * n)
+                .map(|k| Counted::new((k % 7) as f64 - 3.1))
+                .collect();
+            let dz: Vec<_> = (0..batch * m)
+                .map(|k| Counted::new((k % 5) as f64 * 0.7))
+                .collect();
+            let mut z = vec![Counted::new(0.0); batch * m];
+            let (_, counts) = tally::measure(|| d.forward(&x, &mut z));
+            let mut serial = vec![Counted::new(0.0); batch * m];
+            forward(&d.w, m, &d.b, &x, &mut serial, n, m);
+            assert_eq!(Counted::unwrap_slice(&z), Counted::unwrap_slice(&serial));
+            let macs = (batch * n * m) as u64;
+            counts.assert_eq(&Counts {
+                mul: macs,
+                add: macs,
+                ..Counts::ZERO
+            });
+
+            let mut split = d.clone();
+            let mut dx = vec![Counted::new(0.0); batch * n];
+            let (_, counts) = tally::measure(|| split.backward(&x, &dz, Some(&mut dx)));
+            let mut dw = vec![Counted::new(0.0); n * m];
+            let mut serial_dx = vec![Counted::new(0.0); batch * n];
+            weight_grads(&x, &dz, &mut dw, n, m);
+            input_grads(&d.w, &dz, &mut serial_dx, n, m);
+            assert_eq!(Counted::unwrap_slice(&split.dw), Counted::unwrap_slice(&dw));
+            assert_eq!(
+                Counted::unwrap_slice(&dx),
+                Counted::unwrap_slice(&serial_dx)
+            );
+            let b = batch as u64;
+            let (nm, n1, m1) = ((n * m) as u64, n as u64, m as u64);
+            counts.assert_eq(&Counts {
+                mul: 2 * b * nm,
+                add: (b - 1) * nm + (b - 1) * m1 + b * n1 * (m1 - 1),
+                ..Counts::ZERO
+            });
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ use crate::tally;
 pub(crate) enum Start<'a, S> {
     /// From `bias[i]`, the same for a whole row of C (K additions).
     RowBias(&'a [S]),
+    /// From `bias[j]`, the same for a whole column of C (K additions).
+    ColumnBias(&'a [S]),
     /// From the value already in C (K additions).
     Existing,
     /// From the first product (K - 1 additions).
@@ -191,10 +193,12 @@ pub(crate) fn gemm<S: Scalar>(
         isa.run(job, &mut whole(&mut c[..m * n], n));
         return;
     }
-    // One part per thread, on tile boundaries, along the longer side of C: each part packs
-    // all of the other operand, so that side's packing is the one repeated.
+    // One part per thread, along the longer side of C: each part packs all of the other
+    // operand, so that side's packing is the one repeated. Parts are cut at whole vectors
+    // (columns) or pairs of rows, which the smaller register tiles handle, rather than at
+    // whole tiles, so that the two cores get nearly the same work.
     let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
-        let per = n.div_ceil(threads).next_multiple_of(isa.nr());
+        let per = n.div_ceil(threads).next_multiple_of(isa.lanes());
         let mut parts: Vec<_> = (0..n.div_ceil(per))
             .map(|p| {
                 let columns = (p * per, (p * per + per).min(n));
@@ -210,7 +214,7 @@ pub(crate) fn gemm<S: Scalar>(
         }
         parts
     } else {
-        let per = m.div_ceil(threads).next_multiple_of(isa.mr());
+        let per = m.div_ceil(threads).next_multiple_of(2);
         c[..m * n]
             .chunks_mut(per * n)
             .enumerate()
@@ -264,25 +268,14 @@ impl Isa {
         Isa::Baseline
     }
 
-    /// Rows of a register tile.
-    fn mr(self) -> usize {
-        match self {
-            Isa::Baseline => 4,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => AVX2_TILE.0,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => AVX512_TILE.0,
-        }
-    }
-
-    /// Columns of a register tile.
-    fn nr(self) -> usize {
+    /// Values of `f32` in one vector register.
+    fn lanes(self) -> usize {
         match self {
             Isa::Baseline => 8,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => AVX2_TILE.1,
+            Isa::Avx2 => 8,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => AVX512_TILE.1,
+            Isa::Avx512 => 16,
         }
     }
 
@@ -487,6 +480,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
                             match block_start {
                                 Start::RowBias(bias) => sums.fill(bias[i + row]),
+                                Start::ColumnBias(bias) => copy::<S, NR>(&bias[j + j0..], sums, nr),
                                 Start::Existing => copy::<S, NR>(&out[j..], sums, nr),
                                 Start::FirstProduct => {}
                             }
@@ -574,7 +568,7 @@ fn full_tile<
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
         for (row, &ai) in sums.iter_mut().zip(ak) {
             for (v, &bj) in row.iter_mut().zip(&bk[j0..j0 + W]) {
-                *v = madd::<S, FUSE>(*v, ai, bj);
+                *v = fused_or_not::<S, FUSE>(*v, ai, bj);
             }
         }
     }
@@ -607,7 +601,7 @@ fn edge_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
     for (ak, bk) in pairs {
         for (row, &ai) in acc[i0..i1].iter_mut().zip(&ak[i0..]) {
             for (v, &bj) in row[j0..j1].iter_mut().zip(&bk[j0..j1]) {
-                *v = madd::<S, FUSE>(*v, ai, bj);
+                *v = fused_or_not::<S, FUSE>(*v, ai, bj);
             }
         }
     }
@@ -616,8 +610,17 @@ fn edge_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
 /// `acc + a b`: fused (`a.mul_add(b, acc)`, one rounding) or not (two roundings); one
 /// multiplication and one addition either way.
 #[inline(always)]
-fn madd<S: Scalar, const FUSE: bool>(acc: S, a: S, b: S) -> S {
+fn fused_or_not<S: Scalar, const FUSE: bool>(acc: S, a: S, b: S) -> S {
     if FUSE { a.mul_add(b, acc) } else { acc + a * b }
+}
+
+/// `acc + a b` as the kernels compiled for the build's target (not for a wider instruction
+/// set picked at run time) compute it: fused where the target has a hardware FMA, as with
+/// this crate's `.cargo/config.toml`. For the dense layers, whose loops vectorize for that
+/// target alone.
+#[inline(always)]
+pub(crate) fn madd<S: Scalar>(acc: S, a: S, b: S) -> S {
+    fused_or_not::<S, BASELINE_FUSES>(acc, a, b)
 }
 
 #[cfg(test)]
