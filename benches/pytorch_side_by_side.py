@@ -15,11 +15,17 @@ It needs PyTorch, installed outside the repository (never in CI), for example:
     cargo build --release
     /work/venv-torch/bin/python benches/pytorch_side_by_side.py
 Options: --models NAME,... --batches 1,32 --rounds 3 --opcount PATH (another build, e.g.
-an older one, as a further column: --before PATH) --max-memory 16G (passed to opcount bench).
+an older one, as a further column: --before PATH) --max-memory 16G (passed to opcount bench)
+--torch-threads N (PyTorch's threads; its default otherwise).
+
+The machine's load average is printed before and after: on a shared machine, PyTorch's
+small steps in particular slow down by orders of magnitude when its threads wait for cores
+that other processes hold, so compare runs made under similar load.
 """
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -151,7 +157,11 @@ def main():
     ap.add_argument("--opcount", default=str(ROOT / "target" / "release" / "opcount"))
     ap.add_argument("--before", help="an older opcount build, timed the same way")
     ap.add_argument("--max-memory", help="passed to opcount bench (e.g. 16G)")
+    ap.add_argument("--torch-threads", type=int, help="PyTorch's threads (default: its own)")
     args = ap.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    load_before = os.getloadavg()[0]
     binaries = [("after", Path(args.opcount))]
     if args.before:
         binaries.insert(0, ("before", Path(args.before)))
@@ -186,6 +196,10 @@ def main():
                 }
             rows.append(row)
 
+    print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+          f"torch {torch.__version__} on {torch.get_num_threads()} threads; "
+          f"median of {args.rounds} alternating rounds")
+    print()
     head = "| model, batch | PyTorch plain |"
     rule = "|---|---:|"
     for label, _ in binaries:
