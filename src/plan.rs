@@ -120,7 +120,7 @@ impl Plan {
     /// About how many bytes a network of this plan needs to run a step on `batch`
     /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
     /// value and its gradient, the scratch space for gradients that add up, the kernels'
-    /// shared workspace, and max pooling's positions. Computed without allocating anything.
+    /// scratch space each node keeps for its kernels, and max pooling's positions. Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();
@@ -133,7 +133,7 @@ impl Plan {
             let out = node.output().len() as u128;
             values += 2 * b * out + b * node.op.kept() as u128;
             largest_value = largest_value.max(out);
-            workspace = workspace.max(node.op.workspace() as u128);
+            workspace += node.op.workspace() as u128;
             accumulates |= node.accumulate.iter().any(|&a| a);
             if node.kind() == "maxpool2d" {
                 positions += b * out;

@@ -1,17 +1,24 @@
 //! Activation functions: identity, sigmoid, tanh, relu and softmax, each a node of its own.
 //! Their shape rule, closed forms, and forward/backward pairs over a batch. Each forward
 //! records one activation call where it computes each output value (docs/counting.md,
-//! "Activation calls"); each backward is computed from the forward's output `y`.
+//! "Activation calls"); each backward is computed from the forward's output `y`. A long
+//! forward of an expensive function (sigmoid, tanh: a library call per value) is split among
+//! the cores; each value is computed alone, so the split changes no bit and no count.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::ops::{Backward, Kernel, NodeOp, Operation, Workspace};
+use super::ops::{Backward, Kernel, NodeOp, Operation};
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts};
 use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
+use crate::tally;
+
+/// From this many values on, sigmoid and tanh run on all cores.
+const PARALLEL_CALLS: usize = 1 << 13;
 
 /// An activation function, as model files name it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,11 +170,11 @@ fn backward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Co
 pub(crate) struct ActKernel(Act);
 
 impl<S: Scalar> Kernel<S> for ActKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         forward(self.0.f, x[0], y, self.0.shape.last());
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { x, y, dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             backward(self.0.f, x[0], y, dy, dx, self.0.shape.last());
@@ -186,8 +193,8 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
     let one = S::one();
     match f {
         Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => map(z, y, |v| one / (one + (-v).exp())),
-        Activation::Tanh => map(z, y, |v| v.tanh()),
+        Activation::Sigmoid => map_on_all_cores(z, y, |v| one / (one + (-v).exp())),
+        Activation::Tanh => map_on_all_cores(z, y, |v| v.tanh()),
         Activation::Relu => map(z, y, |v| v.max(S::zero())),
         Activation::Softmax => {
             for (ze, ye) in z.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
@@ -291,7 +298,27 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
     }
 }
 
+/// `map`, in one part per thread when there are enough values; each part is counted on its
+/// thread and merged into the caller's tally (`tally::parallel`).
+fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || z.len() < PARALLEL_CALLS {
+        map(z, y, f);
+        return;
+    }
+    let part = z.len().div_ceil(threads).next_multiple_of(64);
+    tally::parallel(|| {
+        let counts: Vec<Counts> = y
+            .par_chunks_mut(part)
+            .zip(z.par_chunks(part))
+            .map(|(y, z)| tally::take(|| map(z, y, &f)).1)
+            .collect();
+        ((), counts.into_iter().sum())
+    });
+}
+
 /// `y = f(z)` value by value, one activation call each.
+#[inline(never)]
 fn map<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S) {
     for (yj, &zj) in y.iter_mut().zip(z) {
         S::record_act();

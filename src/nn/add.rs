@@ -1,7 +1,7 @@
 //! Add: the sum of two values of the same shape, value by value (a residual connection).
 //! Forward one add per value; backward no arithmetic (each input's gradient is the output's).
 
-use super::ops::{Backward, Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::{At, counts};
 use crate::phases::NodeCounts;
@@ -54,11 +54,11 @@ impl Operation for Add {
 pub(crate) struct AddKernel;
 
 impl<S: Scalar> Kernel<S> for AddKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         add(x[0], x[1], y);
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
         for dx in dx.iter_mut().flatten() {
             dx.copy_from_slice(dy);

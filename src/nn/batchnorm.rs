@@ -3,7 +3,7 @@
 //! (momentum 0.1, as PyTorch) in the update phase. Shape rule, closed form, forward and
 //! backward (docs/counting.md, "BatchNorm2d").
 
-use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -153,7 +153,7 @@ pub(crate) struct BatchNormKernel<S> {
 // parameters and statistics alike, so the loops run over channel numbers.
 #[allow(clippy::needless_range_loop)]
 impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
-    fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
         let (c, plane) = (self.op.channels(), self.op.plane());
         self.normalized.resize(y.len(), S::zero());
         let n = constant::<S>((x[0].len() / c) as f64);
@@ -184,7 +184,7 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         }
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward {
             dy,
             params,

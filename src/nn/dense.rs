@@ -4,14 +4,77 @@
 //! Weights are stored input-major, `w[i * units + j]`, so the inner loops of forward and of
 //! the weight gradient run over contiguous outputs `j` and vectorize without reordering any
 //! sum. Every sum is accumulated in ascending order of its index, starting from the bias or
-//! the first product (docs/counting.md: a sum of k terms costs k-1 adds).
+//! the first product (docs/counting.md: a sum of k terms costs k-1 adds), each product added
+//! with one fused multiply-add as in the matrix product (`gemm::madd`).
+//!
+//! Large layers run on all cores: each part computes whole values (a range of units, of
+//! inputs, of examples or of parameters), each value's sum in the same order as alone, so
+//! the split changes no bit and no count.
 
-use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
+use rayon::prelude::*;
+
+use super::gemm::{Start, Strided, gemm, madd};
+use super::ops::{Backward, Kernel, Operation, ParamSpec};
+use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
 use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
+use crate::tally;
+
+/// Below this many multiply-adds (or updated values) a kernel runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 20;
+
+/// From this many examples on, forward and gradients are matrix products (`gemm`): the same
+/// sums in the same order, each product added with the same fused multiply-add, so the same
+/// bits as the loops below, which serve smaller batches (a matrix product of one row would
+/// copy every weight for one use). (Only a build for a CPU without FMA, whose loops do not
+/// fuse, run where `gemm` finds AVX2 or AVX-512 and does, would give other bits.)
+const GEMM_BATCH: usize = 6;
+
+/// A row-major matrix of rows `width` long, as a matrix-product operand.
+fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: width,
+        col_stride: 1,
+    }
+}
+
+/// The transpose of a row-major matrix of rows `width` long.
+fn columns<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: 1,
+        col_stride: width,
+    }
+}
+
+/// Runs `kernel` on pieces of `out`, each a whole number of `unit` values, one per thread,
+/// with the offset of its first value; each piece is counted on its thread and merged into
+/// the caller's tally (`tally::parallel`). Alone on the calling thread if `work` is small.
+fn in_parts<S: Scalar>(
+    out: &mut [S],
+    unit: usize,
+    work: usize,
+    kernel: impl Fn(&mut [S], usize) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || work < PARALLEL_WORK || out.len() < 2 * unit {
+        kernel(out, 0);
+        return;
+    }
+    let per = (out.len() / unit).div_ceil(threads) * unit;
+    tally::parallel(|| {
+        let counts: Vec<Counts> = out
+            .par_chunks_mut(per)
+            .enumerate()
+            .map(|(p, piece)| tally::take(|| kernel(piece, p * per)).1)
+            .collect();
+        ((), counts.into_iter().sum())
+    });
+}
 
 /// A dense layer of `inputs` (N) to `units` (M), resolved.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -142,16 +205,37 @@ pub(crate) struct DenseKernel(Dense);
 impl<S: Scalar> Kernel<S> for DenseKernel {
     /// `z[e][j] = b[j] + sum_i x[e][i] * w[i][j]`: per example N*M mul and N*M add (N*M - M
     /// add without bias).
-    fn forward(&mut self, x: &[&[S]], params: &[&[S]], z: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], z: &mut [S]) {
+        let (n, m) = (self.0.inputs, self.0.units);
+        let (x, w) = (x[0], params[0]);
         let b = params.get(1).copied().unwrap_or(&[]);
-        forward(params[0], b, x[0], z, self.0.inputs, self.0.units);
+        let work = z.len() * n;
+        let batch = z.len() / m;
+        if batch >= GEMM_BATCH {
+            let start = if b.is_empty() {
+                Start::FirstProduct
+            } else {
+                Start::ColumnBias(b)
+            };
+            gemm((batch, m, n), &rows(x, n), &rows(w, m), start, z);
+        } else if batch == 1 {
+            // One example: a range of units per thread.
+            in_parts(z, 16, work, |zp, j0| {
+                let bias = b.get(j0..j0 + zp.len()).unwrap_or(&[]);
+                forward(&w[j0..], m, bias, x, zp, n, zp.len());
+            });
+        } else {
+            in_parts(z, m, work, |zp, off| {
+                forward(w, m, b, &x[off / m * n..], zp, n, m);
+            });
+        }
     }
 
     /// Gradients from `dz` = dL/dz:
     /// - `dw[i][j] = sum_e x[e][i] * dz[e][j]`: B*N*M mul, (B-1)*N*M add;
     /// - `db[j] = sum_e dz[e][j]`: (B-1)*M add;
     /// - if `dx` is wanted, `dx[e][i] = sum_j w[i][j] * dz[e][j]`: B*N*M mul, B*N*(M-1) add.
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward {
             x,
             dy: dz,
@@ -160,14 +244,46 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
             dx,
             ..
         } = grads;
-        let (n, m) = (self.0.inputs, self.0.units);
+        let (n, m, w, x) = (self.0.inputs, self.0.units, params[0], x[0]);
+        let work = dz.len() * n;
+        let batch = dz.len() / m;
         let (dw, db) = dparams.split_at_mut(1);
-        weight_grads(x[0], dz, dw[0], n, m);
+        if batch >= GEMM_BATCH {
+            gemm(
+                (n, m, batch),
+                &columns(x, n),
+                &rows(dz, m),
+                Start::FirstProduct,
+                dw[0],
+            );
+        } else {
+            // A range of inputs (rows of dw) per thread.
+            in_parts(dw[0], m, work, |dwp, off| {
+                weight_grads(&x[off / m..], dz, dwp, n, m);
+            });
+        }
         if let Some(db) = db.first_mut() {
             bias_grads(dz, db);
         }
         if let Some(dx) = dx[0].as_deref_mut() {
-            input_grads(params[0], dz, dx, n, m);
+            if batch >= GEMM_BATCH {
+                gemm(
+                    (batch, n, m),
+                    &rows(dz, m),
+                    &columns(w, m),
+                    Start::FirstProduct,
+                    dx,
+                );
+            } else if dx.len() == n {
+                // One example: a range of inputs per thread.
+                in_parts(dx, 4, work, |dxp, i0| {
+                    input_grads(&w[i0 * m..], dz, dxp, dxp.len(), m);
+                });
+            } else {
+                in_parts(dx, n, work, |dxp, off| {
+                    input_grads(w, &dz[off / n * m..], dxp, n, m);
+                });
+            }
         }
     }
 }
@@ -177,11 +293,12 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
 // thread-local tally, keeps the counters in registers across each loop and vectorizes the
 // counted loop exactly like the plain one. N is the layer's inputs, M its units.
 
-/// Forward: see [`Dense::forward`]. `b` empty means no bias. Four input rows are added per
-/// pass over `z` (one load and store of `z[j]` instead of four); each `z[j]` still receives
-/// its products one at a time in ascending `i`.
+/// Forward: see [`Dense::forward`], for `m` units whose weights are the first `m` of each row
+/// of `w` (rows `ldw` apart). `b` empty means no bias. Four input rows are added per pass
+/// over `z` (one load and store of `z[j]` instead of four); each `z[j]` still receives its
+/// products one at a time in ascending `i`.
 #[inline(never)]
-fn forward<S: Scalar>(w: &[S], b: &[S], x: &[S], z: &mut [S], n: usize, m: usize) {
+fn forward<S: Scalar>(w: &[S], ldw: usize, b: &[S], x: &[S], z: &mut [S], n: usize, m: usize) {
     for (xe, ze) in x.chunks_exact(n).zip(z.chunks_exact_mut(m)) {
         let mut i = 0;
         if b.is_empty() {
@@ -193,31 +310,32 @@ fn forward<S: Scalar>(w: &[S], b: &[S], x: &[S], z: &mut [S], n: usize, m: usize
             ze.copy_from_slice(b);
         }
         while n - i >= 4 {
-            let row = |k: usize| &w[(i + k) * m..(i + k + 1) * m];
+            let row = |k: usize| &w[(i + k) * ldw..(i + k) * ldw + m];
             let (x0, x1, x2, x3) = (xe[i], xe[i + 1], xe[i + 2], xe[i + 3]);
             let rows = row(0).iter().zip(row(1)).zip(row(2)).zip(row(3));
             for (zj, (((&w0, &w1), &w2), &w3)) in ze.iter_mut().zip(rows) {
                 let mut acc = *zj;
-                acc += x0 * w0;
-                acc += x1 * w1;
-                acc += x2 * w2;
-                acc += x3 * w3;
+                acc = madd(acc, x0, w0);
+                acc = madd(acc, x1, w1);
+                acc = madd(acc, x2, w2);
+                acc = madd(acc, x3, w3);
                 *zj = acc;
             }
             i += 4;
         }
-        for (row, &xi) in w[i * m..].chunks_exact(m).zip(&xe[i..]) {
-            for (zj, &wij) in ze.iter_mut().zip(row) {
-                *zj += xi * wij;
+        for (r, &xi) in xe.iter().enumerate().skip(i) {
+            for (zj, &wij) in ze.iter_mut().zip(&w[r * ldw..r * ldw + m]) {
+                *zj = madd(*zj, xi, wij);
             }
         }
     }
 }
 
-/// `dw[i][j] = sum_e x[e][i] * dz[e][j]`, accumulated from the first example.
+/// `dw[i][j] = sum_e x[e][i] * dz[e][j]`, accumulated from the first example, for the rows
+/// of `dw` given (the first of them is input 0 of `x`, whose examples are `n` apart).
 #[inline(never)]
 fn weight_grads<S: Scalar>(x: &[S], dz: &[S], dw: &mut [S], n: usize, m: usize) {
-    for (e, (xe, dze)) in x.chunks_exact(n).zip(dz.chunks_exact(m)).enumerate() {
+    for (e, (xe, dze)) in x.chunks(n).zip(dz.chunks_exact(m)).enumerate() {
         for (row, &xi) in dw.chunks_exact_mut(m).zip(xe) {
             if e == 0 {
                 for (g, &d) in row.iter_mut().zip(dze) {
@@ -225,7 +343,7 @@ fn weight_grads<S: Scalar>(x: &[S], dz: &[S], dw: &mut [S], n: usize, m: usize) 
                 }
             } else {
                 for (g, &d) in row.iter_mut().zip(dze) {
-                    *g += xi * d;
+                    *g = madd(*g, xi, d);
                 }
             }
         }
@@ -273,10 +391,10 @@ fn dots4<S: Scalar>([r0, r1, r2, r3]: [&[S]; 4], v: &[S]) -> [S; 4] {
     let mut acc = [r0[0] * v[0], r1[0] * v[0], r2[0] * v[0], r3[0] * v[0]];
     let rows = r0[1..].iter().zip(&r1[1..]).zip(&r2[1..]).zip(&r3[1..]);
     for ((((&w0, &w1), &w2), &w3), &d) in rows.zip(&v[1..]) {
-        acc[0] += w0 * d;
-        acc[1] += w1 * d;
-        acc[2] += w2 * d;
-        acc[3] += w3 * d;
+        acc[0] = madd(acc[0], w0, d);
+        acc[1] = madd(acc[1], w1, d);
+        acc[2] = madd(acc[2], w2, d);
+        acc[3] = madd(acc[3], w3, d);
     }
     acc
 }
@@ -286,9 +404,24 @@ fn dots4<S: Scalar>([r0, r1, r2, r3]: [&[S]; 4], v: &[S]) -> [S; 4] {
 fn dot<S: Scalar>(a: &[S], b: &[S]) -> S {
     let mut acc = a[0] * b[0];
     for (&x, &y) in a[1..].iter().zip(&b[1..]) {
-        acc += x * y;
+        acc = madd(acc, x, y);
     }
     acc
+}
+
+/// `p -= lr * g`, element by element (on all cores when there are many).
+pub(crate) fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
+    let work = params.len();
+    in_parts(params, 1024, work, |part, off| {
+        sgd_part(part, &grads[off..], lr)
+    });
+}
+
+#[inline(never)]
+fn sgd_part<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
+    for (p, &g) in params.iter_mut().zip(grads) {
+        *p -= lr * g;
+    }
 }
 
 #[cfg(test)]
@@ -315,7 +448,7 @@ mod tests {
         let (w, b) = layer(2, 3, true);
         let x = Counted::vec(&[1.0, 2.0]);
         let mut z = vec![Counted::new(0.0); 3];
-        let (_, counts) = tally::measure(|| forward(&w, &b, &x, &mut z, 2, 3));
+        let (_, counts) = tally::measure(|| forward(&w, 3, &b, &x, &mut z, 2, 3));
         let expected = [
             0.0 + 1.0 * -0.3 + 2.0 * (3.0 * 0.1 - 0.3),
             1.0 + 1.0 * (0.1 - 0.3) + 2.0 * (4.0 * 0.1 - 0.3),
@@ -332,11 +465,82 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_split_among_threads_or_run_as_matrix_products_gives_the_loops_bits_and_counts() {
+        // Big enough for every kernel to run in parts (when there are threads): one example
+        // splits units or inputs, two split examples; seven run as matrix products.
+        // A multiple of 4 inputs leaves no rows after the forward's blocks of four; 1030 does.
+        for (n, m, batch) in [
+            (1028, 1024, 1),
+            (1030, 1020, 1),
+            (1030, 1020, 2),
+            (1030, 1020, GEMM_BATCH + 1),
+        ] {
+            let (w, b) = layer(n, m, true);
+            let op = Dense {
+                inputs: n,
+                units: m,
+                bias: true,
+            };
+            let mut kernel = op.kernel();
+            let x: Vec<_> = (0..batch * n)
+                .map(|k| Counted::new((k % 7) as f64 - 3.1))
+                .collect();
+            let dz: Vec<_> = (0..batch * m)
+                .map(|k| Counted::new((k % 5) as f64 * 0.7))
+                .collect();
+            let mut z = vec![Counted::new(0.0); batch * m];
+            let (_, counts) = tally::measure(|| {
+                Kernel::<Counted<f64>>::forward(&mut kernel, &[&x], &[&w, &b], &mut z)
+            });
+            let mut serial = vec![Counted::new(0.0); batch * m];
+            forward(&w, m, &b, &x, &mut serial, n, m);
+            assert_eq!(Counted::unwrap_slice(&z), Counted::unwrap_slice(&serial));
+            let macs = (batch * n * m) as u128;
+            counts.assert_eq(&Counts {
+                mul: macs,
+                add: macs,
+                ..Counts::ZERO
+            });
+
+            let (mut dw_split, mut db_split) =
+                (vec![Counted::new(0.0); n * m], vec![Counted::new(0.0); m]);
+            let mut dx = vec![Counted::new(0.0); batch * n];
+            let (_, counts) = tally::measure(|| {
+                let grads = Backward {
+                    x: &[&x],
+                    y: &z,
+                    dy: &dz,
+                    params: &[&w, &b],
+                    dparams: &mut [&mut dw_split, &mut db_split],
+                    dx: &mut [Some(&mut dx)],
+                };
+                Kernel::<Counted<f64>>::backward(&mut kernel, grads)
+            });
+            let mut dw = vec![Counted::new(0.0); n * m];
+            let mut serial_dx = vec![Counted::new(0.0); batch * n];
+            weight_grads(&x, &dz, &mut dw, n, m);
+            input_grads(&w, &dz, &mut serial_dx, n, m);
+            assert_eq!(Counted::unwrap_slice(&dw_split), Counted::unwrap_slice(&dw));
+            assert_eq!(
+                Counted::unwrap_slice(&dx),
+                Counted::unwrap_slice(&serial_dx)
+            );
+            let b = batch as u128;
+            let (nm, n1, m1) = ((n * m) as u128, n as u128, m as u128);
+            counts.assert_eq(&Counts {
+                mul: 2 * b * nm,
+                add: (b - 1) * nm + (b - 1) * m1 + b * n1 * (m1 - 1),
+                ..Counts::ZERO
+            });
+        }
+    }
+
+    #[test]
     fn without_bias_a_sum_of_n_products_costs_n_minus_one_adds() {
         let (w, b) = layer(4, 5, false);
         let x = Counted::vec(&[1.0; 8]);
         let mut z = vec![Counted::new(0.0); 10];
-        let (_, counts) = tally::measure(|| forward(&w, &b, &x, &mut z, 4, 5));
+        let (_, counts) = tally::measure(|| forward(&w, 5, &b, &x, &mut z, 4, 5));
         counts.assert_eq(&Counts {
             mul: 2 * 4 * 5,
             add: 2 * 3 * 5,

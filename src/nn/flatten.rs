@@ -1,7 +1,7 @@
 //! Flatten: any value as one flat vector of its values, in order. A copy forward and
 //! backward: no arithmetic.
 
-use super::ops::{Backward, Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::At;
 use crate::phases::NodeCounts;
@@ -44,11 +44,11 @@ impl Operation for Flatten {
 pub(crate) struct FlattenKernel;
 
 impl<S: Scalar> Kernel<S> for FlattenKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         y.copy_from_slice(x[0]);
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             dx.copy_from_slice(dy);

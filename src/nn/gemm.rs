@@ -2,19 +2,30 @@
 //!
 //! Every element `C[i][j]` is the sum of its K products `A[i][k] B[k][j]` added one at a time in
 //! ascending `k`, starting from a bias, from the value already in `C`, or from the first
-//! product. Blocking, packing, vectorizing and splitting the rows among threads change which
-//! element is computed when, never the order of an element's own sum, so results are the same
-//! bits on every machine and every thread count, and an element costs exactly K
-//! multiplications and K (or K - 1) additions, as `docs/counting.md` says.
+//! product. Each product is added with one fused multiply-add, `acc = a.mul_add(b, acc)`, for
+//! every number type alike (one multiplication and one addition in `docs/counting.md`, one
+//! rounding instead of two). Blocking, packing, vectorizing and splitting C among threads
+//! change which element is computed when, never the order of an element's own sum, so
+//! results are the same bits on every thread count, and an element costs exactly K
+//! multiplications and K (or K - 1) additions.
+//!
+//! One exception to fusing: a build for a CPU without FMA (not this crate's
+//! `.cargo/config.toml`), run on a CPU without AVX2 and FMA, takes the baseline path, which then
+//! multiplies and adds separately, since there `mul_add` would be a call into a software
+//! routine many times slower. Its results differ from the fused ones in the last bits; its
+//! counts do not.
 //!
 //! The structure is the usual one (Goto and van de Geijn, 2008): blocks of B and A are copied
 //! ("packed") into contiguous panels, and a small tile of C is kept in registers while a
 //! panel of K is streamed through it. The tile is `MR x NR` with `NR` a multiple of the
 //! vector width; the widest instruction set the CPU has is picked at run time. A tile at the
-//! edge of C computes exactly its own elements: no lane does arithmetic on padding, which
-//! would be counted.
+//! edge of C computes exactly its own elements, in a smaller register tile (fewer rows, fewer
+//! whole vectors) and the last few elements in memory: no lane does arithmetic on padding,
+//! which would be counted.
 //!
-//! Work split among threads is counted on those threads; each part's counts are taken out
+//! C is split among threads along its longer side, on tile boundaries (each part packs all of
+//! the other operand, so that the repeated packing is the smaller). Work split among threads
+//! is counted on those threads; each part's counts are taken out
 //! there and merged into the caller's tally under `tally::parallel`, so the caller's counts
 //! are exact, even when the pool runs unrelated tasks on the caller's thread while it waits.
 
@@ -33,6 +44,8 @@ use crate::tally;
 pub(crate) enum Start<'a, S> {
     /// From `bias[i]`, the same for a whole row of C (K additions).
     RowBias(&'a [S]),
+    /// From `bias[j]`, the same for a whole column of C (K additions).
+    ColumnBias(&'a [S]),
     /// From the value already in C (K additions).
     Existing,
     /// From the first product (K - 1 additions).
@@ -44,6 +57,57 @@ pub(crate) trait Operand<S>: Sync {
     /// Copies `rows` x `cols` elements starting at (`r0`, `c0`) into `out`, row by row
     /// (`out[r * cols + c]`).
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]);
+
+    /// Packs the block into panels of `width` columns, each panel row by row with rows
+    /// `width` apart: element (r, p * width + j) goes to `out[(p * rows + r) * width + j]`.
+    /// Columns past the end of a last, narrower panel are left as they are.
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        for (p, panel) in out
+            .chunks_mut(rows * width)
+            .take(cols.div_ceil(width))
+            .enumerate()
+        {
+            let j0 = p * width;
+            let n = width.min(cols - j0);
+            for (r, dst) in panel.chunks_mut(width).enumerate() {
+                self.copy_block(r0 + r, 1, c0 + j0, n, &mut dst[..n]);
+            }
+        }
+    }
+
+    /// Packs the block into panels of `height` rows, each panel column by column with columns
+    /// `height` apart: element (p * height + i, c) goes to `out[(p * cols + c) * height + i]`.
+    /// Rows past the end of a last, shorter panel are left as they are.
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) where
+        S: Copy + Default,
+    {
+        // Each row through a small buffer, a piece at a time.
+        const PIECE: usize = 64;
+        let mut piece = [S::default(); PIECE];
+        for r in 0..rows {
+            let (p, i) = (r / height, r % height);
+            let panel = &mut out[p * cols * height..];
+            for c in (0..cols).step_by(PIECE) {
+                let n = PIECE.min(cols - c);
+                self.copy_block(r0 + r, 1, c0 + c, n, &mut piece[..n]);
+                for (k, &v) in piece[..n].iter().enumerate() {
+                    panel[(c + k) * height + i] = v;
+                }
+            }
+        }
+    }
 }
 
 /// A matrix stored in a slice: element (r, c) is `data[r * row_stride + c * col_stride]`.
@@ -63,6 +127,29 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
             } else {
                 for (c, v) in row.iter_mut().enumerate() {
                     *v = self.data[base + c * self.col_stride];
+                }
+            }
+        }
+    }
+
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) {
+        for (p, panel) in out
+            .chunks_mut(cols * height)
+            .take(rows.div_ceil(height))
+            .enumerate()
+        {
+            let i0 = r0 + p * height;
+            let n = height.min(rows - p * height);
+            for (c, dst) in panel.chunks_mut(height).enumerate() {
+                let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                for (i, v) in dst[..n].iter_mut().enumerate() {
+                    *v = self.data[base + i * self.row_stride];
                 }
             }
         }
@@ -91,35 +178,76 @@ pub(crate) fn gemm<S: Scalar>(
     }
     let isa = Isa::detect();
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * n * k < PARALLEL_WORK || m < 2 * isa.mr() {
-        isa.run((0, m), (n, k), a, b, start, c);
+    let job = Job {
+        rows: (0, m),
+        columns: (0, n),
+        k,
+        a,
+        b,
+        start,
+    };
+    fn whole<S>(c: &mut [S], n: usize) -> Vec<&mut [S]> {
+        c.chunks_exact_mut(n).collect()
+    }
+    if threads == 1 || m * n * k < PARALLEL_WORK {
+        isa.run(job, &mut whole(&mut c[..m * n], n));
         return;
     }
-    // Split the rows into one part per thread, on tile boundaries.
-    let per = m.div_ceil(threads).next_multiple_of(isa.mr());
-    tally::parallel(|| {
-        let parts: Vec<Counts> = c[..m * n]
-            .par_chunks_mut(per * n)
-            .enumerate()
-            .map(|(part, rows)| {
-                let i0 = part * per;
-                let i1 = (i0 + per).min(m);
-                tally::take(|| isa.run((i0, i1), (n, k), a, b, start, rows)).1
+    // One part per thread, along the longer side of C: each part packs all of the other
+    // operand, so that side's packing is the one repeated. Parts are cut at whole vectors
+    // (columns) or pairs of rows, which the smaller register tiles handle, rather than at
+    // whole tiles, so that the two cores get nearly the same work.
+    let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
+        let per = n.div_ceil(threads).next_multiple_of(isa.lanes());
+        let mut parts: Vec<_> = (0..n.div_ceil(per))
+            .map(|p| {
+                let columns = (p * per, (p * per + per).min(n));
+                (Job { columns, ..job }, Vec::with_capacity(m))
             })
             .collect();
-        ((), parts.into_iter().sum())
+        for mut row in c.chunks_exact_mut(n).take(m) {
+            for (_, rows) in &mut parts {
+                let (head, tail) = row.split_at_mut(per.min(row.len()));
+                rows.push(head);
+                row = tail;
+            }
+        }
+        parts
+    } else {
+        let per = m.div_ceil(threads).next_multiple_of(2);
+        c[..m * n]
+            .chunks_mut(per * n)
+            .enumerate()
+            .map(|(p, part)| {
+                let rows = (p * per, (p * per + per).min(m));
+                (Job { rows, ..job }, whole(part, n))
+            })
+            .collect()
+    };
+    tally::parallel(|| {
+        let counts: Vec<Counts> = parts
+            .into_par_iter()
+            .map(|(job, mut out)| tally::take(|| isa.run(job, &mut out)).1)
+            .collect();
+        ((), counts.into_iter().sum())
     });
+}
+
+/// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
+#[cfg(test)]
+pub(crate) fn fuses() -> bool {
+    Isa::detect().fuses()
 }
 
 /// The instruction set the kernels are compiled for, picked once at run time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Isa {
-    /// x86-64 baseline (SSE2): 4-wide vectors.
+    /// Whatever the build targets (x86-64-v3 with this crate's `.cargo/config.toml`).
     Baseline,
-    /// AVX2: 8-wide vectors, 16 registers.
+    /// AVX2 and FMA: 8-wide vectors, 16 registers.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512: 16-wide vectors, 32 registers.
+    /// AVX-512 (with FMA): 16-wide vectors, 32 registers.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -128,42 +256,43 @@ impl Isa {
     fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            if fma && avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if fma && avx2 {
                 return Isa::Avx2;
             }
         }
         Isa::Baseline
     }
 
-    /// Rows of a register tile.
-    fn mr(self) -> usize {
-        4
+    /// Values of `f32` in one vector register.
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Baseline => 8,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 8,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 16,
+        }
     }
 
-    /// Computes rows `i0..i1` of C into `c` (which holds exactly those rows).
-    fn run<S: Scalar>(
-        self,
-        (i0, i1): (usize, usize),
-        (n, k): (usize, usize),
-        a: &dyn Operand<S>,
-        b: &dyn Operand<S>,
-        start: Start<'_, S>,
-        c: &mut [S],
-    ) {
-        let job = Job {
-            i0,
-            i1,
-            n,
-            k,
-            a,
-            b,
-            start,
-        };
+    /// Whether this path's tiles fuse each multiply and add (see the module's notes).
+    #[cfg(test)]
+    fn fuses(self) -> bool {
         match self {
-            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline, edge_baseline),
+            Isa::Baseline => BASELINE_FUSES,
+            #[cfg(target_arch = "x86_64")]
+            _ => true,
+        }
+    }
+
+    /// Computes the job's block of C into `c`, one slice per row of the block.
+    fn run<S: Scalar>(self, job: Job<'_, S>, c: &mut [&mut [S]]) {
+        match self {
+            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline),
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(job, c) },
@@ -174,12 +303,12 @@ impl Isa {
     }
 }
 
-/// One call's rows of C and its operands.
+/// One call's block of C (rows `rows.0..rows.1`, columns `columns.0..columns.1`) and its
+/// operands.
 #[derive(Copy, Clone)]
 struct Job<'a, S> {
-    i0: usize,
-    i1: usize,
-    n: usize,
+    rows: (usize, usize),
+    columns: (usize, usize),
     k: usize,
     a: &'a dyn Operand<S>,
     b: &'a dyn Operand<S>,
@@ -187,64 +316,77 @@ struct Job<'a, S> {
 }
 
 /// The tile kernel stands alone, never inlined into the blocking loops: in a small function
-/// whose slices are its arguments, the compiler can tell the tile's memory from the
-/// thread-local tally and keeps both the sums and the counters in registers; inlined into
-/// the big loop nest it does neither, and the counted kernel runs several times slower.
+/// whose only written memory is its `acc` argument (the caller's local tile), the compiler
+/// can tell the tile from the thread-local tally and keeps both the sums and the counters in
+/// registers; inlined into the big loop nest it does neither, and the counted kernel runs
+/// several times slower.
 #[inline(never)]
 fn tile_baseline<S: Scalar>(
     a: &[[S; 4]],
     b: &[[S; 8]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
-) {
-    full_tile(a, b, first, bias, c, ldc);
-}
-
-/// The edge tile, likewise on its own.
-#[inline(never)]
-fn edge_baseline<S: Scalar>(
-    a: &[[S; 4]],
-    b: &[[S; 8]],
-    first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
+    acc: &mut [[S; 8]; 4],
     size: (usize, usize),
 ) {
-    edge_tile(a, b, first, bias, c, ldc, size);
+    tile_of_widths!(BASELINE_FUSES, 4, 8, [4, 2], [8, 4], a, b, first, acc, size);
 }
+
+/// A tile of `mr x nr` elements (`mr <= MR`, `nr <= NR`): the tallest of the listed row
+/// counts that fits, in register tiles of the listed widths (whole vectors; from the widest,
+/// each width once if it fits in what is left); what that leaves (columns to the right, rows
+/// below) by `edge_tile`.
+macro_rules! tile_of_widths {
+    ($fuse:expr, $mr:expr, $nr:expr, [$($r:literal),*], $widths:tt, $a:ident, $b:ident, $first:ident, $acc:ident, $size:ident) => {{
+        let (mr, nr) = $size;
+        let (mut rows, mut columns) = (0, 0);
+        $(
+            if rows == 0 && mr >= $r {
+                rows = $r;
+                columns = tile_of_widths!(@widths $fuse, $mr, $nr, $r, $widths, $a, $b, $first, $acc, nr);
+            }
+        )*
+        if columns < nr {
+            edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (0, rows), (columns, nr));
+        }
+        if rows < mr {
+            edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (rows, mr), (0, nr));
+        }
+    }};
+    (@widths $fuse:expr, $mr:expr, $nr:expr, $r:literal, [$($w:literal),*], $a:ident, $b:ident, $first:ident, $acc:ident, $n:ident) => {{
+        let mut columns = 0;
+        $(
+            if $n - columns >= $w {
+                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc, columns);
+                columns += $w;
+            }
+        )*
+        columns
+    }};
+}
+use tile_of_widths;
+
+/// Whether the baseline path fuses: only where the build's target has a hardware FMA (as
+/// x86-64-v3 and every 64-bit ARM CPU do), so that `mul_add` is one instruction.
+const BASELINE_FUSES: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
+/// The register tiles, rows x columns. AVX-512: 6 x 64 is 24 vector sums of 32 registers,
+/// enough independent multiply-adds in flight to cover the unit's latency on both pipes; the
+/// 4 vectors of B and one broadcast of A take the rest. AVX2: 6 x 16, 12 of 16 registers.
+#[cfg(target_arch = "x86_64")]
+const AVX512_TILE: (usize, usize) = (6, 64);
+#[cfg(target_arch = "x86_64")]
+const AVX2_TILE: (usize, usize) = (6, 16);
 
 /// The blocking loops and the tile kernel compiled for one instruction set.
 macro_rules! kernels_for {
-    ($rows:ident, $tile:ident, $edge:ident, $feature:literal, $mr:literal, $nr:literal) => {
+    ($rows:ident, $tile:ident, $feature:literal, $mr:expr, $nr:expr, $heights:tt, $widths:tt) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
-        fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [S]) {
-            // The closures inherit the instruction set, so they may call the tiles directly.
-            rows::<S, $mr, $nr>(
-                job,
-                c,
-                |a, b, first, bias, c, ldc| $tile(a, b, first, bias, c, ldc),
-                |a, b, first, bias, c, ldc, size| $edge(a, b, first, bias, c, ldc, size),
-            );
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feature)]
-        #[inline(never)]
-        #[allow(clippy::too_many_arguments)]
-        fn $edge<S: Scalar>(
-            a: &[[S; $mr]],
-            b: &[[S; $nr]],
-            first: bool,
-            bias: Option<&[S]>,
-            c: &mut [S],
-            ldc: usize,
-            size: (usize, usize),
-        ) {
-            edge_tile(a, b, first, bias, c, ldc, size);
+        fn $rows<S: Scalar>(job: Job<'_, S>, c: &mut [&mut [S]]) {
+            // The closure inherits the instruction set, so it may call the tile directly.
+            rows::<S, { $mr }, { $nr }>(job, c, |a, b, first, acc, size| {
+                $tile(a, b, first, acc, size)
+            });
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -254,31 +396,45 @@ macro_rules! kernels_for {
             a: &[[S; $mr]],
             b: &[[S; $nr]],
             first: bool,
-            bias: Option<&[S]>,
-            c: &mut [S],
-            ldc: usize,
+            acc: &mut [[S; $nr]; $mr],
+            size: (usize, usize),
         ) {
-            full_tile(a, b, first, bias, c, ldc);
+            tile_of_widths!(true, $mr, $nr, $heights, $widths, a, b, first, acc, size);
         }
     };
 }
 
-kernels_for!(rows_avx2, tile_avx2, edge_avx2, "avx2", 4, 16);
-kernels_for!(rows_avx512, tile_avx512, edge_avx512, "avx512f", 4, 32);
+kernels_for!(
+    rows_avx2,
+    tile_avx2,
+    "avx2,fma",
+    AVX2_TILE.0,
+    AVX2_TILE.1,
+    [6, 4, 2],
+    [16, 8, 4]
+);
+kernels_for!(
+    rows_avx512,
+    tile_avx512,
+    "avx512f,avx2,fma",
+    AVX512_TILE.0,
+    AVX512_TILE.1,
+    [6, 4, 2],
+    [64, 48, 32, 16, 8, 4]
+);
 
-/// Rows `i0..i1` of C, block by block: for each block of columns and of K, pack B, then for
-/// each block of rows pack A and run the tiles. `c` holds rows `i0..i1` only.
+/// The job's block of C, block by block: for each block of columns and of K, pack B, then
+/// for each block of rows pack A and run the tiles. `c` holds the block's rows, each cut to
+/// the block's columns.
 #[inline(always)]
 fn rows<S: Scalar, const MR: usize, const NR: usize>(
     job: Job<'_, S>,
-    c: &mut [S],
-    tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize),
-    edge: impl Fn(&[[S; MR]], &[[S; NR]], bool, Option<&[S]>, &mut [S], usize, (usize, usize)),
+    c: &mut [&mut [S]],
+    tile: impl Fn(&[[S; MR]], &[[S; NR]], bool, &mut [[S; NR]; MR], (usize, usize)),
 ) {
     let Job {
-        i0,
-        i1,
-        n,
+        rows: (i0, i1),
+        columns: (j0, j1),
         k,
         a,
         b,
@@ -286,34 +442,29 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
     } = job;
     // Buffers as large as this product needs, up to one block each, kept by the thread
     // between products: fresh ones would cost a page fault per 4 KiB on every call.
-    let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(n), MC.min(i1 - i0));
-    let sizes = [
-        kc_max * nc_max.max(mc_max),
-        kc_max * nc_max.next_multiple_of(NR),
-        kc_max * mc_max.next_multiple_of(MR),
-    ];
-    let mut workspace = take_workspace::<S>(sizes.iter().sum());
-    let (scratch, rest) = workspace.split_at_mut(sizes[0]);
-    let (bpack, apack) = rest.split_at_mut(sizes[1]);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
+    let (kc_max, nc_max, mc_max) = (KC.min(k), NC.min(j1 - j0), MC.min(i1 - i0));
+    let b_len = kc_max * nc_max.next_multiple_of(NR);
+    let mut workspace = take_workspace::<S>(b_len + kc_max * mc_max.next_multiple_of(MR));
+    let (bpack, apack) = workspace.split_at_mut(b_len);
+    let mut acc = [[S::zero(); NR]; MR];
+    for jc in (j0..j1).step_by(NC) {
+        let nc = NC.min(j1 - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            b.copy_block(pc, kc, jc, nc, scratch);
-            pack_b::<S, NR>(&scratch[..kc * nc], kc, nc, bpack);
+            b.pack_columns((pc, kc), (jc, nc), NR, bpack);
             // Only the first block of K starts the sums; later blocks continue them.
             let block_start = if pc == 0 { start } else { Start::Existing };
+            let first = matches!(block_start, Start::FirstProduct);
             for ic in (i0..i1).step_by(MC) {
                 let mc = MC.min(i1 - ic);
-                a.copy_block(ic, mc, pc, kc, scratch);
-                pack_a::<S, MR>(&scratch[..mc * kc], mc, kc, apack);
+                a.pack_rows((ic, mc), (pc, kc), MR, apack);
                 for (jr, bpanel) in bpack
                     .chunks_exact(kc * NR)
                     .take(nc.div_ceil(NR))
                     .enumerate()
                 {
                     let j = jc + jr * NR;
-                    let nr = NR.min(n - j);
+                    let nr = NR.min(j1 - j);
                     let (bk, _) = bpanel.as_chunks::<NR>();
                     for (ir, apanel) in apack
                         .chunks_exact(kc * MR)
@@ -323,16 +474,20 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         let i = ic + ir * MR;
                         let mr = MR.min(i1 - i);
                         let (ak, _) = apanel.as_chunks::<MR>();
-                        let first = matches!(block_start, Start::FirstProduct);
-                        let bias = match block_start {
-                            Start::RowBias(bias) => Some(&bias[i..i + mr]),
-                            _ => None,
-                        };
-                        let out = &mut c[(i - i0) * n + j..];
-                        if mr == MR && nr == NR {
-                            tile(ak, bk, first, bias, out, n);
-                        } else {
-                            edge(ak, bk, first, bias, out, n, (mr, nr));
+                        let out = &mut c[i - i0..i - i0 + mr];
+                        // Where the sums start: copied into the tile, free.
+                        let j = j - j0;
+                        for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
+                            match block_start {
+                                Start::RowBias(bias) => sums.fill(bias[i + row]),
+                                Start::ColumnBias(bias) => copy::<S, NR>(&bias[j + j0..], sums, nr),
+                                Start::Existing => copy::<S, NR>(&out[j..], sums, nr),
+                                Start::FirstProduct => {}
+                            }
+                        }
+                        tile(ak, bk, first, &mut acc, (mr, nr));
+                        for (sums, out) in acc.iter().zip(out.iter_mut()) {
+                            copy::<S, NR>(sums, &mut out[j..], nr);
                         }
                     }
                 }
@@ -340,6 +495,17 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
         }
     }
     give_back_workspace(workspace);
+}
+
+/// Copies the first `n` values of `from` to `to`, `n <= NR`; a whole tile row (the common
+/// case) as one fixed-size copy, which compiles to a few vector moves rather than a call.
+#[inline(always)]
+fn copy<S: Copy, const NR: usize>(from: &[S], to: &mut [S], n: usize) {
+    if n == NR {
+        to[..NR].copy_from_slice(&from[..NR]);
+    } else {
+        to[..n].copy_from_slice(&from[..n]);
+    }
 }
 
 thread_local! {
@@ -367,118 +533,94 @@ fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
     });
 }
 
-/// Packs a `rows x cols` row-major block of B into panels of `NR` columns, each panel K-major
-/// (`panel[k][j]`). Columns past the end of the last panel are left as they are: no tile
-/// reads them.
+/// A tile of the first `R` of the `MR` rows and `W` of the `NR` columns from `j0`: the sums,
+/// started in `acc` (or from the first product if `first`), stay in registers while the
+/// panel of K streams through. The loop over K cannot panic (iterators, and slices whose
+/// bounds are checked once before it), so the counters stay in registers too.
 #[inline(always)]
-fn pack_b<S: Scalar, const NR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out
-        .chunks_exact_mut(rows * NR)
-        .take(cols.div_ceil(NR))
-        .enumerate()
-    {
-        let j0 = p * NR;
-        let width = NR.min(cols - j0);
-        for (r, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            dst[..width].copy_from_slice(&block[r * cols + j0..r * cols + j0 + width]);
-        }
-    }
-}
-
-/// Packs a `rows x cols` row-major block of A into panels of `MR` rows, each panel K-major
-/// (`panel[k][i]`).
-#[inline(always)]
-fn pack_a<S: Scalar, const MR: usize>(block: &[S], rows: usize, cols: usize, out: &mut [S]) {
-    for (p, panel) in out
-        .chunks_exact_mut(cols * MR)
-        .take(rows.div_ceil(MR))
-        .enumerate()
-    {
-        let i0 = p * MR;
-        let height = MR.min(rows - i0);
-        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
-            for (i, v) in dst[..height].iter_mut().enumerate() {
-                *v = block[(i0 + i) * cols + kk];
-            }
-        }
-    }
-}
-
-/// One full `MR x NR` tile: the sums stay in registers while the panel of K streams through.
-/// The loop over K cannot panic (iterators, no indexing), so the counters stay in registers
-/// too.
-#[inline(always)]
-fn full_tile<S: Scalar, const MR: usize, const NR: usize>(
+fn full_tile<
+    S: Scalar,
+    const MR: usize,
+    const NR: usize,
+    const R: usize,
+    const W: usize,
+    const FUSE: bool,
+>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
+    acc: &mut [[S; NR]; MR],
+    j0: usize,
 ) {
-    let mut acc = [[S::zero(); NR]; MR];
+    assert!(j0 + W <= NR);
+    let mut sums = [[S::zero(); W]; R];
+    for (row, all) in sums.iter_mut().zip(acc.iter()) {
+        row.copy_from_slice(&all[j0..j0 + W]);
+    }
     let rest = usize::from(first);
     if first {
-        for (row, &ai) in acc.iter_mut().zip(&a[0]) {
-            for (v, &bj) in row.iter_mut().zip(&b[0]) {
+        for (row, &ai) in sums.iter_mut().zip(&a[0]) {
+            for (v, &bj) in row.iter_mut().zip(&b[0][j0..j0 + W]) {
                 *v = ai * bj;
-            }
-        }
-    } else {
-        for (i, row) in acc.iter_mut().enumerate() {
-            match bias {
-                Some(bias) => *row = [bias[i]; NR],
-                None => row.copy_from_slice(&c[i * ldc..i * ldc + NR]),
             }
         }
     }
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
-        for (row, &ai) in acc.iter_mut().zip(ak) {
-            for (v, &bj) in row.iter_mut().zip(bk) {
-                *v += ai * bj;
+        for (row, &ai) in sums.iter_mut().zip(ak) {
+            for (v, &bj) in row.iter_mut().zip(&bk[j0..j0 + W]) {
+                *v = fused_or_not::<S, FUSE>(*v, ai, bj);
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        c[i * ldc..i * ldc + NR].copy_from_slice(row);
+    for (row, all) in sums.iter().zip(acc.iter_mut()) {
+        all[j0..j0 + W].copy_from_slice(row);
     }
 }
 
-/// A tile at the edge of C, `mr x nr` with `mr <= MR`, `nr <= NR`: the same sums, on exactly
-/// its own elements. Like the full tile, its loops over K cannot panic (`get` and zipped
-/// iterators instead of indexing), so the counters stay in registers.
+/// The part of a tile that no register tile covers: rows `i0..i1`, columns `j0..j1` of
+/// `acc`, on exactly those elements (the rest of `acc` is left as it is). K is the outer loop,
+/// so that the elements' sums, kept in memory here, advance side by side rather than one
+/// long chain at a time. Like the full tile, its loops cannot panic.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn edge_tile<S: Scalar, const MR: usize, const NR: usize>(
+fn edge_tile<S: Scalar, const MR: usize, const NR: usize, const FUSE: bool>(
     a: &[[S; MR]],
     b: &[[S; NR]],
     first: bool,
-    bias: Option<&[S]>,
-    c: &mut [S],
-    ldc: usize,
-    (mr, nr): (usize, usize),
+    acc: &mut [[S; NR]; MR],
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
 ) {
-    for (i, out) in c.chunks_mut(ldc).take(mr).enumerate() {
-        let out = &mut out[..nr];
-        let row_of = |ak: &[S; MR]| ak.get(i).copied().unwrap_or_else(S::zero);
-        let mut pairs = a.iter().zip(b);
-        if first {
-            if let Some((ak, bk)) = pairs.next() {
-                let ai = row_of(ak);
-                for (v, &bj) in out.iter_mut().zip(bk) {
-                    *v = ai * bj;
-                }
-            }
-        } else if let Some(&bias) = bias.and_then(|bias| bias.get(i)) {
-            out.fill(bias);
-        }
-        for (ak, bk) in pairs {
-            let ai = row_of(ak);
-            for (v, &bj) in out.iter_mut().zip(bk) {
-                *v += ai * bj;
+    let mut pairs = a.iter().zip(b);
+    if first && let Some((ak, bk)) = pairs.next() {
+        for (row, &ai) in acc[i0..i1].iter_mut().zip(&ak[i0..]) {
+            for (v, &bj) in row[j0..j1].iter_mut().zip(&bk[j0..j1]) {
+                *v = ai * bj;
             }
         }
     }
+    for (ak, bk) in pairs {
+        for (row, &ai) in acc[i0..i1].iter_mut().zip(&ak[i0..]) {
+            for (v, &bj) in row[j0..j1].iter_mut().zip(&bk[j0..j1]) {
+                *v = fused_or_not::<S, FUSE>(*v, ai, bj);
+            }
+        }
+    }
+}
+
+/// `acc + a b`: fused (`a.mul_add(b, acc)`, one rounding) or not (two roundings); one
+/// multiplication and one addition either way.
+#[inline(always)]
+fn fused_or_not<S: Scalar, const FUSE: bool>(acc: S, a: S, b: S) -> S {
+    if FUSE { a.mul_add(b, acc) } else { acc + a * b }
+}
+
+/// `acc + a b` as the kernels compiled for the build's target (not for a wider instruction
+/// set picked at run time) compute it: fused where the target has a hardware FMA, as with
+/// this crate's `.cargo/config.toml`. For the dense layers, whose loops vectorize for that
+/// target alone.
+#[inline(always)]
+pub(crate) fn madd<S: Scalar>(acc: S, a: S, b: S) -> S {
+    fused_or_not::<S, BASELINE_FUSES>(acc, a, b)
 }
 
 #[cfg(test)]
@@ -486,14 +628,26 @@ mod tests {
     use super::*;
     use crate::{Counted, Counts, Op};
 
-    /// The definition, one element at a time.
-    fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], bias: &[f64]) -> Vec<f64> {
+    /// The definition, one element at a time, each product added with one rounding (`mul_add`)
+    /// if `fused`, with two if not.
+    fn naive(
+        (m, n, k): (usize, usize, usize),
+        a: &[f64],
+        b: &[f64],
+        bias: &[f64],
+        fused: bool,
+    ) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
                 let mut acc = bias[i];
                 for kk in 0..k {
-                    acc += a[i * k + kk] * b[kk * n + j];
+                    let (x, y) = (a[i * k + kk], b[kk * n + j]);
+                    acc = if fused {
+                        x.mul_add(y, acc)
+                    } else {
+                        acc + x * y
+                    };
                 }
                 c[i * n + j] = acc;
             }
@@ -513,7 +667,13 @@ mod tests {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
             let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
-            let expected = naive(m, n, k, &a, &b, &bias);
+            let fused = Isa::detect().fuses();
+            let expected = naive((m, n, k), &a, &b, &bias, fused);
+            // The data tells fused from unfused sums apart, so a kernel that stopped fusing
+            // (or fused where it should not) fails here.
+            if k > 100 {
+                assert_ne!(expected, naive((m, n, k), &a, &b, &bias, !fused));
+            }
             let (ca, cb, cbias) = (Counted::vec(&a), Counted::vec(&b), Counted::vec(&bias));
             let mut c = vec![Counted::new(0.0); m * n];
             let ((), counts) = tally::measure(|| {

@@ -1,7 +1,7 @@
 //! GlobalAvgPool2d: the mean of each channel of an image, as a flat vector of one value per
 //! channel (a ResNet's last pooling). Shape rule, closed form, forward and backward.
 
-use super::ops::{Backward, Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::{At, counts, when};
 use crate::phases::NodeCounts;
@@ -62,11 +62,11 @@ impl Operation for GlobalAvgPool2d {
 pub(crate) struct GlobalPoolKernel(GlobalAvgPool2d);
 
 impl<S: Scalar> Kernel<S> for GlobalPoolKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         means(x[0], self.0.plane, y);
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             spread(dy, self.0.plane, dx);

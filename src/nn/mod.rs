@@ -30,7 +30,8 @@ use crate::scalar::Scalar;
 use crate::tally;
 
 use buffer::Buffer;
-use ops::{Backward, Kernel, MAX_INPUTS, MAX_PARAMS, Workspace};
+use dense::sgd;
+use ops::{Backward, Kernel, MAX_INPUTS, MAX_PARAMS};
 
 /// What a watched step reports: a phase starting (`node` is `None`), or a node finishing its
 /// part of a phase (the loss is node 0 of [`Phase::Loss`]).
@@ -95,7 +96,6 @@ pub struct Network<S: Scalar> {
     /// per input, one per parameter.
     scratch: [Buffer<S>; MAX_INPUTS],
     param_scratch: [Buffer<S>; MAX_PARAMS],
-    workspace: Workspace<S>,
     batch: usize,
     stage: Stage,
     marks: Marks,
@@ -125,12 +125,6 @@ impl<S: Scalar> Network<S> {
             .iter()
             .map(|p| Buffer::filled(p.len(), S::zero()))
             .collect();
-        let workspace_len = plan
-            .nodes()
-            .iter()
-            .map(|n| n.op().workspace())
-            .max()
-            .unwrap_or(0);
         let shared = plan.nodes().iter().flat_map(|n| {
             n.param_ids()
                 .iter()
@@ -147,10 +141,6 @@ impl<S: Scalar> Network<S> {
             grads: Vec::new(),
             scratch: std::array::from_fn(|_| Buffer::empty()),
             param_scratch: std::array::from_fn(|_| Buffer::filled(shared, S::zero())),
-            workspace: Workspace {
-                values: Vec::with_capacity(workspace_len),
-                flags: Vec::new(),
-            },
             batch: 0,
             stage: Stage::Fresh,
             marks: Marks::new(plan.nodes().len()),
@@ -242,7 +232,6 @@ impl<S: Scalar> Network<S> {
                 &x[..node.inputs().len()],
                 &p[..node.param_ids().len()],
                 &mut after[0],
-                &mut self.workspace,
             );
             self.marks.lap::<S>(Phase::Forward, k, true);
             watch(Event::end(Phase::Forward, k));
@@ -389,7 +378,7 @@ impl<S: Scalar> Network<S> {
                 dparams: &mut dp_slices[..ids.len()],
                 dx: &mut dx_slices[..inputs.len()],
             };
-            self.kernels[k].backward(grads, &mut self.workspace);
+            self.kernels[k].backward(grads);
         }
         // Put the buffers back, adding where this node's gradient is a second one.
         for (j, buffer) in dx.into_iter().enumerate() {
@@ -530,14 +519,6 @@ impl<S: Scalar> Network<S> {
 fn accumulate<S: Scalar>(into: &mut [S], from: &[S]) {
     for (g, &d) in into.iter_mut().zip(from) {
         *g += d;
-    }
-}
-
-/// `p -= lr * g`, element by element.
-#[inline(never)]
-fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
-    for (p, &g) in params.iter_mut().zip(grads) {
-        *p -= lr * g;
     }
 }
 

@@ -65,7 +65,8 @@ pub(crate) trait Operation {
     /// the gradient of input `j`. `name` names the node in overflow errors.
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts>;
 
-    /// Scratch space the kernels of this operation need, in values (shared by all nodes).
+    /// Scratch space a node of this operation keeps for its kernels, in values, whatever
+    /// the batch (a convolution's buffers for a group of examples).
     fn workspace(&self) -> usize {
         0
     }
@@ -88,11 +89,11 @@ pub(crate) trait Kernel<S: Scalar>: Send + Sync {
     ///
     /// # Shapes
     /// `x[j]`: batch x input j's shape; `y`: batch x the output shape.
-    fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S], ws: &mut Workspace<S>);
+    fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]);
 
     /// From `grads.dy` = dL/dy: every parameter's gradient into `grads.dparams` (same order
     /// as `params`), and the gradient of every input whose `dx` slot is `Some`.
-    fn backward(&mut self, grads: Backward<'_, S>, ws: &mut Workspace<S>);
+    fn backward(&mut self, grads: Backward<'_, S>);
 
     /// Work of the update phase besides the SGD step on the parameters, which the network
     /// does (batch normalisation's running statistics); whether there was any. Nothing by
@@ -112,14 +113,6 @@ pub(crate) struct Backward<'a, S> {
     pub params: &'a [&'a [S]],
     pub dparams: &'a mut [&'a mut [S]],
     pub dx: &'a mut [Option<&'a mut [S]>],
-}
-
-/// Scratch space shared by every node's kernels (a convolution's padded input and patch
-/// gradients), sized once for the largest need.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Workspace<S> {
-    pub values: Vec<S>,
-    pub flags: Vec<bool>,
 }
 
 /// The most inputs a node has.

@@ -7,7 +7,7 @@
 
 use super::conv::reach;
 use super::dense::check_size;
-use super::ops::{Backward, Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -172,12 +172,12 @@ pub(crate) struct MaxPoolKernel {
 }
 
 impl<S: Scalar> Kernel<S> for MaxPoolKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         self.argmax.resize(y.len(), 0);
         max_forward(&self.window, x[0], y, &mut self.argmax);
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             max_backward(&self.window, dy, &self.argmax, dx);
@@ -238,11 +238,11 @@ impl Operation for AvgPool2d {
 pub(crate) struct AvgPoolKernel(Window);
 
 impl<S: Scalar> Kernel<S> for AvgPoolKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S], _: &mut Workspace<S>) {
+    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         avg_forward(&self.0, x[0], y);
     }
 
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             avg_backward(&self.0, dy, dx);
