@@ -237,10 +237,12 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
     };
     let input = match model.input[..] {
         [n] => Shape::flat(n),
+        [t, w] => Shape::new(&[t, w]).expect("rank 2"),
         [c, h, w] => Shape::image(c, h, w),
         _ => {
             return Err(model_error(format!(
-                "input: expected [features] or [channels, height, width], found {} numbers",
+                "input: expected [features], [tokens, width] or [channels, height, width], \
+                 found {} numbers",
                 model.input.len()
             )));
         }

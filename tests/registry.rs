@@ -93,6 +93,10 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             Dense(units: 3)])",
     );
     plain_and_counted_agree(
+        "(name: \"t\", input: [5, 3], loss: Mse, layers: [
+            Dense(units: 4, activation: Gelu), Dense(units: 2, bias: false)])",
+    );
+    plain_and_counted_agree(
         "(name: \"g\", input: [4], loss: Mse, graph: [
             (name: \"a\", op: Dense(units: 4, activation: Tanh)),
             (name: \"b\", op: Dense(units: 4), share: \"a\"),

@@ -1,0 +1,97 @@
+//! Random valid sequence models, for the tests that check counts and gradients of values of
+//! shape `[tokens, width]`: dense layers over the last axis, activations, sums of two earlier
+//! values, and a dense head. Every value is used: whatever no node read is summed into the
+//! head's input. Included with `#[path]` by each test crate.
+#![allow(dead_code)]
+
+use opcount::model::Activation;
+use opcount::rng::Rng;
+
+/// A model text and a batch size.
+pub struct Sequence {
+    pub text: String,
+    pub batch: usize,
+}
+
+/// A random sequence model. `smooth` leaves out ReLU and ReLU6, whose kinks a finite
+/// difference can straddle.
+pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
+    let names: Vec<String> = Activation::ALL
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .filter(|a| a != "Softmax" && !(smooth && ["Relu", "Relu6"].contains(&a.as_str())))
+        .collect();
+    let activation = |rng: &mut Rng| names[rng.below(names.len())].clone();
+    let tokens = 1 + rng.below(5);
+    let width = 1 + rng.below(5);
+    let features = 1 + rng.below(5);
+    let mut entries: Vec<String> = Vec::new();
+    // Values of shape [tokens, width], by name, and whether a node read them.
+    let mut values: Vec<(String, bool)> = Vec::new();
+    entries.push(format!(
+        "(name: \"n0\", op: Dense(units: {width}, activation: {}), inputs: [\"input\"])",
+        activation(rng)
+    ));
+    values.push(("n0".into(), false));
+    for k in 1..2 + rng.below(5) {
+        let name = format!("n{k}");
+        let pick = |rng: &mut Rng, values: &mut Vec<(String, bool)>| {
+            let i = rng.below(values.len());
+            values[i].1 = true;
+            values[i].0.clone()
+        };
+        let entry = match rng.below(3) {
+            0 => {
+                let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
+                format!("(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])")
+            }
+            1 => {
+                let x = pick(rng, &mut values);
+                format!(
+                    "(name: \"{name}\", op: {}, inputs: [\"{x}\"])",
+                    activation(rng)
+                )
+            }
+            _ => {
+                let x = pick(rng, &mut values);
+                let bias = rng.below(3) > 0;
+                format!(
+                    "(name: \"{name}\", op: Dense(units: {width}, bias: {bias}, activation: {}), \
+                     inputs: [\"{x}\"])",
+                    activation(rng)
+                )
+            }
+        };
+        entries.push(entry);
+        values.push((name, false));
+    }
+    let mut unread: Vec<String> = values
+        .iter()
+        .filter(|(_, read)| !read)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut k = entries.len();
+    while unread.len() > 1 {
+        let (a, b) = (unread.remove(0), unread.remove(0));
+        let name = format!("n{k}");
+        entries.push(format!(
+            "(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])"
+        ));
+        unread.push(name);
+        k += 1;
+    }
+    let units = 1 + rng.below(4);
+    entries.push(format!(
+        "(name: \"head\", op: Dense(units: {units}), inputs: [\"{}\"])",
+        unread[0]
+    ));
+    let text = format!(
+        "(name: \"sequence\", input: [{tokens}, {features}], loss: Mse, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
+        rng.below(1000),
+        entries.join(",\n  ")
+    );
+    Sequence {
+        text,
+        batch: 1 + rng.below(3),
+    }
+}
