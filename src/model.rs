@@ -135,6 +135,9 @@ pub enum Layer {
     Flatten,
     /// The sum of two values of the same shape (a residual connection); in a `graph` only.
     Add,
+    /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
+    /// by learnable `gamma` and `beta` per feature.
+    LayerNorm,
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.

@@ -131,7 +131,7 @@ impl Plan {
         let mut accumulates = false;
         for node in &self.nodes {
             let out = node.output().len() as u128;
-            values += 2 * b * out;
+            values += 2 * b * out + b * node.op.kept() as u128;
             largest_value = largest_value.max(out);
             workspace = workspace.max(node.op.workspace() as u128);
             accumulates |= node.accumulate.iter().any(|&a| a);
@@ -672,6 +672,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::AvgPool2d { .. } => "avgpool",
         Layer::Flatten => "flatten",
         Layer::Add => "add",
+        Layer::LayerNorm => "layernorm",
         activation => activation
             .activation()
             .expect("every other layer is an activation")

@@ -94,7 +94,7 @@ fn every_operation_is_bit_identical_counted_and_plain() {
     );
     plain_and_counted_agree(
         "(name: \"t\", input: [5, 3], loss: Mse, layers: [
-            Dense(units: 4, activation: Gelu), Dense(units: 2, bias: false)])",
+            Dense(units: 4, activation: Gelu), LayerNorm, Dense(units: 2, bias: false)])",
     );
     plain_and_counted_agree(
         "(name: \"g\", input: [4], loss: Mse, graph: [

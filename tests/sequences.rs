@@ -77,3 +77,38 @@ fn a_dense_layer_refuses_an_image() {
         .to_string();
     assert!(err.contains("found 2x3x4; add a Flatten layer"), "{err}");
 }
+
+/// Each token's features come out of a LayerNorm with mean 0 and variance var / (var + eps)
+/// (gamma starts at one, beta at zero), whatever the token's scale: checked in f64 against
+/// the mean and variance computed here.
+#[test]
+fn a_layer_norm_normalises_every_token_on_its_own() {
+    let (t, d) = (3, 6);
+    let p = plan(&format!(
+        "(name: \"ln\", input: [{t}, {d}], loss: Mse, layers: [LayerNorm])"
+    ));
+    assert_eq!(p.params(), 2 * d as u128);
+    let x: Vec<f64> = (0..t * d)
+        .map(|i| (i / d + 1) as f64 * 10.0 * (i as f64 * 1.3).sin())
+        .collect();
+    let y = Network::<f64>::new(&p).forward(&x, 1).to_vec();
+    for (row, out) in x.chunks(d).zip(y.chunks(d)) {
+        let mean = row.iter().sum::<f64>() / d as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+        for (v, o) in row.iter().zip(out) {
+            let want = (v - mean) / (var + 1e-5).sqrt();
+            assert!((o - want).abs() < 1e-12, "{o} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn the_generator_makes_every_sequence_operation() {
+    let mut rng = Rng::new(3);
+    let all: String = (0..100)
+        .map(|_| random_sequence(&mut rng, false).text)
+        .collect();
+    for wanted in ["op: Add", "op: LayerNorm", "op: Dense", "op: Gelu"] {
+        assert!(all.contains(wanted), "no model has {wanted}");
+    }
+}

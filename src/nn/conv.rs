@@ -175,11 +175,13 @@ impl Operation for Conv2d {
         let mut specs = vec![ParamSpec {
             len: g.out_channels * g.patch(),
             fans: Some((g.in_channels * area, g.out_channels * area)),
+            start: 0.0,
         }];
         if self.bias {
             specs.push(ParamSpec {
                 len: g.out_channels,
                 fans: None,
+                start: 0.0,
             });
         }
         specs

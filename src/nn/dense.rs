@@ -77,9 +77,14 @@ impl Operation for Dense {
         let mut specs = vec![ParamSpec {
             len: n * m,
             fans: Some((n, m)),
+            start: 0.0,
         }];
         if self.bias {
-            specs.push(ParamSpec { len: m, fans: None });
+            specs.push(ParamSpec {
+                len: m,
+                fans: None,
+                start: 0.0,
+            });
         }
         specs
     }

@@ -13,6 +13,7 @@ pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod flatten;
 mod gemm;
+pub(crate) mod layernorm;
 mod loss;
 pub(crate) mod ops;
 pub(crate) mod pool;
@@ -116,7 +117,7 @@ impl<S: Scalar> Network<S> {
                     let bound = init_bound(plan.init(), fan_in, fan_out);
                     Buffer::from_iter((0..p.spec.len).map(|_| scalar::<S>(rng.symmetric(bound))))
                 }
-                (None, None) => Buffer::filled(p.spec.len, S::zero()),
+                (None, None) => Buffer::filled(p.spec.len, scalar::<S>(p.spec.start)),
             })
             .collect();
         let param_grads = params

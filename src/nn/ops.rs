@@ -14,16 +14,19 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
+use super::layernorm;
 use super::{activation, add, conv, dense, flatten, pool};
 
 /// One parameter tensor of an operation: its length and how it starts.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq)]
 pub struct ParamSpec {
     /// Number of values.
     pub len: usize,
     /// `Some((fan_in, fan_out))` for weights drawn at random by the model's initialisation;
-    /// `None` for biases, which start at zero.
+    /// `None` for the ones that all start at `start` (biases at zero, a scale at one).
     pub fans: Option<(usize, usize)>,
+    /// Every value's start when `fans` is `None`.
+    pub start: f32,
 }
 
 /// What every operation tells about itself, whatever the number type.
@@ -65,6 +68,12 @@ pub(crate) trait Operation {
 
     /// Scratch space the kernels of this operation need, in values (shared by all nodes).
     fn workspace(&self) -> usize {
+        0
+    }
+
+    /// Values per example a node of this operation keeps from the forward pass to the
+    /// backward pass besides its input and output (batch normalisation's normalised input).
+    fn kept(&self) -> usize {
         0
     }
 }
@@ -151,6 +160,7 @@ registry! {
     Flatten(flatten::Flatten),
     Activation(activation::Act),
     Add(add::Add),
+    LayerNorm(layernorm::LayerNorm),
 }
 
 /// Every layer name a model file may use but the activations, which are
@@ -162,6 +172,7 @@ pub const OPERATIONS: &[&str] = &[
     "AvgPool2d",
     "Flatten",
     "Add",
+    "LayerNorm",
 ];
 
 impl NodeOp {
@@ -204,6 +215,10 @@ impl NodeOp {
     pub(crate) fn workspace(&self) -> usize {
         self.op().workspace()
     }
+
+    pub(crate) fn kept(&self) -> usize {
+        self.op().kept()
+    }
 }
 
 /// A layer of a model file resolved against its input shapes: the node's operation and the
@@ -241,6 +256,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
         Layer::Flatten => NodeOp::Flatten(flatten::Flatten::resolve(one()?)),
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
+        Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         activation => {
             let f = activation
                 .activation()

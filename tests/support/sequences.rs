@@ -1,6 +1,6 @@
 //! Random valid sequence models, for the tests that check counts and gradients of values of
-//! shape `[tokens, width]`: dense layers over the last axis, activations, sums of two earlier
-//! values, and a dense head. Every value is used: whatever no node read is summed into the
+//! shape `[tokens, width]`: dense layers over the last axis, activations, layer norms, sums of
+//! two earlier values, and a dense head. Every value is used: whatever no node read is summed into the
 //! head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
@@ -40,10 +40,14 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
             values[i].1 = true;
             values[i].0.clone()
         };
-        let entry = match rng.below(3) {
+        let entry = match rng.below(4) {
             0 => {
                 let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
                 format!("(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])")
+            }
+            3 => {
+                let x = pick(rng, &mut values);
+                format!("(name: \"{name}\", op: LayerNorm, inputs: [\"{x}\"])")
             }
             1 => {
                 let x = pick(rng, &mut values);
