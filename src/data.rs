@@ -154,6 +154,20 @@ impl Dataset {
                 ),
             ));
         }
+        if let Some(vocab) = plan.token_ids() {
+            let bad = |v: f32| v < 0.0 || v.fract() != 0.0 || v >= vocab as f32;
+            if let Some(i) = inputs.iter().position(|&v| bad(v)) {
+                return Err(err_at(
+                    i / features,
+                    format!(
+                        "feature {}: {} is not a token id (a whole number from 0 to {})",
+                        i % features,
+                        inputs[i],
+                        vocab - 1
+                    ),
+                ));
+            }
+        }
         let outputs = plan.output().len();
         match &targets {
             Targets::Classes(classes) => {
@@ -206,13 +220,17 @@ impl Dataset {
         })
     }
 
-    /// `n` made-up examples for a plan: inputs uniform in `[-1, 1)`, and a random class (for
-    /// cross-entropy) or random values in `[0, 1)` (for MSE).
+    /// `n` made-up examples for a plan: inputs uniform in `[-1, 1)` (token ids uniform below
+    /// the vocabulary, if the input holds ids), and a random class (for cross-entropy) or
+    /// random values in `[0, 1)` (for MSE).
     pub fn synthetic(plan: &Plan, n: usize, seed: u64) -> Dataset {
         let mut rng = Rng::new(seed);
         let features = plan.input().len();
         let outputs = plan.output().len();
-        let inputs = (0..n * features).map(|_| rng.symmetric(1.0)).collect();
+        let inputs = match plan.token_ids() {
+            Some(vocab) => (0..n * features).map(|_| rng.below(vocab) as f32).collect(),
+            None => (0..n * features).map(|_| rng.symmetric(1.0)).collect(),
+        };
         let targets = match plan.loss() {
             Loss::SoftmaxCrossEntropy => {
                 Targets::Classes((0..n).map(|_| rng.below(outputs)).collect())

@@ -55,7 +55,7 @@ pub struct Entry {
     /// the entry before it (the model's input for the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
-    /// Use the parameters of this node (same operation and shapes) instead of its own:
+    /// Use the parameters of this node (tensors of the same shapes) instead of its own:
     /// weight tying. Their gradients add up, and the update touches them once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
@@ -138,6 +138,24 @@ pub enum Layer {
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,
+    /// Token ids (the model's `[tokens]` input) to rows of a learned `vocab x width` table.
+    Embedding {
+        /// Distinct token ids: every id is below it.
+        vocab: usize,
+        /// Features per token.
+        width: usize,
+    },
+    /// A learned `context x width` table whose row t is added to token t.
+    PositionEmbedding {
+        /// The longest sequence it takes.
+        context: usize,
+    },
+    /// A score per token id for every row: `y_v = sum_i x_i E_vi`, with a `vocab x width`
+    /// table E that may `share` an `Embedding`'s (a tied output layer). No bias.
+    Unembed {
+        /// Token ids scored.
+        vocab: usize,
+    },
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.

@@ -28,6 +28,8 @@ pub struct Plan {
     params: Vec<Param>,
     loss: Loss,
     init: Init,
+    /// `Some(vocab)` if the input holds token ids (an embedding reads it).
+    token_ids: Option<usize>,
 }
 
 /// One computation of the network: a layer, or the activation a layer declares.
@@ -91,6 +93,12 @@ impl Plan {
     /// How parameters not written in the model file start.
     pub fn init(&self) -> Init {
         self.init
+    }
+
+    /// `Some(vocab)` if the model's input holds token ids, each a whole number below
+    /// `vocab` (the smallest vocabulary of the embeddings that read it).
+    pub fn token_ids(&self) -> Option<usize> {
+        self.token_ids
     }
 
     /// Shape of one example's output (the last node's).
@@ -393,7 +401,9 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                     )));
                 }
                 let theirs: Vec<ParamSpec> = owner.params.iter().map(|&p| params[p].spec).collect();
-                if owner.kind() != op.kind() || theirs != specs {
+                // Any operation may use another's tensors if they have the same shapes and
+                // start alike (an unembedding uses the token embedding's table).
+                if theirs != specs {
                     return Err(error(format!(
                         "share '{other}': its parameters ({} {}) do not fit this {} (needs {})",
                         owner.kind(),
@@ -444,6 +454,22 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         value_of[i] = nodes.len();
     }
     backward_flows(&mut nodes);
+    let mut token_ids: Option<usize> = None;
+    for node in &nodes {
+        let Some(vocab) = node.op.token_ids() else {
+            continue;
+        };
+        if node.inputs != [0] {
+            return Err(entry_error(
+                node.entry,
+                format!(
+                    "{} reads token ids, so its input must be '{INPUT}'",
+                    node.kind()
+                ),
+            ));
+        }
+        token_ids = Some(token_ids.map_or(vocab, |v| v.min(vocab)));
+    }
 
     let plan = Plan {
         model: model.clone(),
@@ -453,6 +479,7 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         params,
         loss: model.loss,
         init: model.init,
+        token_ids,
     };
     check_logits(&plan, origin)?;
     check_loss(&plan).map_err(&model_error)?;
@@ -673,6 +700,9 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Flatten => "flatten",
         Layer::Add => "add",
         Layer::LayerNorm => "layernorm",
+        Layer::Embedding { .. } => "embedding",
+        Layer::PositionEmbedding { .. } => "positions",
+        Layer::Unembed { .. } => "unembed",
         activation => activation
             .activation()
             .expect("every other layer is an activation")

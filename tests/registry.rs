@@ -97,6 +97,13 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             Dense(units: 4, activation: Gelu), LayerNorm, Dense(units: 2, bias: false)])",
     );
     plain_and_counted_agree(
+        "(name: \"e\", input: [6], loss: Mse, graph: [
+            (name: \"wte\", op: Embedding(vocab: 5, width: 4)),
+            (name: \"wpe\", op: PositionEmbedding(context: 8)),
+            (name: \"ln\", op: LayerNorm),
+            (name: \"logits\", op: Unembed(vocab: 5), share: \"wte\")])",
+    );
+    plain_and_counted_agree(
         "(name: \"g\", input: [4], loss: Mse, graph: [
             (name: \"a\", op: Dense(units: 4, activation: Tanh)),
             (name: \"b\", op: Dense(units: 4), share: \"a\"),

@@ -108,7 +108,131 @@ fn the_generator_makes_every_sequence_operation() {
     let all: String = (0..100)
         .map(|_| random_sequence(&mut rng, false).text)
         .collect();
-    for wanted in ["op: Add", "op: LayerNorm", "op: Dense", "op: Gelu"] {
+    for wanted in [
+        "op: Add",
+        "op: LayerNorm",
+        "op: Dense",
+        "op: Gelu",
+        "op: Embedding",
+        "op: PositionEmbedding",
+        "op: Unembed(vocab: 3), inputs",
+        "share: \"n0\"",
+    ] {
         assert!(all.contains(wanted), "no model has {wanted}");
+    }
+}
+
+/// Token ids in, a table row per token out, learned positions added, and logits from the
+/// same table: GPT-2's embedding and tied output layer, checked in f64 against the
+/// definition (`logits[t][v] = sum_i (E[id_t][i] + P[t][i]) E[v][i]`).
+#[test]
+fn embedding_positions_and_a_tied_output_compute_their_definitions() {
+    let (t, v, w) = (3, 5, 4);
+    let text = format!(
+        "(name: \"tied\", input: [{t}], loss: Mse, graph: [
+            (name: \"wte\", op: Embedding(vocab: {v}, width: {w})),
+            (name: \"wpe\", op: PositionEmbedding(context: 6)),
+            (name: \"logits\", op: Unembed(vocab: {v}), share: \"wte\")])"
+    );
+    let p = plan(&text);
+    assert_eq!(p.params(), (v * w + 6 * w) as u128, "the table counts once");
+    assert_eq!(p.token_ids(), Some(v));
+    let mut net = Network::<f64>::new(&p);
+    let ids = [4.0, 0.0, 4.0];
+    let y = net.forward(&ids, 1).to_vec();
+    let params = net.params();
+    let (table, positions) = (params[0], params[1]);
+    for (k, &id) in ids.iter().enumerate() {
+        let x: Vec<f64> = (0..w)
+            .map(|i| table[id as usize * w + i] + positions[k * w + i])
+            .collect();
+        for u in 0..v {
+            let want: f64 = (0..w).map(|i| x[i] * table[u * w + i]).sum();
+            assert!((y[k * v + u] - want).abs() < 1e-12);
+        }
+    }
+}
+
+/// The tied table's gradient is the sum of the embedding's and the output layer's: the
+/// output layer (last in the forward order) writes it, the embedding scatters its own from
+/// zero aside (B·T·W adds) and adds it on (V·W adds, the graph's); the table is updated
+/// once, by the embedding, which owns it.
+#[test]
+fn a_tied_table_adds_its_two_gradients_and_updates_once() {
+    let (t, v, w, b) = (4u128, 7u128, 3u128, 2u128);
+    let text = "(name: \"tied\", input: [4], loss: Mse, graph: [
+        (name: \"wte\", op: Embedding(vocab: 7, width: 3)),
+        (name: \"ln\", op: LayerNorm),
+        (name: \"logits\", op: Unembed(vocab: 7), share: \"wte\")])";
+    let p = plan(text);
+    let step = estimate::step(&p, b as usize).unwrap();
+    let (wte, logits) = (&step.nodes[0], &step.nodes[2]);
+    assert_eq!(wte.forward.total(), 0, "a lookup");
+    assert_eq!(wte.backward.add, b * t * w + v * w);
+    assert_eq!(wte.update.mul, v * w);
+    assert_eq!(logits.update.total(), 0);
+    // The output layer: a dense layer of W inputs and V units without bias, over B·T rows.
+    assert_eq!(logits.forward.mul, b * t * v * w);
+    assert_eq!(logits.backward.mul, 2 * b * t * v * w);
+    let data = Dataset::synthetic(&p, b as usize, 8);
+    assert_eq!(measure_step(&p, &data, b as usize).predictable(), step);
+    gradient::check(text, 2, 3);
+}
+
+#[test]
+fn sharing_needs_tables_of_the_same_shape() {
+    let text = "(name: \"t\", input: [4], loss: Mse, graph: [
+        (name: \"wte\", op: Embedding(vocab: 7, width: 3)),
+        (name: \"logits\", op: Unembed(vocab: 8), share: \"wte\")])";
+    let err = Model::parse(text, "t.ron")
+        .unwrap()
+        .plan("t.ron")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("(embedding a table of 7 tokens x 3 features)")
+            && err.contains("needs a table of 8 tokens x 3 features"),
+        "{err}"
+    );
+}
+
+#[test]
+fn token_ids_come_from_the_input_and_the_data_must_hold_them() {
+    let err = Model::parse(
+        "(name: \"e\", input: [4], loss: Mse, layers: [Dense(units: 4), Embedding(vocab: 3, width: 2)])",
+        "e.ron",
+    )
+    .unwrap()
+    .plan("e.ron")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("embedding reads token ids, so its input must be 'input'"),
+        "{err}"
+    );
+    let model = |inputs: &str| {
+        let text = format!(
+            "(name: \"e\", input: [2], loss: Mse, layers: [Embedding(vocab: 3, width: 2)],
+              training: (data: Inline(inputs: {inputs}, targets: Values([[0, 0, 0, 0]])),
+                         epochs: 1, lr: 0.1, batch: 1))"
+        );
+        let model = Model::parse(&text, "e.ron").unwrap();
+        let plan = model.plan("e.ron").unwrap();
+        let data = &model.training.as_ref().unwrap().data;
+        Dataset::load(data, std::path::Path::new("."), "e.ron", &plan).map(|_| ())
+    };
+    assert!(model("[[0, 2]]").is_ok());
+    for (bad, shown) in [
+        ("[[0, 3]]", "3"),
+        ("[[1.5, 0]]", "1.5"),
+        ("[[0, -1]]", "-1"),
+    ] {
+        let err = model(bad).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "{shown} is not a token id (a whole number from 0 to 2)"
+            )),
+            "{err}"
+        );
     }
 }

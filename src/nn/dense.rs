@@ -17,6 +17,8 @@ use crate::shape::Shape;
 /// A dense layer of `inputs` (N) to `units` (M), applied to R rows per example, resolved.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Dense {
+    /// The shape of one example's input: `[N]` or `[R, N]`.
+    pub input: Shape,
     /// R, rows per example: 1 for a `[features]` input, T for `[tokens, width]`.
     pub rows: usize,
     /// N, values per row in.
@@ -47,6 +49,7 @@ impl Dense {
             .checked_mul(units)
             .ok_or_else(|| format!("{units} units x {inputs} inputs is too many weights"))?;
         Ok(Dense {
+            input,
             rows,
             inputs,
             units,
@@ -65,10 +68,7 @@ impl Operation for Dense {
     }
 
     fn output(&self) -> Shape {
-        match self.rows {
-            1 => Shape::flat(self.units),
-            r => Shape::new(&[r, self.units]).expect("rank 2"),
-        }
+        self.input.with_last(self.units)
     }
 
     /// Weights `inputs x units` (stored input-major), then `units` biases.
@@ -365,6 +365,7 @@ mod tests {
     #[test]
     fn file_order_round_trips() {
         let d = Dense {
+            input: Shape::flat(3),
             rows: 1,
             inputs: 3,
             units: 2,

@@ -11,12 +11,15 @@ mod add;
 mod buffer;
 pub(crate) mod conv;
 pub(crate) mod dense;
+pub(crate) mod embedding;
 pub(crate) mod flatten;
 mod gemm;
 pub(crate) mod layernorm;
 mod loss;
 pub(crate) mod ops;
 pub(crate) mod pool;
+pub(crate) mod positions;
+pub(crate) mod unembed;
 
 use crate::CountedZeros;
 use crate::counts::Counts;

@@ -14,8 +14,8 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::layernorm;
 use super::{activation, add, conv, dense, flatten, pool};
+use super::{embedding, layernorm, positions, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -75,6 +75,12 @@ pub(crate) trait Operation {
     /// backward pass besides its input and output (batch normalisation's normalised input).
     fn kept(&self) -> usize {
         0
+    }
+
+    /// `Some(vocab)` if its input holds token ids below `vocab` (an embedding's); the data
+    /// are checked against it.
+    fn token_ids(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -161,6 +167,9 @@ registry! {
     Activation(activation::Act),
     Add(add::Add),
     LayerNorm(layernorm::LayerNorm),
+    Embedding(embedding::Embedding),
+    PositionEmbedding(positions::PositionEmbedding),
+    Unembed(unembed::Unembed),
 }
 
 /// Every layer name a model file may use but the activations, which are
@@ -173,6 +182,9 @@ pub const OPERATIONS: &[&str] = &[
     "Flatten",
     "Add",
     "LayerNorm",
+    "Embedding",
+    "PositionEmbedding",
+    "Unembed",
 ];
 
 impl NodeOp {
@@ -219,6 +231,10 @@ impl NodeOp {
     pub(crate) fn kept(&self) -> usize {
         self.op().kept()
     }
+
+    pub(crate) fn token_ids(&self) -> Option<usize> {
+        self.op().token_ids()
+    }
 }
 
 /// A layer of a model file resolved against its input shapes: the node's operation and the
@@ -257,6 +273,13 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         Layer::Flatten => NodeOp::Flatten(flatten::Flatten::resolve(one()?)),
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
+        Layer::Embedding { vocab, width } => {
+            NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)
+        }
+        Layer::PositionEmbedding { context } => {
+            NodeOp::PositionEmbedding(positions::PositionEmbedding::resolve(*context, one()?)?)
+        }
+        Layer::Unembed { vocab } => NodeOp::Unembed(unembed::Unembed::resolve(*vocab, one()?)?),
         activation => {
             let f = activation
                 .activation()

@@ -1,7 +1,9 @@
 //! Random valid sequence models, for the tests that check counts and gradients of values of
-//! shape `[tokens, width]`: dense layers over the last axis, activations, layer norms, sums of
-//! two earlier values, and a dense head. Every value is used: whatever no node read is summed into the
-//! head's input. Included with `#[path]` by each test crate.
+//! shape `[tokens, width]`: `[tokens, features]` inputs through a dense layer, or token ids
+//! through an embedding (and learned positions); then dense layers over the last axis,
+//! activations, layer norms and sums of two earlier values; a dense head or an unembedding,
+//! tied to the embedding or not. Every value is used: whatever no node read is summed into
+//! the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
 use opcount::model::Activation;
@@ -24,15 +26,36 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
     let activation = |rng: &mut Rng| names[rng.below(names.len())].clone();
     let tokens = 1 + rng.below(5);
     let width = 1 + rng.below(5);
-    let features = 1 + rng.below(5);
     let mut entries: Vec<String> = Vec::new();
     // Values of shape [tokens, width], by name, and whether a node read them.
     let mut values: Vec<(String, bool)> = Vec::new();
-    entries.push(format!(
-        "(name: \"n0\", op: Dense(units: {width}, activation: {}), inputs: [\"input\"])",
-        activation(rng)
-    ));
-    values.push(("n0".into(), false));
+    // With token ids in, the embedding's vocabulary.
+    let ids = (rng.below(2) == 0).then(|| 1 + rng.below(6));
+    let input = match ids {
+        Some(vocab) => {
+            entries.push(format!(
+                "(name: \"n0\", op: Embedding(vocab: {vocab}, width: {width}), inputs: [\"input\"])"
+            ));
+            if rng.below(2) == 0 {
+                let context = tokens + rng.below(3);
+                entries.push(format!(
+                    "(name: \"pos\", op: PositionEmbedding(context: {context}), inputs: [\"n0\"])"
+                ));
+                values.push(("pos".into(), false));
+            } else {
+                values.push(("n0".into(), false));
+            }
+            format!("[{tokens}]")
+        }
+        None => {
+            entries.push(format!(
+                "(name: \"n0\", op: Dense(units: {width}, activation: {}), inputs: [\"input\"])",
+                activation(rng)
+            ));
+            values.push(("n0".into(), false));
+            format!("[{tokens}, {}]", 1 + rng.below(5))
+        }
+    };
     for k in 1..2 + rng.below(5) {
         let name = format!("n{k}");
         let pick = |rng: &mut Rng, values: &mut Vec<(String, bool)>| {
@@ -40,33 +63,25 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
             values[i].1 = true;
             values[i].0.clone()
         };
-        let entry = match rng.below(4) {
+        let op = match rng.below(4) {
             0 => {
                 let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
-                format!("(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])")
+                format!("Add, inputs: [\"{a}\", \"{b}\"]")
             }
-            3 => {
-                let x = pick(rng, &mut values);
-                format!("(name: \"{name}\", op: LayerNorm, inputs: [\"{x}\"])")
-            }
-            1 => {
-                let x = pick(rng, &mut values);
-                format!(
-                    "(name: \"{name}\", op: {}, inputs: [\"{x}\"])",
-                    activation(rng)
-                )
-            }
+            1 => format!(
+                "{}, inputs: [\"{}\"]",
+                activation(rng),
+                pick(rng, &mut values)
+            ),
+            2 => format!("LayerNorm, inputs: [\"{}\"]", pick(rng, &mut values)),
             _ => {
                 let x = pick(rng, &mut values);
                 let bias = rng.below(3) > 0;
-                format!(
-                    "(name: \"{name}\", op: Dense(units: {width}, bias: {bias}, activation: {}), \
-                     inputs: [\"{x}\"])",
-                    activation(rng)
-                )
+                let f = activation(rng);
+                format!("Dense(units: {width}, bias: {bias}, activation: {f}), inputs: [\"{x}\"]")
             }
         };
-        entries.push(entry);
+        entries.push(format!("(name: \"{name}\", op: {op})"));
         values.push((name, false));
     }
     let mut unread: Vec<String> = values
@@ -85,12 +100,17 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
         k += 1;
     }
     let units = 1 + rng.below(4);
-    entries.push(format!(
-        "(name: \"head\", op: Dense(units: {units}), inputs: [\"{}\"])",
-        unread[0]
-    ));
+    let head = match (rng.below(3), ids) {
+        (0, _) => format!("Unembed(vocab: {units}), inputs: [\"{}\"]", unread[0]),
+        (1, Some(vocab)) => format!(
+            "Unembed(vocab: {vocab}), inputs: [\"{}\"], share: \"n0\"",
+            unread[0]
+        ),
+        _ => format!("Dense(units: {units}), inputs: [\"{}\"]", unread[0]),
+    };
+    entries.push(format!("(name: \"head\", op: {head})"));
     let text = format!(
-        "(name: \"sequence\", input: [{tokens}, {features}], loss: Mse, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
+        "(name: \"sequence\", input: {input}, loss: Mse, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
         rng.below(1000),
         entries.join(",\n  ")
     );
