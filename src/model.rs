@@ -156,6 +156,23 @@ pub enum Layer {
         /// Token ids scored.
         vocab: usize,
     },
+    /// Causal attention scores of two `[tokens, width]` inputs, queries and keys, split into
+    /// `heads`: `s[h][i][j] = q_i . k_j / sqrt(width / heads)` for j <= i, minus infinity
+    /// (not computed) for j > i; out `[heads, tokens, tokens]`. In a `graph` only.
+    Scores {
+        /// Heads; they divide the width.
+        heads: usize,
+    },
+    /// A softmax over each row i of `[..., tokens, tokens]` scores, over its first i + 1
+    /// entries; zeros after them.
+    CausalSoftmax,
+    /// The causal mix of two inputs, probabilities `[heads, tokens, tokens]` and values
+    /// `[tokens, width]`: head h of token i is `sum over j <= i of p[h][i][j] v_j`; out
+    /// `[tokens, width]`. In a `graph` only.
+    Mix {
+        /// Heads; they divide the width.
+        heads: usize,
+    },
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.

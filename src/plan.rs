@@ -703,6 +703,9 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
         Layer::Unembed { .. } => "unembed",
+        Layer::Scores { .. } => "scores",
+        Layer::CausalSoftmax => "causal_softmax",
+        Layer::Mix { .. } => "mix",
         activation => activation
             .activation()
             .expect("every other layer is an activation")

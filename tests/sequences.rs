@@ -20,7 +20,7 @@ fn plan(text: &str) -> Plan {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(192))]
 
     #[test]
     fn random_sequence_models_match_their_closed_forms(seed in any::<u64>()) {
@@ -34,7 +34,7 @@ proptest! {
 #[test]
 fn random_sequence_models_match_finite_differences() {
     let mut rng = Rng::new(14);
-    for _ in 0..24 {
+    for _ in 0..64 {
         let model = random_sequence(&mut rng, true);
         gradient::check(&model.text, model.batch, rng.next_u64());
     }
@@ -117,6 +117,10 @@ fn the_generator_makes_every_sequence_operation() {
         "op: PositionEmbedding",
         "op: Unembed(vocab: 3), inputs",
         "share: \"n0\"",
+        "op: Scores(heads: 2)",
+        "op: CausalSoftmax",
+        "op: Mix(heads: 2)",
+        "inputs: [\"input\", \"input\"]",
     ] {
         assert!(all.contains(wanted), "no model has {wanted}");
     }
@@ -235,4 +239,112 @@ fn token_ids_come_from_the_input_and_the_data_must_hold_them() {
             "{err}"
         );
     }
+}
+
+/// Causal self-attention of two heads, composed of Scores, CausalSoftmax and Mix, against a
+/// direct f64 computation from its definition: for head h and token i,
+/// `o_i = sum over j <= i of softmax_j(q_i . k_j / sqrt(d)) v_j`, with q, k, v = x Wq, x Wk,
+/// x Wv (weights stored input-major, `w[i * units + j]`).
+#[test]
+fn attention_composed_of_three_operations_is_causal_self_attention() {
+    let (t, w, heads) = (4, 6, 2);
+    let d = w / heads;
+    let text = format!(
+        "(name: \"attention\", input: [{t}, {w}], loss: Mse, graph: [
+            (name: \"q\", op: Dense(units: {w}, bias: false), inputs: [\"input\"]),
+            (name: \"k\", op: Dense(units: {w}, bias: false), inputs: [\"input\"]),
+            (name: \"v\", op: Dense(units: {w}, bias: false), inputs: [\"input\"]),
+            (name: \"s\", op: Scores(heads: {heads}), inputs: [\"q\", \"k\"]),
+            (name: \"p\", op: CausalSoftmax),
+            (name: \"o\", op: Mix(heads: {heads}), inputs: [\"p\", \"v\"])])"
+    );
+    let p = plan(&text);
+    let kinds: Vec<&str> = p.nodes().iter().map(|n| n.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["dense", "dense", "dense", "scores", "causal_softmax", "mix"]
+    );
+    assert_eq!(p.nodes()[3].output().dims(), [heads, t, t]);
+    let x: Vec<f64> = (0..t * w).map(|i| (i as f64 * 0.71).cos()).collect();
+    let mut net = Network::<f64>::new(&p);
+    let o = net.forward(&x, 1).to_vec();
+    let params = net.params();
+    let project = |m: &[f64]| -> Vec<f64> {
+        (0..t * w)
+            .map(|at| {
+                let (row, j) = (at / w, at % w);
+                (0..w).map(|i| x[row * w + i] * m[i * w + j]).sum()
+            })
+            .collect()
+    };
+    let (q, k, v) = (project(params[0]), project(params[1]), project(params[2]));
+    for h in 0..heads {
+        let cols = h * d..(h + 1) * d;
+        for i in 0..t {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| {
+                    cols.clone()
+                        .map(|c| q[i * w + c] * k[j * w + c])
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            for c in cols.clone() {
+                let want: f64 = (0..=i).map(|j| e[j] / total * v[j * w + c]).sum();
+                let got = o[i * w + c];
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "head {h} token {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    let b = 3;
+    let data = Dataset::synthetic(&p, b, 2);
+    assert_eq!(
+        measure_step(&p, &data, b).predictable(),
+        estimate::step(&p, b).unwrap()
+    );
+    gradient::check(&text, 2, 6);
+}
+
+/// Attention's arithmetic per example, from docs/counting.md: with P = T (T + 1) / 2 pairs
+/// per head and d = W / H, the scores and the mix are each P·W multiplications forward (the
+/// multiply-accumulates the `mac` view counts), the softmax P exponentials. Masked pairs cost
+/// nothing.
+#[test]
+fn attention_counts_only_the_unmasked_pairs() {
+    let (t, w, heads) = (8u128, 12u128, 3u128);
+    let pairs = t * (t + 1) / 2;
+    let text = "(name: \"a\", input: [8, 12], loss: Mse, graph: [
+        (name: \"q\", op: Dense(units: 12)),
+        (name: \"s\", op: Scores(heads: 3), inputs: [\"q\", \"q\"]),
+        (name: \"p\", op: CausalSoftmax),
+        (name: \"o\", op: Mix(heads: 3), inputs: [\"p\", \"q\"])])";
+    let step = estimate::step(&plan(text), 1).unwrap();
+    let (s, sm, mix) = (&step.nodes[1], &step.nodes[2], &step.nodes[3]);
+    assert_eq!(s.forward.mul, pairs * w);
+    assert_eq!(s.forward.div, heads * pairs);
+    assert_eq!(sm.forward.exp, heads * pairs);
+    assert_eq!(sm.forward.act, heads * pairs);
+    assert_eq!(mix.forward.mul, pairs * w);
+    assert_eq!(mix.forward.add, (pairs - t) * w);
+    // Backward: two products of the same size each.
+    assert_eq!(s.backward.mul, 2 * pairs * w);
+    assert_eq!(mix.backward.mul, 2 * pairs * w);
+    use opcount::Phase;
+    use opcount::convention::Convention;
+    for (node, kind) in [(s, "scores"), (mix, "mix")] {
+        assert_eq!(
+            Convention::Mac.value(kind, Phase::Forward, &node.forward),
+            Some(pairs * w)
+        );
+    }
+    assert_eq!(
+        Convention::Mac.value("causal_softmax", Phase::Forward, &sm.forward),
+        Some(0)
+    );
 }

@@ -9,6 +9,7 @@
 pub(crate) mod activation;
 mod add;
 mod buffer;
+pub(crate) mod causal_softmax;
 pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod embedding;
@@ -16,9 +17,11 @@ pub(crate) mod flatten;
 mod gemm;
 pub(crate) mod layernorm;
 mod loss;
+pub(crate) mod mix;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub(crate) mod positions;
+pub(crate) mod scores;
 pub(crate) mod unembed;
 
 use crate::CountedZeros;

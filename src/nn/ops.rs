@@ -15,7 +15,7 @@ use crate::scalar::Scalar;
 use crate::shape::Shape;
 
 use super::{activation, add, conv, dense, flatten, pool};
-use super::{embedding, layernorm, positions, unembed};
+use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -170,6 +170,9 @@ registry! {
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
     Unembed(unembed::Unembed),
+    Scores(scores::Scores),
+    CausalSoftmax(causal_softmax::CausalSoftmax),
+    Mix(mix::Mix),
 }
 
 /// Every layer name a model file may use but the activations, which are
@@ -185,6 +188,9 @@ pub const OPERATIONS: &[&str] = &[
     "Embedding",
     "PositionEmbedding",
     "Unembed",
+    "Scores",
+    "CausalSoftmax",
+    "Mix",
 ];
 
 impl NodeOp {
@@ -280,6 +286,11 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             NodeOp::PositionEmbedding(positions::PositionEmbedding::resolve(*context, one()?)?)
         }
         Layer::Unembed { vocab } => NodeOp::Unembed(unembed::Unembed::resolve(*vocab, one()?)?),
+        Layer::Scores { heads } => NodeOp::Scores(scores::Scores::resolve(*heads, inputs)?),
+        Layer::CausalSoftmax => {
+            NodeOp::CausalSoftmax(causal_softmax::CausalSoftmax::resolve(one()?)?)
+        }
+        Layer::Mix { heads } => NodeOp::Mix(mix::Mix::resolve(*heads, inputs)?),
         activation => {
             let f = activation
                 .activation()

@@ -1,7 +1,9 @@
 //! Random valid sequence models, for the tests that check counts and gradients of values of
 //! shape `[tokens, width]`: `[tokens, features]` inputs through a dense layer, or token ids
 //! through an embedding (and learned positions); then dense layers over the last axis,
-//! activations, layer norms and sums of two earlier values; a dense head or an unembedding,
+//! activations, layer norms, sums of two earlier values and causal self-attention (queries,
+//! keys and values from dense layers or straight from earlier values, any number of heads
+//! that divides the width); a dense head or an unembedding,
 //! tied to the embedding or not. Every value is used: whatever no node read is summed into
 //! the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
@@ -48,12 +50,21 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
             format!("[{tokens}]")
         }
         None => {
+            let features = if rng.below(2) == 0 {
+                width
+            } else {
+                1 + rng.below(5)
+            };
+            // An input of the hidden width may be read by any node, as data (no gradient).
+            if features == width {
+                values.push(("input".into(), false));
+            }
             entries.push(format!(
                 "(name: \"n0\", op: Dense(units: {width}, activation: {}), inputs: [\"input\"])",
                 activation(rng)
             ));
             values.push(("n0".into(), false));
-            format!("[{tokens}, {}]", 1 + rng.below(5))
+            format!("[{tokens}, {features}]")
         }
     };
     for k in 1..2 + rng.below(5) {
@@ -63,7 +74,31 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
             values[i].1 = true;
             values[i].0.clone()
         };
-        let op = match rng.below(4) {
+        let op = match rng.below(5) {
+            4 => {
+                let divisors: Vec<usize> =
+                    (1..=width).filter(|h| width.is_multiple_of(*h)).collect();
+                let heads = divisors[rng.below(divisors.len())];
+                // Queries, keys and values: a dense layer of an earlier value, or the value.
+                let mut project = |rng: &mut Rng, tag: &str| {
+                    let x = pick(rng, &mut values);
+                    if rng.below(2) == 0 {
+                        return x;
+                    }
+                    let bias = rng.below(2) == 0;
+                    entries.push(format!(
+                        "(name: \"{name}.{tag}\", op: Dense(units: {width}, bias: {bias}), \
+                         inputs: [\"{x}\"])"
+                    ));
+                    format!("{name}.{tag}")
+                };
+                let (q, k, v) = (project(rng, "q"), project(rng, "k"), project(rng, "v"));
+                entries.push(format!(
+                    "(name: \"{name}.s\", op: Scores(heads: {heads}), inputs: [\"{q}\", \"{k}\"])"
+                ));
+                entries.push(format!("(name: \"{name}.p\", op: CausalSoftmax)"));
+                format!("Mix(heads: {heads}), inputs: [\"{name}.p\", \"{v}\"]")
+            }
             0 => {
                 let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
                 format!("Add, inputs: [\"{a}\", \"{b}\"]")
@@ -86,7 +121,7 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
     }
     let mut unread: Vec<String> = values
         .iter()
-        .filter(|(_, read)| !read)
+        .filter(|(n, read)| !read && n != "input")
         .map(|(n, _)| n.clone())
         .collect();
     let mut k = entries.len();
