@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ops::{Kernel, NodeOp, Operation, Workspace};
+use super::ops::{Backward, Kernel, NodeOp, Operation, Workspace};
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts};
@@ -167,16 +167,8 @@ impl<S: Scalar> Kernel<S> for ActKernel {
         forward(self.0.f, x[0], y, self.0.shape.last());
     }
 
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        y: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { x, y, dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             backward(self.0.f, x[0], y, dy, dx, self.0.shape.last());
         }

@@ -1,7 +1,7 @@
 //! Add: the sum of two values of the same shape, value by value (a residual connection).
 //! Forward one add per value; backward no arithmetic (each input's gradient is the output's).
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts};
 use crate::phases::NodeCounts;
@@ -58,16 +58,8 @@ impl<S: Scalar> Kernel<S> for AddKernel {
         add(x[0], x[1], y);
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { dy, dx, .. } = grads;
         for dx in dx.iter_mut().flatten() {
             dx.copy_from_slice(dy);
         }

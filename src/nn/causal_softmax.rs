@@ -4,7 +4,7 @@
 //! constant). Shape rule, closed form, forward and backward (docs/counting.md, "Causal
 //! self-attention").
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use super::scores::causal_pairs;
 use crate::error::Result;
 use crate::estimate::{At, counts};
@@ -94,16 +94,8 @@ impl<S: Scalar> Kernel<S> for CausalSoftmaxKernel {
     ///
     /// # Shapes
     /// `y`, `dy`, `dx[0]`: batch x matrices x tokens x tokens.
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        y: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { y, dy, dx, .. } = grads;
         if let Some(dz) = dx[0].as_deref_mut() {
             backward(y, dy, dz, self.0);
         }

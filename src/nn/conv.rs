@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::dense::check_size;
 use super::gemm::{Operand, Start, Strided, gemm};
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
@@ -333,16 +333,15 @@ impl<S: Scalar> Kernel<S> for ConvKernel {
     /// - if `dx` is wanted: `dpatches = W^T dout` (B*K*P*C_out mul, B*K*P*(C_out - 1) add),
     ///   then `col2im`: one add per patch entry inside the input, less one per input position
     ///   reached.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        dout: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        ws: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, ws: &mut Workspace<S>) {
+        let Backward {
+            x,
+            dy: dout,
+            params,
+            dparams,
+            dx,
+            ..
+        } = grads;
         let g = self.0.geometry;
         let (k, p) = (g.patch(), g.positions());
         let padded_len = g.padded_len();

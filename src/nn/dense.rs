@@ -7,7 +7,7 @@
 //! sum. Every sum is accumulated in ascending order of its index, starting from the bias or
 //! the first product (docs/counting.md: a sum of k terms costs k-1 adds).
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
 use crate::phases::NodeCounts;
@@ -168,16 +168,15 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
     /// - `dw[i][j] = sum_e x[e][i] * dz[e][j]`: B*N*M mul, (B-1)*N*M add;
     /// - `db[j] = sum_e dz[e][j]`: (B-1)*M add;
     /// - if `dx` is wanted, `dx[e][i] = sum_j w[i][j] * dz[e][j]`: B*N*M mul, B*N*(M-1) add.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        dz: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            x,
+            dy: dz,
+            params,
+            dparams,
+            dx,
+            ..
+        } = grads;
         let (n, m) = (self.0.inputs, self.0.units);
         let (dw, db) = dparams.split_at_mut(1);
         weight_grads(x[0], dz, dw[0], n, m);

@@ -3,7 +3,7 @@
 //! token's row of the table's gradient, which starts at zero (docs/counting.md,
 //! "Embedding"). Shape rule, closed form, forward and backward.
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts, q};
 use crate::phases::NodeCounts;
@@ -114,16 +114,8 @@ impl<S: Scalar> Kernel<S> for EmbeddingKernel {
     ///
     /// # Shapes
     /// `dy`: batch x tokens x width; `dparams[0]`: vocab x width.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        dparams: &mut [&mut [S]],
-        _: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { x, dy, dparams, .. } = grads;
         scatter_add(x[0], dy, dparams[0], self.0.vocab, self.0.width);
     }
 }

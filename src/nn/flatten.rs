@@ -1,7 +1,7 @@
 //! Flatten: any value as one flat vector of its values, in order. A copy forward and
 //! backward: no arithmetic.
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use crate::error::Result;
 use crate::estimate::At;
 use crate::phases::NodeCounts;
@@ -48,16 +48,8 @@ impl<S: Scalar> Kernel<S> for FlattenKernel {
         y.copy_from_slice(x[0]);
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             dx.copy_from_slice(dy);
         }

@@ -5,7 +5,7 @@
 //! `var = sum_i (x_i - mean)^2 / D`, as PyTorch's `LayerNorm` and GPT-2. Shape rule, closed
 //! form, forward and backward (docs/counting.md, "LayerNorm").
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
 use crate::phases::NodeCounts;
@@ -147,16 +147,14 @@ impl<S: Scalar> Kernel<S> for LayerNormKernel<S> {
 
     /// # Shapes
     /// `dy`, `dx[0]`: batch x rows x D; `dparams`: dgamma and dbeta, D each.
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            dy,
+            params,
+            dparams,
+            dx,
+            ..
+        } = grads;
         let (dgamma, dbeta) = dparams.split_at_mut(1);
         param_grads(dy, &self.normalized, dgamma[0], dbeta[0]);
         if let Some(dx) = dx[0].as_deref_mut() {

@@ -5,7 +5,7 @@
 //! reshape). The masked probabilities (j > i) are not read. Shape rule, closed form, forward
 //! and backward (docs/counting.md, "Causal self-attention").
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use super::scores::causal_pairs;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
@@ -127,16 +127,10 @@ impl<S: Scalar> Kernel<S> for MixKernel {
     /// # Shapes
     /// `do`: batch x tokens x width; `dx[0]`: batch x heads x tokens x tokens; `dx[1]`: batch
     /// x tokens x width.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        dout: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            x, dy: dout, dx, ..
+        } = grads;
         let Mix {
             heads,
             tokens,

@@ -35,7 +35,7 @@ use crate::scalar::Scalar;
 use crate::tally;
 
 use buffer::Buffer;
-use ops::{Kernel, MAX_INPUTS, MAX_PARAMS, Workspace};
+use ops::{Backward, Kernel, MAX_INPUTS, MAX_PARAMS, Workspace};
 
 /// What a watched step reports: a phase starting (`node` is `None`), or a node finishing its
 /// part of a phase (the loss is node 0 of [`Phase::Loss`]).
@@ -386,15 +386,15 @@ impl<S: Scalar> Network<S> {
                     *slot = &mut buffer[..len];
                 }
             }
-            self.kernels[k].backward(
-                &x[..inputs.len()],
-                &self.values[k + 1],
-                &self.grads[k + 1],
-                &p[..ids.len()],
-                &mut dp_slices[..ids.len()],
-                &mut dx_slices[..inputs.len()],
-                &mut self.workspace,
-            );
+            let grads = Backward {
+                x: &x[..inputs.len()],
+                y: &self.values[k + 1],
+                dy: &self.grads[k + 1],
+                params: &p[..ids.len()],
+                dparams: &mut dp_slices[..ids.len()],
+                dx: &mut dx_slices[..inputs.len()],
+            };
+            self.kernels[k].backward(grads, &mut self.workspace);
         }
         // Put the buffers back, adding where this node's gradient is a second one.
         for (j, buffer) in dx.into_iter().enumerate() {

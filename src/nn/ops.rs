@@ -97,19 +97,21 @@ pub(crate) trait Kernel<S: Scalar>: Send + Sync {
     /// `x[j]`: batch x input j's shape; `y`: batch x the output shape.
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S], ws: &mut Workspace<S>);
 
-    /// From `dy` = dL/dy: every parameter's gradient into `dparams` (same order as
-    /// `params`), and the gradient of every input whose `dx` slot is `Some`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        y: &[S],
-        dy: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        ws: &mut Workspace<S>,
-    );
+    /// From `grads.dy` = dL/dy: every parameter's gradient into `grads.dparams` (same order
+    /// as `params`), and the gradient of every input whose `dx` slot is `Some`.
+    fn backward(&mut self, grads: Backward<'_, S>, ws: &mut Workspace<S>);
+}
+
+/// What a node's backward pass reads (its forward's inputs `x`, output `y` and parameters,
+/// and the output's gradient `dy`) and writes (`dparams`, one per parameter tensor, and `dx`,
+/// one per input, `None` where that gradient is not wanted).
+pub(crate) struct Backward<'a, S> {
+    pub x: &'a [&'a [S]],
+    pub y: &'a [S],
+    pub dy: &'a [S],
+    pub params: &'a [&'a [S]],
+    pub dparams: &'a mut [&'a mut [S]],
+    pub dx: &'a mut [Option<&'a mut [S]>],
 }
 
 /// Scratch space shared by every node's kernels (a convolution's padded input and patch

@@ -6,7 +6,7 @@
 //! more than one gradient and the backward passes count nothing data-dependent.
 
 use super::dense::check_size;
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts, when};
 use crate::model::MAX_DIM;
@@ -134,16 +134,8 @@ impl<S: Scalar> Kernel<S> for MaxPoolKernel {
         max_forward(&self.window, x[0], y, &mut self.argmax);
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             max_backward(&self.window, dy, &self.argmax, dx);
         }
@@ -199,16 +191,8 @@ impl<S: Scalar> Kernel<S> for AvgPoolKernel {
         avg_forward(&self.0, x[0], y);
     }
 
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { dy, dx, .. } = grads;
         if let Some(dx) = dx[0].as_deref_mut() {
             avg_backward(&self.0, dy, dx);
         }

@@ -2,7 +2,7 @@
 //! `y[t] = x[t] + P[t]`, with a table P of `context x width` for sequences of up to `context`
 //! tokens (GPT-2's `wpe`). Shape rule, closed form, forward and backward.
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts, q};
 use crate::phases::NodeCounts;
@@ -108,16 +108,10 @@ impl<S: Scalar> Kernel<S> for PositionKernel {
     ///
     /// # Shapes
     /// `dy`, `dx[0]`: batch x tokens x width; `dparams[0]`: context x width.
-    fn backward(
-        &mut self,
-        _: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        _: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            dy, dparams, dx, ..
+        } = grads;
         let used = self.0.tokens * self.0.width;
         let (first, rest) = dparams[0].split_at_mut(used);
         sum_examples(dy, first);

@@ -5,7 +5,7 @@
 //! output holds minus infinity there (a constant). Shape rule, closed form, forward and
 //! backward (docs/counting.md, "Causal self-attention").
 
-use super::ops::{Kernel, Operation, Workspace};
+use super::ops::{Backward, Kernel, Operation, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -141,16 +141,8 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
 
     /// # Shapes
     /// `ds`: batch x heads x tokens x tokens; `dx[0]`, `dx[1]`: batch x tokens x width.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        ds: &[S],
-        _: &[&[S]],
-        _: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward { x, dy: ds, dx, .. } = grads;
         let Scores {
             heads,
             tokens,

@@ -3,7 +3,7 @@
 //! table (GPT-2's tied output layer: logits = x E^T). No bias. Shape rule, closed form,
 //! forward and backward; the counts are a dense layer's without bias.
 
-use super::ops::{Kernel, Operation, ParamSpec, Workspace};
+use super::ops::{Backward, Kernel, Operation, ParamSpec, Workspace};
 use crate::error::Result;
 use crate::estimate::{At, counts, q, when};
 use crate::phases::NodeCounts;
@@ -118,16 +118,15 @@ impl<S: Scalar> Kernel<S> for UnembedKernel {
     ///
     /// # Shapes
     /// `dy`: batch x rows x vocab; `dparams[0]`: vocab x width; `dx[0]`: batch x rows x width.
-    fn backward(
-        &mut self,
-        x: &[&[S]],
-        _: &[S],
-        dy: &[S],
-        params: &[&[S]],
-        dparams: &mut [&mut [S]],
-        dx: &mut [Option<&mut [S]>],
-        _: &mut Workspace<S>,
-    ) {
+    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+        let Backward {
+            x,
+            dy,
+            params,
+            dparams,
+            dx,
+            ..
+        } = grads;
         let (w, v) = (self.0.width, self.0.vocab);
         table_grads(x[0], dy, dparams[0], w, v);
         if let Some(dx) = dx[0].as_deref_mut() {
