@@ -185,6 +185,9 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
     let b = q(batch);
     let w = plan.output().len();
     let what = format!("loss {}", plan.loss().name());
+    // Cross-entropy's rows: one per example of a flat output, one per token of a
+    // [tokens, classes] output.
+    let (rows, classes) = (b * (w / plan.output().last()), plan.output().last());
     match plan.loss() {
         // d = y - t (n sub), sum of d * d (n mul, n - 1 add) over n = B*W values, / n (1 div);
         // gradient d * (2 / n) (1 div for the factor, n mul).
@@ -192,19 +195,22 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
             let n = b * w;
             counts! { at, what; sub: n, mul: n * 2, add: n - 1, div: q(2) }
         }
-        // Per example: max (W - 1 cmp), exp(z - max) (W sub, W exp), sum (W - 1 add),
-        // loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
-        // e / sum * (1/B) (W div, W mul) and minus 1/B at the class (1 sub).
-        // Per batch: the mean of B losses (B - 1 add, 1 div) and 1/B (1 div).
-        Loss::SoftmaxCrossEntropy => counts! { at, what;
-            cmp: b * (w - 1),
-            sub: b * (w + 2),
-            exp: b * w,
-            add: b * w + (b - 1),
-            ln: b,
-            div: b * w + 2,
-            mul: b * w,
-        },
+        // Per row of W classes (R rows): max (W - 1 cmp), exp(z - max) (W sub, W exp), sum
+        // (W - 1 add), loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
+        // e / sum * (1/R) (W div, W mul) and minus 1/R at the class (1 sub).
+        // Per batch: the mean of R losses (R - 1 add, 1 div) and 1/R (1 div).
+        Loss::SoftmaxCrossEntropy => {
+            let (b, w) = (rows, classes);
+            counts! { at, what;
+                cmp: b * (w - 1),
+                sub: b * (w + 2),
+                exp: b * w,
+                add: b * w + (b - 1),
+                ln: b,
+                div: b * w + 2,
+                mul: b * w,
+            }
+        }
     }
 }
 

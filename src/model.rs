@@ -217,6 +217,10 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
+}
+
 fn yes() -> bool {
     true
 }
@@ -296,6 +300,16 @@ pub enum Data {
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
+    },
+    /// A text for next-token prediction, every character a token: windows of the model's
+    /// input length, each token's target the character after it.
+    Text {
+        /// Path, relative to the model file; UTF-8.
+        path: String,
+        /// The fraction of windows, from the end of the text, kept out of training to measure
+        /// the held-out loss; default 0.
+        #[serde(default, skip_serializing_if = "is_zero_f32")]
+        held_out: f32,
     },
     /// Examples written in the model file.
     Inline {

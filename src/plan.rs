@@ -767,11 +767,13 @@ fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
 fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
     let output = plan.output();
     if plan.loss == Loss::SoftmaxCrossEntropy {
-        match output.as_flat() {
-            Some(n) if n >= 2 => {}
+        // [classes], or [tokens, classes]: a class for every token.
+        match output.dims() {
+            [n] | [_, n] if *n >= 2 => {}
             _ => {
                 return Err(format!(
-                    "loss SoftmaxCrossEntropy needs a flat output of at least 2 classes, found {output}"
+                    "loss SoftmaxCrossEntropy needs an output of [classes] or [tokens, classes] \
+                     with at least 2 classes, found {output}"
                 ));
             }
         }

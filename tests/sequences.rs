@@ -121,6 +121,7 @@ fn the_generator_makes_every_sequence_operation() {
         "op: CausalSoftmax",
         "op: Mix(heads: 2)",
         "inputs: [\"input\", \"input\"]",
+        "loss: SoftmaxCrossEntropy",
     ] {
         assert!(all.contains(wanted), "no model has {wanted}");
     }
@@ -347,4 +348,99 @@ fn attention_counts_only_the_unmasked_pairs() {
         Convention::Mac.value("causal_softmax", Phase::Forward, &sm.forward),
         Some(0)
     );
+}
+
+/// Next-token prediction: softmax cross-entropy at every token, averaged over every token of
+/// every example, against its definition in f64 (`ln sum_v exp z_v - z_class` per token), and
+/// counted as B·T rows of the classes (docs/counting.md, "Losses").
+#[test]
+fn cross_entropy_scores_every_token() {
+    let (t, v, b) = (3, 4, 2);
+    let text = format!(
+        "(name: \"lm\", input: [{t}], loss: SoftmaxCrossEntropy, graph: [
+            (name: \"wte\", op: Embedding(vocab: {v}, width: 5)),
+            (name: \"logits\", op: Unembed(vocab: {v}))])"
+    );
+    let p = plan(&text);
+    let data = Dataset::synthetic(&p, b, 5);
+    assert_eq!(data.positions, t);
+    let batch = data.head::<f64>(b, p.loss());
+    assert_eq!(batch.classes.len(), b * t);
+    let mut net = Network::<f64>::new(&p);
+    let loss = net.forward_loss(&batch);
+    let logits = net.output().to_vec();
+    let want: f64 = logits
+        .chunks(v)
+        .zip(&batch.classes)
+        .map(|(z, &c)| z.iter().map(|x| x.exp()).sum::<f64>().ln() - z[c])
+        .sum::<f64>()
+        / (b * t) as f64;
+    assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
+    // The loss of B examples of T tokens counts as B·T examples of one token.
+    let one = plan(&format!(
+        "(name: \"lm\", input: [1], loss: SoftmaxCrossEntropy, graph: [
+            (name: \"wte\", op: Embedding(vocab: {v}, width: 5)),
+            (name: \"logits\", op: Unembed(vocab: {v}))])"
+    ));
+    assert_eq!(
+        estimate::loss(&p, b).unwrap(),
+        estimate::loss(&one, b * t).unwrap()
+    );
+    assert_eq!(
+        measure_step(&p, &data, b).predictable(),
+        estimate::step(&p, b).unwrap()
+    );
+    // Accuracy counts every token's prediction.
+    let eval = opcount::train::evaluate(&mut net, &data);
+    assert_eq!((eval.examples, eval.predictions), (b, b * t));
+}
+
+/// A text as next-token examples: every character a token, ids in sorted order of the
+/// distinct characters, each window's targets its inputs moved on by one, and the held-out
+/// windows the end of the text.
+#[test]
+fn a_text_becomes_windows_of_tokens_and_their_next_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    // 23 characters, 5 distinct: ' ' < 'a' < 'b' < 'c' < 'd'.
+    std::fs::write(dir.path().join("t.txt"), "abc abd abc dab cab dda").unwrap();
+    let model = |held_out: f32, vocab: usize| {
+        Model::parse(
+            &format!(
+                "(name: \"lm\", input: [4], loss: SoftmaxCrossEntropy, graph: [
+                    (name: \"wte\", op: Embedding(vocab: {vocab}, width: 2)),
+                    (name: \"logits\", op: Unembed(vocab: {vocab}), share: \"wte\")],
+                  training: (data: Text(path: \"t.txt\", held_out: {held_out}),
+                             epochs: 1, lr: 0.1, batch: 2))"
+            ),
+            "lm.ron",
+        )
+        .unwrap()
+    };
+    let load = |held_out: f32, vocab: usize| {
+        let m = model(held_out, vocab);
+        let plan = m.plan("lm.ron").unwrap();
+        let data = &m.training.as_ref().unwrap().data;
+        Dataset::load_split(data, dir.path(), "lm.ron", &plan)
+    };
+    // 22 characters have a next one: 5 windows of 4; a quarter held out is 2 (rounded up).
+    let (train, held) = load(0.25, 5).unwrap();
+    let held = held.unwrap();
+    assert_eq!((train.len(), held.len()), (3, 2));
+    // "abc " -> ids 1 2 3 0, targets "bc a" -> 2 3 0 1.
+    assert_eq!(&train.inputs[..4], [1.0, 2.0, 3.0, 0.0]);
+    let opcount::data::Targets::Classes(classes) = &train.targets else {
+        panic!("classes")
+    };
+    assert_eq!(&classes[..4], [2, 3, 0, 1]);
+    // The held-out windows are the last two: characters 12..20, "dab cab ".
+    assert_eq!(held.inputs, [4.0, 1.0, 2.0, 0.0, 3.0, 1.0, 2.0, 0.0]);
+    let (all, none) = load(0.0, 5).unwrap();
+    assert_eq!((all.len(), none), (5, None));
+    let err = load(0.0, 4).unwrap_err().to_string();
+    assert!(
+        err.contains("the text has 5 distinct characters, the model's embedding takes 4"),
+        "{err}"
+    );
+    let err = load(1.0, 5).unwrap_err().to_string();
+    assert!(err.contains("held_out: expected a fraction"), "{err}");
 }

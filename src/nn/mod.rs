@@ -292,7 +292,9 @@ impl<S: Scalar> Network<S> {
     /// is then also its first.
     fn loss_phase(&mut self, batch: &Batch<S>, chained: bool, watch: &mut impl FnMut(Event)) -> S {
         let last = self.values.len() - 1;
-        let width = self.plan.output().len();
+        // Softmax cross-entropy scores each row of the output's last axis: one example of a
+        // flat output, one token of a [tokens, classes] output.
+        let width = self.plan.output().last();
         let (y, grad) = (&self.values[last], &mut self.grads[last]);
         self.marks.start::<S>(Phase::Loss, chained);
         watch(Event::start(Phase::Loss));

@@ -4,7 +4,8 @@
 //! activations, layer norms, sums of two earlier values and causal self-attention (queries,
 //! keys and values from dense layers or straight from earlier values, any number of heads
 //! that divides the width); a dense head or an unembedding,
-//! tied to the embedding or not. Every value is used: whatever no node read is summed into
+//! tied to the embedding or not; MSE, or softmax cross-entropy at every token. Every value
+//! is used: whatever no node read is summed into
 //! the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
@@ -134,7 +135,12 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
         unread.push(name);
         k += 1;
     }
-    let units = 1 + rng.below(4);
+    let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
+    // Cross-entropy needs two classes at least, and an unembedding tied to an embedding of
+    // one id has one.
+    let two = usize::from(loss != "Mse");
+    let ids = ids.filter(|&v| v > two);
+    let units = 1 + two + rng.below(4);
     let head = match (rng.below(3), ids) {
         (0, _) => format!("Unembed(vocab: {units}), inputs: [\"{}\"]", unread[0]),
         (1, Some(vocab)) => format!(
@@ -145,7 +151,7 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
     };
     entries.push(format!("(name: \"head\", op: {head})"));
     let text = format!(
-        "(name: \"sequence\", input: {input}, loss: Mse, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
+        "(name: \"sequence\", input: {input}, loss: {loss}, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",
         rng.below(1000),
         entries.join(",\n  ")
     );
