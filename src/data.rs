@@ -120,13 +120,21 @@ impl Dataset {
                         inputs[i].len()
                     )));
                 }
-                let n_targets = match targets {
-                    InlineTargets::Classes(c) => c.len(),
-                    InlineTargets::Values(v) => v.len(),
+                // Classes are one per example, or one per token for next-token prediction.
+                let (n_targets, per) = match targets {
+                    InlineTargets::Classes(c) => {
+                        (c.len(), plan.output().len() / plan.output().last())
+                    }
+                    InlineTargets::Values(v) => (v.len(), 1),
                 };
-                if n_targets != inputs.len() {
+                if n_targets != inputs.len() * per {
+                    let each = if per > 1 {
+                        format!(" ({per} classes per input, one per token)")
+                    } else {
+                        String::new()
+                    };
                     return Err(err(format!(
-                        "inline data: {} inputs but {n_targets} targets",
+                        "inline data: {} inputs but {n_targets} targets{each}",
                         inputs.len()
                     )));
                 }

@@ -14,7 +14,8 @@ use std::ops::{Add, Mul, Sub};
 
 use crate::counts::Counts;
 use crate::error::{Error, Result};
-use crate::model::{Loss, Node, Plan};
+use crate::model::{Loss, Node, Optimizer, Plan};
+use crate::nn::optimizer::per_parameter;
 use crate::phases::{NodeCounts, StepCounts};
 
 /// A count under construction: `None` once any step overflowed or went below zero.
@@ -160,6 +161,23 @@ fn node(at: At<'_>, plan: &Plan, node: &Node) -> Result<NodeCounts> {
     // Parameters shared with an earlier node are updated once, by that node.
     if !node.owns_params() {
         counts.update = Counts::ZERO;
+    }
+    // Every operation's closed form counts SGD's update, 1 mul and 1 sub per parameter it
+    // owns; another optimizer's arithmetic per parameter takes its place (docs/counting.md,
+    // "Optimizers").
+    let optimizer = plan.optimizer();
+    if node.owns_params() && !optimizer.is_sgd() {
+        let owned = node
+            .param_ids()
+            .iter()
+            .map(|&p| plan.param_tensors()[p].spec.len as u128)
+            .sum::<u128>();
+        let per = |c: Counts| c.checked_scale(owned);
+        counts.update = per(per_parameter(Optimizer::Sgd))
+            .and_then(|sgd| counts.update.checked_sub(sgd))
+            .zip(per(per_parameter(optimizer)))
+            .and_then(|(rest, update)| rest.checked_add(update))
+            .ok_or_else(|| at.overflow(format!("{} update", node.name())))?;
     }
     let mut sums = NONE;
     for (&v, &adds) in node.inputs().iter().zip(node.input_grad_adds()) {

@@ -285,6 +285,51 @@ pub struct Training {
     /// Seed of the shuffle before each epoch.
     #[serde(default)]
     pub seed: u64,
+    /// How the update phase changes the parameters; default SGD.
+    #[serde(default, skip_serializing_if = "Optimizer::is_sgd")]
+    pub optimizer: Optimizer,
+}
+
+/// How the update phase changes each parameter from its gradient g, at learning rate lr.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// `p -= lr g`.
+    #[default]
+    Sgd,
+    /// Adam (Kingma and Ba, 2015), as PyTorch's `torch.optim.Adam` computes it: moments
+    /// `m = beta1 m + (1 - beta1) g` and `v = beta2 v + (1 - beta2) g g`, then
+    /// `p -= (lr / c1) m / (sqrt(v) / sqrt(c2) + eps)` with the bias corrections
+    /// `c1 = 1 - beta1^t`, `c2 = 1 - beta2^t` of step t.
+    Adam {
+        /// Decay of the first moment; default 0.9.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Decay of the second moment; default 0.999.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Added to the root of the second moment; default 1e-8.
+        #[serde(default = "adam_eps")]
+        eps: f32,
+    },
+}
+
+impl Optimizer {
+    /// Whether this is plain SGD.
+    pub fn is_sgd(&self) -> bool {
+        *self == Optimizer::Sgd
+    }
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+
+fn beta2() -> f32 {
+    0.999
+}
+
+fn adam_eps() -> f32 {
+    1e-8
 }
 
 /// Training examples.

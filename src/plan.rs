@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Training};
+use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Training};
 use crate::nn::activation::Act;
 use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
 use crate::shape::Shape;
@@ -95,6 +95,14 @@ impl Plan {
         self.init
     }
 
+    /// The optimizer of the model's training block (SGD without one).
+    pub fn optimizer(&self) -> Optimizer {
+        self.model
+            .training
+            .as_ref()
+            .map_or(Optimizer::Sgd, |t| t.optimizer)
+    }
+
     /// `Some(vocab)` if the model's input holds token ids, each a whole number below
     /// `vocab` (the smallest vocabulary of the embeddings that read it).
     pub fn token_ids(&self) -> Option<usize> {
@@ -132,6 +140,10 @@ impl Plan {
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();
+        // Adam's two moments per parameter.
+        if !self.optimizer().is_sgd() {
+            values += 2 * self.params();
+        }
         values += 2 * b * self.input.len() as u128;
         let mut largest_value = 0u128;
         let mut workspace = 0u128;
@@ -731,6 +743,21 @@ fn check_training(t: &Training) -> std::result::Result<(), String> {
             "training: lr: expected a positive number, found {}",
             t.lr
         ));
+    }
+    if let Optimizer::Adam { beta1, beta2, eps } = t.optimizer {
+        for (what, beta) in [("beta1", beta1), ("beta2", beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!(
+                    "training: optimizer: {what}: expected from 0 up to (not including) 1, \
+                     found {beta}"
+                ));
+            }
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(format!(
+                "training: optimizer: eps: expected a positive number, found {eps}"
+            ));
+        }
     }
     Ok(())
 }

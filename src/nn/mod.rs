@@ -19,6 +19,7 @@ pub(crate) mod layernorm;
 mod loss;
 pub(crate) mod mix;
 pub(crate) mod ops;
+pub(crate) mod optimizer;
 pub(crate) mod pool;
 pub(crate) mod positions;
 pub(crate) mod scores;
@@ -101,6 +102,8 @@ pub struct Network<S: Scalar> {
     scratch: [Buffer<S>; MAX_INPUTS],
     param_scratch: [Buffer<S>; MAX_PARAMS],
     workspace: Workspace<S>,
+    /// The update's rule and what it keeps between steps.
+    optimizer: optimizer::State<S>,
     batch: usize,
     stage: Stage,
     marks: Marks,
@@ -144,6 +147,7 @@ impl<S: Scalar> Network<S> {
                 .map(|(&p, _)| plan.param_tensors()[p].spec.len)
         });
         let shared = shared.max().unwrap_or(0);
+        let optimizer = optimizer::State::new(plan.optimizer(), params.iter().map(|p| p.len()));
         Network {
             kernels: plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect(),
             params,
@@ -156,6 +160,7 @@ impl<S: Scalar> Network<S> {
                 values: Vec::with_capacity(workspace_len),
                 flags: Vec::new(),
             },
+            optimizer,
             batch: 0,
             stage: Stage::Fresh,
             marks: Marks::new(plan.nodes().len()),
@@ -423,8 +428,8 @@ impl<S: Scalar> Network<S> {
         true
     }
 
-    /// One SGD step on every parameter: `p -= lr * dp`, each tensor once, counted for the
-    /// node that owns it.
+    /// One step of the model's optimizer (SGD, `p -= lr * dp`, unless the training block names
+    /// another) on every parameter, each tensor once, counted for the node that owns it.
     pub fn update(&mut self, lr: S) {
         self.update_phase(lr, false, &mut |_| {});
     }
@@ -433,6 +438,7 @@ impl<S: Scalar> Network<S> {
     fn update_phase(&mut self, lr: S, chained: bool, watch: &mut impl FnMut(Event)) {
         self.marks.start::<S>(Phase::Update, chained);
         watch(Event::start(Phase::Update));
+        self.optimizer.start(lr);
         for (k, node) in self.plan.nodes().iter().enumerate() {
             let owned = if node.owns_params() {
                 node.param_ids()
@@ -440,7 +446,8 @@ impl<S: Scalar> Network<S> {
                 &[]
             };
             for &id in owned {
-                sgd(&mut self.params[id], &self.param_grads[id], lr);
+                self.optimizer
+                    .update(id, &mut self.params[id], &self.param_grads[id], lr);
             }
             self.marks.lap::<S>(Phase::Update, k, !owned.is_empty());
             watch(Event::end(Phase::Update, k));
@@ -535,14 +542,6 @@ impl<S: Scalar> Network<S> {
 fn accumulate<S: Scalar>(into: &mut [S], from: &[S]) {
     for (g, &d) in into.iter_mut().zip(from) {
         *g += d;
-    }
-}
-
-/// `p -= lr * g`, element by element.
-#[inline(never)]
-fn sgd<S: Scalar>(params: &mut [S], grads: &[S], lr: S) {
-    for (p, &g) in params.iter_mut().zip(grads) {
-        *p -= lr * g;
     }
 }
 
