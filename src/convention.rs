@@ -13,9 +13,10 @@ pub enum Convention {
     /// opcount's own: every kind of operation counted separately (`docs/counting.md`).
     #[default]
     Exact,
-    /// Multiply-accumulates of the convolution and dense layers only, forward and backward:
-    /// one per product of their weighted sums (bias additions, activations, pooling, the
-    /// loss and the update count nothing). What fvcore, thop, ptflops and torchvision's
+    /// Multiply-accumulates of the matrix products only, forward and backward: one per
+    /// product of the weighted sums of convolution, dense and unembedding layers and of
+    /// attention's scores and mix (bias additions, activations, softmax, normalisation,
+    /// pooling, the loss and the update count nothing). What fvcore, thop, ptflops and torchvision's
     /// published "GFLOPS" report for the forward pass.
     Mac,
     /// Two floating-point operations per multiply-accumulate, in the same places: what
@@ -40,11 +41,13 @@ impl Convention {
     /// [`Convention::Exact`], and if the number would pass `u128::MAX` (flops are twice the
     /// multiplications).
     ///
-    /// A convolution's or dense layer's multiply-accumulates are exactly its measured
-    /// multiplications: forward, one per product of a weighted sum; backward, one per
-    /// product of the weight gradient and of the input gradient (when computed).
+    /// A convolution's, dense or unembedding layer's, or attention's scores' or mix's
+    /// multiply-accumulates are exactly its measured multiplications: forward, one per
+    /// product of a weighted sum; backward, one per product of each gradient it computes.
     pub fn value(self, kind: &str, phase: Phase, counts: &Counts) -> Option<u128> {
-        let weighted = matches!(kind, "conv2d" | "dense");
+        // Every matrix product: the weighted layers, the tied output layer, and attention's
+        // scores and mix.
+        let weighted = matches!(kind, "conv2d" | "dense" | "unembed" | "scores" | "mix");
         let macs = match phase {
             Phase::Forward | Phase::Backward if weighted => counts.mul,
             _ => 0,

@@ -14,7 +14,7 @@ use crate::text::echo;
 /// What each example should produce.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
-    /// A class index per example.
+    /// A class index per example (per position and example, for next-token prediction).
     Classes(Vec<usize>),
     /// `outputs` values per example, example after example.
     Values(Vec<f32>),
@@ -45,7 +45,11 @@ pub struct Dataset {
     pub features: usize,
     /// Values per example out.
     pub outputs: usize,
-    /// One target per example.
+    /// Class targets per example: 1, or one per token for a model whose output is
+    /// `[tokens, classes]` (next-token prediction). Values per class target: the output's
+    /// last axis.
+    pub positions: usize,
+    /// One target per example (`positions` classes per example).
     pub targets: Targets,
 }
 
@@ -61,7 +65,8 @@ impl Dataset {
     }
 
     /// Loads a model's training data; relative paths are relative to `model_dir`.
-    /// `origin` names the model file in messages about inline data.
+    /// `origin` names the model file in messages about inline data. Examples the data holds
+    /// out (see [`Dataset::load_split`]) are not part of it.
     pub fn load(data: &Data, model_dir: &Path, origin: &str, plan: &Plan) -> Result<Dataset> {
         Dataset::load_within(data, model_dir, origin, plan, &mut Budget::unlimited())
     }
@@ -76,7 +81,55 @@ impl Dataset {
         plan: &Plan,
         budget: &mut Budget,
     ) -> Result<Dataset> {
+        Ok(Dataset::load_split_within(data, model_dir, origin, plan, budget)?.0)
+    }
+
+    /// Loads a model's data as [`Dataset::load`] does, and the held-out examples apart, if
+    /// the data holds some out (a `Text`'s `held_out` windows, from the end of the text):
+    /// `(training, held out)`.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use opcount::{Model, data::Dataset};
+    ///
+    /// let model = Model::parse(
+    ///     "(name: \"chars\", input: [64], loss: SoftmaxCrossEntropy, graph: [
+    ///         (name: \"wte\", op: Embedding(vocab: 80, width: 8)),
+    ///         (name: \"logits\", op: Unembed(vocab: 80), share: \"wte\")],
+    ///       training: (data: Text(path: \"data/pride-and-prejudice.txt\", held_out: 0.1),
+    ///                  epochs: 1, lr: 0.01, batch: 8))",
+    ///     "chars.ron",
+    /// )?;
+    /// let plan = model.plan("chars.ron")?;
+    /// let data = &model.training.as_ref().unwrap().data;
+    /// let (train, held_out) = Dataset::load_split(data, Path::new("models"), "chars.ron", &plan)?;
+    /// let held_out = held_out.expect("a tenth of the windows");
+    /// // 684,768 characters: 10,699 windows of 64 tokens and the character after each.
+    /// assert_eq!((train.len(), held_out.len()), (9_629, 1_070));
+    /// assert_eq!(train.positions, 64);
+    /// # Ok::<(), opcount::Error>(())
+    /// ```
+    pub fn load_split(
+        data: &Data,
+        model_dir: &Path,
+        origin: &str,
+        plan: &Plan,
+    ) -> Result<(Dataset, Option<Dataset>)> {
+        Dataset::load_split_within(data, model_dir, origin, plan, &mut Budget::unlimited())
+    }
+
+    /// [`Dataset::load_split`], charging what it reads to `budget`.
+    pub fn load_split_within(
+        data: &Data,
+        model_dir: &Path,
+        origin: &str,
+        plan: &Plan,
+        budget: &mut Budget,
+    ) -> Result<(Dataset, Option<Dataset>)> {
         let (inputs, features, targets, lines) = match data {
+            Data::Text { path, held_out } => {
+                return read_text_windows(&model_dir.join(path), *held_out, plan, budget);
+            }
             Data::Csv {
                 path,
                 features,
@@ -94,13 +147,21 @@ impl Dataset {
                         inputs[i].len()
                     )));
                 }
-                let n_targets = match targets {
-                    InlineTargets::Classes(c) => c.len(),
-                    InlineTargets::Values(v) => v.len(),
+                // Classes are one per example, or one per token for next-token prediction.
+                let (n_targets, per) = match targets {
+                    InlineTargets::Classes(c) => {
+                        (c.len(), plan.output().len() / plan.output().last())
+                    }
+                    InlineTargets::Values(v) => (v.len(), 1),
                 };
-                if n_targets != inputs.len() {
+                if n_targets != inputs.len() * per {
+                    let each = if per > 1 {
+                        format!(" ({per} classes per input, one per token)")
+                    } else {
+                        String::new()
+                    };
                     return Err(err(format!(
-                        "inline data: {} inputs but {n_targets} targets",
+                        "inline data: {} inputs but {n_targets} targets{each}",
                         inputs.len()
                     )));
                 }
@@ -131,7 +192,9 @@ impl Dataset {
             }
         };
         let file = match data {
-            Data::Csv { path, .. } => model_dir.join(path).display().to_string(),
+            Data::Csv { path, .. } | Data::Text { path, .. } => {
+                model_dir.join(path).display().to_string()
+            }
             Data::Inline { .. } => origin.to_string(),
         };
         // Where example `i` was written: its CSV line, or its place in the inline list.
@@ -139,7 +202,8 @@ impl Dataset {
             Some(line) => format!("{file}:{line}"),
             None => format!("{file}: example {i}"),
         };
-        Dataset::checked(inputs, features, targets, plan, &file, &locate)
+        let data = Dataset::checked(inputs, features, targets, plan, &file, &locate)?;
+        Ok((data, None))
     }
 
     /// Checks examples against a plan.
@@ -179,14 +243,42 @@ impl Dataset {
                 ),
             ));
         }
+        if let Some(vocab) = plan.token_ids() {
+            let bad = |v: f32| v < 0.0 || v.fract() != 0.0 || v >= vocab as f32;
+            if let Some(i) = inputs.iter().position(|&v| bad(v)) {
+                return Err(err_at(
+                    i / features,
+                    format!(
+                        "feature {}: {} is not a token id (a whole number from 0 to {})",
+                        i % features,
+                        inputs[i],
+                        vocab - 1
+                    ),
+                ));
+            }
+        }
         let outputs = plan.output().len();
+        let positions = outputs / plan.output().last();
         match &targets {
             Targets::Classes(classes) => {
                 // One output scores a two-class problem: class 1 above 0.5.
-                let n_classes = if outputs == 1 { 2 } else { outputs };
+                let n_classes = if outputs == 1 {
+                    2
+                } else {
+                    plan.output().last()
+                };
+                let n = inputs.len() / features;
+                if classes.len() != n * positions {
+                    return Err(err(format!(
+                        "the model predicts a class at each of {positions} positions (its output \
+                         is {}), the data has {} classes per example",
+                        plan.output(),
+                        classes.len() as f64 / n as f64
+                    )));
+                }
                 if let Some(i) = classes.iter().position(|&c| c >= n_classes) {
                     return Err(err_at(
-                        i,
+                        i / positions,
                         format!(
                             "class {} is out of range, the model has {n_classes} classes (0..{})",
                             classes[i],
@@ -227,20 +319,27 @@ impl Dataset {
             inputs,
             features,
             outputs,
+            positions,
             targets,
         })
     }
 
-    /// `n` made-up examples for a plan: inputs uniform in `[-1, 1)`, and a random class (for
-    /// cross-entropy) or random values in `[0, 1)` (for MSE).
+    /// `n` made-up examples for a plan: inputs uniform in `[-1, 1)` (token ids uniform below
+    /// the vocabulary, if the input holds ids), and a random class (for cross-entropy) or
+    /// random values in `[0, 1)` (for MSE).
     pub fn synthetic(plan: &Plan, n: usize, seed: u64) -> Dataset {
         let mut rng = Rng::new(seed);
         let features = plan.input().len();
         let outputs = plan.output().len();
-        let inputs = (0..n * features).map(|_| rng.symmetric(1.0)).collect();
+        let inputs = match plan.token_ids() {
+            Some(vocab) => (0..n * features).map(|_| rng.below(vocab) as f32).collect(),
+            None => (0..n * features).map(|_| rng.symmetric(1.0)).collect(),
+        };
+        let classes = plan.output().last();
+        let positions = outputs / classes;
         let targets = match plan.loss() {
             Loss::SoftmaxCrossEntropy => {
-                Targets::Classes((0..n).map(|_| rng.below(outputs)).collect())
+                Targets::Classes((0..n * positions).map(|_| rng.below(classes)).collect())
             }
             Loss::Mse => Targets::Values((0..n * outputs).map(|_| rng.unit()).collect()),
         };
@@ -248,6 +347,7 @@ impl Dataset {
             inputs,
             features,
             outputs,
+            positions,
             targets,
         }
     }
@@ -271,14 +371,19 @@ impl Dataset {
             let row = &self.inputs[i * self.features..(i + 1) * self.features];
             batch.inputs.extend(row.iter().map(|&v| scalar::<S>(v)));
         }
+        let p = self.positions;
         match (&self.targets, loss) {
             (Targets::Classes(c), Loss::SoftmaxCrossEntropy) => {
-                batch.classes.extend(indices.iter().map(|&i| c[i]));
+                for &i in indices {
+                    batch.classes.extend_from_slice(&c[i * p..(i + 1) * p]);
+                }
             }
             (Targets::Classes(c), Loss::Mse) => {
-                batch.classes.extend(indices.iter().map(|&i| c[i]));
                 for &i in indices {
-                    batch.values.extend(one_hot::<S>(c[i], self.outputs));
+                    batch.classes.extend_from_slice(&c[i * p..(i + 1) * p]);
+                }
+                for &class in &batch.classes {
+                    batch.values.extend(one_hot::<S>(class, self.outputs / p));
                 }
             }
             (Targets::Values(v), _) => {
@@ -312,10 +417,81 @@ pub struct Batch<S> {
     pub size: usize,
     /// `size x features` values.
     pub inputs: Vec<S>,
-    /// A class per example (empty for value targets).
+    /// A class per example, or per token and example (empty for value targets).
     pub classes: Vec<usize>,
     /// `size x outputs` target values (empty for cross-entropy).
     pub values: Vec<S>,
+}
+
+/// Next-token examples from a text file, every character a token: the ids are the places
+/// of the text's distinct characters in sorted order; window k is the T characters from
+/// k·T, and each one's target the character after it. The last `held_out` of the windows
+/// (rounded up), the end of the text, are returned apart.
+fn read_text_windows(
+    path: &Path,
+    held_out: f32,
+    plan: &Plan,
+    budget: &mut Budget,
+) -> Result<(Dataset, Option<Dataset>)> {
+    let shown = path.display().to_string();
+    let err = |message: String| Error::Data {
+        origin: shown.clone(),
+        message,
+    };
+    let (Some(vocab), Some(t)) = (plan.token_ids(), plan.input().as_flat()) else {
+        return Err(err(
+            "text data needs a model that reads token ids (an Embedding of 'input')".into(),
+        ));
+    };
+    if !(0.0..1.0).contains(&held_out) {
+        return Err(err(format!(
+            "held_out: expected a fraction from 0 up to (not including) 1, found {held_out}"
+        )));
+    }
+    let text = crate::input::read_model_text(path, budget)?;
+    let chars: Vec<char> = text.chars().collect();
+    let distinct: Vec<char> = chars
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<char>>()
+        .into_iter()
+        .collect();
+    if distinct.len() > vocab {
+        return Err(err(format!(
+            "the text has {} distinct characters, the model's embedding takes {vocab} (vocab)",
+            distinct.len()
+        )));
+    }
+    let ids: Vec<usize> = chars
+        .iter()
+        .map(|c| {
+            distinct
+                .binary_search(c)
+                .expect("every character is in the list")
+        })
+        .collect();
+    let windows = ids.len().saturating_sub(1) / t;
+    let held = (held_out as f64 * windows as f64).ceil() as usize;
+    if windows <= held {
+        return Err(err(format!(
+            "{} characters make {windows} windows of {t} tokens (and the next), {held} of them \
+             held out: nothing is left to train on",
+            ids.len()
+        )));
+    }
+    let part = |from: usize, to: usize| {
+        let inputs = ids[from * t..to * t].iter().map(|&i| i as f32).collect();
+        let classes = ids[from * t + 1..to * t + 1].to_vec();
+        let locate = |k: usize| format!("{shown}: window {}", from + k);
+        Dataset::checked(inputs, t, Targets::Classes(classes), plan, &shown, &locate)
+    };
+    let train = part(0, windows - held)?;
+    let held_out = if held > 0 {
+        Some(part(windows - held, windows)?)
+    } else {
+        None
+    };
+    Ok((train, held_out))
 }
 
 /// Reads a CSV file with a header row, charging what it keeps to `budget`.

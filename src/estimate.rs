@@ -14,7 +14,8 @@ use std::ops::{Add, Mul, Sub};
 
 use crate::counts::Counts;
 use crate::error::{Error, Result};
-use crate::model::{Loss, Node, Plan};
+use crate::model::{Loss, Node, Optimizer, Plan};
+use crate::nn::optimizer::per_parameter;
 use crate::phases::{NodeCounts, StepCounts};
 
 /// A count under construction: `None` once any step overflowed or went below zero.
@@ -161,6 +162,23 @@ fn node(at: At<'_>, plan: &Plan, node: &Node) -> Result<NodeCounts> {
     if !node.owns_params() {
         counts.update = Counts::ZERO;
     }
+    // Every operation's closed form counts SGD's update, 1 mul and 1 sub per parameter it
+    // owns; another optimizer's arithmetic per parameter takes its place (docs/counting.md,
+    // "Optimizers").
+    let optimizer = plan.optimizer();
+    if node.owns_params() && !optimizer.is_sgd() {
+        let owned = node
+            .param_ids()
+            .iter()
+            .map(|&p| plan.param_tensors()[p].spec.len as u128)
+            .sum::<u128>();
+        let per = |c: Counts| c.checked_scale(owned);
+        counts.update = per(per_parameter(Optimizer::Sgd))
+            .and_then(|sgd| counts.update.checked_sub(sgd))
+            .zip(per(per_parameter(optimizer)))
+            .and_then(|(rest, update)| rest.checked_add(update))
+            .ok_or_else(|| at.overflow(format!("{} update", node.name())))?;
+    }
     let mut sums = NONE;
     for (&v, &adds) in node.inputs().iter().zip(node.input_grad_adds()) {
         sums = sums + when(adds, at.b() * plan.value_shape(v).len());
@@ -185,6 +203,9 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
     let b = q(batch);
     let w = plan.output().len();
     let what = format!("loss {}", plan.loss().name());
+    // Cross-entropy's rows: one per example of a flat output, one per token of a
+    // [tokens, classes] output.
+    let (rows, classes) = (b * (w / plan.output().last()), plan.output().last());
     match plan.loss() {
         // d = y - t (n sub), sum of d * d (n mul, n - 1 add) over n = B*W values, / n (1 div);
         // gradient d * (2 / n) (1 div for the factor, n mul).
@@ -192,19 +213,22 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
             let n = b * w;
             counts! { at, what; sub: n, mul: n * 2, add: n - 1, div: q(2) }
         }
-        // Per example: max (W - 1 cmp), exp(z - max) (W sub, W exp), sum (W - 1 add),
-        // loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
-        // e / sum * (1/B) (W div, W mul) and minus 1/B at the class (1 sub).
-        // Per batch: the mean of B losses (B - 1 add, 1 div) and 1/B (1 div).
-        Loss::SoftmaxCrossEntropy => counts! { at, what;
-            cmp: b * (w - 1),
-            sub: b * (w + 2),
-            exp: b * w,
-            add: b * w + (b - 1),
-            ln: b,
-            div: b * w + 2,
-            mul: b * w,
-        },
+        // Per row of W classes (R rows): max (W - 1 cmp), exp(z - max) (W sub, W exp), sum
+        // (W - 1 add), loss = (ln(sum) + max) - z_class (1 ln, 1 add, 1 sub); gradient
+        // e / sum * (1/R) (W div, W mul) and minus 1/R at the class (1 sub).
+        // Per batch: the mean of R losses (R - 1 add, 1 div) and 1/R (1 div).
+        Loss::SoftmaxCrossEntropy => {
+            let (b, w) = (rows, classes);
+            counts! { at, what;
+                cmp: b * (w - 1),
+                sub: b * (w + 2),
+                exp: b * w,
+                add: b * w + (b - 1),
+                ln: b,
+                div: b * w + 2,
+                mul: b * w,
+            }
+        }
     }
 }
 

@@ -66,7 +66,7 @@ pub struct Entry {
     /// the entry before it (the model's input for the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
-    /// Use the parameters of this node (same operation and shapes) instead of its own:
+    /// Use the parameters of this node (tensors of the same shapes) instead of its own:
     /// weight tying. Their gradients add up, and the update touches them once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
@@ -173,6 +173,44 @@ pub enum Layer {
     BatchNorm2d,
     /// The sum of two values of the same shape (a residual connection); in a `graph` only.
     Add,
+    /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
+    /// by learnable `gamma` and `beta` per feature.
+    LayerNorm,
+    /// Token ids (the model's `[tokens]` input) to rows of a learned `vocab x width` table.
+    Embedding {
+        /// Distinct token ids: every id is below it.
+        vocab: usize,
+        /// Features per token.
+        width: usize,
+    },
+    /// A learned `context x width` table whose row t is added to token t.
+    PositionEmbedding {
+        /// The longest sequence it takes.
+        context: usize,
+    },
+    /// A score per token id for every row: `y_v = sum_i x_i E_vi`, with a `vocab x width`
+    /// table E that may `share` an `Embedding`'s (a tied output layer). No bias.
+    Unembed {
+        /// Token ids scored.
+        vocab: usize,
+    },
+    /// Causal attention scores of two `[tokens, width]` inputs, queries and keys, split into
+    /// `heads`: `s[h][i][j] = q_i . k_j / sqrt(width / heads)` for j <= i, minus infinity
+    /// (not computed) for j > i; out `[heads, tokens, tokens]`. In a `graph` only.
+    Scores {
+        /// Heads; they divide the width.
+        heads: usize,
+    },
+    /// A softmax over each row i of `[..., tokens, tokens]` scores, over its first i + 1
+    /// entries; zeros after them.
+    CausalSoftmax,
+    /// The causal mix of two inputs, probabilities `[heads, tokens, tokens]` and values
+    /// `[tokens, width]`: head h of token i is `sum over j <= i of p[h][i][j] v_j`; out
+    /// `[tokens, width]`. In a `graph` only.
+    Mix {
+        /// Heads; they divide the width.
+        heads: usize,
+    },
     /// `x` unchanged.
     Identity,
     /// `1 / (1 + exp(-x))`.
@@ -215,6 +253,10 @@ fn is_one(n: &usize) -> bool {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
 }
 
 fn yes() -> bool {
@@ -281,6 +323,51 @@ pub struct Training {
     /// Seed of the shuffle before each epoch.
     #[serde(default)]
     pub seed: u64,
+    /// How the update phase changes the parameters; default SGD.
+    #[serde(default, skip_serializing_if = "Optimizer::is_sgd")]
+    pub optimizer: Optimizer,
+}
+
+/// How the update phase changes each parameter from its gradient g, at learning rate lr.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// `p -= lr g`.
+    #[default]
+    Sgd,
+    /// Adam (Kingma and Ba, 2015), as PyTorch's `torch.optim.Adam` computes it: moments
+    /// `m = beta1 m + (1 - beta1) g` and `v = beta2 v + (1 - beta2) g g`, then
+    /// `p -= (lr / c1) m / (sqrt(v) / sqrt(c2) + eps)` with the bias corrections
+    /// `c1 = 1 - beta1^t`, `c2 = 1 - beta2^t` of step t.
+    Adam {
+        /// Decay of the first moment; default 0.9.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Decay of the second moment; default 0.999.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Added to the root of the second moment; default 1e-8.
+        #[serde(default = "adam_eps")]
+        eps: f32,
+    },
+}
+
+impl Optimizer {
+    /// Whether this is plain SGD.
+    pub fn is_sgd(&self) -> bool {
+        *self == Optimizer::Sgd
+    }
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+
+fn beta2() -> f32 {
+    0.999
+}
+
+fn adam_eps() -> f32 {
+    1e-8
 }
 
 /// Training examples.
@@ -300,6 +387,16 @@ pub enum Data {
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
+    },
+    /// A text for next-token prediction, every character a token: windows of the model's
+    /// input length, each token's target the character after it.
+    Text {
+        /// Path, relative to the model file; UTF-8.
+        path: String,
+        /// The fraction of windows, from the end of the text, kept out of training to measure
+        /// the held-out loss; default 0.
+        #[serde(default, skip_serializing_if = "is_zero_f32")]
+        held_out: f32,
     },
     /// Examples written in the model file.
     Inline {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Training};
+use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Training};
 use crate::nn::activation::Act;
 use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
 use crate::shape::Shape;
@@ -28,6 +28,8 @@ pub struct Plan {
     params: Vec<Param>,
     loss: Loss,
     init: Init,
+    /// `Some(vocab)` if the input holds token ids (an embedding reads it).
+    token_ids: Option<usize>,
 }
 
 /// One computation of the network: a layer, or the activation a layer declares.
@@ -93,6 +95,20 @@ impl Plan {
         self.init
     }
 
+    /// The optimizer of the model's training block (SGD without one).
+    pub fn optimizer(&self) -> Optimizer {
+        self.model
+            .training
+            .as_ref()
+            .map_or(Optimizer::Sgd, |t| t.optimizer)
+    }
+
+    /// `Some(vocab)` if the model's input holds token ids, each a whole number below
+    /// `vocab` (the smallest vocabulary of the embeddings that read it).
+    pub fn token_ids(&self) -> Option<usize> {
+        self.token_ids
+    }
+
     /// Shape of one example's output (the last node's).
     pub fn output(&self) -> Shape {
         self.nodes.last().map_or(self.input, |n| n.output())
@@ -124,6 +140,10 @@ impl Plan {
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();
+        // Adam's two moments per parameter.
+        if !self.optimizer().is_sgd() {
+            values += 2 * self.params();
+        }
         values += 2 * b * self.input.len() as u128;
         let mut largest_value = 0u128;
         let mut workspace = 0u128;
@@ -237,10 +257,12 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
     };
     let input = match model.input[..] {
         [n] => Shape::flat(n),
+        [t, w] => Shape::new(&[t, w]).expect("rank 2"),
         [c, h, w] => Shape::image(c, h, w),
         _ => {
             return Err(model_error(format!(
-                "input: expected [features] or [channels, height, width], found {} numbers",
+                "input: expected [features], [tokens, width] or [channels, height, width], \
+                 found {} numbers",
                 model.input.len()
             )));
         }
@@ -393,7 +415,9 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                     )));
                 }
                 let theirs: Vec<ParamSpec> = owner.params.iter().map(|&p| params[p].spec).collect();
-                if owner.kind() != op.kind() || theirs != specs {
+                // Any operation may use another's tensors if they have the same shapes and
+                // start alike (an unembedding uses the token embedding's table).
+                if theirs != specs {
                     return Err(error(format!(
                         "share '{other}': its parameters ({} {}) do not fit this {} (needs {})",
                         owner.kind(),
@@ -444,6 +468,22 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         value_of[i] = nodes.len();
     }
     backward_flows(&mut nodes);
+    let mut token_ids: Option<usize> = None;
+    for node in &nodes {
+        let Some(vocab) = node.op.token_ids() else {
+            continue;
+        };
+        if node.inputs != [0] {
+            return Err(entry_error(
+                node.entry,
+                format!(
+                    "{} reads token ids, so its input must be '{INPUT}'",
+                    node.kind()
+                ),
+            ));
+        }
+        token_ids = Some(token_ids.map_or(vocab, |v| v.min(vocab)));
+    }
 
     let plan = Plan {
         model: model.clone(),
@@ -453,6 +493,7 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
         params,
         loss: model.loss,
         init: model.init,
+        token_ids,
     };
     check_logits(&plan, origin)?;
     check_loss(&plan).map_err(&model_error)?;
@@ -674,6 +715,13 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::BatchNorm2d => "batchnorm",
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
+        Layer::LayerNorm => "layernorm",
+        Layer::Embedding { .. } => "embedding",
+        Layer::PositionEmbedding { .. } => "positions",
+        Layer::Unembed { .. } => "unembed",
+        Layer::Scores { .. } => "scores",
+        Layer::CausalSoftmax => "causal_softmax",
+        Layer::Mix { .. } => "mix",
         activation => activation
             .activation()
             .expect("every other layer is an activation")
@@ -699,6 +747,21 @@ fn check_training(t: &Training) -> std::result::Result<(), String> {
             "training: lr: expected a positive number, found {}",
             t.lr
         ));
+    }
+    if let Optimizer::Adam { beta1, beta2, eps } = t.optimizer {
+        for (what, beta) in [("beta1", beta1), ("beta2", beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!(
+                    "training: optimizer: {what}: expected from 0 up to (not including) 1, \
+                     found {beta}"
+                ));
+            }
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(format!(
+                "training: optimizer: eps: expected a positive number, found {eps}"
+            ));
+        }
     }
     Ok(())
 }
@@ -735,11 +798,13 @@ fn check_logits(plan: &Plan, origin: &str) -> Result<()> {
 fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
     let output = plan.output();
     if plan.loss() == Loss::SoftmaxCrossEntropy {
-        match output.as_flat() {
-            Some(n) if n >= 2 => {}
+        // [classes], or [tokens, classes]: a class for every token.
+        match output.dims() {
+            [n] | [_, n] if *n >= 2 => {}
             _ => {
                 return Err(format!(
-                    "loss SoftmaxCrossEntropy needs a flat output of at least 2 classes, found {output}"
+                    "loss SoftmaxCrossEntropy needs an output of [classes] or [tokens, classes] \
+                     with at least 2 classes, found {output}"
                 ));
             }
         }

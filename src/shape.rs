@@ -70,6 +70,14 @@ impl Shape {
         self.dims[self.rank - 1]
     }
 
+    /// The same shape with its last dimension `n`: what an operation over the last axis
+    /// (a dense layer on every token) makes of it.
+    pub fn with_last(&self, n: usize) -> Shape {
+        let mut out = *self;
+        out.dims[self.rank - 1] = n;
+        out
+    }
+
     /// Number of values. Only call on shapes whose product is known to fit (every shape of a
     /// validated plan); see [`Shape::checked_len`].
     pub fn len(&self) -> usize {

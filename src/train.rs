@@ -191,22 +191,29 @@ fn check_finite<S: Scalar>(net: &Network<S>) -> Result<()> {
 pub struct Evaluation {
     /// Mean loss per example.
     pub loss: f64,
-    /// Examples classified correctly (class targets only).
+    /// Class predictions that were right (class targets only): one per example, or one
+    /// per token of a model that predicts every next token.
     pub correct: Option<usize>,
     /// Examples evaluated.
     pub examples: usize,
+    /// Class predictions made: `examples`, times the tokens of each for next-token
+    /// prediction.
+    pub predictions: usize,
 }
 
 impl Evaluation {
-    /// Fraction of examples classified correctly, for class targets.
+    /// Fraction of class predictions that were right, for class targets.
     pub fn accuracy(&self) -> Option<f64> {
-        self.correct.map(|c| c as f64 / self.examples as f64)
+        self.correct.map(|c| c as f64 / self.predictions as f64)
     }
 }
 
-/// Runs every example forward (no update), `batch` at a time (a network's memory grows with
-/// its batch: pass the one it trained with), and measures the loss and, for class targets,
-/// the accuracy: the class is the largest output, or for a single output, 1 above 0.5.
+/// Runs every example forward (no update) and measures the loss (the mean over the examples
+/// of the loss of each, which for next-token prediction is the mean over its tokens) and, for
+/// class targets, the accuracy: the class is the largest output of a row (of the example, or
+/// of each token), or for a single output, 1 above 0.5.
+/// Examples run `batch` at a time (a network's memory grows with its batch: pass the one it
+/// trained with).
 pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -> Evaluation {
     let loss_kind = net.plan().loss();
     let order: Vec<usize> = (0..data.len()).collect();
@@ -218,10 +225,10 @@ pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -
         data.gather(indices, loss_kind, &mut batch);
         let loss = net.forward_loss(&batch);
         loss_sum += loss.to_f64().unwrap_or(f64::NAN) * indices.len() as f64;
-        if let Targets::Classes(classes) = &data.targets {
-            let outputs = net.output();
-            for (row, &i) in outputs.chunks_exact(data.outputs).zip(indices) {
-                if predicted_class(row) == classes[i] {
+        if let Targets::Classes(_) = &data.targets {
+            let width = data.outputs / data.positions;
+            for (row, &class) in net.output().chunks_exact(width).zip(&batch.classes) {
+                if predicted_class(row) == class {
                     correct += 1;
                 }
             }
@@ -231,6 +238,7 @@ pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -
         loss: loss_sum / data.len() as f64,
         correct: matches!(data.targets, Targets::Classes(_)).then_some(correct),
         examples: data.len(),
+        predictions: data.len() * data.positions,
     }
 }
 

@@ -93,6 +93,25 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             Dense(units: 3)])",
     );
     plain_and_counted_agree(
+        "(name: \"t\", input: [5, 3], loss: Mse, layers: [
+            Dense(units: 4, activation: Gelu), LayerNorm, Dense(units: 2, bias: false)])",
+    );
+    plain_and_counted_agree(
+        "(name: \"e\", input: [6], loss: Mse, graph: [
+            (name: \"wte\", op: Embedding(vocab: 5, width: 4)),
+            (name: \"wpe\", op: PositionEmbedding(context: 8)),
+            (name: \"ln\", op: LayerNorm),
+            (name: \"logits\", op: Unembed(vocab: 5), share: \"wte\")])",
+    );
+    plain_and_counted_agree(
+        "(name: \"attention\", input: [5, 4], loss: Mse, graph: [
+            (name: \"q\", op: Dense(units: 4)),
+            (name: \"k\", op: Dense(units: 4), inputs: [\"input\"]),
+            (name: \"s\", op: Scores(heads: 2), inputs: [\"q\", \"k\"]),
+            (name: \"p\", op: CausalSoftmax),
+            (name: \"o\", op: Mix(heads: 2), inputs: [\"p\", \"q\"])])",
+    );
+    plain_and_counted_agree(
         "(name: \"g\", input: [4], loss: Mse, graph: [
             (name: \"a\", op: Dense(units: 4, activation: Tanh)),
             (name: \"b\", op: Dense(units: 4), share: \"a\"),

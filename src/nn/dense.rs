@@ -1,5 +1,6 @@
-//! Dense: a fully connected layer, `z_j = b_j + sum_i x_i W_ij`. Its shape rule,
-//! parameters, closed form, forward and backward.
+//! Dense: a fully connected layer, `z_j = b_j + sum_i x_i W_ij`, applied to every row of its
+//! input's last axis (a `[features]` value is one row, a `[tokens, width]` value one row per
+//! token). Its shape rule, parameters, closed form, forward and backward.
 //!
 //! Weights are stored input-major, `w[i * units + j]`, so the inner loops of forward and of
 //! the weight gradient run over contiguous outputs `j` and vectorize without reordering any
@@ -76,30 +77,43 @@ fn in_parts<S: Scalar>(
     });
 }
 
-/// A dense layer of `inputs` (N) to `units` (M), resolved.
+/// A dense layer of `inputs` (N) to `units` (M), applied to R rows per example, resolved.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Dense {
-    /// N, values per example in.
+    /// The shape of one example's input: `[N]` or `[R, N]`.
+    pub input: Shape,
+    /// R, rows per example: 1 for a `[features]` input, T for `[tokens, width]`.
+    pub rows: usize,
+    /// N, values per row in.
     pub inputs: usize,
-    /// M, values per example out.
+    /// M, values per row out.
     pub units: usize,
     /// Whether each sum starts from a bias.
     pub bias: bool,
 }
 
 impl Dense {
-    /// The shape rule: a flat input of N values.
+    /// The shape rule: N values (`[N]`), or R rows of N (`[R, N]`). An image is refused
+    /// rather than read as rows of pixels: a dense layer after a convolution almost always
+    /// means a missing Flatten.
     pub(crate) fn resolve(units: usize, bias: bool, input: Shape) -> Result<Dense, String> {
-        let Some(inputs) = input.as_flat() else {
-            return Err(format!(
-                "dense expects a flat input, found {input}; add a Flatten layer before it"
-            ));
+        let (rows, inputs) = match *input.dims() {
+            [n] => (1, n),
+            [r, n] => (r, n),
+            _ => {
+                return Err(format!(
+                    "dense expects [features] or [tokens, width], found {input}; \
+                     add a Flatten layer before it"
+                ));
+            }
         };
         check_size("units", units)?;
         inputs
             .checked_mul(units)
             .ok_or_else(|| format!("{units} units x {inputs} inputs is too many weights"))?;
         Ok(Dense {
+            input,
+            rows,
             inputs,
             units,
             bias,
@@ -117,7 +131,7 @@ impl Operation for Dense {
     }
 
     fn output(&self) -> Shape {
-        Shape::flat(self.units)
+        self.input.with_last(self.units)
     }
 
     /// Weights `inputs x units` (stored input-major), then `units` biases.
@@ -163,17 +177,19 @@ impl Operation for Dense {
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
-        let (b, n, m, bias) = (at.b(), self.inputs, self.units, self.bias);
+        // Every row of every example is one row of the product: B*R of them.
+        let (b, n, m, bias) = (at.b() * self.rows, self.inputs, self.units, self.bias);
         let dx = grads[0];
-        // Forward, per example and unit: z_j = b_j + sum_i x_i W_ij, N products summed
+        // Forward, per row and unit: z_j = b_j + sum_i x_i W_ij, N products summed
         // from the bias (N adds), or from the first product without bias (N - 1 adds).
         let forward = counts! { at, format!("{name} forward");
             mul: b * n * m,
             add: if bias { b * n * m } else { b * (n - 1) * m },
         }?;
-        // Backward: dW_ij = sum_e x_ei dz_ej (B products, B - 1 adds, for N*M weights);
-        // db_j = sum_e dz_ej (B - 1 adds, for M biases); dx_ei = sum_j W_ij dz_ej
-        // (M products, M - 1 adds, for B*N inputs) only if an earlier node learns.
+        // Backward, over the B*R rows r: dW_ij = sum_r x_ri dz_rj (B*R products, B*R - 1
+        // adds, for N*M weights); db_j = sum_r dz_rj (B*R - 1 adds, for M biases);
+        // dx_ri = sum_j W_ij dz_rj (M products, M - 1 adds, for B*R*N inputs) only if an
+        // earlier node learns.
         let backward = counts! { at, format!("{name} backward");
             mul: b * n * m + when(dx, b * n * m),
             add: (b - 1) * n * m + when(bias, (b - 1) * m) + when(dx, b * n * (m - 1)),
@@ -199,11 +215,12 @@ pub(crate) fn check_size(what: &str, n: usize) -> Result<(), String> {
     }
 }
 
-/// The kernels of a dense layer; it keeps no state.
+/// The kernels of a dense layer; it keeps no state. They see a batch as B*R rows of N
+/// values (`e` below is a row), so the closed form's B is the kernels' B*R.
 pub(crate) struct DenseKernel(Dense);
 
 impl<S: Scalar> Kernel<S> for DenseKernel {
-    /// `z[e][j] = b[j] + sum_i x[e][i] * w[i][j]`: per example N*M mul and N*M add (N*M - M
+    /// `z[e][j] = b[j] + sum_i x[e][i] * w[i][j]`: per row N*M mul and N*M add (N*M - M
     /// add without bias).
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], z: &mut [S]) {
         let (n, m) = (self.0.inputs, self.0.units);
@@ -231,7 +248,7 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
         }
     }
 
-    /// Gradients from `dz` = dL/dz:
+    /// Gradients from `dz` = dL/dz, over the B rows `e`:
     /// - `dw[i][j] = sum_e x[e][i] * dz[e][j]`: B*N*M mul, (B-1)*N*M add;
     /// - `db[j] = sum_e dz[e][j]`: (B-1)*M add;
     /// - if `dx` is wanted, `dx[e][i] = sum_j w[i][j] * dz[e][j]`: B*N*M mul, B*N*(M-1) add.
@@ -350,7 +367,7 @@ fn weight_grads<S: Scalar>(x: &[S], dz: &[S], dw: &mut [S], n: usize, m: usize) 
     }
 }
 
-/// `db[j] = sum_e dz[e][j]`, accumulated from the first example.
+/// `db[j] = sum_e dz[e][j]`, accumulated from the first row.
 #[inline(never)]
 fn bias_grads<S: Scalar>(dz: &[S], db: &mut [S]) {
     let mut rows = dz.chunks_exact(db.len());
@@ -477,6 +494,8 @@ mod tests {
         ] {
             let (w, b) = layer(n, m, true);
             let op = Dense {
+                input: Shape::flat(n),
+                rows: 1,
                 inputs: n,
                 units: m,
                 bias: true,
@@ -551,6 +570,8 @@ mod tests {
     #[test]
     fn file_order_round_trips() {
         let d = Dense {
+            input: Shape::flat(3),
+            rows: 1,
             inputs: 3,
             units: 2,
             bias: true,

@@ -10,14 +10,22 @@ pub(crate) mod activation;
 mod add;
 pub(crate) mod batchnorm;
 mod buffer;
+pub(crate) mod causal_softmax;
 pub(crate) mod conv;
 pub(crate) mod dense;
+pub(crate) mod embedding;
 pub(crate) mod flatten;
 mod gemm;
 pub(crate) mod global_pool;
+pub(crate) mod layernorm;
 mod loss;
+pub(crate) mod mix;
 pub(crate) mod ops;
+pub(crate) mod optimizer;
 pub(crate) mod pool;
+pub(crate) mod positions;
+pub(crate) mod scores;
+pub(crate) mod unembed;
 
 use crate::CountedZeros;
 use crate::counts::Counts;
@@ -30,7 +38,6 @@ use crate::scalar::Scalar;
 use crate::tally;
 
 use buffer::Buffer;
-use dense::sgd;
 use ops::{Backward, Kernel, MAX_INPUTS, MAX_PARAMS};
 
 /// What a watched step reports: a phase starting (`node` is `None`), or a node finishing its
@@ -96,6 +103,8 @@ pub struct Network<S: Scalar> {
     /// per input, one per parameter.
     scratch: [Buffer<S>; MAX_INPUTS],
     param_scratch: [Buffer<S>; MAX_PARAMS],
+    /// The update's rule and what it keeps between steps.
+    optimizer: optimizer::State<S>,
     batch: usize,
     stage: Stage,
     marks: Marks,
@@ -133,6 +142,7 @@ impl<S: Scalar> Network<S> {
                 .map(|(&p, _)| plan.param_tensors()[p].spec.len)
         });
         let shared = shared.max().unwrap_or(0);
+        let optimizer = optimizer::State::new(plan.optimizer(), params.iter().map(|p| p.len()));
         Network {
             kernels: plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect(),
             params,
@@ -141,6 +151,7 @@ impl<S: Scalar> Network<S> {
             grads: Vec::new(),
             scratch: std::array::from_fn(|_| Buffer::empty()),
             param_scratch: std::array::from_fn(|_| Buffer::filled(shared, S::zero())),
+            optimizer,
             batch: 0,
             stage: Stage::Fresh,
             marks: Marks::new(plan.nodes().len()),
@@ -276,7 +287,9 @@ impl<S: Scalar> Network<S> {
     /// is then also its first.
     fn loss_phase(&mut self, batch: &Batch<S>, chained: bool, watch: &mut impl FnMut(Event)) -> S {
         let last = self.values.len() - 1;
-        let width = self.plan.output().len();
+        // Softmax cross-entropy scores each row of the output's last axis: one example of a
+        // flat output, one token of a [tokens, classes] output.
+        let width = self.plan.output().last();
         let (y, grad) = (&self.values[last], &mut self.grads[last]);
         self.marks.start::<S>(Phase::Loss, chained);
         watch(Event::start(Phase::Loss));
@@ -405,8 +418,8 @@ impl<S: Scalar> Network<S> {
         true
     }
 
-    /// One SGD step on every parameter: `p -= lr * dp`, each tensor once, counted for the
-    /// node that owns it.
+    /// One step of the model's optimizer (SGD, `p -= lr * dp`, unless the training block names
+    /// another) on every parameter, each tensor once, counted for the node that owns it.
     pub fn update(&mut self, lr: S) {
         self.update_phase(lr, false, &mut |_| {});
     }
@@ -415,6 +428,7 @@ impl<S: Scalar> Network<S> {
     fn update_phase(&mut self, lr: S, chained: bool, watch: &mut impl FnMut(Event)) {
         self.marks.start::<S>(Phase::Update, chained);
         watch(Event::start(Phase::Update));
+        self.optimizer.start(lr);
         for (k, node) in self.plan.nodes().iter().enumerate() {
             let owned = if node.owns_params() {
                 node.param_ids()
@@ -422,7 +436,8 @@ impl<S: Scalar> Network<S> {
                 &[]
             };
             for &id in owned {
-                sgd(&mut self.params[id], &self.param_grads[id], lr);
+                self.optimizer
+                    .update(id, &mut self.params[id], &self.param_grads[id], lr);
             }
             let updated = self.kernels[k].update();
             self.marks

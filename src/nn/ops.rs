@@ -15,6 +15,7 @@ use crate::scalar::Scalar;
 use crate::shape::Shape;
 
 use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, pool};
+use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -75,6 +76,12 @@ pub(crate) trait Operation {
     /// backward pass besides its input and output (batch normalisation's normalised input).
     fn kept(&self) -> usize {
         0
+    }
+
+    /// `Some(vocab)` if its input holds token ids below `vocab` (an embedding's); the data
+    /// are checked against it.
+    fn token_ids(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -163,6 +170,13 @@ registry! {
     Flatten(flatten::Flatten),
     Activation(activation::Act),
     Add(add::Add),
+    LayerNorm(layernorm::LayerNorm),
+    Embedding(embedding::Embedding),
+    PositionEmbedding(positions::PositionEmbedding),
+    Unembed(unembed::Unembed),
+    Scores(scores::Scores),
+    CausalSoftmax(causal_softmax::CausalSoftmax),
+    Mix(mix::Mix),
 }
 
 /// Every layer name a model file may use but the activations, which are
@@ -176,6 +190,13 @@ pub const OPERATIONS: &[&str] = &[
     "GlobalAvgPool2d",
     "Flatten",
     "Add",
+    "LayerNorm",
+    "Embedding",
+    "PositionEmbedding",
+    "Unembed",
+    "Scores",
+    "CausalSoftmax",
+    "Mix",
 ];
 
 impl NodeOp {
@@ -222,6 +243,10 @@ impl NodeOp {
     pub(crate) fn kept(&self) -> usize {
         self.op().kept()
     }
+
+    pub(crate) fn token_ids(&self) -> Option<usize> {
+        self.op().token_ids()
+    }
 }
 
 /// A layer of a model file resolved against its input shapes: the node's operation and the
@@ -267,6 +292,19 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             NodeOp::GlobalAvgPool2d(global_pool::GlobalAvgPool2d::resolve(one()?)?)
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
+        Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
+        Layer::Embedding { vocab, width } => {
+            NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)
+        }
+        Layer::PositionEmbedding { context } => {
+            NodeOp::PositionEmbedding(positions::PositionEmbedding::resolve(*context, one()?)?)
+        }
+        Layer::Unembed { vocab } => NodeOp::Unembed(unembed::Unembed::resolve(*vocab, one()?)?),
+        Layer::Scores { heads } => NodeOp::Scores(scores::Scores::resolve(*heads, inputs)?),
+        Layer::CausalSoftmax => {
+            NodeOp::CausalSoftmax(causal_softmax::CausalSoftmax::resolve(one()?)?)
+        }
+        Layer::Mix { heads } => NodeOp::Mix(mix::Mix::resolve(*heads, inputs)?),
         activation => {
             let f = activation
                 .activation()
