@@ -65,11 +65,8 @@ impl Scores {
         })
     }
 
-    pub(crate) fn kernel<S: Scalar>(&self) -> ScoresKernel<S> {
-        ScoresKernel {
-            op: *self,
-            scaled: Vec::new(),
-        }
+    pub(crate) fn kernel(&self) -> ScoresKernel {
+        ScoresKernel(*self)
     }
 }
 
@@ -87,6 +84,11 @@ impl Operation for Scores {
 
     fn output(&self) -> Shape {
         Shape::new(&[self.heads, self.tokens, self.tokens]).expect("rank 3")
+    }
+
+    /// One head's scaled score gradients, T x T, in the backward pass.
+    fn workspace(&self) -> usize {
+        self.tokens * self.tokens
     }
 
     /// Over the P = T (T + 1) / 2 unmasked pairs of each head (docs/counting.md, "Causal
@@ -120,13 +122,11 @@ impl Operation for Scores {
     }
 }
 
-/// The kernels of the scores; they keep the scaled gradient of one head's scores.
-pub(crate) struct ScoresKernel<S> {
-    op: Scores,
-    scaled: Vec<S>,
-}
+/// The kernels of the scores; they keep no state. The backward pass holds one head's scaled
+/// gradient in the shared workspace.
+pub(crate) struct ScoresKernel(Scores);
 
-impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
+impl<S: Scalar> Kernel<S> for ScoresKernel {
     /// # Shapes
     /// `x[0]` (queries), `x[1]` (keys): batch x tokens x width; `s`: batch x heads x tokens x
     /// tokens.
@@ -135,25 +135,28 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
             heads,
             tokens,
             width,
-        } = self.op;
+        } = self.0;
         forward(x[0], x[1], s, heads, tokens, width);
     }
 
     /// # Shapes
     /// `ds`: batch x heads x tokens x tokens; `dx[0]`, `dx[1]`: batch x tokens x width.
-    fn backward(&mut self, grads: Backward<'_, S>, _: &mut Workspace<S>) {
+    fn backward(&mut self, grads: Backward<'_, S>, ws: &mut Workspace<S>) {
         let Backward { x, dy: ds, dx, .. } = grads;
         let Scores {
             heads,
             tokens,
             width,
-        } = self.op;
+        } = self.0;
         let (dq, dk) = dx.split_at_mut(1);
         let (dq, dk) = (dq[0].as_deref_mut(), dk[0].as_deref_mut());
         if dq.is_none() && dk.is_none() {
             return;
         }
-        self.scaled.resize(tokens * tokens, S::zero());
+        if ws.values.len() < tokens * tokens {
+            ws.values.resize(tokens * tokens, S::zero());
+        }
+        let scaled = &mut ws.values[..tokens * tokens];
         let (t, w, d) = (tokens, width, width / heads);
         let scale = constant::<S>((d as f64).sqrt());
         let examples = x[0]
@@ -164,14 +167,14 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
         for (e, ((qe, ke), dse)) in examples.enumerate() {
             for (h, dsh) in dse.chunks_exact(t * t).enumerate() {
                 let cols = h * d..(h + 1) * d;
-                scale_causal(dsh, &mut self.scaled, t, scale);
+                scale_causal(dsh, scaled, t, scale);
                 if let Some(dq) = dq.as_deref_mut() {
                     let dqe = &mut dq[e * t * w..(e + 1) * t * w];
-                    query_grads(&self.scaled, ke, dqe, t, w, cols.clone());
+                    query_grads(scaled, ke, dqe, t, w, cols.clone());
                 }
                 if let Some(dk) = dk.as_deref_mut() {
                     let dke = &mut dk[e * t * w..(e + 1) * t * w];
-                    key_grads(&self.scaled, qe, dke, t, w, cols);
+                    key_grads(scaled, qe, dke, t, w, cols);
                 }
             }
         }
