@@ -168,6 +168,12 @@ fn the_figures_of_docs_transformers_md() {
     let step = estimate::step(&plan, 1).unwrap();
     assert_eq!(step.totals().all.total(), 819_513_175_041);
     assert_eq!(macs(&plan, 1), 398_935_296 * 1024);
+    // Measured by `opcount count` at 8 tokens (docs/transformers.md, "Measured").
+    let short = plan_of(&text("gpt2-small.ron").replace("input: [1024]", "input: [8]"));
+    assert_eq!(
+        estimate::step(&short, 1).unwrap().totals().all.total(),
+        6_110_277_593
+    );
     let chars = plan_of(&text("gpt-char.ron"));
     assert_eq!(
         estimate::step(&chars, 1).unwrap().totals().all.total(),
