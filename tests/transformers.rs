@@ -112,3 +112,71 @@ fn gpt_char_measured_equals_closed_form() {
     let measured = measure_step(&plan, &data, 2).predictable();
     assert_eq!(measured, estimate::step(&plan, 2).unwrap());
 }
+
+/// The `mac` view of a step, forward and backward.
+fn macs(plan: &Plan, batch: usize) -> u128 {
+    let step = estimate::step(plan, batch).unwrap();
+    plan.nodes()
+        .iter()
+        .zip(&step.nodes)
+        .map(|(n, c)| {
+            [Phase::Forward, Phase::Backward]
+                .iter()
+                .map(|&p| Convention::Mac.value(n.kind(), p, &c.phase(p)).unwrap())
+                .sum::<u128>()
+        })
+        .sum()
+}
+
+/// PyTorch's FlopCounterMode on the same models, forward and backward on one sequence
+/// (`benches/gpt_flopcounter.py` with PyTorch 2.15.0 on CPU printed the totals below), is
+/// twice opcount's `mac` view plus attention's masked pairs and recomputed scores, which it
+/// counts and opcount does not compute: L d (4 T^2 - 3 T) multiply-accumulates
+/// (docs/transformers.md, "Against PyTorch's FlopCounterMode").
+#[test]
+fn flop_counter_mode_is_twice_the_mac_view_but_for_attention() {
+    for (file, from, to, flop_counter_mode, layers, width) in [
+        (
+            "gpt2-small.ron",
+            "input: [1024]",
+            "input: [8]",
+            5_937_795_072u128,
+            12u128,
+            768u128,
+        ),
+        (
+            "gpt-char.ron",
+            "input: [64]",
+            "input: [64]",
+            335_036_416,
+            4,
+            128,
+        ),
+    ] {
+        let plan = plan_of(&text(file).replace(from, to));
+        let t = plan.input().len() as u128;
+        let attention = layers * width * (4 * t * t - 3 * t);
+        assert_eq!(macs(&plan, 1) + attention, flop_counter_mode / 2, "{file}");
+    }
+}
+
+/// Figures quoted in docs/transformers.md: GPT-2 small's step at 1,024 tokens is
+/// 819,513,175,041 operations, 800,305,835 per token (rounded), 1.57 x 6N.
+#[test]
+fn the_figures_of_docs_transformers_md() {
+    let plan = plan_of(&text("gpt2-small.ron"));
+    let step = estimate::step(&plan, 1).unwrap();
+    assert_eq!(step.totals().all.total(), 819_513_175_041);
+    assert_eq!(macs(&plan, 1), 398_935_296 * 1024);
+    // Measured by `opcount count` at 8 tokens (docs/transformers.md, "Measured").
+    let short = plan_of(&text("gpt2-small.ron").replace("input: [1024]", "input: [8]"));
+    assert_eq!(
+        estimate::step(&short, 1).unwrap().totals().all.total(),
+        6_110_277_593
+    );
+    let chars = plan_of(&text("gpt-char.ron"));
+    assert_eq!(
+        estimate::step(&chars, 1).unwrap().totals().all.total(),
+        333_469_377
+    );
+}

@@ -66,10 +66,7 @@ impl Scores {
     }
 
     pub(crate) fn kernel<S: Scalar>(&self) -> ScoresKernel<S> {
-        ScoresKernel {
-            op: *self,
-            scaled: Vec::new(),
-        }
+        ScoresKernel(*self, Vec::new())
     }
 }
 
@@ -87,6 +84,11 @@ impl Operation for Scores {
 
     fn output(&self) -> Shape {
         Shape::new(&[self.heads, self.tokens, self.tokens]).expect("rank 3")
+    }
+
+    /// One head's scaled score gradients, T x T, kept for the backward pass.
+    fn workspace(&self) -> usize {
+        self.tokens * self.tokens
     }
 
     /// Over the P = T (T + 1) / 2 unmasked pairs of each head (docs/counting.md, "Causal
@@ -120,11 +122,9 @@ impl Operation for Scores {
     }
 }
 
-/// The kernels of the scores; they keep the scaled gradient of one head's scores.
-pub(crate) struct ScoresKernel<S> {
-    op: Scores,
-    scaled: Vec<S>,
-}
+/// The kernels of the scores. The backward pass keeps one head's scaled gradient, T x T
+/// values, between calls.
+pub(crate) struct ScoresKernel<S>(Scores, Vec<S>);
 
 impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
     /// # Shapes
@@ -135,7 +135,7 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
             heads,
             tokens,
             width,
-        } = self.op;
+        } = self.0;
         forward(x[0], x[1], s, heads, tokens, width);
     }
 
@@ -147,13 +147,16 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
             heads,
             tokens,
             width,
-        } = self.op;
+        } = self.0;
         let (dq, dk) = dx.split_at_mut(1);
         let (dq, dk) = (dq[0].as_deref_mut(), dk[0].as_deref_mut());
         if dq.is_none() && dk.is_none() {
             return;
         }
-        self.scaled.resize(tokens * tokens, S::zero());
+        if self.1.len() < tokens * tokens {
+            self.1.resize(tokens * tokens, S::zero());
+        }
+        let scaled = &mut self.1[..tokens * tokens];
         let (t, w, d) = (tokens, width, width / heads);
         let scale = constant::<S>((d as f64).sqrt());
         let examples = x[0]
@@ -164,14 +167,14 @@ impl<S: Scalar> Kernel<S> for ScoresKernel<S> {
         for (e, ((qe, ke), dse)) in examples.enumerate() {
             for (h, dsh) in dse.chunks_exact(t * t).enumerate() {
                 let cols = h * d..(h + 1) * d;
-                scale_causal(dsh, &mut self.scaled, t, scale);
+                scale_causal(dsh, scaled, t, scale);
                 if let Some(dq) = dq.as_deref_mut() {
                     let dqe = &mut dq[e * t * w..(e + 1) * t * w];
-                    query_grads(&self.scaled, ke, dqe, t, w, cols.clone());
+                    query_grads(scaled, ke, dqe, t, w, cols.clone());
                 }
                 if let Some(dk) = dk.as_deref_mut() {
                     let dke = &mut dk[e * t * w..(e + 1) * t * w];
-                    key_grads(&self.scaled, qe, dke, t, w, cols);
+                    key_grads(scaled, qe, dke, t, w, cols);
                 }
             }
         }
