@@ -21,12 +21,14 @@ use crate::tally;
 /// Below this many multiply-adds (or updated values) a kernel runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
 
-/// From this many examples on, forward and gradients are matrix products (`gemm`): the same
-/// sums in the same order, each product added with the same fused multiply-add, so the same
-/// bits as the loops below, which serve smaller batches (a matrix product of one row would
-/// copy every weight for one use). (Only a build for a CPU without FMA, whose loops do not
+/// From this many examples on, and `GEMM_WORK` multiply-adds, forward and gradients are
+/// matrix products (`gemm`): the same sums in the same order, each product added with the
+/// same fused multiply-add, so the same bits as the loops below, which serve smaller batches
+/// (a matrix product of one row would copy every weight for one use) and smaller layers
+/// (where setting up a product costs more than it saves). (Only a build for a CPU without FMA, whose loops do not
 /// fuse, run where `gemm` finds AVX2 or AVX-512 and does, would give other bits.)
 const GEMM_BATCH: usize = 6;
+const GEMM_WORK: usize = 1 << 14;
 
 /// A row-major matrix of rows `width` long, as a matrix-product operand.
 fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
@@ -107,7 +109,7 @@ impl<S: Scalar> Dense<S> {
         let (n, m, w, b) = (self.inputs, self.units, &self.w[..], &self.b[..]);
         let work = z.len() * n;
         let batch = z.len() / m;
-        if batch >= GEMM_BATCH {
+        if batch >= GEMM_BATCH && work >= GEMM_WORK {
             let start = if b.is_empty() {
                 Start::FirstProduct
             } else {
@@ -138,7 +140,8 @@ impl<S: Scalar> Dense<S> {
         let (n, m, w) = (self.inputs, self.units, &self.w[..]);
         let work = dz.len() * n;
         let batch = dz.len() / m;
-        if batch >= GEMM_BATCH {
+        let gemm_sized = batch >= GEMM_BATCH && work >= GEMM_WORK;
+        if gemm_sized {
             gemm(
                 (n, m, batch),
                 &columns(x, n),
@@ -156,7 +159,7 @@ impl<S: Scalar> Dense<S> {
             bias_grads(dz, &mut self.db);
         }
         if let Some(dx) = dx {
-            if batch >= GEMM_BATCH {
+            if gemm_sized {
                 gemm(
                     (batch, n, m),
                     &rows(dz, m),
