@@ -57,11 +57,12 @@ fn in_parts<S: Scalar>(
     work: usize,
     kernel: impl Fn(&mut [S], usize) + Sync,
 ) {
-    let threads = rayon::current_num_threads();
-    if threads == 1 || work < PARALLEL_WORK || out.len() < 2 * unit {
+    // The size first: asking rayon for its threads costs more than a tiny layer's step.
+    if work < PARALLEL_WORK || out.len() < 2 * unit || rayon::current_num_threads() == 1 {
         kernel(out, 0);
         return;
     }
+    let threads = rayon::current_num_threads();
     let per = (out.len() / unit).div_ceil(threads) * unit;
     tally::parallel(|| {
         let counts: Vec<Counts> = out
