@@ -301,11 +301,11 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
 /// `map`, in one part per thread when there are enough values; each part is counted on its
 /// thread and merged into the caller's tally (`tally::parallel`).
 fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S + Sync) {
-    let threads = rayon::current_num_threads();
-    if threads == 1 || z.len() < PARALLEL_CALLS {
+    if z.len() < PARALLEL_CALLS || rayon::current_num_threads() == 1 {
         map(z, y, f);
         return;
     }
+    let threads = rayon::current_num_threads();
     let part = z.len().div_ceil(threads).next_multiple_of(64);
     tally::parallel(|| {
         let counts: Vec<Counts> = y

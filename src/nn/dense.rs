@@ -27,12 +27,14 @@ use crate::tally;
 /// Below this many multiply-adds (or updated values) a kernel runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
 
-/// From this many examples on, forward and gradients are matrix products (`gemm`): the same
-/// sums in the same order, each product added with the same fused multiply-add, so the same
-/// bits as the loops below, which serve smaller batches (a matrix product of one row would
-/// copy every weight for one use). (Only a build for a CPU without FMA, whose loops do not
+/// From this many examples on, and `GEMM_WORK` multiply-adds, forward and gradients are
+/// matrix products (`gemm`): the same sums in the same order, each product added with the
+/// same fused multiply-add, so the same bits as the loops below, which serve smaller batches
+/// (a matrix product of one row would copy every weight for one use) and smaller layers
+/// (where setting up a product costs more than it saves). (Only a build for a CPU without FMA, whose loops do not
 /// fuse, run where `gemm` finds AVX2 or AVX-512 and does, would give other bits.)
 const GEMM_BATCH: usize = 6;
+const GEMM_WORK: usize = 1 << 14;
 
 /// A row-major matrix of rows `width` long, as a matrix-product operand.
 fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
@@ -61,11 +63,12 @@ fn in_parts<S: Scalar>(
     work: usize,
     kernel: impl Fn(&mut [S], usize) + Sync,
 ) {
-    let threads = rayon::current_num_threads();
-    if threads == 1 || work < PARALLEL_WORK || out.len() < 2 * unit {
+    // The size first: asking rayon for its threads costs more than a tiny layer's step.
+    if work < PARALLEL_WORK || out.len() < 2 * unit || rayon::current_num_threads() == 1 {
         kernel(out, 0);
         return;
     }
+    let threads = rayon::current_num_threads();
     let per = (out.len() / unit).div_ceil(threads) * unit;
     tally::parallel(|| {
         let counts: Vec<Counts> = out
@@ -228,7 +231,7 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
         let b = params.get(1).copied().unwrap_or(&[]);
         let work = z.len() * n;
         let batch = z.len() / m;
-        if batch >= GEMM_BATCH {
+        if batch >= GEMM_BATCH && work >= GEMM_WORK {
             let start = if b.is_empty() {
                 Start::FirstProduct
             } else {
@@ -265,7 +268,8 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
         let work = dz.len() * n;
         let batch = dz.len() / m;
         let (dw, db) = dparams.split_at_mut(1);
-        if batch >= GEMM_BATCH {
+        let gemm_sized = batch >= GEMM_BATCH && work >= GEMM_WORK;
+        if gemm_sized {
             gemm(
                 (n, m, batch),
                 &columns(x, n),
@@ -283,7 +287,7 @@ impl<S: Scalar> Kernel<S> for DenseKernel {
             bias_grads(dz, db);
         }
         if let Some(dx) = dx[0].as_deref_mut() {
-            if batch >= GEMM_BATCH {
+            if gemm_sized {
                 gemm(
                     (batch, n, m),
                     &rows(dz, m),
