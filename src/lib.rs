@@ -44,7 +44,7 @@ mod phases;
 mod plan;
 pub mod project;
 pub mod report;
-pub mod rng;
+mod rng;
 mod scalar;
 mod shape;
 pub mod tally;
