@@ -11,13 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
-use opcount::data::Dataset;
 use opcount::model::Data;
 use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
 use opcount::text::escape;
 use opcount::train::{Settings, evaluate, train};
 use opcount::{
-    Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
+    Counted, Event, Loaded, Network, Op, Phase, bench, chart, estimate, files,
     measure_step_watched, project,
 };
 use serde_json::json;
@@ -296,66 +295,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A model file, read and validated, and the memory budget what it read is charged to.
-struct Loaded {
-    model: Model,
-    plan: Plan,
-    origin: String,
-    dir: PathBuf,
-    budget: Budget,
-}
-
 fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
-    let mut budget = run.budget();
-    let model = Model::load_within(path, &mut budget)?;
-    let origin = path.display().to_string();
-    // Charged before planning, for as many nodes as the layers can make (a layer with an
-    // activation makes two); what the plan does not use is given back.
-    let per_node = u128::from(budget::NODE_BYTES);
-    let most = 2 * model.layers.len() as u128;
-    budget.charge(per_node * most, || {
-        format!("{origin}: the counts and bookkeeping of up to {most} nodes")
-    })?;
-    let plan = model.plan(&origin)?;
-    budget.release(per_node * (most - plan.nodes().len() as u128));
-    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    Ok(Loaded {
-        model,
-        plan,
-        origin,
-        dir,
-        budget,
-    })
+    Ok(Loaded::load(path, run.budget())?)
 }
 
-impl Loaded {
-    /// The model's data set, or `n` seeded made-up examples if it has none.
-    fn data_or_synthetic(&mut self, n: usize) -> anyhow::Result<Dataset> {
-        Ok(match &self.model.training {
-            Some(t) => Dataset::load_within(
-                &t.data,
-                &self.dir,
-                &self.origin,
-                &self.plan,
-                &mut self.budget,
-            )?,
-            None => Dataset::synthetic(&self.plan, n, 0),
-        })
-    }
-
-    /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
-    /// numbers running a step at `batch`.
-    fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
-        let need = self.plan.memory_bytes(batch, 4).saturating_mul(networks);
-        let origin = &self.origin;
-        self.budget
-            .charge(need, || {
-                format!("{origin}: running this model at batch {batch}")
-            })
-            .map_err(|e| {
-                anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
-            })
-    }
+/// [`Loaded::charge_run`], saying what to do instead when the model does not fit.
+fn charge_run(loaded: &mut Loaded, batch: usize, networks: u128) -> anyhow::Result<()> {
+    loaded.charge_run(batch, networks).map_err(|e| {
+        anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
+    })
 }
 
 fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
@@ -372,19 +320,13 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
         ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
     } + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
-    let nodes = loaded.plan.nodes().len();
-    let origin = &loaded.origin;
-    loaded
-        .budget
-        .charge(u128::from(per_node) * nodes as u128, || {
-            format!("{origin}: the report of {nodes} nodes")
-        })?;
+    loaded.charge_report(per_node)?;
     let estimated =
         estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
     let measured = if args.closed_form_only {
         None
     } else {
-        loaded.charge_run(args.batch, 2)?;
+        charge_run(&mut loaded, args.batch, 2)?;
         let data = loaded.data_or_synthetic(args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
@@ -431,14 +373,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
-    let Some(training) = &loaded.model.training else {
-        bail!(
-            "{}: the model has no training block, so there is nothing to train on \
-             (see docs/model-format.md)",
-            loaded.origin
-        );
-    };
-    let mut settings = Settings::of(training);
+    let mut settings = Settings::of(loaded.training()?);
     settings.epochs = args.epochs.unwrap_or(settings.epochs);
     settings.lr = args.lr.unwrap_or(settings.lr);
     settings.batch = args.batch.unwrap_or(settings.batch);
@@ -446,26 +381,14 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         check_output(out)?;
     }
-    let data = Dataset::load_within(
-        &training.data,
-        &loaded.dir,
-        &loaded.origin,
-        &loaded.plan,
-        &mut loaded.budget,
-    )?;
+    let data = loaded.data()?;
     // A batch larger than the data would be the whole data set: the memory check, the
     // training and the counted step all use the batch actually run.
     let asked = settings.batch;
     settings.batch = settings.batch.min(data.len());
-    loaded.charge_run(settings.batch, 2)?;
+    charge_run(&mut loaded, settings.batch, 2)?;
     if args.save.is_some() {
-        let params = loaded.plan.params();
-        let origin = &loaded.origin;
-        loaded
-            .budget
-            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * params, || {
-                format!("{origin}: saving the trained model ({params} parameters)")
-            })?;
+        loaded.charge_save()?;
     }
 
     let mut net = Network::<f32>::new(&loaded.plan);
@@ -640,7 +563,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = load(&args.model, &args.run)?;
     let batch = args
         .batch
-        .or(loaded.model.training.as_ref().map(|t| t.batch))
+        .or(loaded.plan.model().training.as_ref().map(|t| t.batch))
         .unwrap_or(1);
     let projection = project::project(&loaded.plan, args.examples, args.epochs, batch)
         .with_context(|| loaded.origin.clone())?;
@@ -649,7 +572,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
     // model fits in memory.
-    let runnable = loaded.charge_run(batch, 2);
+    let runnable = charge_run(&mut loaded, batch, 2);
     let mut measured = None;
     let mut step_s = None;
     if runnable.is_ok() {
@@ -662,7 +585,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         measured = report.measured;
         let mut net = Network::<f32>::new(&loaded.plan);
         let examples = data.head::<f32>(batch, loaded.plan.loss());
-        let lr = loaded.model.training.as_ref().map_or(0.01, |t| t.lr);
+        let lr = loaded.plan.model().training.as_ref().map_or(0.01, |t| t.lr);
         let started = std::time::Instant::now();
         net.step(&examples, lr);
         let rounds = if started.elapsed() > Duration::from_millis(500) {
@@ -867,7 +790,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--batch and --rounds must be at least 1");
     }
     let mut loaded = load(&args.model, &args.run)?;
-    loaded.charge_run(args.batch, 3)?;
+    charge_run(&mut loaded, args.batch, 3)?;
     let data = loaded.data_or_synthetic(args.batch)?;
     let mut plain = Network::<f32>::new(&loaded.plan);
     let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
