@@ -48,6 +48,7 @@ pub mod report;
 mod rng;
 mod scalar;
 mod shape;
+pub mod summary;
 pub mod tally;
 pub mod text;
 pub mod train;

@@ -11,15 +11,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
-use opcount::model::Data;
-use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
+use opcount::report::Report;
+use opcount::summary::{BenchSummary, BenchTimings, ProjectSummary, TrainSummary, is_kernel};
 use opcount::text::escape;
-use opcount::train::{Settings, evaluate, train};
+use opcount::train::{Settings, relocate_data};
 use opcount::{
-    Counted, Event, Loaded, Network, Op, Phase, bench, chart, estimate, files,
-    measure_step_watched, project,
+    Counted, Event, Loaded, Network, Op, Phase, bench, chart, estimate, files, measure_step_watched,
 };
-use serde_json::json;
 
 /// `print!` to standard output, returning the error (saying it was standard output) instead
 /// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
@@ -382,27 +380,25 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         check_output(out)?;
     }
     let data = loaded.data()?;
-    // A batch larger than the data would be the whole data set: the memory check, the
-    // training and the counted step all use the batch actually run.
-    let asked = settings.batch;
-    settings.batch = settings.batch.min(data.len());
-    charge_run(&mut loaded, settings.batch, 2)?;
+    // The batch actually run: the whole data set at most.
+    let run = settings.clamped(data.len());
+    charge_run(&mut loaded, run.batch, 2)?;
     if args.save.is_some() {
         loaded.charge_save()?;
     }
 
     let mut net = Network::<f32>::new(&loaded.plan);
     // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
-    let steps = (data.len().div_ceil(settings.batch) as u64).saturating_mul(settings.epochs as u64);
+    let steps = (data.len().div_ceil(run.batch) as u64).saturating_mul(run.epochs as u64);
     let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
-    train(&mut net, &data, &settings, |p| {
+    let summary = TrainSummary::train(&mut net, &data, &settings, |p| {
         step = step.saturating_add(1);
         if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
                 "epoch {}/{} loss {:.4}",
-                p.epoch, settings.epochs, p.loss
+                p.epoch, run.epochs, p.loss
             ));
         }
     })
@@ -415,17 +411,6 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         None => anyhow!("{}: {err}", loaded.origin),
     })?;
     bar.finish_and_clear();
-    let result = evaluate(&mut net, &data, settings.batch);
-
-    // One counted step at the training batch size (counts depend on shapes only).
-    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
-    let batch_size = settings.batch;
-    let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss());
-    counted.step(&batch, Counted::new(settings.lr));
-    let totals = counted
-        .counts()
-        .expect("a counted network with attribution on has counts")
-        .totals();
 
     if let Some(out) = &args.save {
         let mut saved = net.to_model();
@@ -434,53 +419,10 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         }
         write_output(out, saved.to_ron().as_bytes())?;
     }
-
     match args.format {
-        Format::Json => {
-            let summary = json!({
-                "model": loaded.plan.name(),
-                "params": json_number(loaded.plan.params()),
-                "examples": data.len(),
-                "epochs": settings.epochs,
-                "batch": settings.batch,
-                "batch_asked": asked,
-                "lr": settings.lr,
-                "final_loss": result.loss,
-                "train_accuracy": result.accuracy(),
-                "step_batch": batch_size,
-                // Counted<f32> does not count multiplications by zero: `zmul` is null.
-                "step": totals_json(&totals, false),
-            });
-            outln!("{}", serde_json::to_string_pretty(&summary)?)?;
-        }
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => {
-            let clamped = if asked > settings.batch {
-                format!(" (asked for {asked}, more than the examples)")
-            } else {
-                String::new()
-            };
-            outln!(
-                "{}: {} parameters, {} examples, {} epochs, batch {}{clamped}, lr {}",
-                escape(loaded.plan.name()),
-                thousands(loaded.plan.params()),
-                data.len(),
-                settings.epochs,
-                settings.batch,
-                settings.lr
-            )?;
-            out!("final loss {:.6}", result.loss)?;
-            match (result.accuracy(), result.correct) {
-                (Some(acc), Some(correct)) => outln!(
-                    ", training accuracy {:.1}% ({correct}/{})",
-                    acc * 100.0,
-                    result.examples
-                )?,
-                _ => outln!()?,
-            }
-            outln!(
-                "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
-            )?;
-            outln!("{}", phase_table(&totals))?;
+            out!("{}", summary.table())?;
             if let Some(out) = args.save.as_deref().filter(|p| !is_stdout(p)) {
                 outln!(
                     "saved the trained model to {}",
@@ -535,191 +477,56 @@ fn check_settings(s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rewrites a CSV path relative to the model file so that it still points at the same file
-/// when the model is saved to `out`.
-fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
-    let Data::Csv { path, .. } = data else { return };
-    let Ok(target) = std::fs::canonicalize(model_dir.join(&*path)) else {
-        return;
-    };
-    let out_dir = out.parent().filter(|d| !d.as_os_str().is_empty());
-    let Ok(out_dir) = std::fs::canonicalize(out_dir.unwrap_or(Path::new("."))) else {
-        return;
-    };
-    let common = target
-        .components()
-        .zip(out_dir.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut relative = PathBuf::new();
-    for _ in out_dir.components().skip(common) {
-        relative.push("..");
-    }
-    relative.extend(target.components().skip(common));
-    *path = relative.to_string_lossy().into_owned();
-}
-
 fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = load(&args.model, &args.run)?;
     let batch = args
         .batch
         .or(loaded.plan.model().training.as_ref().map(|t| t.batch))
         .unwrap_or(1);
-    let projection = project::project(&loaded.plan, args.examples, args.epochs, batch)
-        .with_context(|| loaded.origin.clone())?;
-    let batch = projection.batch;
-    let convention = Convention::from(args.convention);
+    let mut summary = ProjectSummary::new(
+        &loaded.plan,
+        args.examples,
+        args.epochs,
+        batch,
+        args.convention.into(),
+    )
+    .with_context(|| loaded.origin.clone())?;
+    let batch = summary.projection.batch;
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
     // model fits in memory.
-    let runnable = charge_run(&mut loaded, batch, 2);
-    let mut measured = None;
-    let mut step_s = None;
-    if runnable.is_ok() {
-        let data = loaded.data_or_synthetic(batch)?;
-        let step = measure_step_watched(&loaded.plan, &data, batch, |_| {});
-        let report = Report::new(&loaded.plan, batch, Some(step), projection.step.clone());
-        if let Some(m) = report.mismatches().first() {
-            bail!("internal error: a measured count differs from its closed form: {m}");
-        }
-        measured = report.measured;
-        let mut net = Network::<f32>::new(&loaded.plan);
-        let examples = data.head::<f32>(batch, loaded.plan.loss());
-        let lr = loaded.plan.model().training.as_ref().map_or(0.01, |t| t.lr);
-        let started = std::time::Instant::now();
-        net.step(&examples, lr);
-        let rounds = if started.elapsed() > Duration::from_millis(500) {
-            3
-        } else {
-            11
-        };
-        step_s = Some(bench::time_median(
-            rounds,
-            Duration::from_millis(20),
-            || {
-                net.step(&examples, lr);
-            },
-        ));
-    }
-    let sgemm = bench::sgemm_flops(5);
-    let step_ops = projection.step.totals().all.total();
-    let rate = step_s.map(|s| step_ops as f64 / s);
-    let total_ops = projection.total.all.total();
-    let projected_s = rate.map(|r| total_ops as f64 / r);
-    // In a single-number convention: the whole run's forward and backward numbers.
-    let numbers = projection
-        .in_convention(&loaded.plan, convention)
-        .with_context(|| loaded.origin.clone())?;
-    let step_numbers = project::project(&loaded.plan, batch, 1, batch)
-        .and_then(|p| p.in_convention(&loaded.plan, convention))
-        .with_context(|| loaded.origin.clone())?;
-    let assumptions = [
-        "plain f32 on this machine, on all its cores, as `opcount train` runs",
-        "every step as fast, per operation, as the one measured",
-        "the last step of an epoch takes the examples left over",
-        "no time for loading data, evaluation or anything but the training steps",
-    ];
-    match args.format {
-        Format::Json => {
-            // Closed forms: no `zmul`.
-            let exact = |t: &opcount::Totals| totals_json(t, false);
-            let numbers_json = |[f, b, all]: [u128; 3]| {
-                json!({
-                    "forward": json_number(f),
-                    "backward": json_number(b),
-                    "all": json_number(all),
-                })
+    match charge_run(&mut loaded, batch, 2) {
+        Ok(()) => {
+            let data = loaded.data_or_synthetic(batch)?;
+            if let Some(m) = summary.validate(&loaded.plan, &data).first() {
+                bail!("internal error: a measured count differs from its closed form: {m}");
+            }
+            let mut net = Network::<f32>::new(&loaded.plan);
+            let examples = data.head::<f32>(batch, loaded.plan.loss());
+            let lr = loaded.plan.model().training.as_ref().map_or(0.01, |t| t.lr);
+            let started = std::time::Instant::now();
+            net.step(&examples, lr);
+            let rounds = if started.elapsed() > Duration::from_millis(500) {
+                3
+            } else {
+                11
             };
-            let out = json!({
-                "model": loaded.plan.name(),
-                "examples": json_number(projection.examples as u128),
-                "epochs": json_number(projection.epochs as u128),
-                "batch": json_number(batch as u128),
-                "steps": json_number(projection.steps()),
-                "last_batch": json_number(projection.last_batch as u128),
-                "convention": convention.name(),
-                "per_step": step_numbers.map_or_else(|| exact(&projection.step.totals()), numbers_json),
-                "total": numbers.map_or_else(|| exact(&projection.total), numbers_json),
-                "validated": measured.is_some(),
-                "not_run_because": runnable.as_ref().err().map(|e| format!("{e:#}")),
-                "step_s": step_s,
-                "ops_per_s": rate,
-                "sgemm_flops_per_s": sgemm,
-                "peak_fraction": rate.map(|r| r / sgemm),
-                "projected_s": projected_s,
-                "assumptions": assumptions,
-            });
-            outln!("{}", serde_json::to_string_pretty(&out)?)?;
+            summary.step_s = Some(bench::time_median(
+                rounds,
+                Duration::from_millis(20),
+                || {
+                    net.step(&examples, lr);
+                },
+            ));
         }
-        Format::Table => {
-            outln!(
-                "{}: {} examples x {} epochs at batch {} = {} steps",
-                escape(loaded.plan.name()),
-                thousands(projection.examples as u128),
-                thousands(projection.epochs as u128),
-                batch,
-                thousands(projection.steps())
-            )?;
-            match numbers {
-                None => {
-                    outln!("operations of the whole training, per phase (closed form):")?;
-                    outln!("{}", phase_table(&projection.total))?;
-                }
-                Some([f, b, all]) => outln!(
-                    "{}s of the whole training (closed form), convolution and dense layers: \
-                     forward {}, backward {}, in all {}",
-                    convention.name(),
-                    thousands(f),
-                    thousands(b),
-                    thousands(all)
-                )?,
-            }
-            match (&measured, step_s, rate) {
-                (Some(_), Some(s), Some(r)) => {
-                    outln!(
-                        "one step: {} operations, the closed form checked against a measured \
-                         step; {} per step here (median), {:.2} Gop/s",
-                        thousands(step_ops),
-                        duration(s),
-                        r / 1e9
-                    )?;
-                    outln!(
-                        "this machine's practical peak (sgemm 1024^3, all cores): {:.1} GFLOP/s; \
-                         the step runs at {:.0}% of it",
-                        sgemm / 1e9,
-                        100.0 * r / sgemm
-                    )?;
-                    outln!(
-                        "projected training time: {} ({})",
-                        duration(projected_s.unwrap_or(0.0)),
-                        human_time(projected_s.unwrap_or(0.0))
-                    )?;
-                }
-                _ => outln!(
-                    "not run here, so no time projected: {:#}",
-                    runnable
-                        .as_ref()
-                        .err()
-                        .map_or(String::new(), |e| format!("{e:#}"))
-                )?,
-            }
-            outln!("assumptions:")?;
-            for a in assumptions {
-                outln!("  - {a}")?;
-            }
-        }
+        Err(e) => summary.not_run_because = Some(format!("{e:#}")),
+    }
+    summary.sgemm_flops_per_s = Some(bench::sgemm_flops(5));
+    match args.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
+        Format::Table => out!("{}", summary.table())?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Seconds as hours or days when they are long.
-fn human_time(seconds: f64) -> String {
-    match seconds {
-        s if s >= 2.0 * 86_400.0 => format!("{:.1} days", s / 86_400.0),
-        s if s >= 2.0 * 3600.0 => format!("{:.1} hours", s / 3600.0),
-        s if s >= 120.0 => format!("{:.1} minutes", s / 60.0),
-        s => format!("{s:.1} seconds"),
-    }
 }
 
 /// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
@@ -743,15 +550,6 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("expected a number of bytes like 512M or 2G, found '{text}'"))?;
     n.checked_mul(scale)
         .ok_or_else(|| format!("{text} is too large"))
-}
-
-/// Seconds in the unit that keeps three significant digits readable.
-fn duration(seconds: f64) -> String {
-    match seconds {
-        s if s >= 1.0 => format!("{s:.3} s"),
-        s if s >= 1e-3 => format!("{:.3} ms", s * 1e3),
-        s => format!("{:.3} us", s * 1e6),
-    }
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
@@ -838,12 +636,6 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let step_counts = counted
         .counts()
         .expect("a counted network with attribution on has counts");
-    let totals = step_counts.totals();
-    let ops = if args.forward_only {
-        totals.forward
-    } else {
-        totals.all
-    };
 
     let rounds = args
         .rounds
@@ -871,33 +663,10 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         |round| bar.set_position(round as u64),
     );
     bar.finish_and_clear();
-    let result = bench::Comparison {
-        plain_s: medians[0],
-        counted_s: medians[1],
-        rounds,
-    };
-    let attributed_s = medians[2];
+    let (plain_s, counted_s, attributed_s) = (medians[0], medians[1], medians[2]);
 
     // The convolution and dense kernels alone: their share of plain steps' time, per node.
-    let kernel_nodes: Vec<bool> = loaded
-        .plan
-        .nodes()
-        .iter()
-        .map(|n| matches!(n.kind(), "conv2d" | "dense"))
-        .collect();
-    let kernel_ops: u128 = step_counts
-        .nodes
-        .iter()
-        .zip(&kernel_nodes)
-        .filter(|&(_, &k)| k)
-        .map(|(c, _)| {
-            if args.forward_only {
-                c.forward.total()
-            } else {
-                (c.forward + c.backward).total()
-            }
-        })
-        .sum();
+    let kernel_nodes: Vec<bool> = loaded.plan.nodes().iter().map(is_kernel).collect();
     let mut samples: Vec<f64> = (0..rounds.min(9))
         .map(|_| {
             let mut seconds = 0.0;
@@ -914,94 +683,24 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             seconds
         })
         .collect();
-    let kernel_s = bench::median(&mut samples);
-    let sgemm = bench::sgemm_flops(5);
-
-    let per_s = |seconds: f64| args.batch as f64 / seconds;
-    // No rate for a model with no convolution or dense layer: nothing was timed.
-    let kernel_rate = (kernel_ops > 0).then(|| kernel_ops as f64 / kernel_s);
+    let timings = BenchTimings {
+        rounds,
+        plain_s,
+        counted_s,
+        attributed_s,
+        kernel_s: bench::median(&mut samples),
+        sgemm_flops_per_s: bench::sgemm_flops(5),
+    };
+    let summary = BenchSummary::new(
+        &loaded.plan,
+        args.batch,
+        args.forward_only,
+        &step_counts,
+        timings,
+    );
     match args.format {
-        Format::Json => {
-            let out = json!({
-                "model": loaded.plan.name(),
-                "batch": args.batch,
-                "forward_only": args.forward_only,
-                "rounds": result.rounds,
-                "plain_s": result.plain_s,
-                "counted_s": result.counted_s,
-                "ratio": result.ratio(),
-                "attributed_s": attributed_s,
-                "ratio_attributed": attributed_s / result.plain_s,
-                "plain_examples_per_s": per_s(result.plain_s),
-                "counted_examples_per_s": per_s(result.counted_s),
-                "ops_per_step": json_number(ops.total()),
-                "plain_ops_per_s": ops.total() as f64 / result.plain_s,
-                "counted_ops_per_s": ops.total() as f64 / result.counted_s,
-                "kernels": {
-                    "ops": json_number(kernel_ops),
-                    "seconds": kernel_s,
-                    "ops_per_s": kernel_rate,
-                },
-                "sgemm_flops_per_s": sgemm,
-                "kernel_efficiency": kernel_rate.map(|r| r / sgemm),
-                "counts_per_step": counts_json(&ops, false),
-            });
-            outln!("{}", serde_json::to_string_pretty(&out)?)?;
-        }
-        Format::Table => {
-            let what = if args.forward_only {
-                "forward pass"
-            } else {
-                "SGD step"
-            };
-            outln!(
-                "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
-                escape(loaded.plan.name()),
-                args.batch,
-                thousands(ops.total()),
-                result.rounds
-            )?;
-            let sides = [
-                ("f32", result.plain_s),
-                ("Counted<f32>", result.counted_s),
-                ("  + per node", attributed_s),
-            ];
-            for (name, s) in sides {
-                outln!(
-                    "  {name:<13} {:>12}/step {:>14} examples/s {:>8.2} Gop/s",
-                    duration(s),
-                    thousands(per_s(s).round() as u64),
-                    ops.total() as f64 / s / 1e9
-                )?;
-            }
-            outln!(
-                "  ratio counted/plain {:.3}; with the counts attributed to each layer \
-                 (as `count` runs) {:.3}",
-                result.ratio(),
-                attributed_s / result.plain_s
-            )?;
-            match kernel_rate {
-                Some(rate) => {
-                    outln!(
-                        "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
-                        thousands(kernel_ops),
-                        duration(kernel_s),
-                        rate / 1e9
-                    )?;
-                    outln!(
-                        "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; \
-                         kernels at {:.0}% of it",
-                        sgemm / 1e9,
-                        100.0 * rate / sgemm
-                    )?;
-                }
-                None => outln!(
-                    "  no convolution or dense layers, so no kernel rate; reference sgemm \
-                     1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s",
-                    sgemm / 1e9
-                )?,
-            }
-        }
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
+        Format::Table => out!("{}", summary.table())?,
     }
     Ok(())
 }
