@@ -27,16 +27,13 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod budget;
-pub mod chart;
 pub mod convention;
 mod counted;
 mod counts;
 pub mod data;
 mod error;
 pub mod estimate;
-pub mod files;
 pub mod input;
 mod loaded;
 pub mod model;

@@ -1,23 +1,36 @@
 //! The `opcount` command line. Owns stdout, stderr and the exit code (0 success, 1 a count
 //! that disagrees with its closed form, 2 bad input); everything else is the library's.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opcount::budget::{self, Budget};
-use opcount::convention::Convention;
+use clap::Parser;
+use opcount::budget;
 use opcount::report::Report;
 use opcount::summary::{BenchSummary, BenchTimings, ProjectSummary, TrainSummary, is_kernel};
 use opcount::text::escape;
 use opcount::train::{Settings, relocate_data};
-use opcount::{
-    Counted, Event, Loaded, Network, Op, Phase, bench, chart, estimate, files, measure_step_watched,
+use opcount::{Counted, Event, Loaded, Network, Op, Phase, estimate, measure_step_watched};
+
+use cli::args::{
+    BenchArgs, Cli, Command, CountArgs, Format, ProjectArgs, ReportFormat, RunArgs, TrainArgs,
 };
+use cli::progress::progress_bar;
+use cli::{chart, files, sgemm, timing};
+
+/// What only the command line needs, in modules of the binary: its arguments, the progress
+/// bar, output files, the SVG chart, and the timing harness and sgemm reference of `bench`
+/// and `project`.
+mod cli {
+    pub mod args;
+    pub mod chart;
+    pub mod files;
+    pub mod progress;
+    pub mod sgemm;
+    pub mod timing;
+}
 
 /// `print!` to standard output, returning the error (saying it was standard output) instead
 /// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
@@ -40,186 +53,6 @@ macro_rules! outln {
 /// on device", would not say which file).
 fn stdout_error(err: std::io::Error) -> anyhow::Error {
     anyhow::Error::new(err).context("cannot write to standard output")
-}
-
-/// Count every arithmetic operation of a neural network, by kind.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Count one training step per layer, phase and kind: measured by running it with
-    /// Counted<f32>, next to the closed form.
-    Count(CountArgs),
-    /// Train a model with plain f32 and count one training step with Counted<f32>.
-    Train(TrainArgs),
-    /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
-    Bench(BenchArgs),
-    /// Project a whole training run (N examples x E epochs): its operations, and its time
-    /// on this CPU from a measured step.
-    Project(ProjectArgs),
-    /// List the kinds of operation opcount counts (see docs/counting.md).
-    Kinds,
-}
-
-#[derive(clap::Args, Debug)]
-struct CountArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Examples in the step.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
-    format: ReportFormat,
-    /// Only the closed form: allocate nothing, run nothing (for models too big to run).
-    #[arg(long)]
-    closed_form_only: bool,
-    /// Report in another counter's convention (see docs/conventions.md).
-    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
-    convention: ConventionArg,
-    /// Write the report to this file (atomically) instead of standard output.
-    #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// Also draw the step's operations per layer and phase as an SVG chart.
-    #[arg(long, value_name = "OUT.svg")]
-    svg: Option<PathBuf>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-/// How every command that runs a model runs it.
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Refuse models that would need more memory than this to run (bytes, or with a K, M, G
-    /// suffix); default: half of the memory available.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    max_memory: Option<u64>,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-impl RunArgs {
-    /// The memory budget: `--max-memory`, or half of the memory this process can count on.
-    fn budget(&self) -> Budget {
-        match self.max_memory {
-            Some(bytes) => Budget::new(bytes, "set by --max-memory"),
-            None => Budget::new(
-                budget::available_memory() / 2,
-                "half of the memory available; change it with --max-memory",
-            ),
-        }
-    }
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum ConventionArg {
-    /// opcount's own: every kind of operation.
-    Exact,
-    /// Multiply-accumulates of convolution and dense layers (fvcore, ptflops, thop, torchvision).
-    Mac,
-    /// Two per multiply-accumulate, backward measured (PyTorch FlopCounterMode).
-    Flop,
-}
-
-impl From<ConventionArg> for Convention {
-    fn from(c: ConventionArg) -> Convention {
-        match c {
-            ConventionArg::Exact => Convention::Exact,
-            ConventionArg::Mac => Convention::Mac,
-            ConventionArg::Flop => Convention::Flop,
-        }
-    }
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum ReportFormat {
-    /// Text for people.
-    Table,
-    /// One JSON object (schema in docs/report-format.md).
-    Json,
-    /// One row per layer and phase.
-    Csv,
-}
-
-#[derive(clap::Args, Debug)]
-struct TrainArgs {
-    /// The model file (RON) with a training block.
-    model: PathBuf,
-    /// Passes over the data (default: the model file's).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// SGD learning rate (default: the model file's).
-    #[arg(long)]
-    lr: Option<f32>,
-    /// Examples per step (default: the model file's).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Write the trained model here (same schema, weights inline).
-    #[arg(long, value_name = "OUT.ron")]
-    save: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(clap::Args, Debug)]
-struct BenchArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Examples per step.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Interleaved rounds of each side; the medians are reported (default: 21, or 5 when a
-    /// step takes over half a second).
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Time the forward pass only, not a whole training step.
-    #[arg(long)]
-    forward_only: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(clap::Args, Debug)]
-struct ProjectArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Training examples per epoch.
-    #[arg(long)]
-    examples: usize,
-    /// Passes over the examples.
-    #[arg(long)]
-    epochs: usize,
-    /// Examples per step (default: the model file's training batch, else 1).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Report in another counter's convention (see docs/conventions.md).
-    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
-    convention: ConventionArg,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Text for people.
-    Table,
-    /// One JSON object.
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -313,11 +146,8 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         check_output(out)?;
     }
     // The report's rendering grows with the nodes, more than anything else for a deep model.
-    let per_node = match args.format {
-        ReportFormat::Table => budget::TABLE_BYTES_PER_NODE,
-        ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
-        ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
-    } + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
+    let per_node =
+        args.format.bytes_per_node() + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
     loaded.charge_report(per_node)?;
     let estimated =
         estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
@@ -434,49 +264,6 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Standard output, for an output file named `-`.
-fn is_stdout(path: &Path) -> bool {
-    path == Path::new("-")
-}
-
-/// Checks before any long work that an output file can be written.
-fn check_output(path: &Path) -> anyhow::Result<()> {
-    if !is_stdout(path) {
-        files::check_writable(path)?;
-    }
-    Ok(())
-}
-
-/// Writes an output file (see `files::write`), or standard output for `-`.
-fn write_output(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    if is_stdout(path) {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(contents)
-            .and_then(|()| stdout.flush())
-            .map_err(stdout_error)?;
-    } else {
-        files::write(path, contents)?;
-    }
-    Ok(())
-}
-
-/// Checks the settings given on the command line (the model file's own were checked with it).
-fn check_settings(s: &Settings) -> anyhow::Result<()> {
-    if s.epochs == 0 || s.batch == 0 {
-        bail!(
-            "--epochs and --batch must be at least 1, found {} and {}",
-            s.epochs,
-            s.batch
-        );
-    }
-    if !(s.lr.is_finite() && s.lr > 0.0) {
-        bail!("--lr must be a positive number, found {}", s.lr);
-    }
-    Ok(())
-}
-
 fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = load(&args.model, &args.run)?;
     let batch = args
@@ -511,7 +298,7 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             } else {
                 11
             };
-            summary.step_s = Some(bench::time_median(
+            summary.step_s = Some(timing::time_median(
                 rounds,
                 Duration::from_millis(20),
                 || {
@@ -521,66 +308,12 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => summary.not_run_because = Some(format!("{e:#}")),
     }
-    summary.sgemm_flops_per_s = Some(bench::sgemm_flops(5));
+    summary.sgemm_flops_per_s = Some(sgemm::sgemm_flops(5));
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => out!("{}", summary.table())?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, scale) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let scale = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown unit '{c}', expected K, M, G or T")),
-            };
-            (&text[..i], scale)
-        }
-        _ => (text, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a number of bytes like 512M or 2G, found '{text}'"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text} is too large"))
-}
-
-fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
-            .expect("a valid template"),
-    );
-    end_line_on_interrupt();
-    bar
-}
-
-/// Makes Ctrl-C end the progress bar's line before the process dies of it as usual, so that
-/// the shell's prompt starts on a line of its own.
-fn end_line_on_interrupt() {
-    extern "C" fn on_interrupt(signal: libc::c_int) {
-        // SAFETY: write, signal and raise are async-signal-safe; the buffer is static.
-        unsafe {
-            libc::write(2, c"\n".as_ptr().cast(), 1);
-            libc::signal(signal, libc::SIG_DFL);
-            libc::raise(signal);
-        }
-    }
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    // SAFETY: installs a handler that only makes async-signal-safe calls.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-    }
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
@@ -652,7 +385,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let mut attributed = counted;
     let mut counting = Network::<Counted<f32>>::new(&loaded.plan);
     counting.set_attribution(false);
-    let medians = bench::interleave(
+    let medians = timing::interleave(
         rounds,
         Duration::from_millis(40),
         &mut [
@@ -688,8 +421,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         plain_s,
         counted_s,
         attributed_s,
-        kernel_s: bench::median(&mut samples),
-        sgemm_flops_per_s: bench::sgemm_flops(5),
+        kernel_s: timing::median(&mut samples),
+        sgemm_flops_per_s: sgemm::sgemm_flops(5),
     };
     let summary = BenchSummary::new(
         &loaded.plan,
@@ -705,12 +438,45 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
+/// Standard output, for an output file named `-`.
+fn is_stdout(path: &Path) -> bool {
+    path == Path::new("-")
+}
 
-    #[test]
-    fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
+/// Checks before any long work that an output file can be written.
+fn check_output(path: &Path) -> anyhow::Result<()> {
+    if !is_stdout(path) {
+        files::check_writable(path)?;
     }
+    Ok(())
+}
+
+/// Writes an output file (see `files::write`), or standard output for `-`.
+fn write_output(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if is_stdout(path) {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(contents)
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_error)?;
+    } else {
+        files::write(path, contents)?;
+    }
+    Ok(())
+}
+
+/// Checks the settings given on the command line (the model file's own were checked with it).
+fn check_settings(s: &Settings) -> anyhow::Result<()> {
+    if s.epochs == 0 || s.batch == 0 {
+        bail!(
+            "--epochs and --batch must be at least 1, found {} and {}",
+            s.epochs,
+            s.batch
+        );
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        bail!("--lr must be a positive number, found {}", s.lr);
+    }
+    Ok(())
 }
