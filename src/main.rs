@@ -3,30 +3,30 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use opcount::budget;
 use opcount::report::Report;
-use opcount::summary::{BenchSummary, BenchTimings, ProjectSummary, TrainSummary, is_kernel};
+use opcount::summary::{BenchSummary, ProjectSummary, TrainSummary};
 use opcount::text::escape;
 use opcount::train::{Settings, relocate_data};
-use opcount::{Counted, Event, Loaded, Network, Op, Phase, estimate, measure_step_watched};
+use opcount::{Loaded, Network, Op, estimate, measure_step_watched};
 
 use cli::args::{
     BenchArgs, Cli, Command, CountArgs, Format, ProjectArgs, ReportFormat, RunArgs, TrainArgs,
 };
 use cli::progress::progress_bar;
-use cli::{chart, files, sgemm, timing};
+use cli::{chart, files, measure, sgemm};
 
 /// What only the command line needs, in modules of the binary: its arguments, the progress
-/// bar, output files, the SVG chart, and the timing harness and sgemm reference of `bench`
-/// and `project`.
+/// bar, output files, the SVG chart, and what `bench` and `project` time (with the timing
+/// harness and the sgemm reference).
 mod cli {
     pub mod args;
     pub mod chart;
     pub mod files;
+    pub mod measure;
     pub mod progress;
     pub mod sgemm;
     pub mod timing;
@@ -288,23 +288,8 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             if let Some(m) = summary.validate(&loaded.plan, &data).first() {
                 bail!("internal error: a measured count differs from its closed form: {m}");
             }
-            let mut net = Network::<f32>::new(&loaded.plan);
-            let examples = data.head::<f32>(batch, loaded.plan.loss());
             let lr = loaded.plan.model().training.as_ref().map_or(0.01, |t| t.lr);
-            let started = std::time::Instant::now();
-            net.step(&examples, lr);
-            let rounds = if started.elapsed() > Duration::from_millis(500) {
-                3
-            } else {
-                11
-            };
-            summary.step_s = Some(timing::time_median(
-                rounds,
-                Duration::from_millis(20),
-                || {
-                    net.step(&examples, lr);
-                },
-            ));
+            summary.step_s = Some(measure::step_seconds(&loaded.plan, &data, batch, lr));
         }
         Err(e) => summary.not_run_because = Some(format!("{e:#}")),
     }
@@ -323,114 +308,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
     charge_run(&mut loaded, args.batch, 3)?;
     let data = loaded.data_or_synthetic(args.batch)?;
-    let mut plain = Network::<f32>::new(&loaded.plan);
-    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
-    let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss());
-    let counted_batch = data.head::<Counted<f32>>(args.batch, loaded.plan.loss());
-
-    // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
-    // the speed of the arithmetic) where they started; the step does the same operations.
-    // The timed runs call the unwatched entry points, so neither side pays for watching.
-    let run_plain = |net: &mut Network<f32>| {
-        if args.forward_only {
-            net.forward(&plain_batch.inputs, args.batch);
-        } else {
-            net.step(&plain_batch, 0.0);
-        }
-    };
-    let watch_plain = |net: &mut Network<f32>, watch: &mut dyn FnMut(Event)| {
-        if args.forward_only {
-            net.forward_watched(&plain_batch.inputs, args.batch, watch);
-        } else {
-            net.step_watched(&plain_batch, 0.0, watch);
-        }
-    };
-    let run_counted = |net: &mut Network<Counted<f32>>| {
-        if args.forward_only {
-            net.forward(&counted_batch.inputs, args.batch);
-        } else {
-            net.step(&counted_batch, Counted::new(0.0));
-        }
-    };
-
-    // One step of each, untimed: the counts, and a check that counting changed no bit.
-    let started = std::time::Instant::now();
-    run_plain(&mut plain);
-    let one_step = started.elapsed();
-    run_counted(&mut counted);
-    let same = plain
-        .output()
-        .iter()
-        .zip(counted.output())
-        .all(|(p, c)| p.to_bits() == c.get().to_bits());
-    if !same {
-        bail!("internal error: Counted<f32> outputs differ from f32 outputs");
-    }
-    let step_counts = counted
-        .counts()
-        .expect("a counted network with attribution on has counts");
-
-    let rounds = args
-        .rounds
-        .unwrap_or(if one_step > Duration::from_millis(500) {
-            5
-        } else {
-            21
-        });
-    let expected_s = one_step.as_secs_f64() * 3.0 * rounds as f64;
-    let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
-    // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
-    // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
-    // with a snapshot of the tally between nodes to attribute the counts to them.
-    let mut attributed = counted;
-    let mut counting = Network::<Counted<f32>>::new(&loaded.plan);
-    counting.set_attribution(false);
-    let medians = timing::interleave(
-        rounds,
-        Duration::from_millis(40),
-        &mut [
-            &mut || run_plain(&mut plain),
-            &mut || run_counted(&mut counting),
-            &mut || run_counted(&mut attributed),
-        ],
-        |round| bar.set_position(round as u64),
-    );
-    bar.finish_and_clear();
-    let (plain_s, counted_s, attributed_s) = (medians[0], medians[1], medians[2]);
-
-    // The convolution and dense kernels alone: their share of plain steps' time, per node.
-    let kernel_nodes: Vec<bool> = loaded.plan.nodes().iter().map(is_kernel).collect();
-    let mut samples: Vec<f64> = (0..rounds.min(9))
-        .map(|_| {
-            let mut seconds = 0.0;
-            let mut last = std::time::Instant::now();
-            watch_plain(&mut plain, &mut |event| {
-                let now = std::time::Instant::now();
-                let kernel = matches!(event.phase, Phase::Forward | Phase::Backward)
-                    && event.node.is_some_and(|k| kernel_nodes[k]);
-                if kernel {
-                    seconds += (now - last).as_secs_f64();
-                }
-                last = now;
-            });
-            seconds
-        })
-        .collect();
-    let timings = BenchTimings {
-        rounds,
-        plain_s,
-        counted_s,
-        attributed_s,
-        kernel_s: timing::median(&mut samples),
-        sgemm_flops_per_s: sgemm::sgemm_flops(5),
-    };
-    let summary = BenchSummary::new(
-        &loaded.plan,
-        args.batch,
-        args.forward_only,
-        &step_counts,
-        timings,
-    );
+    let (step, timings) = measure::bench(&loaded.plan, &data, args)?;
+    let summary = BenchSummary::new(&loaded.plan, args.batch, args.forward_only, &step, timings);
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => out!("{}", summary.table())?,
