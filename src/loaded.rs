@@ -12,17 +12,38 @@ use crate::model::{Model, Plan, Training};
 /// A model file, validated, with the memory budget what was read from it is charged to.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The validated graph (its [`Plan::model`] is the file as written).
-    pub plan: Plan,
-    /// The file's path as messages show it.
-    pub origin: String,
-    /// The file's directory: a CSV data path in it is relative to this.
-    pub dir: PathBuf,
-    /// What is left to spend.
-    pub budget: Budget,
+    plan: Plan,
+    origin: String,
+    dir: PathBuf,
+    budget: Budget,
 }
 
 impl Loaded {
+    /// The validated graph (its [`Plan::model`] is the file as written).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The file's path as messages show it.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The file's directory: a CSV data path in the file is relative to it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The budget, with what was charged to it so far.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// The budget, to charge more to it.
+    pub fn budget_mut(&mut self) -> &mut Budget {
+        &mut self.budget
+    }
+
     /// Reads the model file at `path` and validates it, within `budget`: the text and the
     /// lists parsed from it as they are read, then the plan's per-node bookkeeping
     /// ([`budget::NODE_BYTES`]) for as many nodes as its entries can make, chain or graph,
@@ -35,7 +56,7 @@ impl Loaded {
     ///
     /// let mut loaded = Loaded::load("models/iris.ron".as_ref(), Budget::new(64 << 20, "a test's"))?;
     /// let data = loaded.data_or_synthetic(8)?;
-    /// assert_eq!((loaded.plan.name(), data.len()), ("iris", 150));
+    /// assert_eq!((loaded.plan().name(), data.len()), ("iris", 150));
     /// # Ok::<(), opcount::Error>(())
     /// ```
     pub fn load(path: &Path, mut budget: Budget) -> Result<Loaded> {
@@ -140,8 +161,8 @@ mod tests {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/iris.ron"));
         let mut loaded = Loaded::load(path, Budget::new(1 << 20, "set by a test")).unwrap();
         // iris: 4 -> 16 (tanh) -> 3, three nodes; of the four charged for, one given back.
-        assert_eq!(loaded.plan.nodes().len(), 3);
-        let after_load = loaded.budget.used();
+        assert_eq!(loaded.plan().nodes().len(), 3);
+        let after_load = loaded.budget().used();
         assert!(after_load >= 3 * u128::from(budget::NODE_BYTES));
         let err = loaded.charge_run(1 << 20, 2).unwrap_err().to_string();
         assert!(
@@ -151,10 +172,10 @@ mod tests {
             )),
             "{err}"
         );
-        assert_eq!(loaded.budget.used(), after_load);
+        assert_eq!(loaded.budget().used(), after_load);
         loaded.charge_report(budget::TABLE_BYTES_PER_NODE).unwrap();
         assert_eq!(
-            loaded.budget.used(),
+            loaded.budget().used(),
             after_load + 3 * u128::from(budget::TABLE_BYTES_PER_NODE)
         );
     }
@@ -167,8 +188,8 @@ mod tests {
             "/models/iris-residual.ron"
         ));
         let loaded = Loaded::load(path, Budget::new(1 << 20, "set by a test")).unwrap();
-        assert_eq!(loaded.plan.nodes().len(), 7);
-        assert!(loaded.budget.used() >= 7 * u128::from(budget::NODE_BYTES));
+        assert_eq!(loaded.plan().nodes().len(), 7);
+        assert!(loaded.budget().used() >= 7 * u128::from(budget::NODE_BYTES));
         // Too small a budget for the nodes is an error naming them, not a panic.
         let text = std::fs::read_to_string(path).unwrap();
         let small = Budget::new(text.len() as u64 * 3, "set by a test");

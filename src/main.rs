@@ -150,7 +150,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         args.format.bytes_per_node() + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
     loaded.charge_report(per_node)?;
     let estimated =
-        estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
+        estimate::step(loaded.plan(), args.batch).with_context(|| loaded.origin().to_string())?;
     let measured = if args.closed_form_only {
         None
     } else {
@@ -158,9 +158,9 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         let data = loaded.data_or_synthetic(args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
-        let nodes = loaded.plan.nodes().len() as u64;
+        let nodes = loaded.plan().nodes().len() as u64;
         let bar = progress_bar(3 * nodes + 1, args.run.quiet || !long);
-        let step = measure_step_watched(&loaded.plan, &data, args.batch, |e| {
+        let step = measure_step_watched(loaded.plan(), &data, args.batch, |e| {
             if e.node.is_some() {
                 bar.inc(1);
                 bar.set_message(e.phase.name());
@@ -169,9 +169,9 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
         Some(step)
     };
-    let report = Report::new(&loaded.plan, args.batch, measured, estimated)
+    let report = Report::new(loaded.plan(), args.batch, measured, estimated)
         .in_convention(args.convention.into())
-        .with_context(|| loaded.origin.clone())?;
+        .with_context(|| loaded.origin().to_string())?;
     if let Some(svg) = &args.svg {
         write_output(svg, chart::svg(&report).as_bytes())?;
     }
@@ -217,7 +217,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         loaded.charge_save()?;
     }
 
-    let mut net = Network::<f32>::new(&loaded.plan);
+    let mut net = Network::<f32>::new(loaded.plan());
     // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
     let steps = (data.len().div_ceil(run.batch) as u64).saturating_mul(run.epochs as u64);
     let bar = progress_bar(steps, args.run.quiet);
@@ -235,17 +235,17 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     .map_err(|err| match &args.save {
         Some(out) => anyhow!(
             "{}: {err}; {} was left as it was",
-            loaded.origin,
+            loaded.origin(),
             out.display()
         ),
-        None => anyhow!("{}: {err}", loaded.origin),
+        None => anyhow!("{}: {err}", loaded.origin()),
     })?;
     bar.finish_and_clear();
 
     if let Some(out) = &args.save {
         let mut saved = net.to_model();
         if let Some(t) = &mut saved.training {
-            relocate_data(&mut t.data, &loaded.dir, out);
+            relocate_data(&mut t.data, loaded.dir(), out);
         }
         write_output(out, saved.to_ron().as_bytes())?;
     }
@@ -268,16 +268,16 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = load(&args.model, &args.run)?;
     let batch = args
         .batch
-        .or(loaded.plan.model().training.as_ref().map(|t| t.batch))
+        .or(loaded.plan().model().training.as_ref().map(|t| t.batch))
         .unwrap_or(1);
     let mut summary = ProjectSummary::new(
-        &loaded.plan,
+        loaded.plan(),
         args.examples,
         args.epochs,
         batch,
         args.convention.into(),
     )
-    .with_context(|| loaded.origin.clone())?;
+    .with_context(|| loaded.origin().to_string())?;
     let batch = summary.projection.batch;
 
     // Validate the closed form with a real counted step, and time a real plain step, if the
@@ -285,11 +285,16 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     match charge_run(&mut loaded, batch, 2) {
         Ok(()) => {
             let data = loaded.data_or_synthetic(batch)?;
-            if let Some(m) = summary.validate(&loaded.plan, &data).first() {
+            if let Some(m) = summary.validate(loaded.plan(), &data).first() {
                 bail!("internal error: a measured count differs from its closed form: {m}");
             }
-            let lr = loaded.plan.model().training.as_ref().map_or(0.01, |t| t.lr);
-            summary.step_s = Some(measure::step_seconds(&loaded.plan, &data, batch, lr));
+            let lr = loaded
+                .plan()
+                .model()
+                .training
+                .as_ref()
+                .map_or(0.01, |t| t.lr);
+            summary.step_s = Some(measure::step_seconds(loaded.plan(), &data, batch, lr));
         }
         Err(e) => summary.not_run_because = Some(format!("{e:#}")),
     }
@@ -308,8 +313,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
     charge_run(&mut loaded, args.batch, 3)?;
     let data = loaded.data_or_synthetic(args.batch)?;
-    let (step, timings) = measure::bench(&loaded.plan, &data, args)?;
-    let summary = BenchSummary::new(&loaded.plan, args.batch, args.forward_only, &step, timings);
+    let (step, timings) = measure::bench(loaded.plan(), &data, args)?;
+    let summary = BenchSummary::new(loaded.plan(), args.batch, args.forward_only, &step, timings);
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => out!("{}", summary.table())?,

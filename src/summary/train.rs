@@ -47,7 +47,7 @@ impl TrainSummary {
     /// let mut loaded = Loaded::load("models/xor.ron".as_ref(), Budget::unlimited())?;
     /// let data = loaded.data()?;
     /// let settings = Settings::of(loaded.training()?);
-    /// let mut net = Network::<f32>::new(&loaded.plan);
+    /// let mut net = Network::<f32>::new(loaded.plan());
     /// let summary = TrainSummary::train(&mut net, &data, &settings, |_| {})?;
     /// assert_eq!(summary.evaluation.accuracy(), Some(1.0));
     /// // A step of the 2-2-1 network at batch 4: 2 x 2 + 2 x 1 weights per example.
