@@ -4,8 +4,24 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use opcount::bench::compare;
 use opcount::{Counted, Scalar, tally};
+
+/// The binary's timing harness (not part of the library); this uses only some of it.
+#[path = "../src/cli/timing.rs"]
+#[allow(dead_code, unused_imports)]
+mod timing;
+
+/// Median seconds of a call of `plain` and of `counted`, timed alternately for 31 rounds of
+/// about 20 ms.
+fn compare(mut plain: impl FnMut(), mut counted: impl FnMut()) -> (f64, f64) {
+    let medians = timing::interleave(
+        31,
+        Duration::from_millis(20),
+        &mut [&mut plain, &mut counted],
+        |_| {},
+    );
+    (medians[0], medians[1])
+}
 
 /// A dense layer's pre-activation: `z_j = b_j + sum_i x_i * w[i][j]`, accumulated from the
 /// bias, weights stored input-major (`w[i * m + j]`).
@@ -38,9 +54,7 @@ fn bench_dense(name: &str, n: usize, m: usize) {
     let (cw, cb, cx) = (Counted::vec(&w), Counted::vec(&b), Counted::vec(&x));
     let mut z = vec![0.0f32; m];
     let mut cz = vec![Counted::new(0.0f32); m];
-    let result = compare(
-        31,
-        Duration::from_millis(20),
+    let (plain_s, counted_s) = compare(
         || {
             dense_forward(
                 black_box(&w),
@@ -60,16 +74,14 @@ fn bench_dense(name: &str, n: usize, m: usize) {
     );
     let (_, counts) = tally::measure(|| dense_forward(&cw, &cb, &cx, &mut cz));
     assert_eq!(Counted::unwrap_slice(&cz), z, "counted result differs");
-    report(name, result.plain_s, result.counted_s, &counts.to_string());
+    report(name, plain_s, counted_s, &counts.to_string());
 }
 
 fn bench_sigmoid(n: usize) {
     let z0 = values(n, 4);
     let cz0 = Counted::vec(&z0);
     let (mut z, mut cz) = (z0.clone(), cz0.clone());
-    let result = compare(
-        31,
-        Duration::from_millis(20),
+    let (plain_s, counted_s) = compare(
         || {
             z.copy_from_slice(&z0);
             sigmoid(black_box(&mut z));
@@ -85,8 +97,8 @@ fn bench_sigmoid(n: usize) {
     });
     report(
         &format!("sigmoid over {n}"),
-        result.plain_s,
-        result.counted_s,
+        plain_s,
+        counted_s,
         &counts.to_string(),
     );
 }

@@ -5,11 +5,14 @@
 //! trains until the model's epochs are done or `seconds` (default 600) have passed, and
 //! prints the training loss, the held-out loss (nats per character) and the time.
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use std::path::Path;
 use std::time::Instant;
 
 use opcount::data::{Batch, Dataset};
-use opcount::rng::Rng;
 use opcount::train::evaluate;
 use opcount::{Model, Network};
 
@@ -54,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     report(&mut net, 0, &[]);
     'training: for _ in 0..training.epochs {
-        rng.shuffle(&mut order);
+        shuffle(&mut rng, &mut order);
         for indices in order.chunks(training.batch) {
             train.gather(indices, plan.loss(), &mut batch);
             recent.push(f64::from(net.step(&batch, training.lr)));
@@ -70,4 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     report(&mut net, step, &recent);
     Ok(())
+}
+
+/// Fisher-Yates with the tests' SplitMix64, so a seed gives the same order as `train`'s.
+fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i + 1));
+    }
 }

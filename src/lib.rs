@@ -27,26 +27,25 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod budget;
-pub mod chart;
 pub mod convention;
 mod counted;
 mod counts;
 pub mod data;
 mod error;
 pub mod estimate;
-pub mod files;
 pub mod input;
+mod loaded;
 pub mod model;
 mod nn;
 mod phases;
 mod plan;
 pub mod project;
 pub mod report;
-pub mod rng;
+mod rng;
 mod scalar;
 mod shape;
+pub mod summary;
 pub mod tally;
 pub mod text;
 pub mod train;
@@ -54,6 +53,7 @@ pub mod train;
 pub use counted::{Counted, CountedNumber, CountedZeros};
 pub use counts::{Counts, CountsMismatch, Op};
 pub use error::{Error, Result};
+pub use loaded::Loaded;
 pub use model::{Model, Node, Plan};
 pub use nn::{Event, Network, measure_step, measure_step_watched};
 pub use phases::{NodeCounts, Phase, StepCounts, Totals};

@@ -1,26 +1,36 @@
 //! The `opcount` command line. Owns stdout, stderr and the exit code (0 success, 1 a count
 //! that disagrees with its closed form, 2 bad input); everything else is the library's.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opcount::budget::{self, Budget};
-use opcount::convention::Convention;
-use opcount::data::Dataset;
-use opcount::model::Data;
-use opcount::report::{Report, counts_json, json_number, phase_table, thousands, totals_json};
+use clap::Parser;
+use opcount::budget;
+use opcount::report::Report;
+use opcount::summary::{BenchSummary, ProjectSummary, TrainSummary};
 use opcount::text::escape;
-use opcount::train::{Settings, evaluate, train};
-use opcount::{
-    Counted, Event, Model, Network, Op, Phase, Plan, bench, chart, estimate, files,
-    measure_step_watched, project,
+use opcount::train::{Settings, relocate_data};
+use opcount::{Loaded, Network, Op, estimate, measure_step_watched};
+
+use cli::args::{
+    BenchArgs, Cli, Command, CountArgs, Format, ProjectArgs, ReportFormat, RunArgs, TrainArgs,
 };
-use serde_json::json;
+use cli::progress::progress_bar;
+use cli::{chart, files, measure, sgemm};
+
+/// What only the command line needs, in modules of the binary: its arguments, the progress
+/// bar, output files, the SVG chart, and what `bench` and `project` time (with the timing
+/// harness and the sgemm reference).
+mod cli {
+    pub mod args;
+    pub mod chart;
+    pub mod files;
+    pub mod measure;
+    pub mod progress;
+    pub mod sgemm;
+    pub mod timing;
+}
 
 /// `print!` to standard output, returning the error (saying it was standard output) instead
 /// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
@@ -43,186 +53,6 @@ macro_rules! outln {
 /// on device", would not say which file).
 fn stdout_error(err: std::io::Error) -> anyhow::Error {
     anyhow::Error::new(err).context("cannot write to standard output")
-}
-
-/// Count every arithmetic operation of a neural network, by kind.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Count one training step per layer, phase and kind: measured by running it with
-    /// Counted<f32>, next to the closed form.
-    Count(CountArgs),
-    /// Train a model with plain f32 and count one training step with Counted<f32>.
-    Train(TrainArgs),
-    /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
-    Bench(BenchArgs),
-    /// Project a whole training run (N examples x E epochs): its operations, and its time
-    /// on this CPU from a measured step.
-    Project(ProjectArgs),
-    /// List the kinds of operation opcount counts (see docs/counting.md).
-    Kinds,
-}
-
-#[derive(clap::Args, Debug)]
-struct CountArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Examples in the step.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
-    format: ReportFormat,
-    /// Only the closed form: allocate nothing, run nothing (for models too big to run).
-    #[arg(long)]
-    closed_form_only: bool,
-    /// Report in another counter's convention (see docs/conventions.md).
-    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
-    convention: ConventionArg,
-    /// Write the report to this file (atomically) instead of standard output.
-    #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// Also draw the step's operations per layer and phase as an SVG chart.
-    #[arg(long, value_name = "OUT.svg")]
-    svg: Option<PathBuf>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-/// How every command that runs a model runs it.
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Refuse models that would need more memory than this to run (bytes, or with a K, M, G
-    /// suffix); default: half of the memory available.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    max_memory: Option<u64>,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-impl RunArgs {
-    /// The memory budget: `--max-memory`, or half of the memory this process can count on.
-    fn budget(&self) -> Budget {
-        match self.max_memory {
-            Some(bytes) => Budget::new(bytes, "set by --max-memory"),
-            None => Budget::new(
-                budget::available_memory() / 2,
-                "half of the memory available; change it with --max-memory",
-            ),
-        }
-    }
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum ConventionArg {
-    /// opcount's own: every kind of operation.
-    Exact,
-    /// Multiply-accumulates of convolution and dense layers (fvcore, ptflops, thop, torchvision).
-    Mac,
-    /// Two per multiply-accumulate, backward measured (PyTorch FlopCounterMode).
-    Flop,
-}
-
-impl From<ConventionArg> for Convention {
-    fn from(c: ConventionArg) -> Convention {
-        match c {
-            ConventionArg::Exact => Convention::Exact,
-            ConventionArg::Mac => Convention::Mac,
-            ConventionArg::Flop => Convention::Flop,
-        }
-    }
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum ReportFormat {
-    /// Text for people.
-    Table,
-    /// One JSON object (schema in docs/report-format.md).
-    Json,
-    /// One row per layer and phase.
-    Csv,
-}
-
-#[derive(clap::Args, Debug)]
-struct TrainArgs {
-    /// The model file (RON) with a training block.
-    model: PathBuf,
-    /// Passes over the data (default: the model file's).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// SGD learning rate (default: the model file's).
-    #[arg(long)]
-    lr: Option<f32>,
-    /// Examples per step (default: the model file's).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Write the trained model here (same schema, weights inline).
-    #[arg(long, value_name = "OUT.ron")]
-    save: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(clap::Args, Debug)]
-struct BenchArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Examples per step.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Interleaved rounds of each side; the medians are reported (default: 21, or 5 when a
-    /// step takes over half a second).
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Time the forward pass only, not a whole training step.
-    #[arg(long)]
-    forward_only: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(clap::Args, Debug)]
-struct ProjectArgs {
-    /// The model file (RON).
-    model: PathBuf,
-    /// Training examples per epoch.
-    #[arg(long)]
-    examples: usize,
-    /// Passes over the examples.
-    #[arg(long)]
-    epochs: usize,
-    /// Examples per step (default: the model file's training batch, else 1).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Report in another counter's convention (see docs/conventions.md).
-    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
-    convention: ConventionArg,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Text for people.
-    Table,
-    /// One JSON object.
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -296,59 +126,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A model file, read and validated, and the memory budget what it read is charged to.
-struct Loaded {
-    model: Model,
-    plan: Plan,
-    origin: String,
-    dir: PathBuf,
-    budget: Budget,
-}
-
 fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
-    let mut budget = run.budget();
-    let model = Model::load_within(path, &mut budget)?;
-    let origin = path.display().to_string();
-    // Charged before planning: the plan is the first thing built per node.
-    let nodes = model.nodes();
-    budget.charge(u128::from(budget::NODE_BYTES) * nodes as u128, || {
-        format!("{origin}: the counts and bookkeeping of {nodes} nodes")
-    })?;
-    let plan = model.plan(&origin)?;
-    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    Ok(Loaded {
-        model,
-        plan,
-        origin,
-        dir,
-        budget,
-    })
+    Ok(Loaded::load(path, run.budget())?)
 }
 
-impl Loaded {
-    /// The model's data set, or `n` seeded made-up examples if it has none.
-    fn data_or_synthetic(&mut self, n: usize) -> anyhow::Result<Dataset> {
-        Ok(match &self.model.training {
-            Some(t) => Dataset::load_within(
-                &t.data,
-                &self.dir,
-                &self.origin,
-                &self.plan,
-                &mut self.budget,
-            )?,
-            None => Dataset::synthetic(&self.plan, n, 0),
-        })
-    }
-
-    /// Charges, before anything is allocated, the memory of `networks` networks of 4-byte
-    /// numbers running a step at `batch`.
-    fn charge_run(&mut self, batch: usize, networks: u128) -> anyhow::Result<()> {
-        self.budget
-            .charge_run(&self.plan, batch, networks, &self.origin)
-            .map_err(|e| {
-                anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
-            })
-    }
+/// [`Loaded::charge_run`], saying what to do instead when the model does not fit.
+fn charge_run(loaded: &mut Loaded, batch: usize, networks: u128) -> anyhow::Result<()> {
+    loaded.charge_run(batch, networks).map_err(|e| {
+        anyhow!("{e}; `opcount count --closed-form-only` counts it without running it")
+    })
 }
 
 fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
@@ -360,30 +146,21 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         check_output(out)?;
     }
     // The report's rendering grows with the nodes, more than anything else for a deep model.
-    let per_node = match args.format {
-        ReportFormat::Table => budget::TABLE_BYTES_PER_NODE,
-        ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
-        ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
-    } + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
-    let nodes = loaded.plan.nodes().len();
-    let origin = &loaded.origin;
-    loaded
-        .budget
-        .charge(u128::from(per_node) * nodes as u128, || {
-            format!("{origin}: the report of {nodes} nodes")
-        })?;
+    let per_node =
+        args.format.bytes_per_node() + args.svg.as_ref().map_or(0, |_| budget::SVG_BYTES_PER_NODE);
+    loaded.charge_report(per_node)?;
     let estimated =
-        estimate::step(&loaded.plan, args.batch).with_context(|| loaded.origin.clone())?;
+        estimate::step(loaded.plan(), args.batch).with_context(|| loaded.origin().to_string())?;
     let measured = if args.closed_form_only {
         None
     } else {
-        loaded.charge_run(args.batch, 2)?;
+        charge_run(&mut loaded, args.batch, 2)?;
         let data = loaded.data_or_synthetic(args.batch)?;
         // A progress bar for steps likely to take over a second (a billion operations).
         let long = estimated.totals().all.total() > 1_000_000_000;
-        let nodes = loaded.plan.nodes().len() as u64;
+        let nodes = loaded.plan().nodes().len() as u64;
         let bar = progress_bar(3 * nodes + 1, args.run.quiet || !long);
-        let step = measure_step_watched(&loaded.plan, &data, args.batch, |e| {
+        let step = measure_step_watched(loaded.plan(), &data, args.batch, |e| {
             if e.node.is_some() {
                 bar.inc(1);
                 bar.set_message(e.phase.name());
@@ -392,9 +169,9 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
         Some(step)
     };
-    let report = Report::new(&loaded.plan, args.batch, measured, estimated)
+    let report = Report::new(loaded.plan(), args.batch, measured, estimated)
         .in_convention(args.convention.into())
-        .with_context(|| loaded.origin.clone())?;
+        .with_context(|| loaded.origin().to_string())?;
     if let Some(svg) = &args.svg {
         write_output(svg, chart::svg(&report).as_bytes())?;
     }
@@ -424,14 +201,7 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
-    let Some(training) = &loaded.model.training else {
-        bail!(
-            "{}: the model has no training block, so there is nothing to train on \
-             (see docs/model-format.md)",
-            loaded.origin
-        );
-    };
-    let mut settings = Settings::of(training);
+    let mut settings = Settings::of(loaded.training()?);
     settings.epochs = args.epochs.unwrap_or(settings.epochs);
     settings.lr = args.lr.unwrap_or(settings.lr);
     settings.batch = args.batch.unwrap_or(settings.batch);
@@ -439,118 +209,50 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         check_output(out)?;
     }
-    let data = Dataset::load_within(
-        &training.data,
-        &loaded.dir,
-        &loaded.origin,
-        &loaded.plan,
-        &mut loaded.budget,
-    )?;
-    // A batch larger than the data would be the whole data set: the memory check, the
-    // training and the counted step all use the batch actually run.
-    let asked = settings.batch;
-    settings.batch = settings.batch.min(data.len());
-    loaded.charge_run(settings.batch, 2)?;
+    let data = loaded.data()?;
+    // The batch actually run: the whole data set at most.
+    let run = settings.clamped(data.len());
+    charge_run(&mut loaded, run.batch, 2)?;
     if args.save.is_some() {
-        let params = loaded.plan.params();
-        let origin = &loaded.origin;
-        loaded
-            .budget
-            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * params, || {
-                format!("{origin}: saving the trained model ({params} parameters)")
-            })?;
+        loaded.charge_save()?;
     }
 
-    let mut net = Network::<f32>::new(&loaded.plan);
+    let mut net = Network::<f32>::new(loaded.plan());
     // Up to 2^64 - 1 epochs: the bar's length saturates (such a run never ends anyway).
-    let steps = (data.len().div_ceil(settings.batch) as u64).saturating_mul(settings.epochs as u64);
+    let steps = (data.len().div_ceil(run.batch) as u64).saturating_mul(run.epochs as u64);
     let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
-    train(&mut net, &data, &settings, |p| {
+    let summary = TrainSummary::train(&mut net, &data, &settings, |p| {
         step = step.saturating_add(1);
         if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
                 "epoch {}/{} loss {:.4}",
-                p.epoch, settings.epochs, p.loss
+                p.epoch, run.epochs, p.loss
             ));
         }
     })
     .map_err(|err| match &args.save {
         Some(out) => anyhow!(
             "{}: {err}; {} was left as it was",
-            loaded.origin,
+            loaded.origin(),
             out.display()
         ),
-        None => anyhow!("{}: {err}", loaded.origin),
+        None => anyhow!("{}: {err}", loaded.origin()),
     })?;
     bar.finish_and_clear();
-    let result = evaluate(&mut net, &data, settings.batch);
-
-    // One counted step at the training batch size (counts depend on shapes only).
-    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
-    let batch_size = settings.batch;
-    let batch = data.head::<Counted<f32>>(batch_size, loaded.plan.loss());
-    counted.step(&batch, Counted::new(settings.lr));
-    let totals = counted
-        .counts()
-        .expect("a counted network with attribution on has counts")
-        .totals();
 
     if let Some(out) = &args.save {
         let mut saved = net.to_model();
         if let Some(t) = &mut saved.training {
-            relocate_data(&mut t.data, &loaded.dir, out);
+            relocate_data(&mut t.data, loaded.dir(), out);
         }
         write_output(out, saved.to_ron().as_bytes())?;
     }
-
     match args.format {
-        Format::Json => {
-            let summary = json!({
-                "model": loaded.plan.name(),
-                "params": json_number(loaded.plan.params()),
-                "examples": data.len(),
-                "epochs": settings.epochs,
-                "batch": settings.batch,
-                "batch_asked": asked,
-                "lr": settings.lr,
-                "final_loss": result.loss,
-                "train_accuracy": result.accuracy(),
-                "step_batch": batch_size,
-                // Counted<f32> does not count multiplications by zero: `zmul` is null.
-                "step": totals_json(&totals, false),
-            });
-            outln!("{}", serde_json::to_string_pretty(&summary)?)?;
-        }
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => {
-            let clamped = if asked > settings.batch {
-                format!(" (asked for {asked}, more than the examples)")
-            } else {
-                String::new()
-            };
-            outln!(
-                "{}: {} parameters, {} examples, {} epochs, batch {}{clamped}, lr {}",
-                escape(loaded.plan.name()),
-                thousands(loaded.plan.params()),
-                data.len(),
-                settings.epochs,
-                settings.batch,
-                settings.lr
-            )?;
-            out!("final loss {:.6}", result.loss)?;
-            match (result.accuracy(), result.correct) {
-                (Some(acc), Some(correct)) => outln!(
-                    ", training accuracy {:.1}% ({correct}/{})",
-                    acc * 100.0,
-                    result.examples
-                )?,
-                _ => outln!()?,
-            }
-            outln!(
-                "\noperations of one training step (batch {batch_size}), counted with Counted<f32>:"
-            )?;
-            outln!("{}", phase_table(&totals))?;
+            out!("{}", summary.table())?;
             if let Some(out) = args.save.as_deref().filter(|p| !is_stdout(p)) {
                 outln!(
                     "saved the trained model to {}",
@@ -558,6 +260,64 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+    let mut loaded = load(&args.model, &args.run)?;
+    let batch = args
+        .batch
+        .or(loaded.plan().model().training.as_ref().map(|t| t.batch))
+        .unwrap_or(1);
+    let mut summary = ProjectSummary::new(
+        loaded.plan(),
+        args.examples,
+        args.epochs,
+        batch,
+        args.convention.into(),
+    )
+    .with_context(|| loaded.origin().to_string())?;
+    let batch = summary.projection.batch;
+
+    // Validate the closed form with a real counted step, and time a real plain step, if the
+    // model fits in memory.
+    match charge_run(&mut loaded, batch, 2) {
+        Ok(()) => {
+            let data = loaded.data_or_synthetic(batch)?;
+            if let Some(m) = summary.validate(loaded.plan(), &data).first() {
+                bail!("internal error: a measured count differs from its closed form: {m}");
+            }
+            let lr = loaded
+                .plan()
+                .model()
+                .training
+                .as_ref()
+                .map_or(0.01, |t| t.lr);
+            summary.step_s = Some(measure::step_seconds(loaded.plan(), &data, batch, lr));
+        }
+        Err(e) => summary.not_run_because = Some(format!("{e:#}")),
+    }
+    summary.sgemm_flops_per_s = Some(sgemm::sgemm_flops(5));
+    match args.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
+        Format::Table => out!("{}", summary.table())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.rounds == Some(0) {
+        bail!("--batch and --rounds must be at least 1");
+    }
+    let mut loaded = load(&args.model, &args.run)?;
+    charge_run(&mut loaded, args.batch, 3)?;
+    let data = loaded.data_or_synthetic(args.batch)?;
+    let (step, timings) = measure::bench(loaded.plan(), &data, args)?;
+    let summary = BenchSummary::new(loaded.plan(), args.batch, args.forward_only, &step, timings);
+    match args.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
+        Format::Table => out!("{}", summary.table())?,
     }
     Ok(())
 }
@@ -603,485 +363,4 @@ fn check_settings(s: &Settings) -> anyhow::Result<()> {
         bail!("--lr must be a positive number, found {}", s.lr);
     }
     Ok(())
-}
-
-/// Rewrites a CSV path relative to the model file so that it still points at the same file
-/// when the model is saved to `out`.
-fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
-    let Data::Csv { path, .. } = data else { return };
-    let Ok(target) = std::fs::canonicalize(model_dir.join(&*path)) else {
-        return;
-    };
-    let out_dir = out.parent().filter(|d| !d.as_os_str().is_empty());
-    let Ok(out_dir) = std::fs::canonicalize(out_dir.unwrap_or(Path::new("."))) else {
-        return;
-    };
-    let common = target
-        .components()
-        .zip(out_dir.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut relative = PathBuf::new();
-    for _ in out_dir.components().skip(common) {
-        relative.push("..");
-    }
-    relative.extend(target.components().skip(common));
-    *path = relative.to_string_lossy().into_owned();
-}
-
-fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    let mut loaded = load(&args.model, &args.run)?;
-    let batch = args
-        .batch
-        .or(loaded.model.training.as_ref().map(|t| t.batch))
-        .unwrap_or(1);
-    let projection = project::project(&loaded.plan, args.examples, args.epochs, batch)
-        .with_context(|| loaded.origin.clone())?;
-    let batch = projection.batch;
-    let convention = Convention::from(args.convention);
-
-    // Validate the closed form with a real counted step, and time a real plain step, if the
-    // model fits in memory.
-    let runnable = loaded.charge_run(batch, 2);
-    let mut measured = None;
-    let mut step_s = None;
-    if runnable.is_ok() {
-        let data = loaded.data_or_synthetic(batch)?;
-        let step = measure_step_watched(&loaded.plan, &data, batch, |_| {});
-        let report = Report::new(&loaded.plan, batch, Some(step), projection.step.clone());
-        if let Some(m) = report.mismatches().first() {
-            bail!("internal error: a measured count differs from its closed form: {m}");
-        }
-        measured = report.measured;
-        let mut net = Network::<f32>::new(&loaded.plan);
-        let examples = data.head::<f32>(batch, loaded.plan.loss());
-        let lr = loaded.model.training.as_ref().map_or(0.01, |t| t.lr);
-        let started = std::time::Instant::now();
-        net.step(&examples, lr);
-        let rounds = if started.elapsed() > Duration::from_millis(500) {
-            3
-        } else {
-            11
-        };
-        step_s = Some(bench::time_median(
-            rounds,
-            Duration::from_millis(20),
-            || {
-                net.step(&examples, lr);
-            },
-        ));
-    }
-    let sgemm = bench::sgemm_flops(5);
-    let step_ops = projection.step.totals().all.total();
-    let rate = step_s.map(|s| step_ops as f64 / s);
-    let total_ops = projection.total.all.total();
-    let projected_s = rate.map(|r| total_ops as f64 / r);
-    // In a single-number convention: the whole run's forward and backward numbers.
-    let numbers = projection
-        .in_convention(&loaded.plan, convention)
-        .with_context(|| loaded.origin.clone())?;
-    let step_numbers = project::project(&loaded.plan, batch, 1, batch)
-        .and_then(|p| p.in_convention(&loaded.plan, convention))
-        .with_context(|| loaded.origin.clone())?;
-    let assumptions = [
-        "plain f32 on this machine, on all its cores, as `opcount train` runs",
-        "every step as fast, per operation, as the one measured",
-        "the last step of an epoch takes the examples left over",
-        "no time for loading data, evaluation or anything but the training steps",
-    ];
-    match args.format {
-        Format::Json => {
-            // Closed forms: no `zmul`.
-            let exact = |t: &opcount::Totals| totals_json(t, false);
-            let numbers_json = |[f, b, all]: [u128; 3]| {
-                json!({
-                    "forward": json_number(f),
-                    "backward": json_number(b),
-                    "all": json_number(all),
-                })
-            };
-            let out = json!({
-                "model": loaded.plan.name(),
-                "examples": json_number(projection.examples as u128),
-                "epochs": json_number(projection.epochs as u128),
-                "batch": json_number(batch as u128),
-                "steps": json_number(projection.steps()),
-                "last_batch": json_number(projection.last_batch as u128),
-                "convention": convention.name(),
-                "per_step": step_numbers.map_or_else(|| exact(&projection.step.totals()), numbers_json),
-                "total": numbers.map_or_else(|| exact(&projection.total), numbers_json),
-                "validated": measured.is_some(),
-                "not_run_because": runnable.as_ref().err().map(|e| format!("{e:#}")),
-                "step_s": step_s,
-                "ops_per_s": rate,
-                "sgemm_flops_per_s": sgemm,
-                "peak_fraction": rate.map(|r| r / sgemm),
-                "projected_s": projected_s,
-                "assumptions": assumptions,
-            });
-            outln!("{}", serde_json::to_string_pretty(&out)?)?;
-        }
-        Format::Table => {
-            outln!(
-                "{}: {} examples x {} epochs at batch {} = {} steps",
-                escape(loaded.plan.name()),
-                thousands(projection.examples as u128),
-                thousands(projection.epochs as u128),
-                batch,
-                thousands(projection.steps())
-            )?;
-            match numbers {
-                None => {
-                    outln!("operations of the whole training, per phase (closed form):")?;
-                    outln!("{}", phase_table(&projection.total))?;
-                }
-                Some([f, b, all]) => outln!(
-                    "{}s of the whole training (closed form), convolution and dense layers: \
-                     forward {}, backward {}, in all {}",
-                    convention.name(),
-                    thousands(f),
-                    thousands(b),
-                    thousands(all)
-                )?,
-            }
-            match (&measured, step_s, rate) {
-                (Some(_), Some(s), Some(r)) => {
-                    outln!(
-                        "one step: {} operations, the closed form checked against a measured \
-                         step; {} per step here (median), {:.2} Gop/s",
-                        thousands(step_ops),
-                        duration(s),
-                        r / 1e9
-                    )?;
-                    outln!(
-                        "this machine's practical peak (sgemm 1024^3, all cores): {:.1} GFLOP/s; \
-                         the step runs at {:.0}% of it",
-                        sgemm / 1e9,
-                        100.0 * r / sgemm
-                    )?;
-                    outln!(
-                        "projected training time: {} ({})",
-                        duration(projected_s.unwrap_or(0.0)),
-                        human_time(projected_s.unwrap_or(0.0))
-                    )?;
-                }
-                _ => outln!(
-                    "not run here, so no time projected: {:#}",
-                    runnable
-                        .as_ref()
-                        .err()
-                        .map_or(String::new(), |e| format!("{e:#}"))
-                )?,
-            }
-            outln!("assumptions:")?;
-            for a in assumptions {
-                outln!("  - {a}")?;
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Seconds as hours or days when they are long.
-fn human_time(seconds: f64) -> String {
-    match seconds {
-        s if s >= 2.0 * 86_400.0 => format!("{:.1} days", s / 86_400.0),
-        s if s >= 2.0 * 3600.0 => format!("{:.1} hours", s / 3600.0),
-        s if s >= 120.0 => format!("{:.1} minutes", s / 60.0),
-        s => format!("{s:.1} seconds"),
-    }
-}
-
-/// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, scale) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let scale = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown unit '{c}', expected K, M, G or T")),
-            };
-            (&text[..i], scale)
-        }
-        _ => (text, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a number of bytes like 512M or 2G, found '{text}'"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text} is too large"))
-}
-
-/// Seconds in the unit that keeps three significant digits readable.
-fn duration(seconds: f64) -> String {
-    match seconds {
-        s if s >= 1.0 => format!("{s:.3} s"),
-        s if s >= 1e-3 => format!("{:.3} ms", s * 1e3),
-        s => format!("{:.3} us", s * 1e6),
-    }
-}
-
-fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
-            .expect("a valid template"),
-    );
-    end_line_on_interrupt();
-    bar
-}
-
-/// Makes Ctrl-C end the progress bar's line before the process dies of it as usual, so that
-/// the shell's prompt starts on a line of its own.
-fn end_line_on_interrupt() {
-    extern "C" fn on_interrupt(signal: libc::c_int) {
-        // SAFETY: write, signal and raise are async-signal-safe; the buffer is static.
-        unsafe {
-            libc::write(2, c"\n".as_ptr().cast(), 1);
-            libc::signal(signal, libc::SIG_DFL);
-            libc::raise(signal);
-        }
-    }
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    // SAFETY: installs a handler that only makes async-signal-safe calls.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-    }
-}
-
-fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.batch == 0 || args.rounds == Some(0) {
-        bail!("--batch and --rounds must be at least 1");
-    }
-    let mut loaded = load(&args.model, &args.run)?;
-    loaded.charge_run(args.batch, 3)?;
-    let data = loaded.data_or_synthetic(args.batch)?;
-    let mut plain = Network::<f32>::new(&loaded.plan);
-    let mut counted = Network::<Counted<f32>>::new(&loaded.plan);
-    let plain_batch = data.head::<f32>(args.batch, loaded.plan.loss());
-    let counted_batch = data.head::<Counted<f32>>(args.batch, loaded.plan.loss());
-
-    // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
-    // the speed of the arithmetic) where they started; the step does the same operations.
-    // The timed runs call the unwatched entry points, so neither side pays for watching.
-    let run_plain = |net: &mut Network<f32>| {
-        if args.forward_only {
-            net.forward(&plain_batch.inputs, args.batch);
-        } else {
-            net.step(&plain_batch, 0.0);
-        }
-    };
-    let watch_plain = |net: &mut Network<f32>, watch: &mut dyn FnMut(Event)| {
-        if args.forward_only {
-            net.forward_watched(&plain_batch.inputs, args.batch, watch);
-        } else {
-            net.step_watched(&plain_batch, 0.0, watch);
-        }
-    };
-    let run_counted = |net: &mut Network<Counted<f32>>| {
-        if args.forward_only {
-            net.forward(&counted_batch.inputs, args.batch);
-        } else {
-            net.step(&counted_batch, Counted::new(0.0));
-        }
-    };
-
-    // One step of each, untimed: the counts, and a check that counting changed no bit.
-    let started = std::time::Instant::now();
-    run_plain(&mut plain);
-    let one_step = started.elapsed();
-    run_counted(&mut counted);
-    let same = plain
-        .output()
-        .iter()
-        .zip(counted.output())
-        .all(|(p, c)| p.to_bits() == c.get().to_bits());
-    if !same {
-        bail!("internal error: Counted<f32> outputs differ from f32 outputs");
-    }
-    let step_counts = counted
-        .counts()
-        .expect("a counted network with attribution on has counts");
-    let totals = step_counts.totals();
-    let ops = if args.forward_only {
-        totals.forward
-    } else {
-        totals.all
-    };
-
-    let rounds = args
-        .rounds
-        .unwrap_or(if one_step > Duration::from_millis(500) {
-            5
-        } else {
-            21
-        });
-    let expected_s = one_step.as_secs_f64() * 3.0 * rounds as f64;
-    let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
-    // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
-    // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
-    // with a snapshot of the tally between nodes to attribute the counts to them.
-    let mut attributed = counted;
-    let mut counting = Network::<Counted<f32>>::new(&loaded.plan);
-    counting.set_attribution(false);
-    let medians = bench::interleave(
-        rounds,
-        Duration::from_millis(40),
-        &mut [
-            &mut || run_plain(&mut plain),
-            &mut || run_counted(&mut counting),
-            &mut || run_counted(&mut attributed),
-        ],
-        |round| bar.set_position(round as u64),
-    );
-    bar.finish_and_clear();
-    let result = bench::Comparison {
-        plain_s: medians[0],
-        counted_s: medians[1],
-        rounds,
-    };
-    let attributed_s = medians[2];
-
-    // The convolution and dense kernels alone: their share of plain steps' time, per node.
-    let kernel_nodes: Vec<bool> = loaded
-        .plan
-        .nodes()
-        .iter()
-        .map(|n| matches!(n.kind(), "conv2d" | "dense"))
-        .collect();
-    let kernel_ops: u128 = step_counts
-        .nodes
-        .iter()
-        .zip(&kernel_nodes)
-        .filter(|&(_, &k)| k)
-        .map(|(c, _)| {
-            if args.forward_only {
-                c.forward.total()
-            } else {
-                (c.forward + c.backward).total()
-            }
-        })
-        .sum();
-    let mut samples: Vec<f64> = (0..rounds.min(9))
-        .map(|_| {
-            let mut seconds = 0.0;
-            let mut last = std::time::Instant::now();
-            watch_plain(&mut plain, &mut |event| {
-                let now = std::time::Instant::now();
-                let kernel = matches!(event.phase, Phase::Forward | Phase::Backward)
-                    && event.node.is_some_and(|k| kernel_nodes[k]);
-                if kernel {
-                    seconds += (now - last).as_secs_f64();
-                }
-                last = now;
-            });
-            seconds
-        })
-        .collect();
-    let kernel_s = bench::median(&mut samples);
-    let sgemm = bench::sgemm_flops(5);
-
-    let per_s = |seconds: f64| args.batch as f64 / seconds;
-    // No rate for a model with no convolution or dense layer: nothing was timed.
-    let kernel_rate = (kernel_ops > 0).then(|| kernel_ops as f64 / kernel_s);
-    match args.format {
-        Format::Json => {
-            let out = json!({
-                "model": loaded.plan.name(),
-                "batch": args.batch,
-                "forward_only": args.forward_only,
-                "rounds": result.rounds,
-                "plain_s": result.plain_s,
-                "counted_s": result.counted_s,
-                "ratio": result.ratio(),
-                "attributed_s": attributed_s,
-                "ratio_attributed": attributed_s / result.plain_s,
-                "plain_examples_per_s": per_s(result.plain_s),
-                "counted_examples_per_s": per_s(result.counted_s),
-                "ops_per_step": json_number(ops.total()),
-                "plain_ops_per_s": ops.total() as f64 / result.plain_s,
-                "counted_ops_per_s": ops.total() as f64 / result.counted_s,
-                "kernels": {
-                    "ops": json_number(kernel_ops),
-                    "seconds": kernel_s,
-                    "ops_per_s": kernel_rate,
-                },
-                "sgemm_flops_per_s": sgemm,
-                "kernel_efficiency": kernel_rate.map(|r| r / sgemm),
-                "counts_per_step": counts_json(&ops, false),
-            });
-            outln!("{}", serde_json::to_string_pretty(&out)?)?;
-        }
-        Format::Table => {
-            let what = if args.forward_only {
-                "forward pass"
-            } else {
-                "SGD step"
-            };
-            outln!(
-                "{}: one {what} at batch {}, {} operations, median of {} interleaved rounds",
-                escape(loaded.plan.name()),
-                args.batch,
-                thousands(ops.total()),
-                result.rounds
-            )?;
-            let sides = [
-                ("f32", result.plain_s),
-                ("Counted<f32>", result.counted_s),
-                ("  + per node", attributed_s),
-            ];
-            for (name, s) in sides {
-                outln!(
-                    "  {name:<13} {:>12}/step {:>14} examples/s {:>8.2} Gop/s",
-                    duration(s),
-                    thousands(per_s(s).round() as u64),
-                    ops.total() as f64 / s / 1e9
-                )?;
-            }
-            outln!(
-                "  ratio counted/plain {:.3}; with the counts attributed to each layer \
-                 (as `count` runs) {:.3}",
-                result.ratio(),
-                attributed_s / result.plain_s
-            )?;
-            match kernel_rate {
-                Some(rate) => {
-                    outln!(
-                        "  conv and dense kernels (f32): {} operations in {}, {:.1} Gop/s",
-                        thousands(kernel_ops),
-                        duration(kernel_s),
-                        rate / 1e9
-                    )?;
-                    outln!(
-                        "  reference sgemm 1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s; \
-                         kernels at {:.0}% of it",
-                        sgemm / 1e9,
-                        100.0 * rate / sgemm
-                    )?;
-                }
-                None => outln!(
-                    "  no convolution or dense layers, so no kernel rate; reference sgemm \
-                     1024^3 (matrixmultiply, all cores): {:.1} GFLOP/s",
-                    sgemm / 1e9
-                )?,
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
-    }
 }

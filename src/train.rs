@@ -1,9 +1,11 @@
 //! SGD training over a data set, and evaluation (loss and accuracy). Library code: it reports
 //! progress through a callback and never prints.
 
+use std::path::{Path, PathBuf};
+
 use crate::data::{Batch, Dataset, Targets};
 use crate::error::{Error, Result};
-use crate::model::Training;
+use crate::model::{Data, Training};
 use crate::nn::Network;
 use crate::rng::Rng;
 use crate::scalar::Scalar;
@@ -29,6 +31,15 @@ impl Settings {
             lr: training.lr,
             batch: training.batch,
             seed: training.seed,
+        }
+    }
+
+    /// These settings for a data set of `examples` examples: a batch larger than the data is
+    /// the whole data.
+    pub fn clamped(&self, examples: usize) -> Settings {
+        Settings {
+            batch: self.batch.min(examples),
+            ..*self
         }
     }
 }
@@ -113,13 +124,23 @@ impl LossHistory {
 
 /// Trains for `settings.epochs` epochs, shuffling before each, and returns the epochs' mean
 /// step losses. Stops with [`Error::Diverged`] at the first loss that is not finite. Nothing it
-/// keeps grows with the number of epochs.
+/// keeps grows with the number of epochs. No epochs, no examples or a batch of none is an
+/// [`Error::Usage`].
 pub fn train<S: Scalar>(
     net: &mut Network<S>,
     data: &Dataset,
     settings: &Settings,
     mut on_step: impl FnMut(&Progress),
 ) -> Result<LossHistory> {
+    if settings.epochs == 0 || settings.batch == 0 || data.is_empty() {
+        return Err(Error::Usage(format!(
+            "training needs at least one epoch, one example and a batch of at least one, \
+             found {} epochs, {} examples and a batch of {}",
+            settings.epochs,
+            data.len(),
+            settings.batch
+        )));
+    }
     let loss_kind = net.plan().loss();
     let lr = crate::data::scalar::<S>(settings.lr);
     let mut rng = Rng::new(settings.seed);
@@ -184,6 +205,32 @@ fn check_finite<S: Scalar>(net: &Network<S>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Rewrites a CSV data path, relative to the model file's directory `model_dir`, so that it
+/// leads to the same file from the directory of `out`, where the model is being saved (the
+/// current directory if `out` names none). Inline data, and a path that leads to no file, are
+/// left as they are.
+pub fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
+    let Data::Csv { path, .. } = data else { return };
+    let Ok(target) = std::fs::canonicalize(model_dir.join(&*path)) else {
+        return;
+    };
+    let out_dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+    let Ok(out_dir) = std::fs::canonicalize(out_dir.unwrap_or(Path::new("."))) else {
+        return;
+    };
+    let common = target
+        .components()
+        .zip(out_dir.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut relative = PathBuf::new();
+    for _ in out_dir.components().skip(common) {
+        relative.push("..");
+    }
+    relative.extend(target.components().skip(common));
+    *path = relative.to_string_lossy().into_owned();
 }
 
 /// Loss and accuracy over a whole data set.
@@ -261,6 +308,65 @@ fn predicted_class<S: Scalar>(row: &[S]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Model, Target};
+
+    #[test]
+    fn a_saved_model_reads_the_same_csv_file_from_its_new_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("models/data")).unwrap();
+        std::fs::create_dir_all(root.join("runs/today")).unwrap();
+        std::fs::write(root.join("models/data/x.csv"), "a,y\n1,2\n").unwrap();
+        let csv = |path: &str| Data::Csv {
+            path: path.into(),
+            features: None,
+            target: Target::Values {
+                columns: vec!["y".into()],
+            },
+        };
+        let mut data = csv("data/x.csv");
+        let models = root.join("models");
+        relocate_data(&mut data, &models, &root.join("runs/today/trained.ron"));
+        assert_eq!(data, csv("../../models/data/x.csv"));
+        let mut beside = csv("data/x.csv");
+        relocate_data(&mut beside, &models, &root.join("models/trained.ron"));
+        assert_eq!(beside, csv("data/x.csv"));
+        // A path that leads nowhere stays as written.
+        let mut missing = csv("data/none.csv");
+        relocate_data(&mut missing, &models, &root.join("runs/trained.ron"));
+        assert_eq!(missing, csv("data/none.csv"));
+    }
+
+    #[test]
+    fn nothing_to_train_on_is_an_error_not_a_panic() {
+        let model = Model::parse(
+            "(name: \"t\", input: [2], loss: Mse, layers: [Dense(units: 1)])",
+            "t",
+        )
+        .unwrap();
+        let plan = model.plan("t").unwrap();
+        let data = Dataset::synthetic(&plan, 4, 0);
+        let mut net = Network::<f32>::new(&plan);
+        let settings = Settings {
+            epochs: 1,
+            lr: 0.1,
+            batch: 0,
+            seed: 0,
+        };
+        let err = train(&mut net, &data, &settings, |_| {}).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "training needs at least one epoch, one example and a batch of at least one, \
+             found 1 epochs, 4 examples and a batch of 0"
+        );
+        let clamped = Settings {
+            batch: 9,
+            ..settings
+        }
+        .clamped(data.len());
+        assert_eq!(clamped.batch, 4);
+        train(&mut net, &data, &clamped, |_| {}).unwrap();
+    }
 
     #[test]
     fn the_loss_history_stays_bounded_and_keeps_the_means() {

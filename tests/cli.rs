@@ -244,6 +244,26 @@ fn a_model_without_forward_arithmetic_has_no_backward_forward_ratio() {
 }
 
 #[test]
+fn a_model_written_as_a_graph_is_charged_for_its_nodes() {
+    // Its entries are under `graph`, not `layers`: the nodes' bookkeeping is charged for
+    // them all the same (this once underflowed).
+    let out = json(&opcount(&[
+        "count",
+        "models/iris-residual.ron",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(out["layers"].as_array().unwrap().len(), 7);
+    let out = opcount(&["count", "models/iris-residual.ron", "--max-memory", "40K"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the counts and bookkeeping of up to 10 nodes needs about 60.0 KiB"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn count_writes_csv_with_a_row_per_layer_and_phase() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("xor.csv");

@@ -6,11 +6,13 @@
 
 #[path = "support/counts.rs"]
 mod counts;
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/stacks.rs"]
 mod stacks;
 
-use opcount::rng::Rng;
 use proptest::prelude::*;
+use rng::Rng;
 use stacks::random_stack;
 
 /// Every node, phase and kind of one random stack.

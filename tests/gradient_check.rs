@@ -3,12 +3,14 @@
 
 #[path = "support/gradient.rs"]
 mod gradient;
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/stacks.rs"]
 mod stacks;
 
 use gradient::{check, check_sampled};
 use opcount::model::Activation;
-use opcount::rng::Rng;
+use rng::Rng;
 use stacks::random_stack;
 
 /// Every activation of the registry, as model files name them.

@@ -8,14 +8,16 @@ mod counts;
 mod gradient;
 #[path = "support/graphs.rs"]
 mod graphs;
+#[path = "support/rng.rs"]
+mod rng;
 
 use gradient::check;
 use graphs::random_graph;
 use opcount::data::Dataset;
-use opcount::rng::Rng;
 use opcount::train::{Settings, evaluate, train};
 use opcount::{Model, Network, estimate, measure_step};
 use proptest::prelude::*;
+use rng::Rng;
 
 fn iris_residual() -> (Model, opcount::Plan) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/iris-residual.ron");

@@ -13,7 +13,11 @@ use opcount::budget::{
 };
 use opcount::data::Dataset;
 use opcount::report::Report;
-use opcount::{Model, chart, estimate, measure_step};
+use opcount::{Model, estimate, measure_step};
+
+/// The binary's SVG chart (not part of the library).
+#[path = "../src/cli/chart.rs"]
+mod chart;
 
 /// The system allocator, counting the bytes live and their peak.
 struct Counting;

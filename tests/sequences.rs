@@ -6,13 +6,15 @@
 mod counts;
 #[path = "support/gradient.rs"]
 mod gradient;
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/sequences.rs"]
 mod sequences;
 
 use opcount::data::Dataset;
-use opcount::rng::Rng;
 use opcount::{Model, Network, Plan, estimate, measure_step};
 use proptest::prelude::*;
+use rng::Rng;
 use sequences::random_sequence;
 
 fn plan(text: &str) -> Plan {

@@ -5,8 +5,8 @@
 //! node read is summed into the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
+use crate::rng::Rng;
 use opcount::model::Activation;
-use opcount::rng::Rng;
 
 /// A model text and a batch size.
 pub struct Graph {

@@ -9,8 +9,8 @@
 //! the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
+use crate::rng::Rng;
 use opcount::model::Activation;
-use opcount::rng::Rng;
 
 /// A model text and a batch size.
 pub struct Sequence {

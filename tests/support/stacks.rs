@@ -4,8 +4,8 @@
 //! non-square inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
+use crate::rng::Rng;
 use opcount::model::Activation;
-use opcount::rng::Rng;
 
 /// A model text and a batch size.
 pub struct Stack {

@@ -1,44 +1,11 @@
-//! Interleaved timing of a plain and a counted run of the same work, for benchmarks.
+//! Interleaved timing of a plain and a counted run of the same work, for `opcount bench` and
+//! `project`, and for `benches/counted.rs`, which includes this file with `#[path]`.
 //!
-//! The machine this runs on is shared and noisy, so the two runs alternate round by round
-//! (which one goes first alternates too) and each side reports its median; their ratio
-//! is only meaningful within one call.
+//! The machine this runs on is shared and noisy, so the sides alternate round by round
+//! (which one goes first rotates too) and each side reports its median; their ratio is
+//! only meaningful within one call.
 
 use std::time::{Duration, Instant};
-
-/// Medians of the two sides of an interleaved comparison.
-#[derive(Copy, Clone, Debug, PartialEq)]
-pub struct Comparison {
-    /// Median seconds of one call of the plain side.
-    pub plain_s: f64,
-    /// Median seconds of one call of the counted side.
-    pub counted_s: f64,
-    /// How many rounds each side ran.
-    pub rounds: usize,
-}
-
-impl Comparison {
-    /// `counted_s / plain_s`: what counting costs, 1.0 meaning nothing.
-    pub fn ratio(&self) -> f64 {
-        self.counted_s / self.plain_s
-    }
-}
-
-/// Times `plain` and `counted` alternately for `rounds` rounds, each round long enough
-/// (about `round_time`) for the clock to resolve it.
-pub fn compare(
-    rounds: usize,
-    round_time: Duration,
-    mut plain: impl FnMut(),
-    mut counted: impl FnMut(),
-) -> Comparison {
-    let medians = interleave(rounds, round_time, &mut [&mut plain, &mut counted], |_| {});
-    Comparison {
-        plain_s: medians[0],
-        counted_s: medians[1],
-        rounds,
-    }
-}
 
 /// Times several sides in turn for `rounds` rounds (the side that goes first rotates from
 /// round to round) and returns each side's median seconds per call. Every side makes as many
@@ -110,11 +77,6 @@ impl Samples {
         self.seen += 1;
     }
 
-    /// The samples kept.
-    pub fn kept(&self) -> &[f64] {
-        &self.kept
-    }
-
     /// The median of the samples kept (reordering them).
     pub fn median(&mut self) -> f64 {
         median(&mut self.kept)
@@ -127,40 +89,6 @@ pub fn time_median(rounds: usize, round_time: Duration, mut f: impl FnMut()) -> 
     let calls = calls_per(round_time, &mut f);
     let mut times: Vec<f64> = (0..rounds).map(|_| time(calls, &mut f)).collect();
     median(&mut times)
-}
-
-/// The practical peak of this machine for `f32` arithmetic: a 1024 x 1024 x 1024 matrix
-/// product (the `matrixmultiply` crate, on every core), in floating-point operations (one
-/// per multiplication, one per addition: 2 n^3) per second, the median of `rounds` runs.
-pub fn sgemm_flops(rounds: usize) -> f64 {
-    const N: usize = 1024;
-    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25).collect();
-    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5).collect();
-    let mut c = vec![0.0f32; N * N];
-    let seconds = time_median(rounds, Duration::ZERO, || {
-        // SAFETY: a, b and c each hold N * N values, laid out row-major with row stride N
-        // and column stride 1, exactly as described to sgemm; c is not aliased.
-        unsafe {
-            matrixmultiply::sgemm(
-                N,
-                N,
-                N,
-                1.0,
-                a.as_ptr(),
-                N as isize,
-                1,
-                b.as_ptr(),
-                N as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                N as isize,
-                1,
-            );
-        }
-    });
-    std::hint::black_box(&c);
-    2.0 * (N * N * N) as f64 / seconds
 }
 
 /// How many calls of `f` take about `target` (at least one).
@@ -211,13 +139,8 @@ mod tests {
             s.push(i as f64);
         }
         // 5000 samples: after thinning to every fourth, 1250 would be too many: every eighth.
-        assert_eq!(s.kept().len(), 625);
-        assert!(
-            s.kept()
-                .iter()
-                .enumerate()
-                .all(|(k, &v)| v == (8 * k) as f64)
-        );
+        assert_eq!(s.kept.len(), 625);
+        assert!(s.kept.iter().enumerate().all(|(k, &v)| v == (8 * k) as f64));
         assert_eq!(s.median(), 2496.0);
     }
 

@@ -4,9 +4,9 @@
 
 use plotters::prelude::*;
 
-use crate::phases::{Phase, StepCounts};
-use crate::report::{Report, thousands};
-use crate::text::escape;
+use opcount::report::{Report, thousands};
+use opcount::text::escape;
+use opcount::{Phase, StepCounts};
 
 /// Colours of the phases, in stacking order.
 const PHASES: [(Phase, RGBColor); 4] = [

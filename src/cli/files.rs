@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use opcount::{Error, Result};
 
 /// Temporary files are named `PREFIX` + `RANDOM` letters and digits + `SUFFIX`: 21 bytes,
 /// whatever the length of the target's name.

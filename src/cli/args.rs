@@ -1,0 +1,249 @@
+//! The command line's arguments: clap's derive types, whose doc comments are the help text,
+//! and their conversions into the library's types.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use opcount::budget::{self, Budget};
+use opcount::convention::Convention;
+
+/// Count every arithmetic operation of a neural network, by kind.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Count one training step per layer, phase and kind: measured by running it with
+    /// Counted<f32>, next to the closed form.
+    Count(CountArgs),
+    /// Train a model with plain f32 and count one training step with Counted<f32>.
+    Train(TrainArgs),
+    /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
+    Bench(BenchArgs),
+    /// Project a whole training run (N examples x E epochs): its operations, and its time
+    /// on this CPU from a measured step.
+    Project(ProjectArgs),
+    /// List the kinds of operation opcount counts (see docs/counting.md).
+    Kinds,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CountArgs {
+    /// The model file (RON).
+    pub model: PathBuf,
+    /// Examples in the step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Only the closed form: allocate nothing, run nothing (for models too big to run).
+    #[arg(long)]
+    pub closed_form_only: bool,
+    /// Report in another counter's convention (see docs/conventions.md).
+    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
+    pub convention: ConventionArg,
+    /// Write the report to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also draw the step's operations per layer and phase as an SVG chart.
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How every command that runs a model runs it.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Refuse models that would need more memory than this to run (bytes, or with a K, M, G
+    /// suffix); default: half of the memory available.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The memory budget: `--max-memory`, or half of the memory this process can count on.
+    pub fn budget(&self) -> Budget {
+        match self.max_memory {
+            Some(bytes) => Budget::new(bytes, "set by --max-memory"),
+            None => Budget::new(
+                budget::available_memory() / 2,
+                "half of the memory available; change it with --max-memory",
+            ),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConventionArg {
+    /// opcount's own: every kind of operation.
+    Exact,
+    /// Multiply-accumulates of convolution and dense layers (fvcore, ptflops, thop, torchvision).
+    Mac,
+    /// Two per multiply-accumulate, backward measured (PyTorch FlopCounterMode).
+    Flop,
+}
+
+impl From<ConventionArg> for Convention {
+    fn from(c: ConventionArg) -> Convention {
+        match c {
+            ConventionArg::Exact => Convention::Exact,
+            ConventionArg::Mac => Convention::Mac,
+            ConventionArg::Flop => Convention::Flop,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Text for people.
+    Table,
+    /// One JSON object (schema in docs/report-format.md).
+    Json,
+    /// One row per layer and phase.
+    Csv,
+}
+
+impl ReportFormat {
+    /// The memory budget's charge per node for rendering the report in this format.
+    pub fn bytes_per_node(self) -> u64 {
+        match self {
+            ReportFormat::Table => budget::TABLE_BYTES_PER_NODE,
+            ReportFormat::Json => budget::JSON_BYTES_PER_NODE,
+            ReportFormat::Csv => budget::CSV_BYTES_PER_NODE,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The model file (RON) with a training block.
+    pub model: PathBuf,
+    /// Passes over the data (default: the model file's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// SGD learning rate (default: the model file's).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Examples per step (default: the model file's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Write the trained model here (same schema, weights inline).
+    #[arg(long, value_name = "OUT.ron")]
+    pub save: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The model file (RON).
+    pub model: PathBuf,
+    /// Examples per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Interleaved rounds of each side; the medians are reported (default: 21, or 5 when a
+    /// step takes over half a second).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Time the forward pass only, not a whole training step.
+    #[arg(long)]
+    pub forward_only: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProjectArgs {
+    /// The model file (RON).
+    pub model: PathBuf,
+    /// Training examples per epoch.
+    #[arg(long)]
+    pub examples: usize,
+    /// Passes over the examples.
+    #[arg(long)]
+    pub epochs: usize,
+    /// Examples per step (default: the model file's training batch, else 1).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Report in another counter's convention (see docs/conventions.md).
+    #[arg(long, value_enum, default_value_t = ConventionArg::Exact)]
+    pub convention: ConventionArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// Parses `1500`, `64K`, `512M`, `2G` (powers of 1024).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, scale) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown unit '{c}', expected K, M, G or T")),
+            };
+            (&text[..i], scale)
+        }
+        _ => (text, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a number of bytes like 512M or 2G, found '{text}'"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn byte_counts_take_binary_units() {
+        assert_eq!(parse_bytes("1500"), Ok(1500));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes(" 2G "), Ok(2 << 30));
+        assert_eq!(
+            parse_bytes("2X"),
+            Err("unknown unit 'X', expected K, M, G or T".into())
+        );
+        assert_eq!(
+            parse_bytes("16777216T"),
+            Err("16777216T is too large".into())
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! What `opcount bench` and `project` time: a model's step, plain and counted, with the
+//! binary's timing harness.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use opcount::data::Dataset;
+use opcount::summary::{BenchTimings, is_kernel};
+use opcount::{Counted, Event, Network, Phase, Plan, StepCounts};
+
+use super::args::BenchArgs;
+use super::progress::progress_bar;
+use super::{sgemm, timing};
+
+/// Times a step (or the forward pass) of `plan` on the first `args.batch` examples of
+/// `data` with `f32` and with `Counted<f32>`, interleaved, and the kernel nodes' share of
+/// the plain step; returns the counted step's counts and the times. An error if counting
+/// changed a bit of the output.
+pub fn bench(
+    plan: &Plan,
+    data: &Dataset,
+    args: &BenchArgs,
+) -> anyhow::Result<(StepCounts, BenchTimings)> {
+    let (batch, forward_only) = (args.batch, args.forward_only);
+    let mut plain = Network::<f32>::new(plan);
+    let mut counted = Network::<Counted<f32>>::new(plan);
+    let plain_batch = data.head::<f32>(batch, plan.loss());
+    let counted_batch = data.head::<Counted<f32>>(batch, plan.loss());
+
+    // The learning rate is 0 so that thousands of steps on one batch keep the weights (and
+    // the speed of the arithmetic) where they started; the step does the same operations.
+    // The timed runs call the unwatched entry points, so neither side pays for watching.
+    let run_plain = |net: &mut Network<f32>| {
+        if forward_only {
+            net.forward(&plain_batch.inputs, batch);
+        } else {
+            net.step(&plain_batch, 0.0);
+        }
+    };
+    let watch_plain = |net: &mut Network<f32>, watch: &mut dyn FnMut(Event)| {
+        if forward_only {
+            net.forward_watched(&plain_batch.inputs, batch, watch);
+        } else {
+            net.step_watched(&plain_batch, 0.0, watch);
+        }
+    };
+    let run_counted = |net: &mut Network<Counted<f32>>| {
+        if forward_only {
+            net.forward(&counted_batch.inputs, batch);
+        } else {
+            net.step(&counted_batch, Counted::new(0.0));
+        }
+    };
+
+    // One step of each, untimed: the counts, and a check that counting changed no bit.
+    let started = Instant::now();
+    run_plain(&mut plain);
+    let one_step = started.elapsed();
+    run_counted(&mut counted);
+    let same = plain
+        .output()
+        .iter()
+        .zip(counted.output())
+        .all(|(p, c)| p.to_bits() == c.get().to_bits());
+    if !same {
+        bail!("internal error: Counted<f32> outputs differ from f32 outputs");
+    }
+    let step_counts = counted
+        .counts()
+        .expect("a counted network with attribution on has counts");
+
+    let rounds = args
+        .rounds
+        .unwrap_or(if one_step > Duration::from_millis(500) {
+            5
+        } else {
+            21
+        });
+    let expected_s = one_step.as_secs_f64() * 3.0 * rounds as f64;
+    let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
+    // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
+    // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
+    // with a snapshot of the tally between nodes to attribute the counts to them.
+    let mut attributed = counted;
+    let mut counting = Network::<Counted<f32>>::new(plan);
+    counting.set_attribution(false);
+    let medians = timing::interleave(
+        rounds,
+        Duration::from_millis(40),
+        &mut [
+            &mut || run_plain(&mut plain),
+            &mut || run_counted(&mut counting),
+            &mut || run_counted(&mut attributed),
+        ],
+        |round| bar.set_position(round as u64),
+    );
+    bar.finish_and_clear();
+    let (plain_s, counted_s, attributed_s) = (medians[0], medians[1], medians[2]);
+
+    // The convolution and dense kernels alone: their share of plain steps' time, per node.
+    let kernel_nodes: Vec<bool> = plan.nodes().iter().map(is_kernel).collect();
+    let mut samples: Vec<f64> = (0..rounds.min(9))
+        .map(|_| {
+            let mut seconds = 0.0;
+            let mut last = Instant::now();
+            watch_plain(&mut plain, &mut |event| {
+                let now = Instant::now();
+                let kernel = matches!(event.phase, Phase::Forward | Phase::Backward)
+                    && event.node.is_some_and(|k| kernel_nodes[k]);
+                if kernel {
+                    seconds += (now - last).as_secs_f64();
+                }
+                last = now;
+            });
+            seconds
+        })
+        .collect();
+    let timings = BenchTimings {
+        rounds,
+        plain_s,
+        counted_s,
+        attributed_s,
+        kernel_s: timing::median(&mut samples),
+        sgemm_flops_per_s: sgemm::sgemm_flops(5),
+    };
+    Ok((step_counts, timings))
+}
+
+/// Median seconds of one plain `f32` training step of `plan` on the first `batch` examples
+/// of `data` at learning rate `lr`.
+pub fn step_seconds(plan: &Plan, data: &Dataset, batch: usize, lr: f32) -> f64 {
+    let mut net = Network::<f32>::new(plan);
+    let examples = data.head::<f32>(batch, plan.loss());
+    let started = Instant::now();
+    net.step(&examples, lr);
+    let rounds = if started.elapsed() > Duration::from_millis(500) {
+        3
+    } else {
+        11
+    };
+    timing::time_median(rounds, Duration::from_millis(20), || {
+        net.step(&examples, lr);
+    })
+}
