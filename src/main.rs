@@ -1,6 +1,19 @@
 //! The `opcount` command line. Owns stdout, stderr and the exit code (0 success, 1 a count
 //! that disagrees with its closed form, 2 bad input); everything else is the library's.
 
+/// What only the command line needs, in modules of the binary: its arguments, the progress
+/// bar, output files, the SVG chart, and what `bench` and `project` time (with the timing
+/// harness and the sgemm reference).
+mod cli {
+    pub mod args;
+    pub mod chart;
+    pub mod files;
+    pub mod measure;
+    pub mod progress;
+    pub mod sgemm;
+    pub mod timing;
+}
+
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -18,19 +31,6 @@ use cli::args::{
 };
 use cli::progress::progress_bar;
 use cli::{chart, files, measure, sgemm};
-
-/// What only the command line needs, in modules of the binary: its arguments, the progress
-/// bar, output files, the SVG chart, and what `bench` and `project` time (with the timing
-/// harness and the sgemm reference).
-mod cli {
-    pub mod args;
-    pub mod chart;
-    pub mod files;
-    pub mod measure;
-    pub mod progress;
-    pub mod sgemm;
-    pub mod timing;
-}
 
 /// `print!` to standard output, returning the error (saying it was standard output) instead
 /// of panicking when it fails, e.g. when a reader such as `head` has closed the pipe.
