@@ -268,7 +268,8 @@ impl Isa {
         Isa::Baseline
     }
 
-    /// Values of `f32` in one vector register.
+    /// Values of `f32` in one vector register (for the baseline, as built for x86-64-v3 by
+    /// this crate's `.cargo/config.toml`): where a split between threads may fall.
     fn lanes(self) -> usize {
         match self {
             Isa::Baseline => 8,
