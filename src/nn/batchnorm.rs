@@ -69,18 +69,7 @@ impl Operation for BatchNorm2d {
     /// `gamma`, then `beta`: one per channel. `gamma` starts at one.
     fn params(&self) -> Vec<ParamSpec> {
         let c = self.channels();
-        vec![
-            ParamSpec {
-                len: c,
-                fans: None,
-                start: 1.0,
-            },
-            ParamSpec {
-                len: c,
-                fans: None,
-                start: 0.0,
-            },
-        ]
+        ParamSpec::scale_and_shift(c)
     }
 
     /// The normalised input.

@@ -59,18 +59,7 @@ impl Operation for LayerNorm {
     /// `gamma` (starting at one), then `beta` (at zero): one per feature.
     fn params(&self) -> Vec<ParamSpec> {
         let d = self.width();
-        vec![
-            ParamSpec {
-                len: d,
-                fans: None,
-                start: 1.0,
-            },
-            ParamSpec {
-                len: d,
-                fans: None,
-                start: 0.0,
-            },
-        ]
+        ParamSpec::scale_and_shift(d)
     }
 
     fn explain_param(&self, index: usize) -> String {

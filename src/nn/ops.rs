@@ -29,6 +29,19 @@ pub struct ParamSpec {
     pub start: f32,
 }
 
+impl ParamSpec {
+    /// A normalisation's learnable `gamma` (starting at one) and `beta` (at zero), `n` each.
+    pub(crate) fn scale_and_shift(n: usize) -> Vec<ParamSpec> {
+        [1.0, 0.0]
+            .map(|start| ParamSpec {
+                len: n,
+                fans: None,
+                start,
+            })
+            .to_vec()
+    }
+}
+
 /// What every operation tells about itself, whatever the number type.
 pub(crate) trait Operation {
     /// Short kind name, as in tables: `dense`, `conv2d`, `relu`, ...
