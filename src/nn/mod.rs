@@ -24,6 +24,7 @@ pub(crate) mod ops;
 pub(crate) mod optimizer;
 pub(crate) mod pool;
 pub(crate) mod positions;
+mod reduce;
 pub(crate) mod scores;
 pub(crate) mod unembed;
 
