@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::dense::check_size;
-use super::gemm::{Operand, Start, Strided, gemm};
+use super::gemm::{Operand, Start, Strided, gemm, madd};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -420,6 +420,13 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         {
             let examples = xc.len() / g.input_len();
             let patches = Patches::new(&g, xc, &mut self.padded);
+            if g.group_in() == 1 {
+                // Depthwise: each output channel reads one input plane.
+                for (images, outs) in patches.examples().zip(outc.chunks_exact_mut(out_len)) {
+                    depthwise_forward(&g, images, w, b, outs);
+                }
+                continue;
+            }
             let n = examples * p;
             // Row o of the product holds every example's channel o side by side; one
             // example's output is that already.
@@ -498,7 +505,18 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
             if dx.is_some() {
                 scratch.resize(g.groups * k * n, S::zero());
             }
-            for group in 0..g.groups {
+            if g.group_in() == 1 {
+                // Depthwise: each output channel reads one input plane.
+                let planes = patches.examples().zip(doutc.chunks_exact(out_len));
+                for (e, (images, doute)) in planes.enumerate() {
+                    let first = first_chunk && e == 0;
+                    depthwise_weight_gradient(&g, images, doute, dw, first);
+                    if dx.is_some() {
+                        depthwise_patch_gradient(&g, w, doute, e, examples, scratch);
+                    }
+                }
+            }
+            for group in (0..g.groups).filter(|_| g.group_in() > 1) {
                 let dout_g = Chunked {
                     data: doutc,
                     rows: g.out_channels,
@@ -529,6 +547,164 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 let dxc = &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()];
                 col2im(&g, scratch, examples, dxc, touched);
             }
+        }
+    }
+}
+
+/// A depthwise convolution's forward for one example (every group reads one input channel):
+/// `out[o][y][x] = b[o] + sum over (i, j) of W[o][i][j] image_c[y*sh + i][x*sw + j]`, with
+/// `c = o / (C_out / G)`, summed in ascending `(i, j)` from the bias or the first product, each
+/// product added with one fused multiply-add where the matrix product fuses: the same sums, in
+/// the same order, as the matrix product, without its packing of a one-row matrix. `images` are
+/// the example's padded input planes.
+fn depthwise_forward<S: Scalar>(g: &Geometry, images: &[S], w: &[S], b: &[S], out: &mut [S]) {
+    let (hp, wp) = g.padded();
+    let (window, p) = (g.window(), g.positions());
+    for (o, (weights, plane)) in w
+        .chunks_exact(window)
+        .zip(out.chunks_exact_mut(p))
+        .enumerate()
+    {
+        let c = o / g.group_out();
+        let image = &images[c * hp * wp..(c + 1) * hp * wp];
+        depthwise_plane(g, image, weights, b.get(o).copied(), plane);
+    }
+}
+
+/// One output plane of a depthwise convolution: row by row, each window cell's products added
+/// to the whole row at once (so the loop over the row vectorizes, and each output's sum still
+/// runs in ascending `(i, j)`).
+#[inline(never)]
+fn depthwise_plane<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    weights: &[S],
+    bias: Option<S>,
+    out: &mut [S],
+) {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
+    for (y, row) in out.chunks_exact_mut(wo).enumerate() {
+        for (ij, &weight) in weights.iter().enumerate() {
+            let (i, j) = (ij / kw, ij % kw);
+            let line = &image[(y * sh + i) * wp + j..];
+            match (ij, bias) {
+                (0, None) => {
+                    for (v, &x) in row.iter_mut().zip(line.iter().step_by(sw)) {
+                        *v = weight * x;
+                    }
+                    continue;
+                }
+                (0, Some(bias)) => row.fill(bias),
+                _ => {}
+            }
+            if sw == 1 {
+                for (v, &x) in row.iter_mut().zip(line) {
+                    *v = madd(*v, weight, x);
+                }
+            } else {
+                for (v, &x) in row.iter_mut().zip(line.iter().step_by(sw)) {
+                    *v = madd(*v, weight, x);
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution's weight gradient, one example's part: `dW[o][i][j] (+)= sum over
+/// positions of dout[o][y][x] image_c[y*sh + i][x*sw + j]`, in ascending positions, from the
+/// first product if `first` (the batch's first example), else onto what is there.
+fn depthwise_weight_gradient<S: Scalar>(
+    g: &Geometry,
+    images: &[S],
+    dout: &[S],
+    dw: &mut [S],
+    first: bool,
+) {
+    let (hp, wp) = g.padded();
+    let (window, p) = (g.window(), g.positions());
+    for (o, (grads, plane)) in dw
+        .chunks_exact_mut(window)
+        .zip(dout.chunks_exact(p))
+        .enumerate()
+    {
+        let c = o / g.group_out();
+        let image = &images[c * hp * wp..(c + 1) * hp * wp];
+        for (ij, grad) in grads.iter_mut().enumerate() {
+            let start = if first { None } else { Some(*grad) };
+            *grad = depthwise_sum(g, image, plane, ij, start);
+        }
+    }
+}
+
+/// `start + sum over positions of dout[y][x] image[y*sh + i][x*sw + j]` for window cell `ij`,
+/// in ascending positions, from the first product without a `start`.
+#[inline(never)]
+fn depthwise_sum<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    dout: &[S],
+    ij: usize,
+    start: Option<S>,
+) -> S {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
+    let (i, j) = (ij / kw, ij % kw);
+    let mut sum = start;
+    for (y, row) in dout.chunks_exact(wo).enumerate() {
+        let line = &image[(y * sh + i) * wp + j..];
+        let mut terms = row.iter().zip(line.iter().step_by(sw));
+        let mut acc = match sum {
+            Some(acc) => acc,
+            None => {
+                let (&d, &x) = terms.next().expect("a row has positions");
+                d * x
+            }
+        };
+        for (&d, &x) in terms {
+            acc = madd(acc, d, x);
+        }
+        sum = Some(acc);
+    }
+    sum.expect("at least one position")
+}
+
+/// A depthwise convolution's patch gradients for example `e` of a chunk of `examples`:
+/// `dpatches[(c, i, j)][(e, p)] = sum over the output channels o of group c of W[o][i][j]
+/// dout[o][p]`, from the first product (C_out/G products, C_out/G - 1 adds each), into the
+/// chunk's patch-gradient matrix that `col2im` reads.
+fn depthwise_patch_gradient<S: Scalar>(
+    g: &Geometry,
+    w: &[S],
+    dout: &[S],
+    e: usize,
+    examples: usize,
+    dpatches: &mut [S],
+) {
+    let (window, p) = (g.window(), g.positions());
+    let n = examples * p;
+    for (o, (weights, plane)) in w.chunks_exact(window).zip(dout.chunks_exact(p)).enumerate() {
+        let (c, first) = (o / g.group_out(), o % g.group_out() == 0);
+        for (ij, &weight) in weights.iter().enumerate() {
+            let row = &mut dpatches[(c * window + ij) * n + e * p..][..p];
+            scale_or_add(row, weight, plane, first);
+        }
+    }
+}
+
+/// `row = weight * d` if `first`, else `row += weight * d` (fused where the matrix product
+/// fuses), value by value.
+#[inline(never)]
+fn scale_or_add<S: Scalar>(row: &mut [S], weight: S, d: &[S], first: bool) {
+    if first {
+        for (v, &d) in row.iter_mut().zip(d) {
+            *v = weight * d;
+        }
+    } else {
+        for (v, &d) in row.iter_mut().zip(d) {
+            *v = madd(*v, weight, d);
         }
     }
 }
@@ -595,6 +771,11 @@ impl<'a, S: Scalar> Patches<'a, S> {
             g: *g,
             channel0: 0,
         }
+    }
+
+    /// Every example's padded image.
+    fn examples(&self) -> impl Iterator<Item = &'a [S]> {
+        self.images.chunks_exact(self.image_len())
     }
 
     /// The same images' patches for channel group `group`.
