@@ -573,7 +573,8 @@ fn depthwise_forward<S: Scalar>(g: &Geometry, images: &[S], w: &[S], b: &[S], ou
 
 /// One output plane of a depthwise convolution: row by row, each window cell's products added
 /// to the whole row at once (so the loop over the row vectorizes, and each output's sum still
-/// runs in ascending `(i, j)`).
+/// runs in ascending `(i, j)`). Where windows step by more than one along the width, each
+/// piece of a row's inputs is gathered first (copies, nothing counted).
 #[inline(never)]
 fn depthwise_plane<S: Scalar>(
     g: &Geometry,
@@ -586,31 +587,30 @@ fn depthwise_plane<S: Scalar>(
     let (_, wp) = g.padded();
     let (kw, (sh, sw)) = (g.kernel.1, g.stride);
     for (y, row) in out.chunks_exact_mut(wo).enumerate() {
+        if let Some(bias) = bias {
+            row.fill(bias);
+        }
         for (ij, &weight) in weights.iter().enumerate() {
             let (i, j) = (ij / kw, ij % kw);
             let line = &image[(y * sh + i) * wp + j..];
-            match (ij, bias) {
-                (0, None) => {
-                    for (v, &x) in row.iter_mut().zip(line.iter().step_by(sw)) {
-                        *v = weight * x;
-                    }
-                    continue;
-                }
-                (0, Some(bias)) => row.fill(bias),
-                _ => {}
-            }
+            let first = ij == 0 && bias.is_none();
             if sw == 1 {
-                for (v, &x) in row.iter_mut().zip(line) {
-                    *v = madd(*v, weight, x);
+                scale_or_add(row, weight, &line[..wo], first);
+                continue;
+            }
+            let mut gathered = [S::zero(); PIECE];
+            for (piece, src) in row.chunks_mut(PIECE).zip(line.chunks(PIECE * sw)) {
+                for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
+                    *v = x;
                 }
-            } else {
-                for (v, &x) in row.iter_mut().zip(line.iter().step_by(sw)) {
-                    *v = madd(*v, weight, x);
-                }
+                scale_or_add(piece, weight, &gathered, first);
             }
         }
     }
 }
+
+/// A row's inputs are gathered this many at a time where windows step by more than one.
+const PIECE: usize = 64;
 
 /// A depthwise convolution's weight gradient, one example's part: `dW[o][i][j] (+)= sum over
 /// positions of dout[o][y][x] image_c[y*sh + i][x*sw + j]`, in ascending positions, from the
@@ -631,15 +631,63 @@ fn depthwise_weight_gradient<S: Scalar>(
     {
         let c = o / g.group_out();
         let image = &images[c * hp * wp..(c + 1) * hp * wp];
-        for (ij, grad) in grads.iter_mut().enumerate() {
+        // Four cells at a time where the windows step by one along the width: four
+        // independent sums in flight instead of one.
+        let fours = if g.stride.1 == 1 { window / 4 } else { 0 };
+        let (quads, rest) = grads.split_at_mut(fours * 4);
+        for (q, sums) in quads.chunks_exact_mut(4).enumerate() {
+            let cells = [0, 1, 2, 3].map(|t| 4 * q + t);
+            let start = [0, 1, 2, 3].map(|t| sums[t]);
+            let got = depthwise_sums4(g, image, plane, cells, (!first).then_some(start));
+            sums.copy_from_slice(&got);
+        }
+        for (t, grad) in rest.iter_mut().enumerate() {
             let start = if first { None } else { Some(*grad) };
-            *grad = depthwise_sum(g, image, plane, ij, start);
+            *grad = depthwise_sum(g, image, plane, fours * 4 + t, start);
         }
     }
 }
 
+/// `depthwise_sum` of four window cells at once, for windows one apart along the width:
+/// four sums, each in ascending positions as alone.
+#[inline(never)]
+fn depthwise_sums4<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    dout: &[S],
+    cells: [usize; 4],
+    start: Option<[S; 4]>,
+) -> [S; 4] {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, sh) = (g.kernel.1, g.stride.0);
+    let offsets = cells.map(|ij| ij / kw * wp + ij % kw);
+    let mut sums = start;
+    for (y, row) in dout.chunks_exact(wo).enumerate() {
+        let base = y * sh * wp;
+        let [l0, l1, l2, l3] = offsets.map(|off| &image[base + off..][..wo]);
+        let mut terms = row.iter().zip(l0).zip(l1).zip(l2).zip(l3);
+        let [mut a0, mut a1, mut a2, mut a3] = match sums {
+            Some(acc) => acc,
+            None => {
+                let ((((&d, &x0), &x1), &x2), &x3) = terms.next().expect("a row has positions");
+                [d * x0, d * x1, d * x2, d * x3]
+            }
+        };
+        for ((((&d, &x0), &x1), &x2), &x3) in terms {
+            a0 = madd(a0, d, x0);
+            a1 = madd(a1, d, x1);
+            a2 = madd(a2, d, x2);
+            a3 = madd(a3, d, x3);
+        }
+        sums = Some([a0, a1, a2, a3]);
+    }
+    sums.expect("at least one position")
+}
+
 /// `start + sum over positions of dout[y][x] image[y*sh + i][x*sw + j]` for window cell `ij`,
-/// in ascending positions, from the first product without a `start`.
+/// in ascending positions, from the first product without a `start`. Where windows step by
+/// more than one along the width, each piece of a row's inputs is gathered first.
 #[inline(never)]
 fn depthwise_sum<S: Scalar>(
     g: &Geometry,
@@ -653,22 +701,38 @@ fn depthwise_sum<S: Scalar>(
     let (kw, (sh, sw)) = (g.kernel.1, g.stride);
     let (i, j) = (ij / kw, ij % kw);
     let mut sum = start;
+    let mut gathered = [S::zero(); PIECE];
     for (y, row) in dout.chunks_exact(wo).enumerate() {
         let line = &image[(y * sh + i) * wp + j..];
-        let mut terms = row.iter().zip(line.iter().step_by(sw));
-        let mut acc = match sum {
-            Some(acc) => acc,
-            None => {
-                let (&d, &x) = terms.next().expect("a row has positions");
-                d * x
-            }
-        };
-        for (&d, &x) in terms {
-            acc = madd(acc, d, x);
+        if sw == 1 {
+            sum = Some(dot_onto(sum, row, &line[..wo]));
+            continue;
         }
-        sum = Some(acc);
+        for (piece, src) in row.chunks(PIECE).zip(line.chunks(PIECE * sw)) {
+            for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
+                *v = x;
+            }
+            sum = Some(dot_onto(sum, piece, &gathered));
+        }
     }
     sum.expect("at least one position")
+}
+
+/// `start + sum of d_k x_k` in ascending k, from the first product without a `start`.
+#[inline(always)]
+fn dot_onto<S: Scalar>(start: Option<S>, d: &[S], x: &[S]) -> S {
+    let mut terms = d.iter().zip(x);
+    let mut acc = match start {
+        Some(acc) => acc,
+        None => {
+            let (&d, &x) = terms.next().expect("a row has positions");
+            d * x
+        }
+    };
+    for (&d, &x) in terms {
+        acc = madd(acc, d, x);
+    }
+    acc
 }
 
 /// A depthwise convolution's patch gradients for example `e` of a chunk of `examples`:
@@ -1290,6 +1354,10 @@ mod tests {
         let g = square((4, 4, 4), 3, 1, 1, (300, 280));
         assert!(g.chunk(&[g.out_channels * g.positions()]) < 3);
         check_against_reference(g, 3, true);
+        // Rows longer than the pieces strided inputs are gathered in.
+        for stride in [2, 3] {
+            check_against_reference(square((2, 2, 2), 3, stride, 1, (7, 200)), 2, false);
+        }
     }
 
     /// `reach` against enumeration: every (window, cell) pair of one axis, and the input
