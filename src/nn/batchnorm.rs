@@ -250,7 +250,7 @@ fn sum_onto<S: Scalar>(values: &[S], start: Option<S>) -> S {
         None => *rest.next().expect("a plane has values"),
     };
     for &v in rest {
-        acc = acc + v;
+        acc += v;
     }
     acc
 }
@@ -271,7 +271,7 @@ fn deviations<S: Scalar>(x: &[S], mean: S, d: &mut [S], start: Option<S>) -> S {
     for (&v, d) in pairs {
         *d = v - mean;
         let sq = *d * *d;
-        acc = acc + sq;
+        acc += sq;
     }
     acc
 }
@@ -298,8 +298,8 @@ fn two_sums<S: Scalar>(dy: &[S], xhat: &[S], start: Option<(S, S)>) -> (S, S) {
     };
     for (&g, &h) in pairs {
         let p = g * h;
-        dg = dg + p;
-        db = db + g;
+        dg += p;
+        db += g;
     }
     (dg, db)
 }
