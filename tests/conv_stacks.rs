@@ -128,3 +128,26 @@ fn the_stacks_cover_groups_strides_padding_gaps_and_non_square_inputs() {
     });
     assert!(non_square.count() > 100);
 }
+
+/// Kernel, stride and padding are written back as the file wrote them (one number where both
+/// axes agree, a pair where not), and `groups` only where it is not 1, so a saved model loads
+/// back the same and every older file is saved unchanged.
+#[test]
+fn pairs_and_groups_are_saved_as_written() {
+    let text = "(name: \"s\", input: [4, 9, 8], loss: Mse, layers: [
+        Conv2d(out_channels: 4, kernel: 3, stride: 2, padding: 1, groups: 4),
+        Conv2d(out_channels: 6, kernel: (1, 3), stride: (2, 1), padding: (0, 1), groups: 2),
+        Conv2d(out_channels: 2, kernel: (2, 2)),
+        Flatten, Dense(units: 1)])";
+    let model = Model::parse(text, "s").unwrap();
+    let saved = model.to_ron();
+    let words = saved.split_whitespace().collect::<Vec<_>>().join(" ");
+    for written in [
+        "kernel: 3, stride: 2, padding: 1, groups: 4, )",
+        "kernel: (1, 3), stride: (2, 1), padding: (0, 1), groups: 2, )",
+        "out_channels: 2, kernel: 2, )",
+    ] {
+        assert!(words.contains(written), "{written} not in {saved}");
+    }
+    assert_eq!(Model::parse(&saved, "saved").unwrap(), model);
+}
