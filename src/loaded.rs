@@ -132,13 +132,19 @@ impl Loaded {
             })
     }
 
-    /// Charges saving the trained model ([`budget::SAVE_BYTES_PER_PARAM`] per parameter).
+    /// Charges saving the trained model ([`budget::SAVE_BYTES_PER_PARAM`] per parameter, and
+    /// per value of the operations' state).
     pub fn charge_save(&mut self) -> Result<()> {
-        let params = self.plan.params();
+        let (params, state) = (self.plan.params(), self.plan.state_values());
         let origin = &self.origin;
+        let values = params + state;
         self.budget
-            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * params, || {
-                format!("{origin}: saving the trained model ({params} parameters)")
+            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * values, || {
+                let state = match state {
+                    0 => String::new(),
+                    n => format!(" and {n} values of state"),
+                };
+                format!("{origin}: saving the trained model ({params} parameters{state})")
             })
     }
 }

@@ -72,9 +72,27 @@ impl Operation for BatchNorm2d {
         ParamSpec::scale_and_shift(c)
     }
 
+    /// The running mean (starts at zero) and running variance (at one), one per channel:
+    /// what evaluation normalises with.
+    fn state(&self) -> Vec<(&'static str, ParamSpec)> {
+        let starting = |start| ParamSpec {
+            len: self.channels(),
+            fans: None,
+            start,
+        };
+        vec![
+            ("running_mean", starting(0.0)),
+            ("running_var", starting(1.0)),
+        ]
+    }
+
     /// The normalised input.
     fn kept(&self) -> usize {
         self.shape.len()
+    }
+
+    fn param_names(&self) -> &'static [&'static str] {
+        &["gamma", "beta"]
     }
 
     fn explain_param(&self, index: usize) -> String {
@@ -171,6 +189,14 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
             }
             (self.inv[ch], self.mean[ch], self.var[ch]) = (inv, mean, var);
         }
+    }
+
+    fn state(&self) -> Vec<&[S]> {
+        vec![&self.running_mean, &self.running_var]
+    }
+
+    fn state_mut(&mut self) -> Vec<&mut [S]> {
+        vec![&mut self.running_mean, &mut self.running_var]
     }
 
     fn backward(&mut self, grads: Backward<'_, S>) {

@@ -31,7 +31,7 @@ use crate::CountedZeros;
 use crate::counts::Counts;
 use crate::data::{Batch, Dataset, scalar};
 use crate::error::{Error, Result};
-use crate::model::{Init, Layer, Loss, Model, Plan};
+use crate::model::{Entry, Init, Layer, Loss, Model, Params, Plan};
 use crate::phases::{NodeCounts, Phase, StepCounts};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
@@ -143,8 +143,20 @@ impl<S: Scalar> Network<S> {
         });
         let shared = shared.max().unwrap_or(0);
         let optimizer = optimizer::State::new(plan.optimizer(), params.iter().map(|p| p.len()));
+        let mut kernels: Vec<Box<dyn Kernel<S>>> =
+            plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect();
+        // State the model file gives (running statistics) replaces the kernels' start.
+        for (kernel, node) in kernels.iter_mut().zip(plan.nodes()) {
+            for (tensor, given) in kernel.state_mut().into_iter().zip(node.inline_state()) {
+                if let Some(values) = given {
+                    for (v, &x) in tensor.iter_mut().zip(values) {
+                        *v = scalar::<S>(x);
+                    }
+                }
+            }
+        }
         Network {
-            kernels: plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect(),
+            kernels,
             params,
             param_grads,
             values: Vec::new(),
@@ -492,27 +504,29 @@ impl<S: Scalar> Network<S> {
             .collect()
     }
 
-    /// The model file of this network: the plan's model with every parameter written
-    /// inline, in the model file's order.
+    /// The model file of this network: the plan's model with every parameter and every
+    /// operation's state written inline, in the model file's order. A dense or convolution
+    /// layer's parameters go into its `weights` and `biases`, every other operation's into
+    /// its graph entry's `params` by name, with its state (a tensor shared by several nodes
+    /// is written once, on the node that owns it). A chain whose layers need `params` is
+    /// written as the graph it is, each node reading the one before.
     pub fn to_model(&self) -> Model {
         let mut out = self.plan.model().clone();
-        for node in self.plan.nodes().iter().filter(|n| n.owns_params()) {
-            let tensors: Vec<Vec<f32>> = node
-                .param_ids()
-                .iter()
-                .enumerate()
-                .map(|(j, &id)| {
+        let entries = out.layers.len().max(out.graph.len());
+        let mut named: Vec<Option<Params>> = vec![None; entries];
+        for (node, kernel) in self.plan.nodes().iter().zip(&self.kernels) {
+            let mut tensors: Vec<Vec<f32>> = Vec::new();
+            if node.owns_params() {
+                for (j, &id) in node.param_ids().iter().enumerate() {
                     let stored: Vec<f32> = self.params[id].iter().map(|&v| to_f32(v)).collect();
-                    node.op().file_order(j, &stored)
-                })
-                .collect();
-            if tensors.is_empty() {
-                continue;
+                    tensors.push(node.op().file_order(j, &stored));
+                }
             }
             let layer = match out.layers.get_mut(node.entry()) {
                 Some(layer) => layer,
                 None => &mut out.graph[node.entry()].op,
             };
+            let mut map = Vec::new();
             if let Layer::Dense {
                 weights, biases, ..
             }
@@ -520,13 +534,66 @@ impl<S: Scalar> Network<S> {
                 weights, biases, ..
             } = layer
             {
-                let mut tensors = tensors.into_iter();
-                *weights = tensors.next();
-                *biases = tensors.next();
+                if !tensors.is_empty() {
+                    let mut tensors = tensors.into_iter();
+                    *weights = tensors.next();
+                    *biases = tensors.next();
+                }
+            } else {
+                let names = node.op().param_names();
+                map.extend(names.iter().map(|n| n.to_string()).zip(tensors));
             }
+            let state = node.op().state().into_iter().zip(kernel.state());
+            map.extend(state.map(|((name, _), values)| {
+                (
+                    name.to_string(),
+                    values.iter().map(|&v| to_f32(v)).collect(),
+                )
+            }));
+            if !map.is_empty() {
+                named[node.entry()] = Some(Params(map));
+            }
+        }
+        if out.graph.is_empty() && named.iter().any(Option::is_some) {
+            out.graph = chain_as_graph(&self.plan, std::mem::take(&mut out.layers));
+        }
+        for (entry, params) in out.graph.iter_mut().zip(named) {
+            entry.params = params;
         }
         out
     }
+}
+
+/// A chain's layers as graph entries, each reading the one before, named as the chain named
+/// them: by default, or explicitly where a chain's name (only a label there) is also another
+/// layer's, with a suffix that makes it unique (`x`, `x.2`).
+fn chain_as_graph(plan: &Plan, layers: Vec<Layer>) -> Vec<Entry> {
+    let mut names: Vec<String> = vec![String::new(); layers.len()];
+    for node in plan.nodes().iter().rev() {
+        names[node.entry()] = node.name().to_string();
+    }
+    let all: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let mut taken = std::collections::HashSet::from([crate::plan::INPUT.to_string()]);
+    layers
+        .into_iter()
+        .zip(names)
+        .map(|(op, name)| {
+            let mut unique = name.clone();
+            let mut k = 1;
+            while taken.contains(&unique) || (unique != name && all.contains(&unique)) {
+                k += 1;
+                unique = format!("{name}.{k}");
+            }
+            taken.insert(unique.clone());
+            Entry {
+                name: (unique != name).then_some(unique),
+                op,
+                inputs: None,
+                share: None,
+                params: None,
+            }
+        })
+        .collect()
 }
 
 /// `into += from`, value by value: a gradient added onto one already there.
