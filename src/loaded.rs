@@ -102,6 +102,19 @@ impl Loaded {
         )
     }
 
+    /// The training data of the model file's training block and, apart, the examples it
+    /// holds out, if any ([`Dataset::load_split`]), charged as they are read.
+    pub fn data_and_held_out(&mut self) -> Result<(Dataset, Option<Dataset>)> {
+        let training = training_of(&self.plan, &self.origin)?;
+        Dataset::load_split_within(
+            &training.data,
+            &self.dir,
+            &self.origin,
+            &self.plan,
+            &mut self.budget,
+        )
+    }
+
     /// The model's training data, or `n` seeded made-up examples if it has no training
     /// block.
     pub fn data_or_synthetic(&mut self, n: usize) -> Result<Dataset> {

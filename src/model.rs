@@ -422,6 +422,10 @@ pub enum Data {
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
+        /// The fraction of rows, from the end of the file, kept out of training to measure
+        /// the held-out loss and accuracy (rounded up); default 0.
+        #[serde(default, skip_serializing_if = "is_zero_f32")]
+        held_out: f32,
     },
     /// A text for next-token prediction, every character a token: windows of the model's
     /// input length, each token's target the character after it.

@@ -258,3 +258,38 @@ fn running_statistics_are_saved_as_they_were_after_training() {
     assert_ne!(bn(&trained, "running_mean"), [0.0; 3]);
     assert_ne!(bn(&trained, "running_var"), [1.0; 3]);
 }
+
+#[test]
+fn evaluation_normalises_with_the_running_statistics() {
+    // One channel of four values; after one step the running statistics are
+    // mean 0.1 * 2.5 = 0.25 and variance 0.9 + 0.1 * (1.25 * 4 / 3), from PyTorch's formulas
+    // (momentum 0.1, unbiased variance), and evaluation uses them, not the batch's.
+    let model = Model::parse(
+        "(name: \"bn\", input: [1, 2, 2], loss: Mse, graph: [(op: BatchNorm2d, params: {\"gamma\": [2.0], \"beta\": [0.5]})])",
+        "bn.ron",
+    )
+    .unwrap();
+    let plan = model.plan("bn.ron").unwrap();
+    let mut net = Network::<f64>::new(&plan);
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let batch = opcount::data::Batch {
+        size: 1,
+        inputs: x.to_vec(),
+        classes: Vec::new(),
+        values: vec![0.0; 4],
+    };
+    net.step(&batch, 0.0);
+    let (mean, var) = (0.25, 0.9 + 0.1 * (1.25 * 4.0 / 3.0));
+    let expected: Vec<f64> = x
+        .iter()
+        .map(|v| 2.0 * ((v - mean) * (1.0 / (var + 1e-5f64).sqrt())) + 0.5)
+        .collect();
+    assert_eq!(net.infer(&x, 1), &expected[..]);
+    // Training mode still normalises by the batch: mean 2.5, variance 1.25.
+    let out = net.forward(&x, 1).to_vec();
+    let inv = 1.0 / (1.25f64 + 1e-5).sqrt();
+    assert!(
+        (out[0] - (2.0 * (-1.5 * inv) + 0.5)).abs() < 1e-12,
+        "{out:?}"
+    );
+}

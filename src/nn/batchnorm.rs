@@ -191,6 +191,19 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         }
     }
 
+    /// Evaluation: each channel normalised by its running statistics instead of the batch's,
+    /// `y = gamma (x - rm) / sqrt(rv + eps) + beta`, as PyTorch's `eval()` mode.
+    fn infer(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
+        let (c, plane) = (self.op.channels(), self.op.plane());
+        for ch in 0..c {
+            let inv = S::one() / (self.running_var[ch] + constant::<S>(EPS)).sqrt();
+            let (mean, gamma, beta) = (self.running_mean[ch], params[0][ch], params[1][ch]);
+            for (&v, out) in channel(x[0], plane, c, ch).zip(channel_mut(y, plane, c, ch)) {
+                *out = gamma * ((v - mean) * inv) + beta;
+            }
+        }
+    }
+
     fn state(&self) -> Vec<&[S]> {
         vec![&self.running_mean, &self.running_var]
     }

@@ -241,25 +241,61 @@ impl<S: Scalar> Network<S> {
         self.values[0].copy_from_slice(inputs);
         self.marks.start::<S>(Phase::Forward, false);
         watch(Event::start(Phase::Forward));
-        for (k, node) in self.plan.nodes().iter().enumerate() {
-            let (before, after) = self.values.split_at_mut(k + 1);
-            let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
-            for (slot, &v) in x.iter_mut().zip(node.inputs()) {
-                *slot = &before[v];
-            }
-            let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
-            for (slot, &id) in p.iter_mut().zip(node.param_ids()) {
-                *slot = &self.params[id];
-            }
-            self.kernels[k].forward(
-                &x[..node.inputs().len()],
-                &p[..node.param_ids().len()],
-                &mut after[0],
-            );
+        for k in 0..self.kernels.len() {
+            self.forward_node(k, false);
             self.marks.lap::<S>(Phase::Forward, k, true);
             watch(Event::end(Phase::Forward, k));
         }
         self.stage = Stage::Forward;
+    }
+
+    /// Node k's forward pass, or with `infer` its evaluation ([`Kernel::infer`]).
+    fn forward_node(&mut self, k: usize, infer: bool) {
+        let node = &self.plan.nodes()[k];
+        let (before, after) = self.values.split_at_mut(k + 1);
+        let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
+        for (slot, &v) in x.iter_mut().zip(node.inputs()) {
+            *slot = &before[v];
+        }
+        let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
+        for (slot, &id) in p.iter_mut().zip(node.param_ids()) {
+            *slot = &self.params[id];
+        }
+        let (x, p) = (&x[..node.inputs().len()], &p[..node.param_ids().len()]);
+        if infer {
+            self.kernels[k].infer(x, p, &mut after[0]);
+        } else {
+            self.kernels[k].forward(x, p, &mut after[0]);
+        }
+    }
+
+    /// Runs the batch forward as a trained network is used rather than trained (batch
+    /// normalisation with its running statistics instead of the batch's, as PyTorch's
+    /// `eval()` mode) and returns the output. Not a phase of a step: nothing is attributed to
+    /// the nodes ([`Network::counts`] still reports the last step), and no backward pass may
+    /// follow it. What it counts stays in the thread's tally.
+    ///
+    /// # Shapes
+    /// `inputs`: batch x input values; result: batch x output values.
+    pub fn infer(&mut self, inputs: &[S], batch: usize) -> &[S] {
+        self.resize(batch);
+        self.values[0].copy_from_slice(inputs);
+        for k in 0..self.kernels.len() {
+            self.forward_node(k, true);
+        }
+        self.stage = Stage::Fresh;
+        self.output()
+    }
+
+    /// [`Network::infer`] on a batch, and the loss of its output against the batch's targets
+    /// (attributed to nothing either): how evaluation measures a trained network.
+    pub fn infer_loss(&mut self, batch: &Batch<S>) -> S {
+        self.infer(&batch.inputs, batch.size);
+        let on = std::mem::replace(&mut self.marks.on, false);
+        let loss = self.loss_phase(batch, false, &mut |_| {});
+        self.marks.on = on;
+        self.stage = Stage::Fresh;
+        loss
     }
 
     /// The output of the most recent forward pass.

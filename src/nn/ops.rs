@@ -128,6 +128,16 @@ pub(crate) trait Kernel<S: Scalar>: Send + Sync {
     /// as `params`), and the gradient of every input whose `dx` slot is `Some`.
     fn backward(&mut self, grads: Backward<'_, S>);
 
+    /// `y = f(x, params)` for a batch when the network is used, not trained (evaluation):
+    /// the same as [`Kernel::forward`] unless the operation behaves otherwise then (batch
+    /// normalisation uses its running statistics). Keeps nothing for a backward pass.
+    ///
+    /// # Shapes
+    /// As [`Kernel::forward`].
+    fn infer(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
+        self.forward(x, params, y);
+    }
+
     /// The state of [`Operation::state`], in that order (what a saved model writes).
     fn state(&self) -> Vec<&[S]> {
         Vec::new()
