@@ -914,3 +914,69 @@ fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_layer_s_default_name() {
+        let docs = include_str!("../docs/model-format.md");
+        let layers = [
+            "Dense(units: 1)",
+            "Conv2d(out_channels: 1, kernel: 1)",
+            "MaxPool2d(size: 1)",
+            "AvgPool2d(size: 1)",
+            "GlobalAvgPool2d",
+            "Flatten",
+            "BatchNorm2d",
+            "LayerNorm",
+            "Add",
+            "Embedding(vocab: 1, width: 1)",
+            "PositionEmbedding(context: 1)",
+            "Unembed(vocab: 1)",
+            "Scores(heads: 1)",
+            "CausalSoftmax",
+            "Mix(heads: 1)",
+            "Identity",
+            "Sigmoid",
+            "Tanh",
+            "Relu",
+            "Softmax",
+            "Relu6",
+            "Gelu",
+        ];
+        let activations = crate::model::Activation::ALL.len();
+        assert_eq!(layers.len(), ops::OPERATIONS.len() + activations);
+        for text in layers {
+            let layer: Layer = ron::from_str(text).unwrap();
+            // Every variant of Layer is in the list above: a new one stops this compiling.
+            match layer {
+                Layer::Dense { .. }
+                | Layer::Conv2d { .. }
+                | Layer::MaxPool2d { .. }
+                | Layer::AvgPool2d { .. }
+                | Layer::GlobalAvgPool2d
+                | Layer::Flatten
+                | Layer::BatchNorm2d
+                | Layer::LayerNorm
+                | Layer::Add
+                | Layer::Embedding { .. }
+                | Layer::PositionEmbedding { .. }
+                | Layer::Unembed { .. }
+                | Layer::Scores { .. }
+                | Layer::CausalSoftmax
+                | Layer::Mix { .. }
+                | Layer::Identity
+                | Layer::Sigmoid
+                | Layer::Tanh
+                | Layer::Relu
+                | Layer::Softmax
+                | Layer::Relu6
+                | Layer::Gelu => {}
+            }
+            let name = format!("`{}1`", layer_kind(&layer));
+            assert!(docs.contains(&name), "docs/model-format.md lacks {name}");
+        }
+    }
+}
