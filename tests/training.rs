@@ -194,7 +194,7 @@ fn saved_and_reloaded(text: &str) -> String {
 
 #[test]
 fn every_operation_with_parameters_or_state_saves_and_loads_back() {
-    for name in ["iris.ron", "iris-residual.ron"] {
+    for name in ["iris.ron", "iris-residual.ron", "digits-resnet.ron"] {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("models")
