@@ -209,7 +209,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         check_output(out)?;
     }
-    let data = loaded.data()?;
+    let (data, held_out) = loaded.data_and_held_out()?;
     // The batch actually run: the whole data set at most.
     let run = settings.clamped(data.len());
     charge_run(&mut loaded, run.batch, 2)?;
@@ -222,12 +222,19 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let steps = (data.len().div_ceil(run.batch) as u64).saturating_mul(run.epochs as u64);
     let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
-    let summary = TrainSummary::train(&mut net, &data, &settings, |p| {
+    let mut held = String::new();
+    let summary = TrainSummary::train(&mut net, &data, held_out.as_ref(), &settings, |p| {
         step = step.saturating_add(1);
+        if let Some(e) = p.held_out {
+            held = match e.accuracy() {
+                Some(a) => format!(", held out {:.4} ({:.1}%)", e.loss, 100.0 * a),
+                None => format!(", held out {:.4}", e.loss),
+            };
+        }
         if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
-                "epoch {}/{} loss {:.4}",
+                "epoch {}/{} loss {:.4}{held}",
                 p.epoch, run.epochs, p.loss
             ));
         }
