@@ -475,9 +475,9 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         let i = ic + ir * MR;
                         let mr = MR.min(i1 - i);
                         let (ak, _) = apanel.as_chunks::<MR>();
-                        let out = &mut c[i - i0..i - i0 + mr];
                         // Where the sums start: copied into the tile, free.
                         let j = j - j0;
+                        let out = &c[i - i0..i - i0 + mr];
                         for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
                             match block_start {
                                 Start::RowBias(bias) => sums.fill(bias[i + row]),
@@ -486,6 +486,21 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                                 Start::FirstProduct => {}
                             }
                         }
+                        // The next tile's part of C, asked for now so that it is in
+                        // the cache when that tile starts from it or writes it.
+                        let (next_i, next_j) = if i + MR < ic + mc {
+                            (i + MR, j)
+                        } else {
+                            (ic, j + NR)
+                        };
+                        if next_j + j0 < j1 {
+                            let rows = next_i - i0..(next_i - i0 + MR).min(i1 - i0);
+                            let cols = NR.min(j1 - j0 - next_j);
+                            for row in &c[rows] {
+                                prefetch(&row[next_j..next_j + cols]);
+                            }
+                        }
+                        let out = &mut c[i - i0..i - i0 + mr];
                         tile(ak, bk, first, &mut acc, (mr, nr));
                         for (sums, out) in acc.iter().zip(out.iter_mut()) {
                             copy::<S, NR>(sums, &mut out[j..], nr);
@@ -496,6 +511,25 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
         }
     }
     give_back_workspace(workspace);
+}
+
+/// Asks the CPU to bring the cache lines of `values` into its nearest cache; no arithmetic,
+/// and nothing is read that could fault.
+#[inline(always)]
+fn prefetch<S>(values: &[S]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(values);
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing and cannot fault; the address is inside
+            // `values`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// Copies the first `n` values of `from` to `to`, `n <= NR`; a whole tile row (the common
