@@ -67,16 +67,20 @@ pub(crate) trait Operand<S>: Sync {
         (c0, cols): (usize, usize),
         width: usize,
         out: &mut [S],
-    ) {
-        for (p, panel) in out
-            .chunks_mut(rows * width)
-            .take(cols.div_ceil(width))
-            .enumerate()
-        {
-            let j0 = p * width;
-            let n = width.min(cols - j0);
-            for (r, dst) in panel.chunks_mut(width).enumerate() {
-                self.copy_block(r0 + r, 1, c0 + j0, n, &mut dst[..n]);
+    ) where
+        S: Copy + Default,
+    {
+        // Each row a long piece at a time through a small buffer: one `copy_block` call per
+        // piece rather than per panel (for the patch matrices a call works out where its
+        // columns are in the image, which costs more than copying a panel's row).
+        const PIECE: usize = 512;
+        let mut piece = [S::default(); PIECE];
+        let pieces = PIECE / width * width;
+        for r in 0..rows {
+            for c in (0..cols).step_by(pieces) {
+                let n = pieces.min(cols - c);
+                self.copy_block(r0 + r, 1, c0 + c, n, &mut piece[..n]);
+                to_panels(&piece[..n], (r, rows), c / width, width, out);
             }
         }
     }
@@ -132,6 +136,40 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
         }
     }
 
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        if self.col_stride != 1 {
+            // A transposed view: its columns are runs in memory, so pack it as such.
+            for (p, panel) in out
+                .chunks_mut(rows * width)
+                .take(cols.div_ceil(width))
+                .enumerate()
+            {
+                let j0 = c0 + p * width;
+                let n = width.min(cols - p * width);
+                for (r, dst) in panel.chunks_mut(width).enumerate() {
+                    let base = (r0 + r) * self.row_stride + j0 * self.col_stride;
+                    for (v, &x) in dst[..n]
+                        .iter_mut()
+                        .zip(self.data[base..].iter().step_by(self.col_stride))
+                    {
+                        *v = x;
+                    }
+                }
+            }
+            return;
+        }
+        for r in 0..rows {
+            let start = (r0 + r) * self.row_stride + c0;
+            to_panels(&self.data[start..start + cols], (r, rows), 0, width, out);
+        }
+    }
+
     fn pack_rows(
         &self,
         (r0, rows): (usize, usize),
@@ -139,19 +177,91 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
         height: usize,
         out: &mut [S],
     ) {
-        for (p, panel) in out
-            .chunks_mut(cols * height)
-            .take(rows.div_ceil(height))
-            .enumerate()
-        {
-            let i0 = r0 + p * height;
-            let n = height.min(rows - p * height);
-            for (c, dst) in panel.chunks_mut(height).enumerate() {
-                let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
-                for (i, v) in dst[..n].iter_mut().enumerate() {
-                    *v = self.data[base + i * self.row_stride];
+        // The register tiles' heights, with panels of a size known to the compiler.
+        match height {
+            6 => self.pack_rows_of::<6>((r0, rows), (c0, cols), out),
+            4 => self.pack_rows_of::<4>((r0, rows), (c0, cols), out),
+            _ => {
+                for (p, panel) in out
+                    .chunks_mut(cols * height)
+                    .take(rows.div_ceil(height))
+                    .enumerate()
+                {
+                    let i0 = r0 + p * height;
+                    let n = height.min(rows - p * height);
+                    for (c, dst) in panel.chunks_mut(height).enumerate() {
+                        let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                        for (i, v) in dst[..n].iter_mut().enumerate() {
+                            *v = self.data[base + i * self.row_stride];
+                        }
+                    }
                 }
             }
+        }
+    }
+}
+
+impl<S: Copy> Strided<'_, S> {
+    /// [`Operand::pack_rows`] into panels `H` rows high.
+    #[inline(always)]
+    fn pack_rows_of<const H: usize>(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        out: &mut [S],
+    ) {
+        let (columns, _) = out.as_chunks_mut::<H>();
+        for (p, panel) in columns.chunks_mut(cols).take(rows.div_ceil(H)).enumerate() {
+            let i0 = r0 + p * H;
+            let n = H.min(rows - p * H);
+            if self.row_stride == 1 {
+                // A transposed view: each column of the panel is a run in memory.
+                for (c, dst) in panel.iter_mut().enumerate() {
+                    let base = i0 + (c0 + c) * self.col_stride;
+                    if n == H {
+                        dst.copy_from_slice(&self.data[base..base + H]);
+                    } else {
+                        dst[..n].copy_from_slice(&self.data[base..base + n]);
+                    }
+                }
+            } else if self.col_stride == 1 {
+                // Row-major: each row read as a run, its values written `H` apart.
+                for i in 0..n {
+                    let base = (i0 + i) * self.row_stride + c0;
+                    for (dst, &v) in panel.iter_mut().zip(&self.data[base..base + cols]) {
+                        dst[i] = v;
+                    }
+                }
+            } else {
+                for (c, dst) in panel.iter_mut().enumerate() {
+                    let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                    for (i, v) in dst[..n].iter_mut().enumerate() {
+                        *v = self.data[base + i * self.row_stride];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `values`, row `r` of a block of `rows` rows, into the panels of `width` columns
+/// from panel `p0` on (as [`Operand::pack_columns`] lays them out): whole panel rows as
+/// fixed-size copies, which compile to a few vector moves rather than a call each.
+#[inline(always)]
+fn to_panels<S: Copy>(
+    values: &[S],
+    (r, rows): (usize, usize),
+    p0: usize,
+    width: usize,
+    out: &mut [S],
+) {
+    for (p, run) in values.chunks(width).enumerate() {
+        let dst = &mut out[((p0 + p) * rows + r) * width..][..run.len()];
+        match run.len() {
+            64 => dst[..64].copy_from_slice(&run[..64]),
+            16 => dst[..16].copy_from_slice(&run[..16]),
+            8 => dst[..8].copy_from_slice(&run[..8]),
+            _ => dst.copy_from_slice(run),
         }
     }
 }
