@@ -287,6 +287,29 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     let isa = Isa::detect();
+    if transposing_pays((m, n, k), isa.lanes()) {
+        // C^T = B^T A^T: every element is the same products added in the same order of k
+        // (each product's two factors swapped, which changes no bit), so the same bits and
+        // counts; C is copied in (if the sums start from it) and out, free.
+        let mut transposed = vec![S::zero(); m * n];
+        if let Start::Existing = start {
+            transpose((m, n), c, &mut transposed);
+        }
+        let start = match start {
+            Start::RowBias(bias) => Start::ColumnBias(bias),
+            Start::ColumnBias(bias) => Start::RowBias(bias),
+            other => other,
+        };
+        gemm(
+            (n, m, k),
+            &Transposed(b),
+            &Transposed(a),
+            start,
+            &mut transposed,
+        );
+        transpose((n, m), &transposed, c);
+        return;
+    }
     let threads = rayon::current_num_threads();
     let job = Job {
         rows: (0, m),
@@ -341,6 +364,54 @@ pub(crate) fn gemm<S: Scalar>(
             .collect();
         ((), counts.into_iter().sum())
     });
+}
+
+/// Whether C (m x n) is better computed as its transpose: when it is narrower than it is
+/// tall by a part of a vector (the register tiles would leave a column edge on every row, done
+/// a value at a time) and its sums are long enough that copying C out (and in) is a small part
+/// of the work. The first convolution of an RGB model has such a weight gradient: 27 columns
+/// (3 channels x 3 x 3) by 64 rows, each a sum over every position of the image.
+fn transposing_pays((m, n, k): (usize, usize, usize), lanes: usize) -> bool {
+    n < m && n % lanes != 0 && k >= 1024 && m * n <= 1 << 16
+}
+
+/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major.
+fn transpose<S: Copy>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
+    for (r, row) in from.chunks_exact(cols).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            to[c * rows + r] = v;
+        }
+    }
+}
+
+/// An operand read transposed: element (r, c) is the inner operand's (c, r). Packing it into
+/// panels of columns is packing the inner one into panels of rows, and the other way round.
+struct Transposed<'a, S>(&'a dyn Operand<S>);
+
+impl<S: Scalar> Operand<S> for Transposed<'_, S> {
+    /// A value at a time (packing, the hot path, does not come here).
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        for (r, row) in out.chunks_exact_mut(cols).take(rows).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                self.0
+                    .copy_block(c0 + c, 1, r0 + r, 1, std::slice::from_mut(v));
+            }
+        }
+    }
+
+    fn pack_columns(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        self.0.pack_rows(cols, rows, width, out);
+    }
+
+    fn pack_rows(&self, rows: (usize, usize), cols: (usize, usize), height: usize, out: &mut [S]) {
+        self.0.pack_columns(cols, rows, height, out);
+    }
 }
 
 /// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
@@ -808,6 +879,8 @@ mod tests {
             (4, 16, 256),
             (9, 33, 300),
             (70, 90, 513),
+            // Narrow and deep: computed as its transpose.
+            (64, 27, 1100),
         ] {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
@@ -851,6 +924,57 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_product_computed_transposed_continues_the_sums_in_c() {
+        // 27 columns of 1100-term sums: computed as C^T = B^T A^T (see `transposing_pays`).
+        let (m, n, k) = (40, 27, 1100);
+        assert!(transposing_pays((m, n, k), Isa::detect().lanes()));
+        let a: Vec<f64> = (0..m * k).map(|v| (v % 11) as f64 * 0.3 - 1.5).collect();
+        let b: Vec<f64> = (0..k * n).map(|v| (v % 7) as f64 * 0.9 - 2.0).collect();
+        let start: Vec<f64> = (0..m * n).map(|v| v as f64 * 0.01).collect();
+        let mut c = Counted::vec(&start);
+        let ((), counts) = tally::measure(|| {
+            gemm(
+                (m, n, k),
+                &Strided {
+                    data: &Counted::vec(&a),
+                    row_stride: k,
+                    col_stride: 1,
+                },
+                &Strided {
+                    data: &Counted::vec(&b),
+                    row_stride: n,
+                    col_stride: 1,
+                },
+                Start::Existing,
+                &mut c,
+            )
+        });
+        let fused = Isa::detect().fuses();
+        for (at, got) in c.iter().enumerate() {
+            let (i, j) = (at / n, at % n);
+            let mut acc = start[at];
+            for kk in 0..k {
+                let (x, y) = (a[i * k + kk], b[kk * n + j]);
+                acc = if fused {
+                    x.mul_add(y, acc)
+                } else {
+                    acc + x * y
+                };
+            }
+            assert_eq!(got.get().to_bits(), acc.to_bits(), "({i}, {j})");
+        }
+        let macs = (m * n * k) as u128;
+        assert_eq!(
+            counts,
+            Counts {
+                mul: macs,
+                add: macs,
+                ..Counts::ZERO
+            }
+        );
     }
 
     #[test]
