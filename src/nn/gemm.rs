@@ -23,6 +23,11 @@
 //! whole vectors) and the last few elements in memory: no lane does arithmetic on padding,
 //! which would be counted.
 //!
+//! Each tile asks for the next tile's part of C before it runs (a prefetch, no arithmetic),
+//! since a sum continued from C finds it out of the cache otherwise. A C narrower than a
+//! whole number of vectors and taller than wide, with long sums, is computed as its
+//! transpose, `C^T = B^T A^T`: the same products in the same order for every element.
+//!
 //! C is split among threads along its longer side, on tile boundaries (each part packs all of
 //! the other operand, so that the repeated packing is the smaller). Work split among threads
 //! is counted on those threads; each part's counts are taken out
@@ -331,16 +336,13 @@ pub(crate) fn gemm<S: Scalar>(
     // (columns) or pairs of rows, which the smaller register tiles handle, rather than at
     // whole tiles, so that the two cores get nearly the same work.
     let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
-        let per = n.div_ceil(threads).next_multiple_of(isa.lanes());
-        let mut parts: Vec<_> = (0..n.div_ceil(per))
-            .map(|p| {
-                let columns = (p * per, (p * per + per).min(n));
-                (Job { columns, ..job }, Vec::with_capacity(m))
-            })
+        let mut parts: Vec<_> = column_parts(n, threads, isa.lanes())
+            .into_iter()
+            .map(|columns| (Job { columns, ..job }, Vec::with_capacity(m)))
             .collect();
         for mut row in c.chunks_exact_mut(n).take(m) {
-            for (_, rows) in &mut parts {
-                let (head, tail) = row.split_at_mut(per.min(row.len()));
+            for (job, rows) in &mut parts {
+                let (head, tail) = row.split_at_mut(job.columns.1 - job.columns.0);
                 rows.push(head);
                 row = tail;
             }
@@ -364,6 +366,22 @@ pub(crate) fn gemm<S: Scalar>(
             .collect();
         ((), counts.into_iter().sum())
     });
+}
+
+/// `n` columns cut into at most `threads` parts: each the whole number of `lanes`-wide vectors
+/// nearest an equal share, the rest to the last part (100 columns of 16-wide vectors on two
+/// threads: 48 and 52, where rounding each share up would give 64 and 36).
+fn column_parts(n: usize, threads: usize, lanes: usize) -> Vec<(usize, usize)> {
+    let per = ((n + threads * lanes / 2) / (threads * lanes)).max(1) * lanes;
+    let starts: Vec<usize> = (0..threads)
+        .map(|p| p * per)
+        .take_while(|&j| j < n)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(p, &j)| (j, starts.get(p + 1).copied().unwrap_or(n)))
+        .collect()
 }
 
 /// Whether C (m x n) is better computed as its transpose: when it is narrower than it is
@@ -924,6 +942,18 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn columns_are_shared_out_in_whole_vectors_nearest_an_equal_share() {
+        assert_eq!(column_parts(100, 2, 16), [(0, 48), (48, 100)]);
+        assert_eq!(column_parts(50_176, 2, 16), [(0, 25_088), (25_088, 50_176)]);
+        assert_eq!(column_parts(20, 2, 16), [(0, 16), (16, 20)]);
+        assert_eq!(column_parts(10, 2, 16), [(0, 10)]);
+        assert_eq!(
+            column_parts(100, 4, 8),
+            [(0, 24), (24, 48), (48, 72), (72, 100)]
+        );
     }
 
     #[test]
