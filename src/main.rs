@@ -127,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
-    Ok(Loaded::load(path, run.budget())?)
+    Ok(Loaded::load_with(path, run.budget(), &run.import())?)
 }
 
 /// [`Loaded::charge_run`], saying what to do instead when the model does not fit.

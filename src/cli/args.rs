@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
+use opcount::model::Loss;
+use opcount::onnx::Import;
 
 /// Count every arithmetic operation of a neural network, by kind.
 #[derive(Parser, Debug)]
@@ -33,7 +35,7 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct CountArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Examples in the step.
     #[arg(long, default_value_t = 1)]
@@ -67,9 +69,47 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// For an ONNX model: the loss to train it against (default: softmax cross-entropy for a
+    /// flat output of two or more values, else mse).
+    #[arg(long, value_enum, value_name = "LOSS")]
+    pub loss: Option<LossArg>,
+    /// For an ONNX model whose input sizes are symbolic: one example's shape, e.g. 3,32,32
+    /// (the batch comes from --batch).
+    #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
+    pub input_shape: Option<Vec<usize>>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    /// Softmax over each example's outputs, then cross-entropy against its class.
+    SoftmaxCrossEntropy,
+    /// Mean squared error.
+    Mse,
+}
+
+/// Parses `3,32,32`: one example's sizes, each at least 1.
+fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    let sizes: Result<Vec<usize>, _> = text.split(',').map(|s| s.trim().parse()).collect();
+    match sizes {
+        Ok(s) if !s.is_empty() && s.len() <= 3 && s.iter().all(|&n| n > 0) => Ok(s),
+        _ => Err(format!(
+            "expected one to three sizes of at least 1, like 3,32,32, found '{text}'"
+        )),
+    }
 }
 
 impl RunArgs {
+    /// What an ONNX model needs to be read: its loss and input shape, if given.
+    pub fn import(&self) -> Import {
+        Import {
+            loss: self.loss.map(|l| match l {
+                LossArg::SoftmaxCrossEntropy => Loss::SoftmaxCrossEntropy,
+                LossArg::Mse => Loss::Mse,
+            }),
+            input_shape: self.input_shape.clone(),
+        }
+    }
+
     /// The memory budget: `--max-memory`, or half of the memory this process can count on.
     pub fn budget(&self) -> Budget {
         match self.max_memory {
@@ -148,7 +188,7 @@ pub struct TrainArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Examples per step.
     #[arg(long, default_value_t = 1)]
@@ -169,7 +209,7 @@ pub struct BenchArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ProjectArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Training examples per epoch.
     #[arg(long)]

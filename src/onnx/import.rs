@@ -1,0 +1,1308 @@
+//! An ONNX graph as a [`Model`]'s `graph`: each ONNX node becomes an entry of the operation
+//! that computes the same thing, so an ONNX file and its RON twin are the same model from
+//! the plan on. Nodes that only compute shapes (Shape, Gather, Unsqueeze, Concat, Constant
+//! feeding a Reshape) are evaluated here and leave nothing behind; nodes that move no
+//! number (Identity, Dropout, a Reshape or Flatten of a value already flat) become aliases;
+//! a MatMul or bias-less Conv followed by the Add of a bias is one Dense or Conv2d.
+//! Everything else is refused, naming the node: nothing is ever counted as zero.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::proto::{Attribute, Dim, GraphProto, NodeProto, TensorProto, ValueInfo};
+use super::{Import, SUPPORTED};
+use crate::model::{Entry, Init, Layer, Loss, Model};
+use crate::nn::ops;
+use crate::plan::INPUT;
+use crate::shape::Shape;
+
+/// A message for the caller to put the file's name in front of.
+pub(crate) type Result<T> = std::result::Result<T, String>;
+
+/// ONNX's element types opcount reads.
+const FLOAT: i64 = 1;
+const INT32: i64 = 6;
+const INT64: i64 = 7;
+const DOUBLE: i64 = 11;
+
+/// A constant: an initializer, a `Constant`, or a shape computed from them. `None` in
+/// whole numbers is the batch size, which a model file does not fix.
+#[derive(Clone, Debug)]
+pub(crate) struct Tensor {
+    dims: Vec<usize>,
+    data: Data,
+}
+
+#[derive(Clone, Debug)]
+enum Data {
+    Float(Vec<f32>),
+    Int(Vec<Option<i64>>),
+}
+
+impl Tensor {
+    fn len(&self) -> usize {
+        match &self.data {
+            Data::Float(v) => v.len(),
+            Data::Int(v) => v.len(),
+        }
+    }
+
+    fn floats(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::Float(v) => Some(v),
+            Data::Int(_) => None,
+        }
+    }
+
+    fn ints(&self) -> Option<&[Option<i64>]> {
+        match &self.data {
+            Data::Int(v) => Some(v),
+            Data::Float(_) => None,
+        }
+    }
+}
+
+/// A value the network computes: the entry that computes it, its shape there, and its
+/// shape as ONNX sees it (they differ after GlobalAveragePool: `[c]` here, `[c, 1, 1]` in
+/// ONNX). Both without the batch.
+#[derive(Clone, Debug)]
+struct Act {
+    entry: String,
+    ours: Shape,
+    onnx: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+enum Value {
+    Act(Act),
+    Const(Tensor),
+}
+
+/// Reads a tensor's data (typed fields or raw bytes; external data already read into
+/// `external`), checking its length against its dimensions.
+pub(crate) fn tensor(t: &TensorProto<'_>, external: Option<&[u8]>) -> Result<Tensor> {
+    let what = || {
+        if t.name.is_empty() {
+            format!("the tensor at byte {}", t.at)
+        } else {
+            format!("tensor '{}'", t.name)
+        }
+    };
+    let mut dims = Vec::with_capacity(t.dims.len().min(8));
+    let mut len = 1usize;
+    for &d in &t.dims {
+        let d = usize::try_from(d).map_err(|_| format!("{}: a negative dimension, {d}", what()))?;
+        len = len
+            .checked_mul(d)
+            .filter(|&n| n <= crate::model::MAX_DIM)
+            .ok_or_else(|| format!("{}: more values than opcount takes", what()))?;
+        dims.push(d);
+    }
+    let raw = external.or(t.raw);
+    let size = match t.data_type {
+        FLOAT | INT32 => 4,
+        INT64 | DOUBLE => 8,
+        other => {
+            return Err(format!(
+                "{}: element type {other}; opcount reads float, double, int32 and int64",
+                what()
+            ));
+        }
+    };
+    let wrong = |found: usize| format!("{}: {len} values expected, {found} found", what());
+    let data = match raw {
+        Some(bytes) => {
+            if bytes.len() != len * size {
+                return Err(wrong(bytes.len() / size));
+            }
+            match t.data_type {
+                FLOAT => Data::Float(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                        .collect(),
+                ),
+                DOUBLE => Data::Float(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32)
+                        .collect(),
+                ),
+                INT32 => Data::Int(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| Some(i64::from(i32::from_le_bytes(c.try_into().expect("4")))))
+                        .collect(),
+                ),
+                _ => Data::Int(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|c| Some(i64::from_le_bytes(c.try_into().expect("8"))))
+                        .collect(),
+                ),
+            }
+        }
+        None => {
+            let data = match t.data_type {
+                FLOAT => Data::Float(t.float_data.clone()),
+                DOUBLE => Data::Float(t.double_data.iter().map(|&x| x as f32).collect()),
+                INT32 => Data::Int(t.int32_data.iter().map(|&x| Some(x)).collect()),
+                _ => Data::Int(t.int64_data.iter().map(|&x| Some(x)).collect()),
+            };
+            let found = match &data {
+                Data::Float(v) => v.len(),
+                Data::Int(v) => v.len(),
+            };
+            if found != len {
+                return Err(wrong(found));
+            }
+            data
+        }
+    };
+    Ok(Tensor { dims, data })
+}
+
+/// What the importer needs of the file besides its graph.
+pub(crate) struct Source<'g, 'a> {
+    pub graph: &'g GraphProto<'a>,
+    /// The initializers, read.
+    pub initializers: HashMap<&'a str, Tensor>,
+    pub name: String,
+}
+
+/// One node's place, for messages: `node 3 (/layer1/conv1/Conv, Conv)`.
+fn place(index: usize, node: &NodeProto<'_>) -> String {
+    let name = if node.name.is_empty() {
+        node.outputs.first().copied().unwrap_or("")
+    } else {
+        node.name
+    };
+    format!("node {index} ({name}, {})", node.op_type)
+}
+
+/// The graph as a model: entries in an order where each comes after what it reads.
+pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
+    let g = src.graph;
+    let (input_name, input) = graph_input(g, &src.initializers, import)?;
+    let output = match &g.outputs[..] {
+        [o] => o,
+        outs => {
+            return Err(format!(
+                "the graph has {} outputs; opcount counts models of one output",
+                outs.len()
+            ));
+        }
+    };
+    let order = topological(g, &src.initializers, input_name)?;
+    let mut b = Builder {
+        values: HashMap::new(),
+        entries: Vec::new(),
+        names: HashSet::new(),
+        uses: HashMap::new(),
+        input_batch: input.batch,
+    };
+    for node in &g.nodes {
+        for &i in &node.inputs {
+            *b.uses.entry(i).or_insert(0) += 1;
+        }
+    }
+    *b.uses.entry(output.name).or_insert(0) += 1;
+    for (name, t) in src.initializers {
+        b.values.insert(name.to_string(), Value::Const(t));
+    }
+    let ours = Shape::new(&input.dims).ok_or_else(|| {
+        format!(
+            "input '{input_name}': {} dimensions per example; opcount takes 1 to 3",
+            input.dims.len()
+        )
+    })?;
+    b.values.insert(
+        input_name.to_string(),
+        Value::Act(Act {
+            entry: INPUT.to_string(),
+            ours,
+            onnx: input.dims.clone(),
+        }),
+    );
+    for &k in &order {
+        let node = &g.nodes[k];
+        b.node(node)
+            .map_err(|e| format!("{}: {e}", place(k, node)))?;
+    }
+    let out = match b.values.get(output.name) {
+        Some(Value::Act(a)) => a.clone(),
+        _ => {
+            return Err(format!(
+                "the graph's output '{}' is a constant or not computed; nothing to count",
+                output.name
+            ));
+        }
+    };
+    if out.entry == INPUT {
+        return Err("the graph's output is its input: nothing to count".into());
+    }
+    check_declared(output, &out.onnx, "output")?;
+    // Every node left must lead to the output (the plan refuses a node whose output goes
+    // nowhere); the output's node comes last.
+    let last = b
+        .entries
+        .iter()
+        .rposition(|e| e.name.as_deref() == Some(&out.entry));
+    if let Some(at) = last
+        && at + 1 != b.entries.len()
+    {
+        let dead = b.entries[at + 1].name.clone().unwrap_or_default();
+        return Err(format!(
+            "node '{dead}' computes a value the graph's output does not depend on"
+        ));
+    }
+    let loss = import
+        .loss
+        .unwrap_or(if out.ours.rank() == 1 && out.ours.len() >= 2 {
+            Loss::SoftmaxCrossEntropy
+        } else {
+            Loss::Mse
+        });
+    Ok(Model {
+        name: src.name,
+        input: input.dims,
+        layers: Vec::new(),
+        graph: b.entries,
+        loss,
+        init: Init::default(),
+        training: None,
+    })
+}
+
+/// The graph's one input: its name and one example's dimensions.
+struct Input {
+    dims: Vec<usize>,
+    /// The batch size the file fixes, if any.
+    batch: Option<i64>,
+}
+
+fn graph_input<'a>(
+    g: &GraphProto<'a>,
+    initializers: &HashMap<&'a str, Tensor>,
+    import: &Import,
+) -> Result<(&'a str, Input)> {
+    let inputs: Vec<&ValueInfo<'a>> = g
+        .inputs
+        .iter()
+        .filter(|v| !initializers.contains_key(v.name))
+        .collect();
+    let v = match inputs[..] {
+        [v] => v,
+        _ => {
+            let names: Vec<&str> = inputs.iter().map(|v| v.name).collect();
+            return Err(format!(
+                "the graph has {} inputs ({}); opcount counts models of one input",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+    };
+    if !matches!(v.elem_type, FLOAT | INT64 | INT32) {
+        return Err(format!(
+            "input '{}': element type {}; opcount reads float inputs, or int64 token ids",
+            v.name, v.elem_type
+        ));
+    }
+    let Some(dims) = &v.dims else {
+        return match &import.input_shape {
+            Some(shape) => Ok((
+                v.name,
+                Input {
+                    dims: shape.clone(),
+                    batch: None,
+                },
+            )),
+            None => Err(format!(
+                "input '{}' declares no shape; give one example's with --input-shape",
+                v.name
+            )),
+        };
+    };
+    let (batch, rest) = match dims.split_first() {
+        Some((b, rest)) if !rest.is_empty() => (b, rest),
+        _ => {
+            return Err(format!(
+                "input '{}': {} dimensions; opcount expects the batch first, then one \
+                 example's dimensions",
+                v.name,
+                dims.len()
+            ));
+        }
+    };
+    let batch = match *batch {
+        Dim::Value(b) => Some(b),
+        _ => None,
+    };
+    let known: Option<Vec<usize>> = rest
+        .iter()
+        .map(|d| match *d {
+            Dim::Value(n) if n > 0 => usize::try_from(n).ok(),
+            _ => None,
+        })
+        .collect();
+    let shown = |d: &[Dim<'_>]| {
+        d.iter()
+            .map(|d| match d {
+                Dim::Value(n) => n.to_string(),
+                Dim::Param(p) => (*p).to_string(),
+                Dim::Unknown => "?".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("x")
+    };
+    let dims = match (known, &import.input_shape) {
+        (Some(k), Some(given)) if &k != given => {
+            return Err(format!(
+                "input '{}' is {} per example, but --input-shape says {}",
+                v.name,
+                shown(rest),
+                given
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            ));
+        }
+        (Some(k), _) => k,
+        (None, Some(given)) if given.len() == rest.len() => given.clone(),
+        (None, Some(given)) => {
+            return Err(format!(
+                "input '{}' has {} dimensions per example ({}), --input-shape gives {}",
+                v.name,
+                rest.len(),
+                shown(rest),
+                given.len()
+            ));
+        }
+        (None, None) => {
+            return Err(format!(
+                "input '{}' is {} per example, not all sizes known; give them with \
+                 --input-shape (e.g. --input-shape 3,32,32)",
+                v.name,
+                shown(rest)
+            ));
+        }
+    };
+    Ok((v.name, Input { dims, batch }))
+}
+
+/// A declared shape (the graph's output's) that disagrees with the computed one.
+fn check_declared(v: &ValueInfo<'_>, onnx: &[usize], what: &str) -> Result<()> {
+    let Some(dims) = &v.dims else { return Ok(()) };
+    let declared = dims.get(1..).unwrap_or(&[]);
+    let fits = declared.len() == onnx.len()
+        && declared.iter().zip(onnx).all(|(d, &n)| match *d {
+            Dim::Value(k) => k == n as i64,
+            _ => true,
+        });
+    if fits {
+        return Ok(());
+    }
+    let shown: Vec<String> = declared
+        .iter()
+        .map(|d| match d {
+            Dim::Value(n) => n.to_string(),
+            _ => "?".into(),
+        })
+        .collect();
+    let ours: Vec<String> = onnx.iter().map(|n| n.to_string()).collect();
+    Err(format!(
+        "{what} '{}' is declared {} per example, but its nodes compute {}",
+        v.name,
+        shown.join("x"),
+        ours.join("x")
+    ))
+}
+
+/// The nodes in an order where each comes after the nodes whose outputs it reads, the
+/// file's order where it can; a cycle, a value read that nothing provides, or a value
+/// written twice is an error naming the node.
+fn topological(
+    g: &GraphProto<'_>,
+    initializers: &HashMap<&str, Tensor>,
+    input: &str,
+) -> Result<Vec<usize>> {
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (k, node) in g.nodes.iter().enumerate() {
+        for &o in node.outputs.iter().filter(|o| !o.is_empty()) {
+            if producer.insert(o, k).is_some() || o == input || initializers.contains_key(o) {
+                return Err(format!(
+                    "{}: writes '{o}', which another node, an initializer or the input \
+                     also provides",
+                    place(k, node)
+                ));
+            }
+        }
+    }
+    let mut waits = vec![0usize; g.nodes.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); g.nodes.len()];
+    for (k, node) in g.nodes.iter().enumerate() {
+        for &i in node.inputs.iter().filter(|i| !i.is_empty()) {
+            match producer.get(i) {
+                Some(&p) => {
+                    waits[k] += 1;
+                    readers[p].push(k);
+                }
+                None if i == input || initializers.contains_key(i) => {}
+                None => {
+                    return Err(format!(
+                        "{}: reads '{i}', which no node, initializer or input provides",
+                        place(k, node)
+                    ));
+                }
+            }
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..g.nodes.len()).filter(|&k| waits[k] == 0).collect();
+    let mut order = Vec::with_capacity(g.nodes.len());
+    while let Some(k) = ready.pop_first() {
+        order.push(k);
+        for &r in &readers[k] {
+            waits[r] -= 1;
+            if waits[r] == 0 {
+                ready.insert(r);
+            }
+        }
+    }
+    if let Some(k) = (0..g.nodes.len()).find(|&k| waits[k] > 0) {
+        return Err(format!(
+            "{}: is part of a cycle (it reads, through other nodes, its own output)",
+            place(k, &g.nodes[k])
+        ));
+    }
+    Ok(order)
+}
+
+struct Builder<'a> {
+    values: HashMap<String, Value>,
+    entries: Vec<Entry>,
+    names: HashSet<String>,
+    /// How many nodes (and the graph's output) read each value.
+    uses: HashMap<&'a str, usize>,
+    input_batch: Option<i64>,
+}
+
+fn attr<'n, 'a>(node: &'n NodeProto<'a>, name: &str) -> Option<&'n Attribute<'a>> {
+    node.attributes.iter().find(|a| a.name == name)
+}
+
+fn attr_i(node: &NodeProto<'_>, name: &str, default: i64) -> i64 {
+    attr(node, name).and_then(|a| a.i).unwrap_or(default)
+}
+
+fn attr_f(node: &NodeProto<'_>, name: &str, default: f32) -> f32 {
+    attr(node, name).and_then(|a| a.f).unwrap_or(default)
+}
+
+fn attr_ints<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [i64]> {
+    attr(node, name).map(|a| &a.ints[..])
+}
+
+fn attr_s<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [u8]> {
+    attr(node, name).and_then(|a| a.s)
+}
+
+fn shown(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// `[a, a]` (or nothing, `default`) as one size: opcount's windows are square.
+fn square(node: &NodeProto<'_>, name: &str, default: usize) -> Result<usize> {
+    match attr_ints(node, name) {
+        None => Ok(default),
+        Some([a, b]) if a == b && *a >= 0 => Ok(*a as usize),
+        Some(v) => Err(format!(
+            "{name} {v:?}: opcount takes the same size along both axes"
+        )),
+    }
+}
+
+/// Pads `[top, left, bottom, right]` as one size, all four equal.
+fn pads(node: &NodeProto<'_>) -> Result<usize> {
+    match attr_s(node, "auto_pad") {
+        None | Some(b"NOTSET") | Some(b"VALID") => {}
+        Some(other) => {
+            return Err(format!(
+                "auto_pad {}: opcount takes explicit pads (re-export with padding given)",
+                String::from_utf8_lossy(other)
+            ));
+        }
+    }
+    match attr_ints(node, "pads") {
+        None => Ok(0),
+        Some([a, b, c, d]) if a == b && b == c && c == d && *a >= 0 => Ok(*a as usize),
+        Some(v) => Err(format!(
+            "pads {v:?}: opcount takes the same padding on every side"
+        )),
+    }
+}
+
+fn dilations_one(node: &NodeProto<'_>) -> Result<()> {
+    match attr_ints(node, "dilations") {
+        Some(d) if d.iter().any(|&x| x != 1) => {
+            Err(format!("dilations {d:?}: opcount takes dilation 1"))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn get(&self, name: &str) -> Result<&Value> {
+        self.values
+            .get(name)
+            .ok_or_else(|| format!("reads '{name}', which is not computed"))
+    }
+
+    fn act(&self, node: &NodeProto<'_>, i: usize) -> Result<Act> {
+        let name = node.inputs.get(i).copied().unwrap_or("");
+        match self.get(name)? {
+            Value::Act(a) => Ok(a.clone()),
+            Value::Const(_) => Err(format!(
+                "input {i} ('{name}') is a constant; opcount maps this operation on \
+                 computed values only"
+            )),
+        }
+    }
+
+    fn constant(&self, node: &NodeProto<'_>, i: usize) -> Result<Option<Tensor>> {
+        match node.inputs.get(i).copied() {
+            None | Some("") => Ok(None),
+            Some(name) => match self.get(name)? {
+                Value::Const(t) => Ok(Some(t.clone())),
+                Value::Act(_) => Err(format!(
+                    "input {i} ('{name}') is computed; opcount needs it as an initializer"
+                )),
+            },
+        }
+    }
+
+    fn floats(&self, node: &NodeProto<'_>, i: usize, what: &str) -> Result<Tensor> {
+        let t = self
+            .constant(node, i)?
+            .ok_or_else(|| format!("no {what} (input {i})"))?;
+        if t.floats().is_none() {
+            return Err(format!(
+                "{what} (input {i}) holds whole numbers, not floats"
+            ));
+        }
+        Ok(t)
+    }
+
+    fn set(&mut self, node: &NodeProto<'_>, value: Value) -> Result<()> {
+        let out = node.outputs.first().copied().unwrap_or("");
+        if out.is_empty() {
+            return Err("has no output".into());
+        }
+        // Outputs past the first (Dropout's mask, MaxPool's indices, BatchNormalization's
+        // running statistics) must go unread: opcount does not compute them.
+        if let Some(o) = node.outputs[1..]
+            .iter()
+            .find(|o| !o.is_empty() && self.uses.get(*o).copied().unwrap_or(0) > 0)
+        {
+            return Err(format!(
+                "its output '{o}' is read, and opcount computes only the first"
+            ));
+        }
+        self.values.insert(out.to_string(), value);
+        Ok(())
+    }
+
+    /// A new entry computing `layer` from `inputs`, its shape from the operation's own shape
+    /// rule (the plan's).
+    fn push(&mut self, node: &NodeProto<'_>, layer: Layer, inputs: &[&Act]) -> Result<Act> {
+        let shapes: Vec<Shape> = inputs.iter().map(|a| a.ours).collect();
+        let op = ops::resolve(&layer, &shapes)?;
+        let base = if node.name.is_empty() {
+            node.outputs.first().copied().unwrap_or("node")
+        } else {
+            node.name
+        };
+        let mut name = base.to_string();
+        let mut k = 1;
+        while name == INPUT || self.names.contains(&name) {
+            k += 1;
+            name = format!("{base}#{k}");
+        }
+        self.names.insert(name.clone());
+        self.entries.push(Entry {
+            name: Some(name.clone()),
+            op: layer,
+            inputs: Some(inputs.iter().map(|a| a.entry.clone()).collect()),
+            share: None,
+        });
+        let ours = op.output();
+        Ok(Act {
+            entry: name,
+            ours,
+            onnx: ours.dims().to_vec(),
+        })
+    }
+
+    fn node(&mut self, node: &NodeProto<'_>) -> Result<()> {
+        if !node.domain.is_empty() && node.domain != "ai.onnx" {
+            return Err(format!(
+                "operator domain '{}' is not ONNX's own; opcount maps {SUPPORTED}",
+                node.domain
+            ));
+        }
+        if node.attributes.iter().any(|a| a.graph) {
+            return Err(format!("holds a subgraph; opcount maps {SUPPORTED}"));
+        }
+        // A node whose every input is a constant computes a constant: a shape, folded here.
+        let all_const = !node.inputs.is_empty()
+            && node
+                .inputs
+                .iter()
+                .all(|i| i.is_empty() || matches!(self.values.get(*i), Some(Value::Const(_))));
+        if all_const || node.op_type == "Constant" {
+            let t = self.fold(node)?;
+            return self.set(node, Value::Const(t));
+        }
+        let value = match node.op_type {
+            "Identity" | "Dropout" => Value::Act(self.act(node, 0)?),
+            "Shape" => Value::Const(shape_of(node, &self.act(node, 0)?)),
+            "Relu" | "Sigmoid" | "Tanh" | "Gelu" | "Softmax" => {
+                let x = self.act(node, 0)?;
+                let layer = match node.op_type {
+                    "Relu" => Layer::Relu,
+                    "Sigmoid" => Layer::Sigmoid,
+                    "Tanh" => Layer::Tanh,
+                    "Gelu" => {
+                        match attr_s(node, "approximate") {
+                            Some(b"tanh") => {}
+                            _ => return Err(gelu_erf()),
+                        }
+                        Layer::Gelu
+                    }
+                    _ => {
+                        let axis = attr_i(node, "axis", -1);
+                        if x.onnx.len() != 1 || !(axis == -1 || axis == 1) {
+                            return Err(format!(
+                                "softmax over axis {axis} of a {} value: opcount's Softmax \
+                                 takes each example's values, flat",
+                                shown(&x.onnx)
+                            ));
+                        }
+                        Layer::Softmax
+                    }
+                };
+                Value::Act(self.push(node, layer, &[&x])?)
+            }
+            "Conv" => Value::Act(self.conv(node)?),
+            "Gemm" => Value::Act(self.gemm(node)?),
+            "MatMul" => Value::Act(self.matmul(node)?),
+            "Add" => self.add(node)?,
+            "BatchNormalization" => {
+                let x = self.act(node, 0)?;
+                let Some((c, _, _)) = x.ours.as_image() else {
+                    return Err(format!(
+                        "expects an image [channels, height, width], found {}",
+                        shown(&x.onnx)
+                    ));
+                };
+                for (i, what) in [(1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")] {
+                    let t = self.floats(node, i, what)?;
+                    if t.len() != c {
+                        return Err(format!("{what} of {} values for {c} channels", t.len()));
+                    }
+                }
+                Value::Act(self.push(node, Layer::BatchNorm2d, &[&x])?)
+            }
+            "LayerNormalization" => {
+                let x = self.act(node, 0)?;
+                let axis = attr_i(node, "axis", -1);
+                if !(axis == -1 || axis == x.onnx.len() as i64) {
+                    return Err(format!(
+                        "axis {axis}: opcount's LayerNorm normalises over the last axis only"
+                    ));
+                }
+                let width = *x.onnx.last().expect("rank at least 1");
+                let scale = self.floats(node, 1, "scale")?;
+                let bias = self.constant(node, 2)?.ok_or(
+                    "no bias (input 2): opcount's LayerNorm has a learnable shift; \
+                     export with bias=True",
+                )?;
+                if scale.len() != width || bias.len() != width {
+                    return Err(format!(
+                        "scale and bias of {} and {} values for a width of {width}",
+                        scale.len(),
+                        bias.len()
+                    ));
+                }
+                Value::Act(self.push(node, Layer::LayerNorm, &[&x])?)
+            }
+            "MaxPool" | "AveragePool" => Value::Act(self.pool(node)?),
+            "GlobalAveragePool" => {
+                let x = self.act(node, 0)?;
+                let mut a = self.push(node, Layer::GlobalAvgPool2d, &[&x])?;
+                a.onnx = vec![a.ours.len(), 1, 1];
+                Value::Act(a)
+            }
+            "Flatten" => {
+                let x = self.act(node, 0)?;
+                let axis = attr_i(node, "axis", 1);
+                if axis != 1 {
+                    return Err(format!(
+                        "axis {axis}: opcount flattens each example (axis 1)"
+                    ));
+                }
+                let len = x.onnx.iter().product();
+                Value::Act(self.flatten(node, x, len)?)
+            }
+            "Reshape" => self.reshape(node)?,
+            "Transpose" => {
+                let x = self.act(node, 0)?;
+                let perm = attr_ints(node, "perm").unwrap_or(&[]);
+                let identity = perm.iter().enumerate().all(|(i, &p)| p == i as i64);
+                if perm.is_empty() || !identity {
+                    return Err(format!(
+                        "perm {perm:?} moves values around; opcount maps a Transpose only \
+                         where it moves nothing"
+                    ));
+                }
+                Value::Act(x)
+            }
+            "Gather" => Value::Act(self.embedding(node)?),
+            "Erf" => return Err(gelu_erf()),
+            other => {
+                return Err(format!(
+                    "{other} is not supported (it would be counted as nothing, which \
+                     opcount never does); opcount maps {SUPPORTED}"
+                ));
+            }
+        };
+        self.set(node, value)
+    }
+
+    fn flatten(&mut self, node: &NodeProto<'_>, x: Act, len: usize) -> Result<Act> {
+        if x.ours.rank() == 1 {
+            // Already flat here (after GlobalAveragePool): nothing moves.
+            return Ok(Act {
+                onnx: vec![len],
+                ..x
+            });
+        }
+        self.push(node, Layer::Flatten, &[&x])
+    }
+
+    fn conv(&mut self, node: &NodeProto<'_>) -> Result<Act> {
+        let x = self.act(node, 0)?;
+        let Some((c, _, _)) = x.ours.as_image() else {
+            return Err(format!(
+                "expects an image [channels, height, width], found {}",
+                shown(&x.onnx)
+            ));
+        };
+        let w = self.floats(node, 1, "weights")?;
+        let &[m, wc, kh, kw] = &w.dims[..] else {
+            return Err(format!(
+                "weights of shape {}; a 2-D convolution's are out x in x height x width",
+                shown(&w.dims)
+            ));
+        };
+        let group = attr_i(node, "group", 1);
+        if group != 1 {
+            return Err(format!("group {group}: opcount's Conv2d takes group 1"));
+        }
+        if wc != c {
+            return Err(format!(
+                "weights for {wc} input channels, but its input has {c} ({})",
+                shown(&x.onnx)
+            ));
+        }
+        if kh != kw {
+            return Err(format!(
+                "a {kh}x{kw} kernel: opcount's Conv2d takes square kernels"
+            ));
+        }
+        if let Some(k) = attr_ints(node, "kernel_shape")
+            && k != [kh as i64, kw as i64]
+        {
+            return Err(format!("kernel_shape {k:?} but weights of {kh}x{kw}"));
+        }
+        dilations_one(node)?;
+        let stride = square(node, "strides", 1)?;
+        let padding = pads(node)?;
+        let b = self.constant(node, 2)?;
+        if let Some(b) = &b
+            && (b.len() != m || b.floats().is_none())
+        {
+            return Err(format!(
+                "bias of {} values for {m} output channels",
+                b.len()
+            ));
+        }
+        let layer = Layer::Conv2d {
+            out_channels: m,
+            kernel: kh,
+            stride,
+            padding,
+            bias: b.is_some(),
+            activation: None,
+            name: None,
+            weights: w.floats().map(<[f32]>::to_vec),
+            biases: b.as_ref().and_then(|b| b.floats()).map(<[f32]>::to_vec),
+        };
+        self.push(node, layer, &[&x])
+    }
+
+    fn gemm(&mut self, node: &NodeProto<'_>) -> Result<Act> {
+        let x = self.act(node, 0)?;
+        let (alpha, beta) = (attr_f(node, "alpha", 1.0), attr_f(node, "beta", 1.0));
+        if alpha != 1.0 || beta != 1.0 || attr_i(node, "transA", 0) != 0 {
+            return Err(format!(
+                "alpha {alpha}, beta {beta}, transA {}: opcount maps Gemm as a dense layer \
+                 (alpha 1, beta 1, transA 0)",
+                attr_i(node, "transA", 0)
+            ));
+        }
+        let Some(n) = x.ours.as_flat() else {
+            return Err(format!("expects a flat input, found {}", shown(&x.onnx)));
+        };
+        let w = self.floats(node, 1, "weights")?;
+        let weights = dense_weights(&w, n, attr_i(node, "transB", 0) != 0)?;
+        let units = weights.len() / n;
+        let b = self.constant(node, 2)?;
+        if let Some(b) = &b
+            && (b.len() != units || b.floats().is_none())
+        {
+            return Err(format!("bias of {} values for {units} units", b.len()));
+        }
+        let layer = Layer::Dense {
+            units,
+            activation: None,
+            bias: b.is_some(),
+            name: None,
+            weights: Some(weights),
+            biases: b.as_ref().and_then(|b| b.floats()).map(<[f32]>::to_vec),
+        };
+        self.push(node, layer, &[&x])
+    }
+
+    fn matmul(&mut self, node: &NodeProto<'_>) -> Result<Act> {
+        let x = self.act(node, 0)?;
+        let n = *x.ours.dims().last().expect("rank at least 1");
+        if !matches!(x.ours.rank(), 1 | 2) {
+            return Err(format!(
+                "a matrix product of a {} value: opcount's Dense takes a flat value or \
+                 [tokens, width]",
+                shown(&x.onnx)
+            ));
+        }
+        let w = self.floats(node, 1, "weights")?;
+        let weights = dense_weights(&w, n, false)?;
+        let layer = Layer::Dense {
+            units: weights.len() / n,
+            activation: None,
+            bias: false,
+            name: None,
+            weights: Some(weights),
+            biases: None,
+        };
+        self.push(node, layer, &[&x])
+    }
+
+    fn add(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let (a, b) = (node.inputs.first(), node.inputs.get(1));
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err("expects two inputs".into());
+        };
+        match (self.get(a)?.clone(), self.get(b)?.clone()) {
+            (Value::Act(x), Value::Act(y)) => {
+                if x.onnx != y.onnx {
+                    return Err(format!(
+                        "adds a {} value to a {} value; opcount adds values of one shape",
+                        shown(&x.onnx),
+                        shown(&y.onnx)
+                    ));
+                }
+                Ok(Value::Act(self.push(node, Layer::Add, &[&x, &y])?))
+            }
+            (Value::Act(x), Value::Const(t)) | (Value::Const(t), Value::Act(x)) => {
+                let read = if matches!(self.get(a)?, Value::Act(_)) {
+                    a
+                } else {
+                    b
+                };
+                self.bias(x, t, read).map(Value::Act)
+            }
+            _ => unreachable!("all-constant nodes are folded"),
+        }
+    }
+
+    /// The Add of a bias onto the output of a MatMul or a Conv without one, read nowhere
+    /// else: the bias becomes theirs.
+    fn bias(&mut self, x: Act, t: Tensor, read: &str) -> Result<Act> {
+        let refuse = || {
+            format!(
+                "adds a constant to '{read}'; opcount maps that only as the bias of the \
+                 MatMul or Conv that computes it"
+            )
+        };
+        if self.uses.get(read).copied().unwrap_or(0) != 1 {
+            return Err(refuse());
+        }
+        let Some(values) = t.floats() else {
+            return Err(refuse());
+        };
+        let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.name.as_deref() == Some(&x.entry))
+        else {
+            return Err(refuse());
+        };
+        let ones = |dims: &[usize]| dims.iter().all(|&d| d == 1);
+        match &mut entry.op {
+            Layer::Dense {
+                units,
+                bias: bias @ false,
+                biases,
+                ..
+            } if t.len() == *units && t.dims.last() == Some(units) => {
+                *bias = true;
+                *biases = Some(values.to_vec());
+            }
+            Layer::Conv2d {
+                out_channels,
+                bias: bias @ false,
+                biases,
+                ..
+            } if t.len() == *out_channels
+                && t.dims.len() >= 3
+                && ones(&t.dims[t.dims.len() - 2..]) =>
+            {
+                *bias = true;
+                *biases = Some(values.to_vec());
+            }
+            _ => return Err(refuse()),
+        }
+        Ok(x)
+    }
+
+    fn pool(&mut self, node: &NodeProto<'_>) -> Result<Act> {
+        let x = self.act(node, 0)?;
+        if x.ours.as_image().is_none() {
+            return Err(format!(
+                "expects an image [channels, height, width], found {}",
+                shown(&x.onnx)
+            ));
+        }
+        let size = square(node, "kernel_shape", 0)?;
+        let stride = square(node, "strides", 1)?;
+        let padding = pads(node)?;
+        dilations_one(node)?;
+        if attr_i(node, "ceil_mode", 0) != 0 {
+            return Err("ceil_mode 1: opcount's windows round down (ceil_mode 0)".into());
+        }
+        let layer = if node.op_type == "MaxPool" {
+            if attr_i(node, "storage_order", 0) != 0 {
+                return Err("storage_order 1 is not supported".into());
+            }
+            Layer::MaxPool2d {
+                size,
+                stride: Some(stride),
+                padding,
+            }
+        } else {
+            if padding > 0 && attr_i(node, "count_include_pad", 0) == 0 {
+                return Err(
+                    "count_include_pad 0 with padding: opcount's AvgPool2d divides by the \
+                     whole window, as PyTorch's default does (count_include_pad=True)"
+                        .into(),
+                );
+            }
+            Layer::AvgPool2d {
+                size,
+                stride: Some(stride),
+                padding,
+            }
+        };
+        self.push(node, layer, &[&x])
+    }
+
+    fn reshape(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let x = self.act(node, 0)?;
+        let target = self.constant(node, 1)?.ok_or("no target shape (input 1)")?;
+        let Some(t) = target.ints() else {
+            return Err("its target shape holds floats".into());
+        };
+        if attr_i(node, "allowzero", 0) != 0 {
+            return Err("allowzero 1 is not supported".into());
+        }
+        let len: usize = x.onnx.iter().product();
+        // The batch stays first: the file's batch size, the batch itself, 0 (copied) or -1
+        // with every other size given.
+        let Some((&first, rest)) = t.split_first() else {
+            return Err("an empty target shape".into());
+        };
+        let mut dims = Vec::with_capacity(rest.len());
+        let mut infer = None;
+        for (i, &d) in rest.iter().enumerate() {
+            match d {
+                Some(0) => dims.push(
+                    *x.onnx
+                        .get(i)
+                        .ok_or_else(|| format!("target {t:?}: 0 copies a size the input lacks"))?,
+                ),
+                Some(-1) if infer.is_none() => {
+                    infer = Some(i);
+                    dims.push(1);
+                }
+                Some(d) if d > 0 => dims.push(d as usize),
+                _ => {
+                    return Err(format!(
+                        "target shape {}: opcount keeps the batch first and every other \
+                         size known",
+                        ints_shown(t)
+                    ));
+                }
+            }
+        }
+        let known: usize = dims.iter().product();
+        match (first, infer) {
+            (None | Some(0), _) => {}
+            (Some(-1), None) => {}
+            (Some(b), _) if Some(b) == self.input_batch => {}
+            _ => {
+                return Err(format!(
+                    "target shape {}: opcount keeps the batch first",
+                    ints_shown(t)
+                ));
+            }
+        }
+        if let Some(i) = infer {
+            if known == 0 || len % known != 0 {
+                return Err(format!(
+                    "target shape {} does not fit {} values per example",
+                    ints_shown(t),
+                    len
+                ));
+            }
+            dims[i] = len / known;
+        }
+        if dims.iter().product::<usize>() != len {
+            return Err(format!(
+                "target shape {} does not fit {} ({len} values per example)",
+                ints_shown(t),
+                shown(&x.onnx)
+            ));
+        }
+        if dims == x.onnx {
+            return Ok(Value::Act(x));
+        }
+        if dims.len() == 1 {
+            return Ok(Value::Act(self.flatten(node, x, len)?));
+        }
+        Err(format!(
+            "reshapes {} into {}: opcount maps only reshapes that flatten each example",
+            shown(&x.onnx),
+            shown(&dims)
+        ))
+    }
+
+    fn embedding(&mut self, node: &NodeProto<'_>) -> Result<Act> {
+        let table = self.floats(node, 0, "table")?;
+        let ids = self.act(node, 1)?;
+        let &[vocab, width] = &table.dims[..] else {
+            return Err(format!(
+                "a table of shape {}; an embedding's is vocab x width",
+                shown(&table.dims)
+            ));
+        };
+        if attr_i(node, "axis", 0) != 0 {
+            return Err("axis other than 0: opcount maps Gather as an embedding".into());
+        }
+        self.push(node, Layer::Embedding { vocab, width }, &[&ids])
+    }
+
+    /// The constant a node computes from constants.
+    fn fold(&self, node: &NodeProto<'_>) -> Result<Tensor> {
+        let c = |i: usize| -> Result<Tensor> {
+            self.constant(node, i)?
+                .ok_or_else(|| format!("no input {i}"))
+        };
+        let ints = |t: &Tensor| -> Result<Vec<Option<i64>>> {
+            t.ints()
+                .map(<[_]>::to_vec)
+                .ok_or_else(|| "expects whole numbers (a shape), found floats".into())
+        };
+        let t = match node.op_type {
+            "Constant" => {
+                let a = node
+                    .attributes
+                    .first()
+                    .ok_or("a Constant without a value")?;
+                match a.name {
+                    "value" => tensor(a.t.as_ref().ok_or("no tensor")?, None)?,
+                    "value_int" => int_vec(vec![a.i.ok_or("no value_int")?], false),
+                    "value_ints" => int_vec(a.ints.clone(), true),
+                    "value_float" => Tensor {
+                        dims: vec![],
+                        data: Data::Float(vec![a.f.ok_or("no value_float")?]),
+                    },
+                    other => return Err(format!("a Constant's {other} is not supported")),
+                }
+            }
+            "Identity" | "Cast" => {
+                let t = c(0)?;
+                match (node.op_type, attr_i(node, "to", INT64), &t.data) {
+                    ("Identity", ..) | (_, INT64 | INT32, Data::Int(_)) => t,
+                    (_, FLOAT | DOUBLE, Data::Float(_)) => t,
+                    (_, to, _) => return Err(format!("a Cast to type {to} is not supported")),
+                }
+            }
+            "Shape" => return Err("Shape of a constant is not supported".into()),
+            "Gather" => {
+                let data = ints(&c(0)?)?;
+                let idx = c(1)?;
+                if attr_i(node, "axis", 0) != 0 || c(0)?.dims.len() != 1 {
+                    return Err("Gather of shapes: opcount folds 1-D, axis 0".into());
+                }
+                let picked: Result<Vec<Option<i64>>> = ints(&idx)?
+                    .iter()
+                    .map(|&i| {
+                        let i = i.ok_or("an unknown index")?;
+                        let n = data.len() as i64;
+                        let k = if i < 0 { i + n } else { i };
+                        data.get(usize::try_from(k).map_err(|_| "index out of range")?)
+                            .copied()
+                            .ok_or_else(|| format!("index {i} of {n} values"))
+                    })
+                    .collect();
+                Tensor {
+                    dims: idx.dims.clone(),
+                    data: Data::Int(picked?),
+                }
+            }
+            "Unsqueeze" | "Squeeze" => {
+                let t = c(0)?;
+                let n = t.len();
+                Tensor {
+                    dims: if node.op_type == "Unsqueeze" && t.dims.is_empty() {
+                        vec![1]
+                    } else if n == 1 && node.op_type == "Squeeze" {
+                        vec![]
+                    } else {
+                        vec![n]
+                    },
+                    data: t.data,
+                }
+            }
+            "Concat" => {
+                let mut all = Vec::new();
+                for i in 0..node.inputs.len() {
+                    all.extend(ints(&c(i)?)?);
+                }
+                Tensor {
+                    dims: vec![all.len()],
+                    data: Data::Int(all),
+                }
+            }
+            "Mul" | "Div" | "Add" | "Sub" => {
+                let (x, y) = (ints(&c(0)?)?, ints(&c(1)?)?);
+                let dims = if x.len() >= y.len() {
+                    c(0)?.dims
+                } else {
+                    c(1)?.dims
+                };
+                let n = x.len().max(y.len());
+                if !(x.len() == y.len() || x.len() == 1 || y.len() == 1) {
+                    return Err("arithmetic on shapes of different lengths".into());
+                }
+                let at = |v: &[Option<i64>], i: usize| v[if v.len() == 1 { 0 } else { i }];
+                let out = (0..n)
+                    .map(|i| match (at(&x, i), at(&y, i)) {
+                        (Some(a), Some(b)) => match node.op_type {
+                            "Mul" => a.checked_mul(b),
+                            "Add" => a.checked_add(b),
+                            "Sub" => a.checked_sub(b),
+                            _ => a.checked_div(b),
+                        },
+                        _ => None,
+                    })
+                    .collect();
+                Tensor {
+                    dims,
+                    data: Data::Int(out),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{other} of constants: opcount folds Shape, Gather, Unsqueeze, Squeeze, \
+                     Concat, Cast and integer arithmetic on shapes only"
+                ));
+            }
+        };
+        Ok(t)
+    }
+}
+
+fn gelu_erf() -> String {
+    "the exact (erf) GELU: opcount's Gelu is the tanh form, which counts other \
+     operations; export with nn.GELU(approximate='tanh') and opset 20"
+        .into()
+}
+
+fn int_vec(v: Vec<i64>, list: bool) -> Tensor {
+    Tensor {
+        dims: if list { vec![v.len()] } else { vec![] },
+        data: Data::Int(v.into_iter().map(Some).collect()),
+    }
+}
+
+fn ints_shown(t: &[Option<i64>]) -> String {
+    let parts: Vec<String> = t
+        .iter()
+        .map(|d| d.map_or("batch".into(), |d| d.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// `Shape(x)` of a computed value: the batch (unknown), then one example's sizes.
+fn shape_of(node: &NodeProto<'_>, x: &Act) -> Tensor {
+    let mut all: Vec<Option<i64>> = vec![None];
+    all.extend(x.onnx.iter().map(|&d| Some(d as i64)));
+    let n = all.len() as i64;
+    let clamp = |i: i64| (if i < 0 { i + n } else { i }).clamp(0, n) as usize;
+    let start = clamp(attr_i(node, "start", 0));
+    let end = clamp(attr_i(node, "end", n)).max(start);
+    let all = all[start..end].to_vec();
+    Tensor {
+        dims: vec![all.len()],
+        data: Data::Int(all),
+    }
+}
+
+/// A dense layer's weights in opcount's order (`units x inputs`, PyTorch's) from a weight
+/// matrix of `inputs x units` (MatMul, Gemm) or `units x inputs` (Gemm with transB).
+fn dense_weights(w: &Tensor, inputs: usize, trans_b: bool) -> Result<Vec<f32>> {
+    let values = w.floats().expect("checked by the caller");
+    let &[rows, cols] = &w.dims[..] else {
+        return Err(format!(
+            "weights of shape {}: expected a matrix",
+            shown(&w.dims)
+        ));
+    };
+    let (units, k) = if trans_b { (rows, cols) } else { (cols, rows) };
+    if k != inputs {
+        return Err(format!("weights {} for {inputs} inputs", shown(&w.dims)));
+    }
+    if trans_b {
+        return Ok(values.to_vec());
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for j in 0..units {
+        for i in 0..inputs {
+            out.push(values[i * units + j]);
+        }
+    }
+    Ok(out)
+}
