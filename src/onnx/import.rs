@@ -198,17 +198,22 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
         entries: Vec::new(),
         names: HashSet::new(),
         uses: HashMap::new(),
+        erf_inputs: HashSet::new(),
         input_batch: input.batch,
     };
     for node in &g.nodes {
         for &i in &node.inputs {
             *b.uses.entry(i).or_insert(0) += 1;
+            if node.op_type == "Erf" {
+                b.erf_inputs.insert(i);
+            }
         }
     }
     *b.uses.entry(output.name).or_insert(0) += 1;
     for (name, t) in src.initializers {
         b.values.insert(name.to_string(), Value::Const(t));
     }
+    let ids = input.ids;
     let ours = Shape::new(&input.dims).ok_or_else(|| {
         format!(
             "input '{input_name}': {} dimensions per example; opcount takes 1 to 3",
@@ -255,13 +260,26 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
             "node '{dead}' computes a value the graph's output does not depend on"
         ));
     }
-    let loss = import
-        .loss
-        .unwrap_or(if out.ours.rank() == 1 && out.ours.len() >= 2 {
-            Loss::SoftmaxCrossEntropy
-        } else {
-            Loss::Mse
-        });
+    // A classifier's logits, flat or one row per token of token ids (next-token
+    // prediction), are trained against classes; a softmax's probabilities, or anything
+    // else, against values.
+    let softmax = matches!(
+        b.entries.last(),
+        Some(Entry {
+            op: Layer::Softmax,
+            ..
+        })
+    );
+    let classes = match out.ours.dims() {
+        [n] => *n >= 2,
+        [_, n] => *n >= 2 && ids,
+        _ => false,
+    };
+    let loss = import.loss.unwrap_or(if classes && !softmax {
+        Loss::SoftmaxCrossEntropy
+    } else {
+        Loss::Mse
+    });
     Ok(Model {
         name: src.name,
         input: input.dims,
@@ -276,6 +294,8 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
 /// The graph's one input: its name and one example's dimensions.
 struct Input {
     dims: Vec<usize>,
+    /// It holds token ids (whole numbers).
+    ids: bool,
     /// The batch size the file fixes, if any.
     batch: Option<i64>,
 }
@@ -313,6 +333,7 @@ fn graph_input<'a>(
                 v.name,
                 Input {
                     dims: shape.clone(),
+                    ids: v.elem_type != FLOAT,
                     batch: None,
                 },
             )),
@@ -387,7 +408,8 @@ fn graph_input<'a>(
             ));
         }
     };
-    Ok((v.name, Input { dims, batch }))
+    let ids = v.elem_type != FLOAT;
+    Ok((v.name, Input { dims, ids, batch }))
 }
 
 /// A declared shape (the graph's output's) that disagrees with the computed one.
@@ -483,6 +505,8 @@ struct Builder<'a> {
     names: HashSet<String>,
     /// How many nodes (and the graph's output) read each value.
     uses: HashMap<&'a str, usize>,
+    /// The values Erf nodes read: the exact GELU's pattern, refused by name.
+    erf_inputs: HashSet<&'a str>,
     input_batch: Option<i64>,
 }
 
@@ -771,6 +795,7 @@ impl<'a> Builder<'a> {
             }
             "Gather" => Value::Act(self.embedding(node)?),
             "Erf" => return Err(gelu_erf()),
+            "Div" | "Mul" if self.feeds_erf(node) => return Err(gelu_erf()),
             other => {
                 return Err(format!(
                     "{other} is not supported (it would be counted as nothing, which \
@@ -779,6 +804,10 @@ impl<'a> Builder<'a> {
             }
         };
         self.set(node, value)
+    }
+
+    fn feeds_erf(&self, node: &NodeProto<'_>) -> bool {
+        node.outputs.iter().any(|o| self.erf_inputs.contains(o))
     }
 
     fn flatten(&mut self, node: &NodeProto<'_>, x: Act, len: usize) -> Result<Act> {

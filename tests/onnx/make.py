@@ -41,6 +41,25 @@ def export(name, module, example, ron, opset=17, input_dtype=None):
     if ron is not None:
         with open(os.path.join(HERE, name + ".ron"), "w") as f:
             f.write(ron.strip() + "\n")
+    if example.is_floating_point() and ron is not None:
+        oracle(name, module, example.shape[1:])
+
+
+def oracle(name, module, shape, train=False):
+    """PyTorch's outputs for a batch of two made-up inputs, written as `name.io` (a line of
+    inputs, a line of outputs): tests/onnx.rs checks opcount's forward pass against them,
+    so the weights must have been read in the right order."""
+    module.train(train)
+    n = 2
+    for d in shape:
+        n *= d
+    x = torch.sin(torch.arange(n, dtype=torch.float64) * 0.37).reshape(2, *shape)
+    with torch.no_grad():
+        y = module.double()(x)
+    module.float()
+    with open(os.path.join(HERE, name + ".io"), "w") as f:
+        f.write(" ".join(repr(v) for v in x.flatten().tolist()) + "\n")
+        f.write(" ".join(repr(v) for v in y.flatten().tolist()) + "\n")
 
 
 def twin(name, input, graph, loss="SoftmaxCrossEntropy"):
@@ -107,12 +126,6 @@ export("maxpool", nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten
 export("avgpool", nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 2)),
        torch.randn(1, 2, 6, 6), twin("avgpool", [2, 6, 6], [
            ("pool", "AvgPool2d(size: 2)", None),
-           ("flatten", "Flatten", None), ("fc", "Dense(units: 2)", None)]))
-
-export("batchnorm", nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
-                                  nn.Linear(3 * 4 * 4, 2)),
-       torch.randn(1, 2, 6, 6), twin("batchnorm", [2, 6, 6], [
-           ("conv", "Conv2d(out_channels: 3, kernel: 3)", None), ("bn", "BatchNorm2d", None),
            ("flatten", "Flatten", None), ("fc", "Dense(units: 2)", None)]))
 
 
@@ -273,9 +286,15 @@ def export_training(name, module, example, ron):
     assert os.path.getsize(path) <= 200_000, name
     with open(os.path.join(HERE, name + ".ron"), "w") as f:
         f.write(ron.strip() + "\n")
+    oracle(name, module, example.shape[1:], train=True)
 
 
 export_training("resnet", ResNet(), torch.randn(2, 3, 16, 16), RESNET_RON)
+export_training("batchnorm", nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
+                                  nn.Linear(3 * 4 * 4, 2)),
+       torch.randn(2, 2, 6, 6), twin("batchnorm", [2, 6, 6], [
+           ("conv", "Conv2d(out_channels: 3, kernel: 3)", None), ("bn", "BatchNorm2d", None),
+           ("flatten", "Flatten", None), ("fc", "Dense(units: 2)", None)]))
 
 
 # Made with onnx.helper: operations PyTorch's exporter leaves out, external data, and the
