@@ -288,3 +288,56 @@ fn a_small_budget_refuses_the_file_not_the_machine() {
     assert!(err.contains("needs about"), "{err}");
     assert!(Path::new(&path).exists());
 }
+
+#[test]
+fn converted_models_load_back_and_count_the_same() {
+    for name in twins() {
+        let path = dir().join(format!("{name}.onnx"));
+        let model = onnx::load_within(&path, &mut Budget::unlimited(), &Import::default()).unwrap();
+        let plan = model.plan(&name).unwrap();
+        for weights in [false, true] {
+            let converted = onnx::convert(&model, &name, weights);
+            let again = Model::parse(&converted.text, "converted.ron")
+                .and_then(|m| m.plan("converted.ron"))
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{}", converted.text));
+            assert_eq!(closed_forms(&again, 2), closed_forms(&plan, 2), "{name}");
+            if !weights {
+                continue;
+            }
+            // The same weights: the same outputs, bit for bit.
+            let x: Vec<f32> = (0..2 * plan.input().len())
+                .map(|i| ((i * 7) % 5) as f32 * 0.25)
+                .collect();
+            let a = Network::<f32>::new(&plan).forward(&x, 2).to_vec();
+            let b = Network::<f32>::new(&again).forward(&x, 2).to_vec();
+            assert_eq!(a, b, "{name}");
+        }
+    }
+}
+
+#[test]
+fn convert_writes_a_ron_file_the_commands_read() {
+    let out = tempfile::Builder::new().suffix(".ron").tempfile().unwrap();
+    let target = out.path().to_str().unwrap();
+    let run = opcount_in(
+        &dir(),
+        &["convert", "resnet.onnx", "--output", target, "--weights"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    // The batch norms' scales and shifts are not written, and it says so.
+    assert!(stderr(&run).contains("/block1/bn1/BatchNormalization"));
+    let counted = |file: &str| {
+        let out = opcount_in(
+            &dir(),
+            &["count", file, "--batch", "2", "--format", "json", "-q"],
+        );
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(json["totals"]["estimated"]["all"]["mul"].as_u64() > Some(1_000_000));
+        json["totals"].clone()
+    };
+    assert_eq!(counted(target), counted("resnet.onnx"));
+    let refused = opcount_in(&dir(), &["convert", "resnet.ron", "--output", target]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("convert reads ONNX files"));
+}

@@ -29,6 +29,8 @@ pub enum Command {
     /// Project a whole training run (N examples x E epochs): its operations, and its time
     /// on this CPU from a measured step.
     Project(ProjectArgs),
+    /// Write an ONNX model as a RON model file, to read and edit (see docs/onnx.md).
+    Convert(ConvertArgs),
     /// List the kinds of operation opcount counts (see docs/counting.md).
     Kinds,
 }
@@ -182,6 +184,21 @@ pub struct TrainArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// The ONNX model file (.onnx).
+    pub model: PathBuf,
+    /// The RON file to write (atomically); `-` for standard output.
+    #[arg(long, value_name = "OUT.ron")]
+    pub output: PathBuf,
+    /// Write the dense and convolution layers' weights inline (default: they start from the
+    /// model's init).
+    #[arg(long)]
+    pub weights: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
