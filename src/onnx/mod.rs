@@ -57,14 +57,45 @@ pub fn is_onnx(path: &Path) -> bool {
 /// # Ok::<(), opcount::Error>(())
 /// ```
 pub fn load_within(path: &Path, budget: &mut Budget, options: &Import) -> Result<Model> {
-    let origin = path.display().to_string();
     let bytes = read(path, budget)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_stem()
+        .map_or("onnx".into(), |s| s.to_string_lossy().into_owned());
+    let source = Source {
+        origin: &path.display().to_string(),
+        name: &name,
+        dir,
+    };
+    parse_within(&bytes, &source, budget, options)
+}
+
+/// Where an ONNX model's bytes came from, for [`parse_within`].
+#[derive(Copy, Clone, Debug)]
+pub struct Source<'a> {
+    /// The file as messages name it.
+    pub origin: &'a str,
+    /// The model's name in reports.
+    pub name: &'a str,
+    /// The directory external data files are found in (and must stay in).
+    pub dir: &'a Path,
+}
+
+/// [`load_within`] for bytes already read (the fuzz target's entry point): everything
+/// decoded from them, and any external data, charged to `budget`.
+pub fn parse_within(
+    bytes: &[u8],
+    source: &Source<'_>,
+    budget: &mut Budget,
+    options: &Import,
+) -> Result<Model> {
+    let origin = source.origin;
     let failed = |message: String| Error::Model {
-        origin: origin.clone(),
+        origin: origin.to_string(),
         message,
     };
-    let mut lists = proto::Lists::new(budget, &origin);
-    let decoded = proto::model(&bytes, &mut lists)
+    let mut lists = proto::Lists::new(budget, origin);
+    let decoded = proto::model(bytes, &mut lists)
         .map_err(|e| failed(format!("not a readable ONNX model: {e}")))?;
     let onnx_version = decoded
         .opsets
@@ -89,7 +120,7 @@ pub fn load_within(path: &Path, budget: &mut Budget, options: &Import) -> Result
             ));
         }
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = source.dir;
     let mut initializers = std::collections::HashMap::new();
     for t in &graph.initializers {
         let external = external_data(t, dir, budget).map_err(&failed)?;
@@ -104,13 +135,10 @@ pub fn load_within(path: &Path, budget: &mut Budget, options: &Import) -> Result
             return Err(failed(format!("two initializers are named '{}'", t.name)));
         }
     }
-    let name = path
-        .file_stem()
-        .map_or("onnx".into(), |s| s.to_string_lossy().into_owned());
     let source = import::Source {
         graph,
         initializers,
-        name,
+        name: source.name.to_string(),
     };
     import::model(source, options).map_err(failed)
 }
