@@ -205,6 +205,32 @@ export("embedding", Embed(), torch.zeros(1, 5, dtype=torch.long), twin("embeddin
     ("wte", "Embedding(vocab: 10, width: 4)", None), ("fc", "Dense(units: 10)", None)]))
 
 
+class MlpBlock(nn.Module):
+    """A pre-norm transformer block without attention (opcount's attention is its causal
+    Scores, CausalSoftmax and Mix, written in RON; docs/onnx.md): token embedding, layer
+    norm, a tanh-GELU MLP on every token, the residual add, a final norm and the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(12, 8)
+        self.ln1, self.fc, self.proj = nn.LayerNorm(8), nn.Linear(8, 32), nn.Linear(32, 8)
+        self.act = nn.GELU(approximate="tanh")
+        self.ln2, self.head = nn.LayerNorm(8), nn.Linear(8, 12)
+
+    def forward(self, ids):
+        x = self.wte(ids)
+        x = x + self.proj(self.act(self.fc(self.ln1(x))))
+        return self.head(self.ln2(x))
+
+
+export("transformer", MlpBlock(), torch.zeros(1, 6, dtype=torch.long),
+       twin("transformer", [6], [
+           ("wte", "Embedding(vocab: 12, width: 8)", None), ("ln1", "LayerNorm", None),
+           ("fc", "Dense(units: 32)", None), ("gelu", "Gelu", None),
+           ("proj", "Dense(units: 8)", None), ("res", "Add", ["wte", "proj"]),
+           ("ln2", "LayerNorm", None), ("head", "Dense(units: 12)", None)]), opset=20)
+
+
 # A small ResNet: a stem, two residual blocks (the second downsampling, with a 1x1
 # convolution on its shortcut), global average pooling and a dense head.
 
