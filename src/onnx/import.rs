@@ -1108,7 +1108,7 @@ impl<'a> Builder<'a> {
             }
         }
         if let Some(i) = infer {
-            if known == 0 || len % known != 0 {
+            if known == 0 || !len.is_multiple_of(known) {
                 return Err(format!(
                     "target shape {} does not fit {} values per example",
                     ints_shown(t),

@@ -296,11 +296,7 @@ pub fn convert(model: &Model, source: &str, weights: bool) -> Converted {
                 weights: w,
                 biases: b,
                 ..
-            } => {
-                if !weights {
-                    (*w, *b) = (None, None);
-                }
-            }
+            } if !weights => (*w, *b) = (None, None),
             Layer::BatchNorm2d | Layer::LayerNorm | Layer::Embedding { .. } if weights => {
                 not_written.push(entry.name.clone().unwrap_or_default());
             }
