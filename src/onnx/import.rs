@@ -199,6 +199,7 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
         names: HashSet::new(),
         uses: HashMap::new(),
         erf_inputs: HashSet::new(),
+        produced: HashMap::new(),
         input_batch: input.batch,
     };
     for node in &g.nodes {
@@ -505,6 +506,8 @@ struct Builder<'a> {
     names: HashSet<String>,
     /// How many nodes (and the graph's output) read each value.
     uses: HashMap<&'a str, usize>,
+    /// The ONNX value each entry's node wrote, by entry name.
+    produced: HashMap<String, String>,
     /// The values Erf nodes read: the exact GELU's pattern, refused by name.
     erf_inputs: HashSet<&'a str>,
     input_batch: Option<i64>,
@@ -655,6 +658,8 @@ impl<'a> Builder<'a> {
             name = format!("{base}#{k}");
         }
         self.names.insert(name.clone());
+        let out = node.outputs.first().copied().unwrap_or("");
+        self.produced.insert(name.clone(), out.to_string());
         self.entries.push(Entry {
             name: Some(name.clone()),
             op: layer,
@@ -975,7 +980,10 @@ impl<'a> Builder<'a> {
                  MatMul or Conv that computes it"
             )
         };
-        if self.uses.get(read).copied().unwrap_or(0) != 1 {
+        // Read here only, and straight from its node (not through an Identity another node
+        // also reads): the bias changes the value every reader sees.
+        let direct = self.produced.get(&x.entry).is_some_and(|v| v == read);
+        if !direct || self.uses.get(read).copied().unwrap_or(0) != 1 {
             return Err(refuse());
         }
         let Some(values) = t.floats() else {

@@ -442,4 +442,13 @@ t.ClearField("raw_data")
 t.data_location = TensorProto.EXTERNAL
 t.external_data.add(key="location", value="../../../etc/passwd")
 bad("external-outside", ext_bad, "outside the model's directory")
+# A bias added to a matrix product another node also reads (through an Identity): fusing
+# it into the dense layer would change what that node sees.
+bad("bias-shared", graph_model("m", [
+    helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+    helper.make_node("Identity", ["h"], ["i"], name="same"),
+    helper.make_node("Add", ["i", "b"], ["biased"], name="bias"),
+    helper.make_node("Add", ["biased", "h"], ["y"], name="sum"),
+], [weights("w", 4, 3), weights("b", 3)], ["N", 4], ["N", 3]),
+    "node 2 (bias, Add): adds a constant to 'i'; opcount maps that only as the bias")
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))
