@@ -5,6 +5,7 @@
 //! forms, reports, conventions, training) works unchanged; `opcount convert` writes it as
 //! RON. What is supported, and what is refused and why: docs/onnx.md.
 
+mod constant;
 mod import;
 mod proto;
 
@@ -130,7 +131,7 @@ pub fn parse_within(
             .try_fold(1u128, |n, &d| n.checked_mul(d.max(0) as u128));
         let bytes = values.unwrap_or(u128::MAX).saturating_mul(16);
         budget.charge(bytes, || format!("{origin}: initializer '{}'", t.name))?;
-        let tensor = import::tensor(t, external.as_deref()).map_err(&failed)?;
+        let tensor = constant::tensor(t, external.as_deref()).map_err(&failed)?;
         if initializers.insert(t.name, tensor).is_some() {
             return Err(failed(format!("two initializers are named '{}'", t.name)));
         }
