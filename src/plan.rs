@@ -715,6 +715,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::BatchNorm2d => "batchnorm",
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
+        Layer::Mul => "mul",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",

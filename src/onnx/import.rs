@@ -678,6 +678,18 @@ impl<'a> Builder<'a> {
             "Gather" => Value::Act(self.embedding(node)?),
             "Erf" => return Err(gelu_erf()),
             "Div" | "Mul" if self.feeds_erf(node) => return Err(gelu_erf()),
+            "Mul" => {
+                let (x, y) = (self.act(node, 0)?, self.act(node, 1)?);
+                if x.onnx != y.onnx {
+                    return Err(format!(
+                        "multiplies a {} value by a {} value; opcount multiplies values of \
+                         one shape",
+                        shown(&x.onnx),
+                        shown(&y.onnx)
+                    ));
+                }
+                Value::Act(self.push(node, Layer::Mul, &[&x, &y])?)
+            }
             other => {
                 return Err(format!(
                     "{other} is not supported (it would be counted as nothing, which \

@@ -20,7 +20,7 @@ use crate::model::{Loss, Model};
 pub const SUPPORTED: &str = "Add (two values, or a MatMul's or Conv's bias), AveragePool, \
     BatchNormalization, Concat, Constant, Conv, Dropout, Flatten, Gather (embedding, or of a \
     shape), Gelu (tanh), Gemm, GlobalAveragePool, Identity, LayerNormalization, MatMul, MaxPool, \
-    Relu, Reshape, Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (identity), Unsqueeze";
+    Mul (two values), Relu, Reshape, Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (identity), Unsqueeze";
 
 /// The largest ONNX file opcount reads (protobuf's own limit is 2 GiB; larger models keep
 /// their weights in external data files).

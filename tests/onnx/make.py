@@ -129,6 +129,11 @@ export("avgpool", nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 3 *
            ("flatten", "Flatten", None), ("fc", "Dense(units: 2)", None)]))
 
 
+export("silu", nn.Sequential(nn.Linear(4, 6), nn.SiLU(), nn.Linear(6, 2)), torch.randn(1, 4),
+       twin("silu", [4], [("fc1", "Dense(units: 6)", None), ("gate", "Sigmoid", None),
+                          ("silu", "Mul", ["fc1", "gate"]), ("fc2", "Dense(units: 2)", None)]))
+
+
 class View(nn.Module):
     """x.view(x.size(0), -1): a Shape, Gather, Unsqueeze, Concat chain feeding a Reshape."""
 
