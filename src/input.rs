@@ -1,7 +1,7 @@
 //! Reading input files within bounds, whatever they hold: a model file is text of at most
 //! [`MAX_MODEL_BYTES`], refused at its first NUL byte or invalid UTF-8 (so `/dev/zero` or a
 //! binary ends at once); the lists serde builds from it are charged to the memory budget as
-//! they grow; a CSV file is read one bounded line at a time ([`Lines`]), and its line breaks
+//! they grow; a CSV file is read one bounded line at a time (`Lines`), and its line breaks
 //! (LF, CRLF or a lone CR) all count as lines.
 
 use std::cell::Cell;

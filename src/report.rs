@@ -697,7 +697,7 @@ impl Report {
             for phase in NODE_PHASES {
                 let mut row = vec![
                     info.index.to_string(),
-                    info.name.clone(),
+                    escape(&info.name).into_owned(),
                     info.kind.to_string(),
                     info.output.clone(),
                     info.params.to_string(),

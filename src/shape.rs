@@ -16,7 +16,7 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// A shape of the given dimensions, or `None` for rank 0 or above [`MAX_RANK`].
+    /// A shape of the given dimensions, or `None` for rank 0 or above 4.
     pub fn new(dims: &[usize]) -> Option<Shape> {
         if dims.is_empty() || dims.len() > MAX_RANK {
             return None;

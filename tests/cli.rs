@@ -354,6 +354,11 @@ fn names_with_control_characters_are_escaped_in_every_table_and_chart() {
     }
     let table = String::from_utf8(opcount(&["count", path]).stdout).unwrap();
     assert!(table.contains("a\\nb\\u{1b}[2J\\0"), "{table}");
+    // CSV keeps a newline inside a quoted field as data, but a terminal still acts on it and
+    // on the escape sequence: names are escaped as in the tables.
+    let csv = String::from_utf8(opcount(&["count", path, "--format", "csv"]).stdout).unwrap();
+    assert!(!has_control_characters(&csv), "{csv}");
+    assert!(csv.contains("a\\nb\\u{1b}[2J\\0"), "{csv}");
     // The chart is well-formed XML (which has no escape for most control characters).
     let chart = std::fs::read_to_string(&svg).unwrap();
     roxmltree::Document::parse(&chart).unwrap();

@@ -10,6 +10,8 @@ mod gradient;
 mod graphs;
 #[path = "support/rng.rs"]
 mod rng;
+#[path = "support/values.rs"]
+mod values;
 
 use gradient::check;
 use graphs::random_graph;

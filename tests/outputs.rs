@@ -342,11 +342,20 @@ fn killed_saves_leave_the_old_or_the_new_file_and_nothing_else() {
     for k in 1..=20u32 {
         let mut child = save(&saved);
         // Kill mid-write when the write can be seen (an unnamed file open in the directory,
-        // where the system has them); else at a point spread over the run.
-        let deadline = std::time::Instant::now() + run * k / 20;
+        // where the system has them); else, for the first ten kills, at a point spread over
+        // the run. The last ten wait for the write however long the run takes (on a loaded
+        // machine a run can take many times the one timed above), up to a generous bound.
+        let deadline = if k <= 10 {
+            std::time::Instant::now() + run * k / 10
+        } else {
+            std::time::Instant::now() + run * 20 + Duration::from_secs(20)
+        };
         while std::time::Instant::now() < deadline {
             if writing_in(child.0.id(), dir.path()) {
                 writes_killed += 1;
+                break;
+            }
+            if child.0.try_wait().unwrap().is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));

@@ -10,6 +10,8 @@ mod gradient;
 mod rng;
 #[path = "support/sequences.rs"]
 mod sequences;
+#[path = "support/values.rs"]
+mod values;
 
 use opcount::data::Dataset;
 use opcount::{Model, Network, Plan, estimate, measure_step};

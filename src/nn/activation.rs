@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::ops::{Backward, Kernel, NodeOp, Operation};
+use super::reduce::constant;
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts};
@@ -219,11 +220,6 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
 /// sqrt(2/pi) and the cubic's coefficient in GELU's tanh form.
 const GELU_S: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
-
-/// A constant as a number (a conversion: free).
-fn constant<S: Scalar>(v: f64) -> S {
-    S::from_f64(v).expect("every Scalar holds a constant")
-}
 
 /// `dz = dy * f'(z)`, from the forward's output `y` (GELU from its input `z`). Counts per
 /// value: identity nothing;

@@ -4,6 +4,7 @@
 //! backward (docs/counting.md, "BatchNorm2d").
 
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
+use super::reduce::constant;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -241,9 +242,4 @@ fn channel_mut<S>(
     values
         .chunks_exact_mut(plane * c)
         .flat_map(move |example| &mut example[ch * plane..(ch + 1) * plane])
-}
-
-/// A constant as a number (a conversion: free).
-fn constant<S: Scalar>(v: f64) -> S {
-    S::from_f64(v).expect("every Scalar holds a constant")
 }

@@ -6,6 +6,7 @@
 //! form, forward and backward (docs/counting.md, "LayerNorm").
 
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
+use super::reduce::{constant, dot, sum};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
 use crate::phases::NodeCounts;
@@ -232,32 +233,10 @@ fn input_grads<S: Scalar>(
     }
 }
 
-/// `v_0 + v_1 + ...`, from the first value: D - 1 adds.
-#[inline(always)]
-fn sum<S: Scalar>(v: &[S]) -> S {
-    let (&first, rest) = v.split_first().expect("a row has at least one value");
-    rest.iter().fold(first, |acc, &x| acc + x)
-}
-
 /// `v_0 v_0 + v_1 v_1 + ...`, from the first product: D mul, D - 1 adds.
 #[inline(always)]
 fn sum_of_squares<S: Scalar>(v: &[S]) -> S {
     dot(v, v)
-}
-
-/// `a_0 b_0 + a_1 b_1 + ...`, from the first product: D mul, D - 1 adds.
-#[inline(always)]
-fn dot<S: Scalar>(a: &[S], b: &[S]) -> S {
-    let mut acc = a[0] * b[0];
-    for (&x, &y) in a[1..].iter().zip(&b[1..]) {
-        acc += x * y;
-    }
-    acc
-}
-
-/// A constant as a number (a conversion: free).
-fn constant<S: Scalar>(v: f64) -> S {
-    S::from_f64(v).expect("every Scalar holds a constant")
 }
 
 #[cfg(test)]

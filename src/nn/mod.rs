@@ -25,6 +25,7 @@ pub(crate) mod ops;
 pub(crate) mod optimizer;
 pub(crate) mod pool;
 pub(crate) mod positions;
+mod reduce;
 pub(crate) mod scores;
 pub(crate) mod unembed;
 
@@ -662,11 +663,15 @@ impl Marks {
     }
 
     /// Starts `phase`: from a fresh snapshot, or if `chained`, from the last one taken.
-    #[inline]
+    #[inline(always)]
     fn start<S: Scalar>(&mut self, phase: Phase, chained: bool) {
-        if !S::IS_COUNTED || !self.on {
-            return;
+        if S::IS_COUNTED && self.on {
+            self.start_counted(phase, chained);
         }
+    }
+
+    #[inline(never)]
+    fn start_counted(&mut self, phase: Phase, chained: bool) {
         let p = Marks::index(phase);
         if !chained {
             self.slots[p] = tally::snapshot();
@@ -677,11 +682,18 @@ impl Marks {
 
     /// Ends node `k` of `phase`: a snapshot if the node did any work, else the snapshot
     /// before it.
-    #[inline]
+    ///
+    /// Only the test stays inline: with attribution off (as `opcount bench` times counting
+    /// alone) a counted step pays for no call here.
+    #[inline(always)]
     fn lap<S: Scalar>(&mut self, phase: Phase, k: usize, worked: bool) {
-        if !S::IS_COUNTED || !self.on {
-            return;
+        if S::IS_COUNTED && self.on {
+            self.lap_counted(phase, k, worked);
         }
+    }
+
+    #[inline(never)]
+    fn lap_counted(&mut self, phase: Phase, k: usize, worked: bool) {
         if worked {
             let slot = self.slot(phase, k);
             self.slots[slot] = tally::snapshot();

@@ -3,6 +3,7 @@
 //! ([`per_parameter`]), which `src/estimate.rs` puts in place of SGD's in every node's update
 //! (docs/counting.md, "Optimizers").
 
+use super::reduce::constant;
 use crate::counts::Counts;
 use crate::model::Optimizer;
 use crate::scalar::Scalar;
@@ -105,7 +106,7 @@ impl<S: Scalar> State<S> {
 impl<S: Scalar> Adam<S> {
     fn at((beta1, beta2, eps): (f32, f32, f32), t: i32, lr: f64) -> Adam<S> {
         let (b1, b2) = (f64::from(beta1), f64::from(beta2));
-        let c = |v: f64| S::from_f64(v).expect("every Scalar holds a constant");
+        let c = constant::<S>;
         Adam {
             beta1: c(b1),
             one_minus_beta1: c(1.0 - b1),

@@ -6,6 +6,7 @@
 //! backward (docs/counting.md, "Causal self-attention").
 
 use super::ops::{Backward, Kernel, Operation};
+use super::reduce::{constant, dot};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -268,21 +269,6 @@ fn key_grads<S: Scalar>(
             }
         }
     }
-}
-
-/// `a . b`, from the first product: n mul, n - 1 add.
-#[inline(always)]
-fn dot<S: Scalar>(a: &[S], b: &[S]) -> S {
-    let mut acc = a[0] * b[0];
-    for (&x, &y) in a[1..].iter().zip(&b[1..]) {
-        acc += x * y;
-    }
-    acc
-}
-
-/// A constant as a number (a conversion: free).
-fn constant<S: Scalar>(v: f64) -> S {
-    S::from_f64(v).expect("every Scalar holds a constant")
 }
 
 #[cfg(test)]

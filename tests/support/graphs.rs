@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use crate::rng::Rng;
-use opcount::model::Activation;
+use crate::values::{Values, activations};
 
 /// A model text and a batch size.
 pub struct Graph {
@@ -16,13 +16,7 @@ pub struct Graph {
 
 /// A random graph. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
 pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
-    // Every activation of the registry but softmax (which wants a flat input), and with
-    // `smooth` none with a kink.
-    let names: Vec<String> = Activation::ALL
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .filter(|a| a != "Softmax" && !(smooth && ["Relu", "Relu6"].contains(&a.as_str())))
-        .collect();
+    let names = activations(smooth);
     let activations: Vec<&str> = names.iter().map(String::as_str).collect();
     let width = 1 + rng.below(5);
     // The input has the hidden width half of the time, so that nodes may read it too.
@@ -32,45 +26,40 @@ pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
         1 + rng.below(6)
     };
     let mut entries: Vec<String> = Vec::new();
-    // Values of the hidden width, by name, and whether a node read them.
-    let mut values: Vec<(String, bool)> = Vec::new();
+    // Values of the hidden width.
+    let mut values = Values::default();
     if inputs == width {
-        values.push(("input".into(), false));
+        values.push("input");
     }
     entries.push(format!(
         "(name: \"n0\", op: Dense(units: {width}, activation: Tanh), inputs: [\"input\"])"
     ));
-    values.push(("n0".into(), false));
+    values.push("n0");
     // Dense layers that own parameters another may share: (name, bias).
     let mut owners: Vec<(String, bool)> = Vec::new();
     for k in 1..2 + rng.below(6) {
         let name = format!("n{k}");
-        let pick = |rng: &mut Rng, values: &mut Vec<(String, bool)>| {
-            let i = rng.below(values.len());
-            values[i].1 = true;
-            values[i].0.clone()
-        };
         let entry = match rng.below(4) {
             0 => {
-                let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
+                let (a, b) = (values.pick(rng), values.pick(rng));
                 let op = ["Add", "Mul"][rng.below(2)];
                 format!("(name: \"{name}\", op: {op}, inputs: [\"{a}\", \"{b}\"])")
             }
             1 if !owners.is_empty() => {
                 let (owner, bias) = owners[rng.below(owners.len())].clone();
-                let x = pick(rng, &mut values);
+                let x = values.pick(rng);
                 format!(
                     "(name: \"{name}\", op: Dense(units: {width}, bias: {bias}), \
                      inputs: [\"{x}\"], share: \"{owner}\")"
                 )
             }
             2 => {
-                let x = pick(rng, &mut values);
+                let x = values.pick(rng);
                 let f = activations[rng.below(activations.len())];
                 format!("(name: \"{name}\", op: {f}, inputs: [\"{x}\"])")
             }
             _ => {
-                let x = pick(rng, &mut values);
+                let x = values.pick(rng);
                 let bias = rng.below(3) > 0;
                 let f = activations[rng.below(activations.len())];
                 // Only a layer whose input has the hidden width can lend its parameters.
@@ -84,29 +73,14 @@ pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
             }
         };
         entries.push(entry);
-        values.push((name, false));
+        values.push(name);
     }
     // Sum whatever was not read, then the head.
-    let mut unread: Vec<String> = values
-        .iter()
-        .filter(|(n, read)| !read && n != "input")
-        .map(|(n, _)| n.clone())
-        .collect();
-    let mut k = entries.len();
-    while unread.len() > 1 {
-        let (a, b) = (unread.remove(0), unread.remove(0));
-        let name = format!("n{k}");
-        entries.push(format!(
-            "(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])"
-        ));
-        unread.push(name);
-        k += 1;
-    }
+    let last = values.join_unread(&mut entries);
     let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
     let units = if loss == "Mse" { 1 } else { 2 } + rng.below(3);
     entries.push(format!(
-        "(name: \"head\", op: Dense(units: {units}), inputs: [\"{}\"])",
-        unread[0]
+        "(name: \"head\", op: Dense(units: {units}), inputs: [\"{last}\"])"
     ));
     let text = format!(
         "(name: \"graph\", input: [{inputs}], loss: {loss}, init: Xavier(seed: {}),\n graph: [\n  {}\n ])",

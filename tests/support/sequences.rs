@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use crate::rng::Rng;
-use opcount::model::Activation;
+use crate::values::{Values, activations};
 
 /// A model text and a batch size.
 pub struct Sequence {
@@ -21,17 +21,13 @@ pub struct Sequence {
 /// A random sequence model. `smooth` leaves out ReLU and ReLU6, whose kinks a finite
 /// difference can straddle.
 pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
-    let names: Vec<String> = Activation::ALL
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .filter(|a| a != "Softmax" && !(smooth && ["Relu", "Relu6"].contains(&a.as_str())))
-        .collect();
+    let names = activations(smooth);
     let activation = |rng: &mut Rng| names[rng.below(names.len())].clone();
     let tokens = 1 + rng.below(5);
     let width = 1 + rng.below(5);
     let mut entries: Vec<String> = Vec::new();
-    // Values of shape [tokens, width], by name, and whether a node read them.
-    let mut values: Vec<(String, bool)> = Vec::new();
+    // Values of shape [tokens, width].
+    let mut values = Values::default();
     // With token ids in, the embedding's vocabulary.
     let ids = (rng.below(2) == 0).then(|| 1 + rng.below(6));
     let input = match ids {
@@ -44,9 +40,9 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
                 entries.push(format!(
                     "(name: \"pos\", op: PositionEmbedding(context: {context}), inputs: [\"n0\"])"
                 ));
-                values.push(("pos".into(), false));
+                values.push("pos");
             } else {
-                values.push(("n0".into(), false));
+                values.push("n0");
             }
             format!("[{tokens}]")
         }
@@ -58,23 +54,18 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
             };
             // An input of the hidden width may be read by any node, as data (no gradient).
             if features == width {
-                values.push(("input".into(), false));
+                values.push("input");
             }
             entries.push(format!(
                 "(name: \"n0\", op: Dense(units: {width}, activation: {}), inputs: [\"input\"])",
                 activation(rng)
             ));
-            values.push(("n0".into(), false));
+            values.push("n0");
             format!("[{tokens}, {features}]")
         }
     };
     for k in 1..2 + rng.below(5) {
         let name = format!("n{k}");
-        let pick = |rng: &mut Rng, values: &mut Vec<(String, bool)>| {
-            let i = rng.below(values.len());
-            values[i].1 = true;
-            values[i].0.clone()
-        };
         let op = match rng.below(5) {
             4 => {
                 let divisors: Vec<usize> =
@@ -82,7 +73,7 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
                 let heads = divisors[rng.below(divisors.len())];
                 // Queries, keys and values: a dense layer of an earlier value, or the value.
                 let mut project = |rng: &mut Rng, tag: &str| {
-                    let x = pick(rng, &mut values);
+                    let x = values.pick(rng);
                     if rng.below(2) == 0 {
                         return x;
                     }
@@ -101,40 +92,22 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
                 format!("Mix(heads: {heads}), inputs: [\"{name}.p\", \"{v}\"]")
             }
             0 => {
-                let (a, b) = (pick(rng, &mut values), pick(rng, &mut values));
+                let (a, b) = (values.pick(rng), values.pick(rng));
                 format!("Add, inputs: [\"{a}\", \"{b}\"]")
             }
-            1 => format!(
-                "{}, inputs: [\"{}\"]",
-                activation(rng),
-                pick(rng, &mut values)
-            ),
-            2 => format!("LayerNorm, inputs: [\"{}\"]", pick(rng, &mut values)),
+            1 => format!("{}, inputs: [\"{}\"]", activation(rng), values.pick(rng)),
+            2 => format!("LayerNorm, inputs: [\"{}\"]", values.pick(rng)),
             _ => {
-                let x = pick(rng, &mut values);
+                let x = values.pick(rng);
                 let bias = rng.below(3) > 0;
                 let f = activation(rng);
                 format!("Dense(units: {width}, bias: {bias}, activation: {f}), inputs: [\"{x}\"]")
             }
         };
         entries.push(format!("(name: \"{name}\", op: {op})"));
-        values.push((name, false));
+        values.push(name);
     }
-    let mut unread: Vec<String> = values
-        .iter()
-        .filter(|(n, read)| !read && n != "input")
-        .map(|(n, _)| n.clone())
-        .collect();
-    let mut k = entries.len();
-    while unread.len() > 1 {
-        let (a, b) = (unread.remove(0), unread.remove(0));
-        let name = format!("n{k}");
-        entries.push(format!(
-            "(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])"
-        ));
-        unread.push(name);
-        k += 1;
-    }
+    let last = values.join_unread(&mut entries);
     let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
     // Cross-entropy needs two classes at least, and an unembedding tied to an embedding of
     // one id has one.
@@ -142,12 +115,9 @@ pub fn random_sequence(rng: &mut Rng, smooth: bool) -> Sequence {
     let ids = ids.filter(|&v| v > two);
     let units = 1 + two + rng.below(4);
     let head = match (rng.below(3), ids) {
-        (0, _) => format!("Unembed(vocab: {units}), inputs: [\"{}\"]", unread[0]),
-        (1, Some(vocab)) => format!(
-            "Unembed(vocab: {vocab}), inputs: [\"{}\"], share: \"n0\"",
-            unread[0]
-        ),
-        _ => format!("Dense(units: {units}), inputs: [\"{}\"]", unread[0]),
+        (0, _) => format!("Unembed(vocab: {units}), inputs: [\"{last}\"]"),
+        (1, Some(vocab)) => format!("Unembed(vocab: {vocab}), inputs: [\"{last}\"], share: \"n0\""),
+        _ => format!("Dense(units: {units}), inputs: [\"{last}\"]"),
     };
     entries.push(format!("(name: \"head\", op: {head})"));
     let text = format!(
