@@ -74,8 +74,8 @@ impl Loaded {
         } else if *import != Import::default() {
             return Err(Error::Model {
                 origin,
-                message: "--loss and --input-shape are for ONNX models; a RON model file \
-                          says its own loss and input"
+                message: "--loss, --input-shape and --gelu-as-tanh are for ONNX models; a \
+                          RON model file says its own loss, input and operations"
                     .into(),
             });
         } else {

@@ -209,11 +209,23 @@ fn the_loss_is_chosen_or_given() {
 }
 
 #[test]
-fn the_exact_gelu_is_refused_not_counted_as_the_tanh_form() {
+fn the_exact_gelu_is_refused_unless_asked_to_count_it_as_the_tanh_form() {
     let err = load_onnx("gelu_erf", &Import::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("exact (erf) GELU"), "{err}");
+    assert!(
+        err.contains("node 2 (/1/Div, Div): the exact (erf) GELU"),
+        "{err}"
+    );
+    assert!(err.contains("--gelu-as-tanh"), "{err}");
+    // Asked to, its five nodes are one Gelu: the same model as gelu.onnx's twin.
+    let tanh = Import {
+        gelu_as_tanh: true,
+        ..Import::default()
+    };
+    let plan = load_onnx("gelu_erf", &tanh).unwrap();
+    assert_eq!(closed_forms(&plan, 2), closed_forms(&load_ron("gelu"), 2));
+    assert_measured_is_closed_form(&plan, 2, "gelu_erf");
 }
 
 #[test]

@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// (the batch comes from --batch).
     #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
     pub input_shape: Option<Vec<usize>>,
+    /// For an ONNX model: count the exact (erf) GELU as opcount's GELU, the tanh form, which
+    /// counts other operations (see docs/onnx.md); without it such a model is refused.
+    #[arg(long)]
+    pub gelu_as_tanh: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -109,6 +113,7 @@ impl RunArgs {
                 LossArg::Mse => Loss::Mse,
             }),
             input_shape: self.input_shape.clone(),
+            gelu_as_tanh: self.gelu_as_tanh,
         }
     }
 

@@ -36,6 +36,11 @@ pub struct Import {
     /// One example's dimensions (`[channels, height, width]`, ...), for an input whose sizes
     /// the file leaves symbolic; must agree with the ones it fixes.
     pub input_shape: Option<Vec<usize>>,
+    /// Count the exact GELU (`Gelu` without `approximate="tanh"`, or the `Div`, `Erf`,
+    /// `Add`, `Mul`, `Mul` PyTorch exports for it) as opcount's `Gelu`, the tanh form: what
+    /// opcount then runs and counts is the tanh form, which differs from the exact one by
+    /// less than 1e-3 and counts other operations. Without it such a file is refused.
+    pub gelu_as_tanh: bool,
 }
 
 /// Whether `path` names an ONNX file (by its extension, `.onnx`).
