@@ -683,6 +683,9 @@ impl<'a> Builder<'a> {
                 Value::Act(self.flatten(node, x, len)?)
             }
             "Reshape" => self.reshape(node)?,
+            "Squeeze" | "Unsqueeze" => self.squeeze(node)?,
+            "ReduceMean" => self.reduce_mean(node)?,
+            "Clip" => self.clip(node)?,
             "Transpose" => {
                 let x = self.act(node, 0)?;
                 let perm = attr_ints(node, "perm").unwrap_or(&[]);
@@ -1041,17 +1044,154 @@ impl<'a> Builder<'a> {
                 shown(&x.onnx)
             ));
         }
+        self.reshaped(node, x, dims)
+    }
+
+    /// `x` with ONNX's shape `dims` (as many values): the same value where nothing moves
+    /// (the same shape, or sizes of 1 added or removed around a flat value), a Flatten
+    /// where an example becomes flat; anything else is refused.
+    fn reshaped(&mut self, node: &NodeProto<'_>, x: Act, dims: Vec<usize>) -> Result<Value> {
+        let len: usize = x.onnx.iter().product();
+        if dims.iter().product::<usize>() != len {
+            return Err(format!(
+                "{} values per example do not fit {}",
+                len,
+                shown(&dims)
+            ));
+        }
         if dims == x.onnx {
             return Ok(Value::Act(x));
         }
         if dims.len() == 1 {
             return Ok(Value::Act(self.flatten(node, x, len)?));
         }
+        let ones_around = dims.iter().filter(|&&d| d != 1).count() <= 1;
+        if x.ours.rank() == 1 && ones_around {
+            return Ok(Value::Act(Act { onnx: dims, ..x }));
+        }
         Err(format!(
             "reshapes {} into {}: opcount maps only reshapes that flatten each example",
             shown(&x.onnx),
             shown(&dims)
         ))
+    }
+
+    /// The axes of `Squeeze`, `Unsqueeze` or `ReduceMean` (input 1 from opset 13 or 18, an
+    /// attribute before), as places in one example's dimensions (the batch is axis 0 in
+    /// ONNX, never one of them); `rank` counts the batch.
+    fn axes(&self, node: &NodeProto<'_>, rank: usize) -> Result<Option<Vec<usize>>> {
+        let given: Option<Vec<i64>> = match self.constant(node, 1)? {
+            Some(t) => Some(
+                t.ints()
+                    .ok_or("axes that are not whole numbers")?
+                    .iter()
+                    .map(|a| a.ok_or_else(|| "an unknown axis".to_string()))
+                    .collect::<Result<_>>()?,
+            ),
+            None => attr_ints(node, "axes").map(<[i64]>::to_vec),
+        };
+        let Some(given) = given else { return Ok(None) };
+        let mut axes = Vec::with_capacity(given.len());
+        for a in given {
+            let full = if a < 0 { a + rank as i64 } else { a };
+            if full < 1 || full >= rank as i64 {
+                return Err(format!(
+                    "axis {a}: opcount keeps the batch (axis 0) and needs axes within {rank} \
+                     dimensions"
+                ));
+            }
+            axes.push(full as usize - 1);
+        }
+        axes.sort_unstable();
+        axes.dedup();
+        Ok(Some(axes))
+    }
+
+    fn squeeze(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let x = self.act(node, 0)?;
+        let rank = x.onnx.len() + 1;
+        let dims: Vec<usize> = match self.axes(node, rank)? {
+            Some(axes) if node.op_type == "Squeeze" => {
+                if let Some(&a) = axes.iter().find(|&&a| x.onnx[a] != 1) {
+                    return Err(format!("axis {} has size {}, not 1", a + 1, x.onnx[a]));
+                }
+                (0..x.onnx.len())
+                    .filter(|i| !axes.contains(i))
+                    .map(|i| x.onnx[i])
+                    .collect()
+            }
+            None if node.op_type == "Squeeze" => {
+                x.onnx.iter().copied().filter(|&d| d != 1).collect()
+            }
+            axes => {
+                let axes = axes.ok_or("Unsqueeze without axes")?;
+                let rank = x.onnx.len() + axes.len();
+                let mut rest = x.onnx.iter();
+                (0..rank)
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            Some(1)
+                        } else {
+                            rest.next().copied()
+                        }
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or("axes past the end")?
+            }
+        };
+        if dims.is_empty() {
+            return Err("squeezes an example to a single number: opcount keeps one axis".into());
+        }
+        self.reshaped(node, x, dims)
+    }
+
+    /// `ReduceMean` over an image's height and width: a global average pooling.
+    fn reduce_mean(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let x = self.act(node, 0)?;
+        let axes = self.axes(node, x.onnx.len() + 1)?;
+        if x.ours.as_image().is_none() || axes.as_deref() != Some(&[1, 2]) {
+            return Err(format!(
+                "a mean over axes {:?} of a {} value: opcount maps only the mean over an \
+                 image's height and width (global average pooling)",
+                axes.unwrap_or_default()
+                    .iter()
+                    .map(|a| a + 1)
+                    .collect::<Vec<_>>(),
+                shown(&x.onnx)
+            ));
+        }
+        let mut y = self.push(node, Layer::GlobalAvgPool2d, &[&x])?;
+        if attr_i(node, "keepdims", 1) != 0 {
+            y.onnx = vec![y.ours.len(), 1, 1];
+        }
+        Ok(Value::Act(y))
+    }
+
+    /// `Clip` from 0 to 6 (ReLU6) or from 0 up (ReLU).
+    fn clip(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let x = self.act(node, 0)?;
+        let bound = |i: usize| -> Result<Option<f32>> {
+            match self.constant(node, i)? {
+                None => Ok(None),
+                Some(t) => match t.floats() {
+                    Some([v]) => Ok(Some(*v)),
+                    _ => Err(format!("a bound (input {i}) that is not one number")),
+                },
+            }
+        };
+        let layer = match (bound(1)?, bound(2)?) {
+            (Some(0.0), Some(6.0)) => Layer::Relu6,
+            (Some(0.0), None) => Layer::Relu,
+            (low, high) => {
+                return Err(format!(
+                    "a clip to [{}, {}]: opcount maps Clip to [0, 6] (ReLU6) and [0, inf) \
+                     (ReLU)",
+                    low.map_or("-inf".into(), |v| v.to_string()),
+                    high.map_or("inf".into(), |v| v.to_string())
+                ));
+            }
+        };
+        Ok(Value::Act(self.push(node, layer, &[&x])?))
     }
 
     fn embedding(&mut self, node: &NodeProto<'_>) -> Result<Act> {

@@ -18,9 +18,10 @@ use crate::model::{Loss, Model};
 
 /// The operator types opcount maps, for messages and docs/onnx.md.
 pub const SUPPORTED: &str = "Add (two values, or a MatMul's or Conv's bias), AveragePool, \
-    BatchNormalization, Concat, Constant, Conv, Dropout, Flatten, Gather (embedding, or of a \
-    shape), Gelu (tanh), Gemm, GlobalAveragePool, Identity, LayerNormalization, MatMul, MaxPool, \
-    Mul (two values), Relu, Reshape, Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (identity), Unsqueeze";
+    BatchNormalization, Clip (0 to 6, or from 0), Concat, Constant, Conv, Dropout, Flatten, \
+    Gather (embedding, or of a shape), Gelu (tanh), Gemm, GlobalAveragePool, Identity, \
+    LayerNormalization, MatMul, MaxPool, Mul (two values), ReduceMean (height and width), Relu, \
+    Reshape, Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (identity), Unsqueeze";
 
 /// The largest ONNX file opcount reads (protobuf's own limit is 2 GiB; larger models keep
 /// their weights in external data files).

@@ -167,6 +167,25 @@ export("globalavgpool", Pooled(), torch.randn(1, 3, 5, 5), twin("globalavgpool",
     ("gap", "GlobalAvgPool2d", None), ("fc", "Dense(units: 3)", None)]))
 
 
+class MeanHead(nn.Module):
+    """ReLU6 (a Clip from 0 to 6), the mean over height and width written by hand (a
+    ReduceMean), unsqueezed and squeezed back (moving nothing), and a dense head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        y = self.act(self.conv(x)).mean((2, 3), keepdim=True)
+        return self.fc(y.squeeze(-1).squeeze(-1).unsqueeze(1).squeeze(1))
+
+
+export("reducemean", MeanHead(), torch.randn(1, 3, 5, 5), twin("reducemean", [3, 5, 5], [
+    ("conv", "Conv2d(out_channels: 4, kernel: 3, padding: 1)", None), ("relu6", "Relu6", None),
+    ("mean", "GlobalAvgPool2d", None), ("fc", "Dense(units: 3)", None)]))
+
+
 class Residual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -456,4 +475,13 @@ bad("bias-shared", graph_model("m", [
     helper.make_node("Add", ["biased", "h"], ["y"], name="sum"),
 ], [weights("w", 4, 3), weights("b", 3)], ["N", 4], ["N", 3]),
     "node 2 (bias, Add): adds a constant to 'i'; opcount maps that only as the bias")
+bad("clip-range", graph_model("m", [
+    helper.make_node("Constant", [], ["lo"], name="lo", value_float=-1.0),
+    helper.make_node("Constant", [], ["hi"], name="hi", value_float=1.0),
+    helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip"),
+], [], ["N", 4], ["N", 4]), "node 2 (clip, Clip): a clip to [-1, 1]")
+bad("reduce-channels", graph_model("m", [
+    helper.make_node("ReduceMean", ["x"], ["y"], name="mean", axes=[1], keepdims=0),
+], [], ["N", 3, 4, 4], ["N", 4, 4], opset=17),
+    "node 0 (mean, ReduceMean): a mean over axes [1] of a 3x4x4 value")
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))
