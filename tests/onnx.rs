@@ -353,3 +353,51 @@ fn convert_writes_a_ron_file_the_commands_read() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("convert reads ONNX files"));
 }
+
+#[test]
+fn the_command_line_takes_the_input_shape_and_the_loss_for_onnx_files_only() {
+    let json = |args: &[&str]| {
+        let out = opcount_in(&dir(), args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = json(&[
+        "count",
+        "symbolic.onnx",
+        "--input-shape",
+        "3,6,6",
+        "--batch",
+        "2",
+        "--format",
+        "json",
+        "--loss",
+        "mse",
+    ]);
+    assert_eq!(report["batch"], 2);
+    assert_eq!(report["loss"]["name"], "mse");
+    let refused = |args: &[&str], fragment: &str| {
+        let out = opcount_in(&dir(), args);
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(fragment), "{args:?}: {stderr}");
+    };
+    refused(
+        &["count", "relu.ron", "--loss", "mse"],
+        "--loss, --input-shape and --gelu-as-tanh are for ONNX models",
+    );
+    refused(
+        &["count", "symbolic.onnx", "--input-shape", "3,0,6"],
+        "expected one to three sizes of at least 1",
+    );
+    refused(
+        &[
+            "count",
+            "symbolic.onnx",
+            "--input-shape",
+            "3,6,6",
+            "--max-memory",
+            "2K",
+        ],
+        "needs about",
+    );
+}

@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// For an ONNX model whose input sizes are symbolic: one example's shape, e.g. 3,32,32
     /// (the batch comes from --batch).
     #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
-    pub input_shape: Option<Vec<usize>>,
+    pub input_shape: Option<InputShape>,
     /// For an ONNX model: count the exact (erf) GELU as opcount's GELU, the tanh form, which
     /// counts other operations (see docs/onnx.md); without it such a model is refused.
     #[arg(long)]
@@ -93,11 +93,15 @@ pub enum LossArg {
     Mse,
 }
 
+/// One example's sizes, `--input-shape 3,32,32` (one value to clap, not a list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputShape(pub Vec<usize>);
+
 /// Parses `3,32,32`: one example's sizes, each at least 1.
-fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+fn parse_shape(text: &str) -> Result<InputShape, String> {
     let sizes: Result<Vec<usize>, _> = text.split(',').map(|s| s.trim().parse()).collect();
     match sizes {
-        Ok(s) if !s.is_empty() && s.len() <= 3 && s.iter().all(|&n| n > 0) => Ok(s),
+        Ok(s) if !s.is_empty() && s.len() <= 3 && s.iter().all(|&n| n > 0) => Ok(InputShape(s)),
         _ => Err(format!(
             "expected one to three sizes of at least 1, like 3,32,32, found '{text}'"
         )),
@@ -112,7 +116,7 @@ impl RunArgs {
                 LossArg::SoftmaxCrossEntropy => Loss::SoftmaxCrossEntropy,
                 LossArg::Mse => Loss::Mse,
             }),
-            input_shape: self.input_shape.clone(),
+            input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
             gelu_as_tanh: self.gelu_as_tanh,
         }
     }

@@ -127,6 +127,20 @@ pub fn parse_within(
             ));
         }
     }
+    // A Constant node's tensor is read as the graph is mapped: charged here, as the
+    // initializers are below (16 bytes a value: the tensor, and copies made of it).
+    for node in &graph.nodes {
+        for t in node.attributes.iter().filter_map(|a| a.t.as_ref()) {
+            let values = t
+                .dims
+                .iter()
+                .try_fold(1u128, |n, &d| n.checked_mul(d.max(0) as u128));
+            let bytes = values.unwrap_or(u128::MAX).saturating_mul(16);
+            budget.charge(bytes, || {
+                format!("{origin}: node '{}''s constant", node.name)
+            })?;
+        }
+    }
     let dir = source.dir;
     let mut initializers = std::collections::HashMap::new();
     for t in &graph.initializers {
