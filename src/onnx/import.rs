@@ -834,6 +834,15 @@ impl<'a> Builder<'a> {
 
     fn matmul(&mut self, node: &NodeProto<'_>) -> Result<Act> {
         let x = self.act(node, 0)?;
+        let b = node.inputs.get(1).copied().unwrap_or("");
+        if let Ok(Value::Act(_)) = self.get(b) {
+            return Err(format!(
+                "a product of two computed values ('{}' and '{b}'), as attention's are: \
+                 opcount maps a MatMul by weights only; its attention is the causal Scores, \
+                 CausalSoftmax and Mix a RON model writes (docs/transformers.md)",
+                node.inputs[0]
+            ));
+        }
         let n = *x.ours.dims().last().expect("rank at least 1");
         if !matches!(x.ours.rank(), 1 | 2) {
             return Err(format!(

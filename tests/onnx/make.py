@@ -484,4 +484,7 @@ bad("reduce-channels", graph_model("m", [
     helper.make_node("ReduceMean", ["x"], ["y"], name="mean", axes=[1], keepdims=0),
 ], [], ["N", 3, 4, 4], ["N", 4, 4], opset=17),
     "node 0 (mean, ReduceMean): a mean over axes [1] of a 3x4x4 value")
+bad("attention", graph_model("m", [
+    helper.make_node("MatMul", ["x", "x"], ["y"], name="scores"),
+], [], ["N", 4, 4], ["N", 4, 4]), "node 0 (scores, MatMul): a product of two computed values")
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))
