@@ -37,6 +37,7 @@ const SYNTAX: &[&str] = &[
     "kernel:",
     "stride:",
     "padding:",
+    "groups:",
     "size:",
     "Mse",
     "SoftmaxCrossEntropy",

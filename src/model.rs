@@ -104,20 +104,26 @@ pub enum Layer {
         )]
         biases: Option<Vec<f32>>,
     },
-    /// 2-D convolution over a `channels x height x width` input with a square kernel:
-    /// `out[o][y][x] = b_o + sum_{c,i,j} W[o][c][i][j] in[c][y*stride+i-padding][x*stride+j-padding]`,
-    /// zeros outside the input.
+    /// 2-D convolution over a `channels x height x width` input:
+    /// `out[o][y][x] = b_o + sum_{c,i,j} W[o][c][i][j] in[g*C_in/G + c][y*sh+i-ph][x*sw+j-pw]`
+    /// over the `C_in / groups` input channels of output channel o's group g, zeros outside the
+    /// input. Kernel, stride and padding are one number for both axes or `(height, width)`.
     Conv2d {
         /// Output channels (filters).
         out_channels: usize,
         /// Kernel height and width.
-        kernel: usize,
+        kernel: Pair,
         /// Step between windows.
+        #[serde(default = "Pair::one", skip_serializing_if = "Pair::is_one")]
+        stride: Pair,
+        /// Zeros added above and below, and left and right, of the input.
+        #[serde(default = "Pair::zero", skip_serializing_if = "Pair::is_zero")]
+        padding: Pair,
+        /// Channel groups: each output channel reads the input channels of its group only
+        /// (`in_channels` and `out_channels` divisible by it; depthwise when it is
+        /// `in_channels`).
         #[serde(default = "one", skip_serializing_if = "is_one")]
-        stride: usize,
-        /// Zeros added on every side of the input.
-        #[serde(default, skip_serializing_if = "is_zero")]
-        padding: usize,
+        groups: usize,
         /// Whether each output starts from a bias.
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         bias: bool,
@@ -127,7 +133,8 @@ pub enum Layer {
         /// A name for reports; default `conv<k>`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        /// Inline weights, `out_channels x in_channels x kernel x kernel` values in that order.
+        /// Inline weights, `out_channels x (in_channels / groups) x kernel height x kernel
+        /// width` values in that order.
         #[serde(
             default,
             deserialize_with = "charged_option",
@@ -260,6 +267,107 @@ fn is_zero(n: &usize) -> bool {
 
 fn is_zero_f32(x: &f32) -> bool {
     *x == 0.0
+}
+
+/// A size along the two axes of an image, for a convolution's kernel, stride and padding:
+/// written as one number for both (`3`) or as `(height, width)`. Written back the same way,
+/// one number when both are equal, so a file that used numbers is saved unchanged.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    /// Along the height (rows).
+    pub height: usize,
+    /// Along the width (columns).
+    pub width: usize,
+}
+
+impl Pair {
+    /// The same size along both axes.
+    pub fn square(n: usize) -> Pair {
+        Pair {
+            height: n,
+            width: n,
+        }
+    }
+
+    fn one() -> Pair {
+        Pair::square(1)
+    }
+
+    fn zero() -> Pair {
+        Pair::square(0)
+    }
+
+    fn is_one(&self) -> bool {
+        *self == Pair::one()
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Pair::zero()
+    }
+}
+
+impl std::fmt::Display for Pair {
+    /// `3x3`, `1x7`: height by width.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.height, self.width)
+    }
+}
+
+impl Serialize for Pair {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        if self.height == self.width {
+            serializer.serialize_u64(self.height as u64)
+        } else {
+            (self.height, self.width).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pair {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Pair, D::Error> {
+        use serde::de::{Error as _, SeqAccess, Unexpected, Visitor};
+        struct PairVisitor;
+        impl<'de> Visitor<'de> for PairVisitor {
+            type Value = Pair;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size or a pair (height, width) of sizes")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Pair, E> {
+                usize::try_from(n)
+                    .map(Pair::square)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<Pair, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(n), &self)),
+                }
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Pair, A::Error> {
+                let height = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let width = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(Pair { height, width })
+            }
+        }
+        d.deserialize_any(PairVisitor)
+    }
 }
 
 fn yes() -> bool {

@@ -511,6 +511,7 @@ const TOKENS: &[&str] = &[
     "name", "input", "layers", "loss", "init", "training", "Dense", "Conv2d", "MaxPool2d",
     "AvgPool2d", "Flatten", "Identity", "Sigmoid", "Tanh", "Relu", "Softmax", "units",
     "activation", "bias", "weights", "biases", "out_channels", "kernel", "stride", "padding",
+    "groups",
     "size", "Mse", "SoftmaxCrossEntropy", "Some", "None", "true", "false", "Inline", "inputs",
     "targets", "Classes", "Values", "epochs", "lr", "batch", "seed",
 ];

@@ -1,8 +1,9 @@
 //! The closed forms of convolutions and pooling against real measured steps, over random
-//! stacks: kernels 1-5, strides 1-3, padding 0-2, pooling windows with gaps between them,
-//! odd and non-square inputs, then Flatten and Dense, at batch 1-4. Measured equals closed
-//! form for every node, phase and kind. (Gradients over the same shapes:
-//! `tests/gradient_check.rs`.)
+//! stacks: kernels 1-5, strides 1-3, padding 0-2 (each square or a pair), channel groups
+//! (depthwise and grouped convolutions), pooling windows with gaps between them, odd and
+//! non-square inputs, then Flatten and Dense, at batch 1-4. Measured equals closed
+//! form for every node, phase and kind, and `Counted<f32>` gives plain `f32`'s bits.
+//! (Gradients over the same shapes: `tests/gradient_check.rs`.)
 
 #[path = "support/counts.rs"]
 mod counts;
@@ -11,6 +12,8 @@ mod rng;
 #[path = "support/stacks.rs"]
 mod stacks;
 
+use opcount::data::Dataset;
+use opcount::{Counted, Model, Network};
 use proptest::prelude::*;
 use rng::Rng;
 use stacks::random_stack;
@@ -19,6 +22,33 @@ use stacks::random_stack;
 fn measured_equals_closed_form(seed: u64) -> Result<(), String> {
     let stack = random_stack(&mut Rng::new(seed), false);
     counts::measured_equals_closed_form(&stack.text, stack.batch, seed)
+}
+
+/// One training step of a random stack with `f32` and with `Counted<f32>`: the loss, the
+/// output and every parameter afterwards, bit for bit.
+fn counted_gives_plain_bits(seed: u64) -> Result<(), String> {
+    let stack = random_stack(&mut Rng::new(seed), false);
+    let plan = Model::parse(&stack.text, "stack")
+        .and_then(|m| m.plan("stack"))
+        .map_err(|e| e.to_string())?;
+    let data = Dataset::synthetic(&plan, stack.batch, seed);
+    let mut plain = Network::<f32>::new(&plan);
+    let mut counted = Network::<Counted<f32>>::new(&plan);
+    let a = plain.step(&data.head(stack.batch, plan.loss()), 0.1);
+    let b = counted.step(&data.head(stack.batch, plan.loss()), Counted::new(0.1));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let same = a.to_bits() == b.get().to_bits()
+        && bits(plain.output()) == bits(&Counted::unwrap_slice(counted.output()))
+        && plain
+            .params()
+            .iter()
+            .zip(counted.params())
+            .all(|(p, q)| bits(p) == bits(&Counted::unwrap_slice(q)));
+    if same {
+        Ok(())
+    } else {
+        Err(format!("counted and plain differ\n{}", stack.text))
+    }
 }
 
 proptest! {
@@ -30,11 +60,18 @@ proptest! {
             prop_assert!(false, "{}", problem);
         }
     }
+
+    #[test]
+    fn random_conv_and_pool_stacks_count_without_changing_a_bit(seed in any::<u64>()) {
+        if let Err(problem) = counted_gives_plain_bits(seed) {
+            prop_assert!(false, "{}", problem);
+        }
+    }
 }
 
 /// The generator really makes what the property claims to cover.
 #[test]
-fn the_stacks_cover_strides_padding_gaps_and_non_square_inputs() {
+fn the_stacks_cover_groups_strides_padding_gaps_and_non_square_inputs() {
     let mut rng = Rng::new(1);
     let texts: Vec<String> = (0..200)
         .map(|_| random_stack(&mut rng, false).text)
@@ -49,9 +86,35 @@ fn the_stacks_cover_strides_padding_gaps_and_non_square_inputs() {
         "Relu",
         "BatchNorm2d",
         "GlobalAvgPool2d",
+        "kernel: (",
+        "stride: (",
+        "padding: (",
+        "groups: 2",
+        "groups: 3",
     ] {
         assert!(all.contains(wanted), "no stack has {wanted}");
     }
+    // Depthwise: a first layer with a group per input channel, and more than one channel.
+    let depthwise = texts.iter().filter(|t| {
+        let channels = t
+            .split("input: [")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let first = t
+            .split("layers: [\n  ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap();
+        channels != "1"
+            && first.starts_with("Conv2d")
+            && first.contains(&format!("groups: {channels},"))
+    });
+    assert!(depthwise.count() > 10);
     let non_square = texts.iter().filter(|t| {
         let dims = t
             .split("input: [")
@@ -64,4 +127,27 @@ fn the_stacks_cover_strides_padding_gaps_and_non_square_inputs() {
         d[1] != d[2]
     });
     assert!(non_square.count() > 100);
+}
+
+/// Kernel, stride and padding are written back as the file wrote them (one number where both
+/// axes agree, a pair where not), and `groups` only where it is not 1, so a saved model loads
+/// back the same and every older file is saved unchanged.
+#[test]
+fn pairs_and_groups_are_saved_as_written() {
+    let text = "(name: \"s\", input: [4, 9, 8], loss: Mse, layers: [
+        Conv2d(out_channels: 4, kernel: 3, stride: 2, padding: 1, groups: 4),
+        Conv2d(out_channels: 6, kernel: (1, 3), stride: (2, 1), padding: (0, 1), groups: 2),
+        Conv2d(out_channels: 2, kernel: (2, 2)),
+        Flatten, Dense(units: 1)])";
+    let model = Model::parse(text, "s").unwrap();
+    let saved = model.to_ron();
+    let words = saved.split_whitespace().collect::<Vec<_>>().join(" ");
+    for written in [
+        "kernel: 3, stride: 2, padding: 1, groups: 4, )",
+        "kernel: (1, 3), stride: (2, 1), padding: (0, 1), groups: 2, )",
+        "out_channels: 2, kernel: 2, )",
+    ] {
+        assert!(words.contains(written), "{written} not in {saved}");
+    }
+    assert_eq!(Model::parse(&saved, "saved").unwrap(), model);
 }

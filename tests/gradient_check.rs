@@ -109,12 +109,13 @@ fn deep_stacks_match_finite_differences() {
     }
 }
 
-/// Random convolution and pooling stacks (kernels 1-5, strides 1-3, padding 0-2, pooling
-/// with gaps, odd and non-square inputs): the shapes `tests/conv_stacks.rs` counts.
+/// Random convolution and pooling stacks (kernels 1-5, strides 1-3, padding 0-2, square or
+/// not; one group, depthwise or grouped; pooling with gaps, odd and non-square inputs): the
+/// shapes `tests/conv_stacks.rs` counts.
 #[test]
 fn convolutions_and_pooling_match_finite_differences() {
     let mut rng = Rng::new(14);
-    for _ in 0..20 {
+    for _ in 0..40 {
         let stack = random_stack(&mut rng, true);
         // Every parameter of the small tensors, an even sample of the large ones.
         check_sampled(&stack.text, stack.batch, rng.next_u64(), 48);

@@ -3,6 +3,9 @@
 //! release binary of commit a66b9ad; VGG-16 by its closed form only, the
 //! rest measured too). The graph interpreter must print the same: node names, shapes,
 //! parameters, measured and estimated counts, multiplications by zero included.
+//! MobileNetV2 came later (the release binary of the commit that added it, by its closed
+//! form only, as VGG-16: a measured step at 224x224 is `tests/published.rs`'s and the
+//! command line's, too slow for this test's debug binary).
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -19,7 +22,7 @@ fn every_shipped_model_reports_what_the_chain_interpreter_reported() {
         let (model, batch) = stem.rsplit_once('-').unwrap();
         let file = format!("models/{model}.ron");
         let mut args = vec!["count", &file, "--batch", batch, "--format", "json", "-q"];
-        if model == "vgg16" {
+        if ["vgg16", "mobilenet-v2"].contains(&model) {
             args.push("--closed-form-only");
         }
         let now = json(&opcount(&args));
@@ -28,5 +31,5 @@ fn every_shipped_model_reports_what_the_chain_interpreter_reported() {
         assert!(now == pinned, "{stem}: the report changed");
         checked += 1;
     }
-    assert_eq!(checked, 12, "six models at two batch sizes");
+    assert_eq!(checked, 14, "seven models at two batch sizes");
 }

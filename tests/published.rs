@@ -1,14 +1,17 @@
-//! Published figures of LeNet-5, VGG-16 and ResNet-18, reproduced from the closed form and
-//! from measured runs.
+//! Published figures of LeNet-5, VGG-16, ResNet-18 and MobileNetV2, reproduced from the
+//! closed form and from measured runs.
 //!
 //! Sources: LeNet-5's 61,706 parameters and per-layer multiplications are the standard
 //! figures for its modern form (conv 6@5x5 and 16@5x5 with biases, dense 120-84-10); VGG-16's
 //! 138,357,544 parameters and 15,470,264,320 forward multiply-adds are torchvision's
-//! (`torchvision.models.vgg16`, reported there as 15.47 GFLOPS).
+//! (`torchvision.models.vgg16`, reported there as 15.47 GFLOPS). MobileNetV2's 3,504,872
+//! parameters and 300,774,272 forward multiply-accumulates are torchvision's
+//! (`torchvision.models.mobilenet_v2`, listed there as 0.30 GFLOPS).
 
 use std::path::Path;
 
 use opcount::data::Dataset;
+use opcount::model::Layer;
 use opcount::{Model, Plan, StepCounts, estimate, measure_step};
 
 fn load(name: &str) -> (Model, Plan) {
@@ -84,6 +87,48 @@ fn resnet18_gives_the_published_figures_and_its_graph_measures_as_its_closed_for
 
     model.input = vec![3, 32, 32];
     let small = model.plan("resnet18 at 32x32").unwrap();
+    let data = Dataset::synthetic(&small, 1, 4);
+    assert_eq!(
+        measure_step(&small, &data, 1).predictable(),
+        estimate::step(&small, 1).unwrap()
+    );
+}
+
+/// MobileNetV2 (torchvision's `mobilenet_v2`, width 1.0): 3,504,872 parameters, and
+/// 300,774,272 multiply-accumulates in its convolutions (pointwise, depthwise and the stem)
+/// and dense layer forward, which torchvision lists as 0.30 "GFLOPS". The full-size step is
+/// measured by `opcount count models/mobilenet-v2.ron` (every count equal to its closed form);
+/// here the same graph is measured at 32x32, through every operation it has.
+#[test]
+fn mobilenet_v2_gives_the_published_figures_and_its_graph_measures_as_its_closed_form() {
+    let (mut model, plan) = load("mobilenet-v2.ron");
+    assert_eq!(plan.params(), 3_504_872);
+    let estimated = estimate::step(&plan, 1).unwrap();
+    let sums = weighted_sums(&plan, &estimated);
+    assert_eq!(
+        sums.len(),
+        1 + 17 * 3 - 1 + 1 + 1,
+        "the stem, 3 convolutions in each of 17 blocks but the first (2), the last 1x1, 1 dense"
+    );
+    assert_eq!(sums.iter().sum::<u128>(), 300_774_272);
+    // The 17 depthwise convolutions: a 3x3 window of one channel per output value, 9
+    // multiply-accumulates each.
+    let depthwise: Vec<&str> = model
+        .graph
+        .iter()
+        .filter(|e| matches!(e.op, Layer::Conv2d { groups, .. } if groups > 1))
+        .map(|e| e.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(depthwise.len(), 17);
+    for (node, counts) in plan.nodes().iter().zip(&estimated.nodes) {
+        if depthwise.contains(&node.name()) {
+            let outputs = node.output().len() as u128;
+            assert_eq!(counts.forward.mul, 9 * outputs, "{}", node.name());
+        }
+    }
+
+    model.input = vec![3, 32, 32];
+    let small = model.plan("mobilenet-v2 at 32x32").unwrap();
     let data = Dataset::synthetic(&small, 1, 4);
     assert_eq!(
         measure_step(&small, &data, 1).predictable(),

@@ -93,6 +93,13 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             Dense(units: 3)])",
     );
     plain_and_counted_agree(
+        "(name: \"d\", input: [4, 9, 8], loss: Mse, layers: [
+            Conv2d(out_channels: 4, kernel: 3, stride: 2, padding: 1, groups: 4, bias: false),
+            BatchNorm2d, Relu6,
+            Conv2d(out_channels: 6, kernel: (1, 3), stride: (2, 1), padding: (0, 1), groups: 2),
+            Flatten, Dense(units: 2)])",
+    );
+    plain_and_counted_agree(
         "(name: \"t\", input: [5, 3], loss: Mse, layers: [
             Dense(units: 4, activation: Gelu), LayerNorm, Dense(units: 2, bias: false)])",
     );

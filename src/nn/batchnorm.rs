@@ -140,7 +140,10 @@ pub(crate) struct BatchNormKernel<S> {
 }
 
 // `ch` picks a channel's values out of every example and indexes the per-channel
-// parameters and statistics alike, so the loops run over channel numbers.
+// parameters and statistics alike, so the loops run over channel numbers. The loops over
+// values are small free functions over one example's plane (see docs/ARCHITECTURE.md,
+// "Kernels and the counters": there the counters stay in registers), each sum carried from
+// one example's plane to the next.
 #[allow(clippy::needless_range_loop)]
 impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
@@ -148,27 +151,24 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         self.normalized.resize(y.len(), S::zero());
         let n = constant::<S>((x[0].len() / c) as f64);
         for ch in 0..c {
-            let values = channel(x[0], plane, c, ch);
             // mean, from the first value: n - 1 add, 1 div.
             let mut sum = None;
-            for &v in values.clone() {
-                sum = Some(sum.map_or(v, |s: S| s + v));
+            for values in planes(x[0], plane, c, ch) {
+                sum = Some(sum_onto(values, sum));
             }
             let mean = sum.expect("a channel has values") / n;
             // d = x - mean, kept in `normalized`; var = sum d d / n.
             let mut var = None;
-            for (&v, d) in values.zip(channel_mut(&mut self.normalized, plane, c, ch)) {
-                *d = v - mean;
-                let sq = *d * *d;
-                var = Some(var.map_or(sq, |s: S| s + sq));
+            let kept = planes_mut(&mut self.normalized, plane, c, ch);
+            for (values, d) in planes(x[0], plane, c, ch).zip(kept) {
+                var = Some(deviations(values, mean, d, var));
             }
             let var = var.expect("a channel has values") / n;
             let inv = S::one() / (var + constant::<S>(EPS)).sqrt();
             let (gamma, beta) = (params[0][ch], params[1][ch]);
-            let outs = channel_mut(y, plane, c, ch);
-            for (d, out) in channel_mut(&mut self.normalized, plane, c, ch).zip(outs) {
-                *d *= inv;
-                *out = gamma * *d + beta;
+            let kept = planes_mut(&mut self.normalized, plane, c, ch);
+            for (d, out) in kept.zip(planes_mut(y, plane, c, ch)) {
+                normalize(d, out, inv, gamma, beta);
             }
             (self.inv[ch], self.mean[ch], self.var[ch]) = (inv, mean, var);
         }
@@ -186,24 +186,22 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         let n = constant::<S>((dy.len() / c) as f64);
         let (dgamma, dbeta) = dparams.split_at_mut(1);
         for ch in 0..c {
-            let xhat = channel(&self.normalized, plane, c, ch);
-            let grads = channel(dy, plane, c, ch);
             // dgamma = sum dy xhat; dbeta = sum dy, each from its first term.
-            let (mut dg, mut db) = (None, None);
-            for (&g, &h) in grads.clone().zip(xhat.clone()) {
-                let p = g * h;
-                dg = Some(dg.map_or(p, |s: S| s + p));
-                db = Some(db.map_or(g, |s: S| s + g));
+            let mut sums = None;
+            let kept = planes(&self.normalized, plane, c, ch);
+            for (grads, xhat) in planes(dy, plane, c, ch).zip(kept) {
+                sums = Some(two_sums(grads, xhat, sums));
             }
-            let (dg, db) = (dg.expect("values"), db.expect("values"));
+            let (dg, db) = sums.expect("values");
             (dgamma[0][ch], dbeta[0][ch]) = (dg, db);
             if let Some(dx) = dx[0].as_deref_mut() {
                 let (gamma, inv) = (params[0][ch], self.inv[ch]);
                 let m1 = gamma * db / n;
                 let m2 = gamma * dg / n;
-                let outs = channel_mut(dx, plane, c, ch);
-                for ((out, &g), &h) in outs.zip(grads).zip(xhat) {
-                    *out = inv * ((gamma * g - m1) - h * m2);
+                let kept = planes(&self.normalized, plane, c, ch);
+                let outs = planes_mut(dx, plane, c, ch);
+                for ((out, grads), xhat) in outs.zip(planes(dy, plane, c, ch)).zip(kept) {
+                    input_gradient(out, grads, xhat, inv, gamma, (m1, m2));
                 }
             }
         }
@@ -225,21 +223,99 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     }
 }
 
-/// Channel `ch`'s values of a batch laid out example after example, `c` channels of `plane`
-/// values each.
-fn channel<S>(values: &[S], plane: usize, c: usize, ch: usize) -> impl Iterator<Item = &S> + Clone {
+/// Channel `ch`'s plane in each example of a batch laid out example after example, `c`
+/// channels of `plane` values each.
+fn planes<S>(values: &[S], plane: usize, c: usize, ch: usize) -> impl Iterator<Item = &[S]> {
     values
         .chunks_exact(plane * c)
-        .flat_map(move |example| &example[ch * plane..(ch + 1) * plane])
+        .map(move |example| &example[ch * plane..(ch + 1) * plane])
 }
 
-fn channel_mut<S>(
+fn planes_mut<S>(
     values: &mut [S],
     plane: usize,
     c: usize,
     ch: usize,
-) -> impl Iterator<Item = &mut S> {
+) -> impl Iterator<Item = &mut [S]> {
     values
         .chunks_exact_mut(plane * c)
-        .flat_map(move |example| &mut example[ch * plane..(ch + 1) * plane])
+        .map(move |example| &mut example[ch * plane..(ch + 1) * plane])
+}
+
+/// `start + v_1 + ... + v_k`, from `v_1` without a start.
+#[inline(never)]
+fn sum_onto<S: Scalar>(values: &[S], start: Option<S>) -> S {
+    let mut rest = values.iter();
+    let mut acc = match start {
+        Some(acc) => acc,
+        None => *rest.next().expect("a plane has values"),
+    };
+    for &v in rest {
+        acc += v;
+    }
+    acc
+}
+
+/// `d = x - mean` for each value, and `start + sum of d d` (from the first square without a
+/// start).
+#[inline(never)]
+fn deviations<S: Scalar>(x: &[S], mean: S, d: &mut [S], start: Option<S>) -> S {
+    let mut pairs = x.iter().zip(d.iter_mut());
+    let mut acc = match start {
+        Some(acc) => acc,
+        None => {
+            let (&v, d) = pairs.next().expect("a plane has values");
+            *d = v - mean;
+            *d * *d
+        }
+    };
+    for (&v, d) in pairs {
+        *d = v - mean;
+        let sq = *d * *d;
+        acc += sq;
+    }
+    acc
+}
+
+/// `xhat = d inv`, kept in place of `d`, and `y = gamma xhat + beta`.
+#[inline(never)]
+fn normalize<S: Scalar>(d: &mut [S], out: &mut [S], inv: S, gamma: S, beta: S) {
+    for (d, out) in d.iter_mut().zip(out) {
+        *d *= inv;
+        *out = gamma * *d + beta;
+    }
+}
+
+/// `(sum of dy xhat, sum of dy)` onto `start`, from the first terms without it.
+#[inline(never)]
+fn two_sums<S: Scalar>(dy: &[S], xhat: &[S], start: Option<(S, S)>) -> (S, S) {
+    let mut pairs = dy.iter().zip(xhat);
+    let (mut dg, mut db) = match start {
+        Some(sums) => sums,
+        None => {
+            let (&g, &h) = pairs.next().expect("a plane has values");
+            (g * h, g)
+        }
+    };
+    for (&g, &h) in pairs {
+        let p = g * h;
+        dg += p;
+        db += g;
+    }
+    (dg, db)
+}
+
+/// `dx = inv ((gamma dy - m1) - xhat m2)` for each value.
+#[inline(never)]
+fn input_gradient<S: Scalar>(
+    out: &mut [S],
+    dy: &[S],
+    xhat: &[S],
+    inv: S,
+    gamma: S,
+    (m1, m2): (S, S),
+) {
+    for ((out, &g), &h) in out.iter_mut().zip(dy).zip(xhat) {
+        *out = inv * ((gamma * g - m1) - h * m2);
+    }
 }

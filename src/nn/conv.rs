@@ -3,22 +3,25 @@
 //!
 //! Per example, the input is padded with zeros and seen as the matrix of its patches
 //! (`im2col`, never materialised: the product reads it block by block): row `k = (c, i, j)`,
-//! column `p = (y, x)` holds `in[c][y*stride + i][x*stride + j]`. Small examples are taken
-//! several at a time (a group), their patch matrices side by side, columns `(e, p)`, so that
-//! one product covers the group. Then
-//! - forward: `out (C_out x G*P) = bias + W (C_out x K) patches (K x G*P)`;
-//! - weight gradient: `dW (C_out x K) = sum over groups of dout (C_out x G*P) patches^T`;
-//! - input gradient: `dpatches (K x G*P) = W^T dout`, then every patch entry that lies inside
-//!   the input (not in the padding) is added to its input position (`col2im`).
+//! column `p = (y, x)` holds `in[c][y*stride_h + i][x*stride_w + j]`. With G channel groups
+//! each group has a patch matrix of its own, over its C_in/G input channels, and its C_out/G
+//! output channels read only that one (groups = 1 is the ordinary convolution). Small
+//! examples are taken several at a time (a chunk), their patch matrices side by side,
+//! columns `(e, p)`, so that one product covers the chunk. Then, for each group g:
+//! - forward: `out_g (C_out/G x E*P) = bias + W_g (C_out/G x K) patches_g (K x E*P)`;
+//! - weight gradient: `dW_g (C_out/G x K) = sum over chunks of dout_g (C_out/G x E*P)
+//!   patches_g^T`;
+//! - input gradient: `dpatches_g (K x E*P) = W_g^T dout_g`, then every patch entry that lies
+//!   inside the input (not in the padding) is added to its input position (`col2im`).
 //!
 //! Every product goes through `gemm`, which sums in ascending order from the first term, so
-//! grouping changes no sum: the weight gradient still runs over examples in order, then
+//! chunking changes no sum: the weight gradient still runs over examples in order, then
 //! positions in order.
 
 use rayon::prelude::*;
 
 use super::dense::check_size;
-use super::gemm::{Operand, Start, Strided, gemm};
+use super::gemm::{Operand, Start, Strided, gemm, madd};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -29,19 +32,22 @@ use crate::scalar::Scalar;
 use crate::shape::Shape;
 use crate::tally;
 
-/// Geometry of a convolution.
+/// Geometry of a convolution. Pairs are (along the height, along the width).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Geometry {
     /// Input channels.
     pub in_channels: usize,
     /// Output channels (filters).
     pub out_channels: usize,
+    /// Channel groups: output channel o reads only the input channels of its group
+    /// `o / (C_out / G)`, which are `g * C_in / G ..` `(g + 1) * C_in / G`.
+    pub groups: usize,
     /// Kernel height and width.
-    pub kernel: usize,
-    /// Step between windows.
-    pub stride: usize,
-    /// Zeros on every side of the input.
-    pub padding: usize,
+    pub kernel: (usize, usize),
+    /// Step between windows, down and across.
+    pub stride: (usize, usize),
+    /// Zeros above and below, and left and right, of the input.
+    pub padding: (usize, usize),
     /// Input height.
     pub height: usize,
     /// Input width.
@@ -52,8 +58,8 @@ impl Geometry {
     /// Padded input height and width.
     fn padded(&self) -> (usize, usize) {
         (
-            self.height + 2 * self.padding,
-            self.width + 2 * self.padding,
+            self.height + 2 * self.padding.0,
+            self.width + 2 * self.padding.1,
         )
     }
 
@@ -61,14 +67,29 @@ impl Geometry {
     pub fn output(&self) -> (usize, usize) {
         let (hp, wp) = self.padded();
         (
-            (hp - self.kernel) / self.stride + 1,
-            (wp - self.kernel) / self.stride + 1,
+            (hp - self.kernel.0) / self.stride.0 + 1,
+            (wp - self.kernel.1) / self.stride.1 + 1,
         )
     }
 
-    /// K: weights per output channel.
+    /// Input channels each output channel reads (those of its group).
+    fn group_in(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    /// Output channels of each group.
+    fn group_out(&self) -> usize {
+        self.out_channels / self.groups
+    }
+
+    /// Cells of one window.
+    fn window(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    /// K: weights per output channel, the rows of one group's patch matrix.
     fn patch(&self) -> usize {
-        self.in_channels * self.kernel * self.kernel
+        self.group_in() * self.window()
     }
 
     /// P: output positions per channel.
@@ -84,23 +105,34 @@ impl Geometry {
     /// Values of one example's padded input (none without padding: nothing is copied).
     fn padded_len(&self) -> usize {
         let (hp, wp) = self.padded();
-        if self.padding == 0 {
+        if self.padding == (0, 0) {
             0
         } else {
             self.in_channels * hp * wp
         }
     }
 
-    /// How many examples to take at once, given what one example puts in each group buffer
-    /// besides the padded input: as many as keep every buffer within `GROUP_VALUES`, at
-    /// least one.
-    fn group(&self, per_example: &[usize]) -> usize {
+    /// How many examples to take at once (a chunk), given what one example puts in each
+    /// chunk buffer besides the padded input: as many as keep every buffer within
+    /// `CHUNK_VALUES`, at least one.
+    fn chunk(&self, per_example: &[usize]) -> usize {
         let largest = per_example
             .iter()
             .fold(self.padded_len(), |m, &v| m.max(v))
             .max(1);
-        (GROUP_VALUES / largest).max(1)
+        (CHUNK_VALUES / largest).max(1)
     }
+}
+
+/// What a model file says of a convolution, sizes as (height, width).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub groups: usize,
+    pub bias: bool,
 }
 
 /// A 2-D convolution, resolved.
@@ -113,39 +145,58 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// The shape rule: a `channels x height x width` input the kernel fits once padded;
-    /// every buffer the kernels need must have a size that fits in memory's numbers.
-    pub(crate) fn resolve(
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        input: Shape,
-    ) -> Result<Conv2d, String> {
+    /// The shape rule: a `channels x height x width` input the kernel fits once padded,
+    /// channels that the groups divide; every buffer the kernels need must have a size that
+    /// fits in memory's numbers.
+    pub(crate) fn resolve(s: Settings, input: Shape) -> Result<Conv2d, String> {
         let Some((c, h, w)) = input.as_image() else {
             return Err(format!(
                 "conv2d expects a channels x height x width input, found {input}"
             ));
         };
+        let Settings {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        } = s;
         check_size("out_channels", out_channels)?;
-        check_size("kernel", kernel)?;
-        check_size("stride", stride)?;
-        if padding > MAX_DIM {
-            return Err(format!(
-                "padding: expected at most {MAX_DIM}, found {padding}"
-            ));
+        check_size("groups", groups)?;
+        for (what, (a, b)) in [("kernel", kernel), ("stride", stride)] {
+            check_size(what, a)?;
+            check_size(what, b)?;
         }
-        let (ph, pw) = (h + 2 * padding, w + 2 * padding);
-        if kernel > ph || kernel > pw {
+        for p in [padding.0, padding.1] {
+            if p > MAX_DIM {
+                return Err(format!("padding: expected at most {MAX_DIM}, found {p}"));
+            }
+        }
+        for (what, channels) in [("input", c), ("output", out_channels)] {
+            if channels % groups != 0 {
+                return Err(format!(
+                    "groups: {groups} groups do not divide the {channels} {what} channels"
+                ));
+            }
+        }
+        let (ph, pw) = (h + 2 * padding.0, w + 2 * padding.1);
+        if kernel.0 > ph || kernel.1 > pw {
+            let padding = if padding.0 == padding.1 {
+                padding.0.to_string()
+            } else {
+                format!("{}x{}", padding.0, padding.1)
+            };
             return Err(format!(
-                "kernel {kernel}x{kernel} is larger than its padded input {ph}x{pw} \
-                 ({h}x{w} with padding {padding})"
+                "kernel {}x{} is larger than its padded input {ph}x{pw} \
+                 ({h}x{w} with padding {padding})",
+                kernel.0, kernel.1
             ));
         }
         let geometry = Geometry {
             in_channels: c,
             out_channels,
+            groups,
             kernel,
             stride,
             padding,
@@ -157,16 +208,16 @@ impl Conv2d {
         output
             .checked_len()
             .ok_or_else(|| format!("output {output} is too large"))?;
-        // The padded input and the patch matrix are buffers of their own.
+        // The padded input and the patch matrices are buffers of their own.
         let padded = Shape::image(c, ph, pw);
         padded
             .checked_len()
             .ok_or_else(|| format!("padded input {padded} is too large"))?;
-        [c, kernel, kernel, ho * wo]
+        [c, kernel.0, kernel.1, ho * wo]
             .iter()
             .try_fold(1usize, |a, &b| a.checked_mul(b))
             .ok_or_else(|| "too many patches".to_string())?;
-        [c, kernel, kernel]
+        [c / groups, kernel.0, kernel.1]
             .iter()
             .try_fold(out_channels, |a, &b| a.checked_mul(b))
             .ok_or_else(|| "too many weights".to_string())?;
@@ -177,7 +228,7 @@ impl Conv2d {
         ConvKernel {
             g: self.geometry,
             padded: Vec::new(),
-            grouped: Vec::new(),
+            chunked: Vec::new(),
             scratch: Vec::new(),
             touched: Vec::new(),
         }
@@ -194,13 +245,14 @@ impl Operation for Conv2d {
         Shape::image(self.geometry.out_channels, ho, wo)
     }
 
-    /// Weights `out x in x kernel x kernel` (PyTorch's layout), then `out` biases.
+    /// Weights `out x in/groups x kernel height x kernel width` (PyTorch's layout), then `out`
+    /// biases. Fans as PyTorch counts them: in, the weights of one output channel; out,
+    /// every output channel's window.
     fn params(&self) -> Vec<ParamSpec> {
         let g = self.geometry;
-        let area = g.kernel * g.kernel;
         let mut specs = vec![ParamSpec {
             len: g.out_channels * g.patch(),
-            fans: Some((g.in_channels * area, g.out_channels * area)),
+            fans: Some((g.patch(), g.out_channels * g.window())),
             start: 0.0,
         }];
         if self.bias {
@@ -218,24 +270,29 @@ impl Operation for Conv2d {
         match index {
             0 => format!(
                 "{} out x {} in x {} x {}",
-                g.out_channels, g.in_channels, g.kernel, g.kernel
+                g.out_channels,
+                g.group_in(),
+                g.kernel.0,
+                g.kernel.1
             ),
             _ => format!("{} out channels", g.out_channels),
         }
     }
 
-    /// The padded input and, backward, the patch gradients.
+    /// The padded input and, backward, the patch gradients (every group's: C_in x window
+    /// rows).
     fn workspace(&self) -> usize {
         let g = self.geometry;
-        g.padded_len() + g.patch() * g.positions()
+        g.padded_len() + g.groups * g.patch() * g.positions()
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
         let g = self.geometry;
         let (b, dx, bias) = (at.b(), grads[0], self.bias);
-        let (c_in, c_out) = (g.in_channels, g.out_channels);
+        let (c_in, c_out, group_out) = (g.in_channels, g.out_channels, g.group_out());
         let (ho, wo) = g.output();
         let patch = g.patch(); // K: products per output value
+        let rows = q(c_in) * g.window(); // every group's patch rows, G*K
         let positions = q(ho) * wo; // P: output values per channel
         // Forward, per example, output channel and position: K products summed onto the
         // bias (K adds), or from the first product (K - 1 adds).
@@ -248,23 +305,23 @@ impl Operation for Conv2d {
             },
         }?;
         // Backward: dW[o][k] sums B*P products (B*P - 1 adds) for C_out*K weights;
-        // db[o] sums B*P values; the input gradient multiplies W^T (K x C_out) by dout
-        // (C_out x P) per example (C_out products, C_out - 1 adds, for K*P patch values),
-        // then adds each patch value that lies inside the input onto its position:
-        // per example and input channel, one add per contribution less one per position
-        // reached.
+        // db[o] sums B*P values; the input gradient multiplies, per group, W_g^T
+        // (K x C_out/G) by dout_g (C_out/G x P) per example (C_out/G products, C_out/G - 1
+        // adds, for each of the G*K*P patch values), then adds each patch value that lies
+        // inside the input onto its position: per example and input channel, one add per
+        // contribution less one per position reached.
         let all = b * positions;
-        let (rows, cols) = (
-            reach(g.height, ho, g.kernel, g.stride, g.padding),
-            reach(g.width, wo, g.kernel, g.stride, g.padding),
+        let (down, across) = (
+            reach(g.height, ho, g.kernel.0, g.stride.0, g.padding.0),
+            reach(g.width, wo, g.kernel.1, g.stride.1, g.padding.1),
         );
-        let contributions = Q(Some(rows.0)) * Q(Some(cols.0));
-        let reached = Q(Some(rows.1)) * Q(Some(cols.1));
+        let contributions = Q(Some(down.0)) * Q(Some(across.0));
+        let reached = Q(Some(down.1)) * Q(Some(across.1));
         let backward = counts! { at, format!("{name} backward");
-            mul: all * c_out * patch + when(dx, b * patch * positions * c_out),
+            mul: all * c_out * patch + when(dx, b * rows * positions * group_out),
             add: (all - 1) * c_out * patch
                 + when(bias, (all - 1) * c_out)
-                + when(dx, b * patch * positions * (c_out - 1))
+                + when(dx, b * rows * positions * (group_out - 1))
                 + when(dx, b * c_in * (contributions - reached)),
         }?;
         let params = q(c_out) * patch + when(bias, q(c_out));
@@ -328,79 +385,92 @@ fn overhang(n: u128, first: u128, stride: u128, kernel: u128) -> u128 {
     whole * kernel + partial
 }
 
-/// The kernels of a convolution, with the buffers of one group of examples: its padded
+/// The kernels of a convolution, with the buffers of one chunk of examples: its padded
 /// input, its output before it is put in batch order, its patch gradients and which input
 /// positions they reached.
 pub(crate) struct ConvKernel<S> {
     g: Geometry,
     padded: Vec<S>,
-    grouped: Vec<S>,
+    chunked: Vec<S>,
     scratch: Vec<S>,
     touched: Vec<bool>,
 }
 
-/// A group of examples holds at most this many values in each of its buffers (padded input,
-/// grouped output, patch gradients), unless one example alone needs more: 1 MiB of `f32`.
-/// Large convolutions go one example at a time, with no more memory than that example needs.
-const GROUP_VALUES: usize = 1 << 18;
+/// A chunk of examples holds at most this many values in each of its buffers (padded input,
+/// output, patch gradients), unless one example alone needs more: 1 MiB of `f32`. Large
+/// convolutions go one example at a time, with no more memory than that example needs.
+const CHUNK_VALUES: usize = 1 << 18;
 
 impl<S: Scalar> Kernel<S> for ConvKernel<S> {
-    /// `out[o][p] = b[o] + sum_k W[o][k] patches[k][p]` for every example: per output value K
-    /// mul and K add (K - 1 add without bias).
+    /// `out[o][p] = b[o] + sum_k W[o][k] patches_g[k][p]` for every example, over the patch
+    /// matrix of output channel o's group g: per output value K mul and K add (K - 1 add
+    /// without bias).
     ///
     /// # Shapes
     /// `x`: batch x C_in x H x W, `out`: batch x C_out x H_out x W_out.
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], out: &mut [S]) {
         let (x, w, b) = (x[0], params[0], params.get(1).copied().unwrap_or(&[]));
         let g = self.g;
-        let (k, p) = (g.patch(), g.positions());
-        let start = if b.is_empty() {
-            Start::FirstProduct
-        } else {
-            Start::RowBias(b)
-        };
-        let weights = Strided {
-            data: w,
-            row_stride: k,
-            col_stride: 1,
-        };
+        let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
-        let group = g.group(&[out_len]);
-        for (xg, outg) in x
-            .chunks(group * g.input_len())
-            .zip(out.chunks_mut(group * out_len))
+        let chunk = g.chunk(&[out_len]);
+        for (xc, outc) in x
+            .chunks(chunk * g.input_len())
+            .zip(out.chunks_mut(chunk * out_len))
         {
-            let examples = xg.len() / g.input_len();
-            let patches = Patches::new(&g, xg, &mut self.padded);
-            if examples == 1 {
-                gemm((g.out_channels, p, k), &weights, &patches, start, outg);
+            let examples = xc.len() / g.input_len();
+            let patches = Patches::new(&g, xc, &mut self.padded);
+            if g.group_in() == 1 {
+                // Depthwise: each output channel reads one input plane.
+                for (images, outs) in patches.examples().zip(outc.chunks_exact_mut(out_len)) {
+                    depthwise_forward(&g, images, w, b, outs);
+                }
                 continue;
             }
-            // Row o of the product holds every example's channel o side by side.
-            self.grouped.resize(out_len * examples, S::zero());
             let n = examples * p;
-            gemm(
-                (g.out_channels, n, k),
-                &weights,
-                &patches,
-                start,
-                &mut self.grouped,
-            );
-            for (o, row) in self.grouped.chunks_exact(n).enumerate() {
-                for (e, values) in row.chunks_exact(p).enumerate() {
-                    outg[e * out_len + o * p..][..p].copy_from_slice(values);
+            // Row o of the product holds every example's channel o side by side; one
+            // example's output is that already.
+            let product: &mut [S] = if examples == 1 {
+                &mut *outc
+            } else {
+                self.chunked.resize(out_len * examples, S::zero());
+                &mut self.chunked
+            };
+            for (group, (rows, w)) in product
+                .chunks_mut(group_out * n)
+                .zip(w.chunks(group_out * k))
+                .enumerate()
+            {
+                let start = if b.is_empty() {
+                    Start::FirstProduct
+                } else {
+                    Start::RowBias(&b[group * group_out..])
+                };
+                let weights = Strided {
+                    data: w,
+                    row_stride: k,
+                    col_stride: 1,
+                };
+                let patches = patches.of_group(group);
+                gemm((group_out, n, k), &weights, &patches, start, rows);
+            }
+            if examples > 1 {
+                for (o, row) in self.chunked.chunks_exact(n).enumerate() {
+                    for (e, values) in row.chunks_exact(p).enumerate() {
+                        outc[e * out_len + o * p..][..p].copy_from_slice(values);
+                    }
                 }
             }
         }
     }
 
-    /// Gradients from `dout`:
-    /// - `dW[o][k] = sum over examples and positions of dout[o][p] patches[k][p]`: B*P*C_out*K
-    ///   mul, (B*P - 1)*C_out*K add;
+    /// Gradients from `dout`, group by group:
+    /// - `dW[o][k] = sum over examples and positions of dout[o][p] patches_g[k][p]`:
+    ///   B*P*C_out*K mul, (B*P - 1)*C_out*K add;
     /// - `db[o] = sum over examples and positions of dout[o][p]`: (B*P - 1)*C_out add;
-    /// - if `dx` is wanted: `dpatches = W^T dout` (B*K*P*C_out mul, B*K*P*(C_out - 1) add),
-    ///   then `col2im`: one add per patch entry inside the input, less one per input position
-    ///   reached.
+    /// - if `dx` is wanted: `dpatches_g = W_g^T dout_g` (B*G*K*P*C_out/G mul,
+    ///   B*G*K*P*(C_out/G - 1) add), then `col2im`: one add per patch entry inside the input,
+    ///   less one per input position reached.
     fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward {
             x,
@@ -415,52 +485,290 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let (dw, mut db) = (&mut *dw[0], db.first_mut());
         let (scratch, touched) = (&mut self.scratch, &mut self.touched);
         let g = self.g;
-        let (k, p) = (g.patch(), g.positions());
+        let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
-        let patch_grads = if dx.is_some() { k * p } else { 0 };
-        let group = g.group(&[out_len, patch_grads]);
-        let groups = x
-            .chunks(group * g.input_len())
-            .zip(dout.chunks(group * out_len));
-        for (index, (xg, doutg)) in groups.enumerate() {
-            let first_group = index == 0;
-            let examples = xg.len() / g.input_len();
+        let patch_grads = if dx.is_some() { g.groups * k * p } else { 0 };
+        let chunk = g.chunk(&[out_len, patch_grads]);
+        let chunks = x
+            .chunks(chunk * g.input_len())
+            .zip(dout.chunks(chunk * out_len));
+        for (index, (xc, doutc)) in chunks.enumerate() {
+            let first_chunk = index == 0;
+            let examples = xc.len() / g.input_len();
             let n = examples * p;
-            let dout_g = Grouped {
-                data: doutg,
-                rows: g.out_channels,
-                row_len: p,
-            };
-            let patches_t = PatchesT::new(Patches::new(&g, xg, &mut self.padded));
-            let start = if first_group {
+            let patches = Patches::new(&g, xc, &mut self.padded);
+            let start = if first_chunk {
                 Start::FirstProduct
             } else {
                 Start::Existing
             };
-            gemm((g.out_channels, k, n), &dout_g, &patches_t, start, dw);
+            if dx.is_some() {
+                scratch.resize(g.groups * k * n, S::zero());
+            }
+            if g.group_in() == 1 {
+                // Depthwise: each output channel reads one input plane.
+                let planes = patches.examples().zip(doutc.chunks_exact(out_len));
+                for (e, (images, doute)) in planes.enumerate() {
+                    let first = first_chunk && e == 0;
+                    depthwise_weight_gradient(&g, images, doute, dw, first);
+                    if dx.is_some() {
+                        depthwise_patch_gradient(&g, w, doute, e, examples, scratch);
+                    }
+                }
+            }
+            for group in (0..g.groups).filter(|_| g.group_in() > 1) {
+                let dout_g = Chunked {
+                    data: doutc,
+                    rows: g.out_channels,
+                    row0: group * group_out,
+                    row_len: p,
+                };
+                let weights = &w[group * group_out * k..][..group_out * k];
+                let patches_t = PatchesT::new(patches.of_group(group));
+                let dw_g = &mut dw[group * group_out * k..][..group_out * k];
+                gemm((group_out, k, n), &dout_g, &patches_t, start, dw_g);
+                if dx.is_some() {
+                    let w_t = Strided {
+                        data: weights,
+                        row_stride: 1,
+                        col_stride: k,
+                    };
+                    let rows = &mut scratch[group * k * n..][..k * n];
+                    gemm((k, n, group_out), &w_t, &dout_g, Start::FirstProduct, rows);
+                }
+            }
             if let Some(db) = db.as_deref_mut() {
-                for (e, doute) in doutg.chunks_exact(out_len).enumerate() {
-                    row_sums(doute, p, db, first_group && e == 0);
+                for (e, doute) in doutc.chunks_exact(out_len).enumerate() {
+                    row_sums(doute, p, db, first_chunk && e == 0);
                 }
             }
             if let Some(dx) = dx.as_deref_mut() {
-                scratch.resize(k * n, S::zero());
-                let w_t = Strided {
-                    data: w,
-                    row_stride: 1,
-                    col_stride: k,
-                };
-                gemm(
-                    (k, n, g.out_channels),
-                    &w_t,
-                    &dout_g,
-                    Start::FirstProduct,
-                    scratch,
-                );
-                let e0 = index * group;
-                let dxg = &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()];
-                col2im(&g, scratch, examples, dxg, touched);
+                let e0 = index * chunk;
+                let dxc = &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()];
+                col2im(&g, scratch, examples, dxc, touched);
             }
+        }
+    }
+}
+
+/// A depthwise convolution's forward for one example (every group reads one input channel):
+/// `out[o][y][x] = b[o] + sum over (i, j) of W[o][i][j] image_c[y*sh + i][x*sw + j]`, with
+/// `c = o / (C_out / G)`, summed in ascending `(i, j)` from the bias or the first product, each
+/// product added with one fused multiply-add where the matrix product fuses: the same sums, in
+/// the same order, as the matrix product, without its packing of a one-row matrix. `images` are
+/// the example's padded input planes.
+fn depthwise_forward<S: Scalar>(g: &Geometry, images: &[S], w: &[S], b: &[S], out: &mut [S]) {
+    let (hp, wp) = g.padded();
+    let (window, p) = (g.window(), g.positions());
+    for (o, (weights, plane)) in w
+        .chunks_exact(window)
+        .zip(out.chunks_exact_mut(p))
+        .enumerate()
+    {
+        let c = o / g.group_out();
+        let image = &images[c * hp * wp..(c + 1) * hp * wp];
+        depthwise_plane(g, image, weights, b.get(o).copied(), plane);
+    }
+}
+
+/// One output plane of a depthwise convolution: row by row, each window cell's products added
+/// to the whole row at once (so the loop over the row vectorizes, and each output's sum still
+/// runs in ascending `(i, j)`). Where windows step by more than one along the width, each
+/// piece of a row's inputs is gathered first (copies, nothing counted).
+#[inline(never)]
+fn depthwise_plane<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    weights: &[S],
+    bias: Option<S>,
+    out: &mut [S],
+) {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
+    for (y, row) in out.chunks_exact_mut(wo).enumerate() {
+        if let Some(bias) = bias {
+            row.fill(bias);
+        }
+        for (ij, &weight) in weights.iter().enumerate() {
+            let (i, j) = (ij / kw, ij % kw);
+            let line = &image[(y * sh + i) * wp + j..];
+            let first = ij == 0 && bias.is_none();
+            if sw == 1 {
+                scale_or_add(row, weight, &line[..wo], first);
+                continue;
+            }
+            let mut gathered = [S::zero(); PIECE];
+            for (piece, src) in row.chunks_mut(PIECE).zip(line.chunks(PIECE * sw)) {
+                for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
+                    *v = x;
+                }
+                scale_or_add(piece, weight, &gathered, first);
+            }
+        }
+    }
+}
+
+/// A row's inputs are gathered this many at a time where windows step by more than one.
+const PIECE: usize = 64;
+
+/// A depthwise convolution's weight gradient, one example's part: `dW[o][i][j] (+)= sum over
+/// positions of dout[o][y][x] image_c[y*sh + i][x*sw + j]`, in ascending positions, from the
+/// first product if `first` (the batch's first example), else onto what is there.
+fn depthwise_weight_gradient<S: Scalar>(
+    g: &Geometry,
+    images: &[S],
+    dout: &[S],
+    dw: &mut [S],
+    first: bool,
+) {
+    let (hp, wp) = g.padded();
+    let (window, p) = (g.window(), g.positions());
+    for (o, (grads, plane)) in dw
+        .chunks_exact_mut(window)
+        .zip(dout.chunks_exact(p))
+        .enumerate()
+    {
+        let c = o / g.group_out();
+        let image = &images[c * hp * wp..(c + 1) * hp * wp];
+        // Four cells at a time where the windows step by one along the width: four
+        // independent sums in flight instead of one.
+        let fours = if g.stride.1 == 1 { window / 4 } else { 0 };
+        let (quads, rest) = grads.split_at_mut(fours * 4);
+        for (q, sums) in quads.chunks_exact_mut(4).enumerate() {
+            let cells = [0, 1, 2, 3].map(|t| 4 * q + t);
+            let start = [0, 1, 2, 3].map(|t| sums[t]);
+            let got = depthwise_sums4(g, image, plane, cells, (!first).then_some(start));
+            sums.copy_from_slice(&got);
+        }
+        for (t, grad) in rest.iter_mut().enumerate() {
+            let start = if first { None } else { Some(*grad) };
+            *grad = depthwise_sum(g, image, plane, fours * 4 + t, start);
+        }
+    }
+}
+
+/// `depthwise_sum` of four window cells at once, for windows one apart along the width:
+/// four sums, each in ascending positions as alone.
+#[inline(never)]
+fn depthwise_sums4<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    dout: &[S],
+    cells: [usize; 4],
+    start: Option<[S; 4]>,
+) -> [S; 4] {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, sh) = (g.kernel.1, g.stride.0);
+    let offsets = cells.map(|ij| ij / kw * wp + ij % kw);
+    let mut sums = start;
+    for (y, row) in dout.chunks_exact(wo).enumerate() {
+        let base = y * sh * wp;
+        let [l0, l1, l2, l3] = offsets.map(|off| &image[base + off..][..wo]);
+        let mut terms = row.iter().zip(l0).zip(l1).zip(l2).zip(l3);
+        let [mut a0, mut a1, mut a2, mut a3] = match sums {
+            Some(acc) => acc,
+            None => {
+                let ((((&d, &x0), &x1), &x2), &x3) = terms.next().expect("a row has positions");
+                [d * x0, d * x1, d * x2, d * x3]
+            }
+        };
+        for ((((&d, &x0), &x1), &x2), &x3) in terms {
+            a0 = madd(a0, d, x0);
+            a1 = madd(a1, d, x1);
+            a2 = madd(a2, d, x2);
+            a3 = madd(a3, d, x3);
+        }
+        sums = Some([a0, a1, a2, a3]);
+    }
+    sums.expect("at least one position")
+}
+
+/// `start + sum over positions of dout[y][x] image[y*sh + i][x*sw + j]` for window cell `ij`,
+/// in ascending positions, from the first product without a `start`. Where windows step by
+/// more than one along the width, each piece of a row's inputs is gathered first.
+#[inline(never)]
+fn depthwise_sum<S: Scalar>(
+    g: &Geometry,
+    image: &[S],
+    dout: &[S],
+    ij: usize,
+    start: Option<S>,
+) -> S {
+    let (_, wo) = g.output();
+    let (_, wp) = g.padded();
+    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
+    let (i, j) = (ij / kw, ij % kw);
+    let mut sum = start;
+    let mut gathered = [S::zero(); PIECE];
+    for (y, row) in dout.chunks_exact(wo).enumerate() {
+        let line = &image[(y * sh + i) * wp + j..];
+        if sw == 1 {
+            sum = Some(dot_onto(sum, row, &line[..wo]));
+            continue;
+        }
+        for (piece, src) in row.chunks(PIECE).zip(line.chunks(PIECE * sw)) {
+            for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
+                *v = x;
+            }
+            sum = Some(dot_onto(sum, piece, &gathered));
+        }
+    }
+    sum.expect("at least one position")
+}
+
+/// `start + sum of d_k x_k` in ascending k, from the first product without a `start`.
+#[inline(always)]
+fn dot_onto<S: Scalar>(start: Option<S>, d: &[S], x: &[S]) -> S {
+    let mut terms = d.iter().zip(x);
+    let mut acc = match start {
+        Some(acc) => acc,
+        None => {
+            let (&d, &x) = terms.next().expect("a row has positions");
+            d * x
+        }
+    };
+    for (&d, &x) in terms {
+        acc = madd(acc, d, x);
+    }
+    acc
+}
+
+/// A depthwise convolution's patch gradients for example `e` of a chunk of `examples`:
+/// `dpatches[(c, i, j)][(e, p)] = sum over the output channels o of group c of W[o][i][j]
+/// dout[o][p]`, from the first product (C_out/G products, C_out/G - 1 adds each), into the
+/// chunk's patch-gradient matrix that `col2im` reads.
+fn depthwise_patch_gradient<S: Scalar>(
+    g: &Geometry,
+    w: &[S],
+    dout: &[S],
+    e: usize,
+    examples: usize,
+    dpatches: &mut [S],
+) {
+    let (window, p) = (g.window(), g.positions());
+    let n = examples * p;
+    for (o, (weights, plane)) in w.chunks_exact(window).zip(dout.chunks_exact(p)).enumerate() {
+        let (c, first) = (o / g.group_out(), o % g.group_out() == 0);
+        for (ij, &weight) in weights.iter().enumerate() {
+            let row = &mut dpatches[(c * window + ij) * n + e * p..][..p];
+            scale_or_add(row, weight, plane, first);
+        }
+    }
+}
+
+/// `row = weight * d` if `first`, else `row += weight * d` (fused where the matrix product
+/// fuses), value by value.
+#[inline(never)]
+fn scale_or_add<S: Scalar>(row: &mut [S], weight: S, d: &[S], first: bool) {
+    if first {
+        for (v, &d) in row.iter_mut().zip(d) {
+            *v = weight * d;
+        }
+    } else {
+        for (v, &d) in row.iter_mut().zip(d) {
+            *v = madd(*v, weight, d);
         }
     }
 }
@@ -468,15 +776,16 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
 /// Copies each example into the middle of its padded image, whose border stays zero.
 fn pad<S: Scalar>(g: &Geometry, x: &[S], padded: &mut [S]) {
     let (hp, wp) = g.padded();
+    let (ph, pw) = g.padding;
     for (src, dst) in x
         .chunks_exact(g.height * g.width)
         .zip(padded.chunks_exact_mut(hp * wp))
     {
         for (row, dst_row) in src
             .chunks_exact(g.width)
-            .zip(dst.chunks_exact_mut(wp).skip(g.padding))
+            .zip(dst.chunks_exact_mut(wp).skip(ph))
         {
-            dst_row[g.padding..g.padding + g.width].copy_from_slice(row);
+            dst_row[pw..pw + g.width].copy_from_slice(row);
         }
     }
 }
@@ -494,19 +803,23 @@ fn row_sums<S: Scalar>(dout: &[S], p: usize, db: &mut [S], first: bool) {
     }
 }
 
-/// The patch matrices of a group of padded images side by side (K x G*P): row `(c, i, j)`,
-/// column `(e, y, x)`.
+/// The patch matrices of one channel group of a chunk's padded images side by side
+/// (K x examples*P): row `(c, i, j)` (c counted from the group's first channel), column
+/// `(e, y, x)`.
+#[derive(Copy, Clone)]
 struct Patches<'a, S> {
-    /// The group's padded images, one after the other.
+    /// The chunk's padded images, one after the other.
     images: &'a [S],
     g: Geometry,
+    /// The group's first input channel.
+    channel0: usize,
 }
 
 impl<'a, S: Scalar> Patches<'a, S> {
-    /// The patches of the examples `x` (a whole number of them): `x` itself without padding,
-    /// else a padded copy in `padded`.
+    /// The patches of the examples `x` (a whole number of them) for the first group: `x`
+    /// itself without padding, else a padded copy in `padded`.
     fn new(g: &Geometry, x: &'a [S], padded: &'a mut Vec<S>) -> Patches<'a, S> {
-        let images = if g.padding == 0 {
+        let images = if g.padding == (0, 0) {
             x
         } else {
             // Only the middle of each image is ever written, so the border stays zero.
@@ -517,7 +830,24 @@ impl<'a, S: Scalar> Patches<'a, S> {
             pad(g, x, &mut padded[..len]);
             &padded[..len]
         };
-        Patches { images, g: *g }
+        Patches {
+            images,
+            g: *g,
+            channel0: 0,
+        }
+    }
+
+    /// Every example's padded image.
+    fn examples(&self) -> impl Iterator<Item = &'a [S]> {
+        self.images.chunks_exact(self.image_len())
+    }
+
+    /// The same images' patches for channel group `group`.
+    fn of_group(&self, group: usize) -> Patches<'a, S> {
+        Patches {
+            channel0: group * self.g.group_in(),
+            ..*self
+        }
     }
 
     fn image_len(&self) -> usize {
@@ -528,9 +858,9 @@ impl<'a, S: Scalar> Patches<'a, S> {
     /// The offset in a padded image of patch row `k`'s element at position (0, 0).
     fn row_offset(&self, k: usize) -> usize {
         let (hp, wp) = self.g.padded();
-        let kk = self.g.kernel;
-        let (c, i, j) = (k / (kk * kk), k / kk % kk, k % kk);
-        c * hp * wp + i * wp + j
+        let (kh, kw) = self.g.kernel;
+        let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+        (self.channel0 + c) * hp * wp + i * wp + j
     }
 }
 
@@ -541,13 +871,13 @@ impl<S: Scalar> Patches<'_, S> {
     fn runs(&self, column: usize, n: usize, mut visit: impl FnMut(usize, usize)) {
         let (ho, wo) = self.g.output();
         let (_, wp) = self.g.padded();
-        let (s, positions) = (self.g.stride, self.g.positions());
+        let ((sh, sw), positions) = (self.g.stride, self.g.positions());
         let (mut e, p) = (column / positions, column % positions);
         let (mut y, mut x) = (p / wo, p % wo);
         let mut done = 0;
         while done < n {
             let run = (wo - x).min(n - done);
-            visit(e * self.image_len() + (y * wp + x) * s, run);
+            visit(e * self.image_len() + y * sh * wp + x * sw, run);
             done += run;
             x = 0;
             y += 1;
@@ -561,7 +891,7 @@ impl<S: Scalar> Patches<'_, S> {
 
 impl<S: Scalar> Operand<S> for Patches<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
-        let s = self.g.stride;
+        let s = self.g.stride.1;
         for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
             let image = &self.images[self.row_offset(r0 + r)..];
             let mut filled = 0;
@@ -582,8 +912,8 @@ impl<S: Scalar> Operand<S> for Patches<'_, S> {
     }
 }
 
-/// The transposed patch matrices (G*P x K), for the weight gradient, with each column's
-/// offset in an image worked out once.
+/// The transposed patch matrices (examples*P x K), for the weight gradient, with each
+/// column's offset in an image worked out once.
 struct PatchesT<'a, S> {
     patches: Patches<'a, S>,
     offsets: Vec<usize>,
@@ -601,10 +931,11 @@ impl<'a, S: Scalar> PatchesT<'a, S> {
 impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         let offsets = &self.offsets[c0..c0 + cols];
+        let s = self.patches.g.stride.1;
         let mut r = 0;
         self.patches.runs(r0, rows, |start, run| {
             for t in 0..run {
-                let image = &self.patches.images[start + t * self.patches.g.stride..];
+                let image = &self.patches.images[start + t * s..];
                 let dst = &mut out[(r + t) * cols..(r + t + 1) * cols];
                 for (v, &off) in dst.iter_mut().zip(offsets) {
                     *v = image[off];
@@ -624,10 +955,11 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
         out: &mut [S],
     ) {
         let offsets = &self.offsets[c0..c0 + cols];
+        let s = self.patches.g.stride.1;
         let mut r = 0;
         self.patches.runs(r0, rows, |start, run| {
             for t in 0..run {
-                let image = &self.patches.images[start + t * self.patches.g.stride..];
+                let image = &self.patches.images[start + t * s..];
                 for (p, offsets) in offsets.chunks(width).enumerate() {
                     let dst = &mut out[(p * rows + r + t) * width..][..offsets.len()];
                     for (v, &off) in dst.iter_mut().zip(offsets) {
@@ -640,16 +972,17 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
     }
 }
 
-/// A group's `rows x row_len` matrices side by side (rows x G*row_len): element `(r, (e, q))`
-/// is `data[e * rows * row_len + r * row_len + q]`. The output gradients of a group, seen as
-/// one matrix.
-struct Grouped<'a, S> {
+/// Rows `row0..` of a chunk's `rows x row_len` matrices side by side (rows x
+/// examples*row_len): element `(r, (e, q))` is `data[e * rows * row_len + (row0 + r) *
+/// row_len + q]`. The output gradients of a chunk (of one channel group), seen as one matrix.
+struct Chunked<'a, S> {
     data: &'a [S],
     rows: usize,
+    row0: usize,
     row_len: usize,
 }
 
-impl<S: Scalar> Operand<S> for Grouped<'_, S> {
+impl<S: Scalar> Operand<S> for Chunked<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         let example_len = self.rows * self.row_len;
         for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
@@ -657,7 +990,7 @@ impl<S: Scalar> Operand<S> for Grouped<'_, S> {
             while filled < cols {
                 let (e, q) = ((c0 + filled) / self.row_len, (c0 + filled) % self.row_len);
                 let run = (self.row_len - q).min(cols - filled);
-                let start = e * example_len + (r0 + r) * self.row_len + q;
+                let start = e * example_len + (self.row0 + r0 + r) * self.row_len + q;
                 dst[filled..filled + run].copy_from_slice(&self.data[start..start + run]);
                 filled += run;
             }
@@ -667,9 +1000,10 @@ impl<S: Scalar> Operand<S> for Grouped<'_, S> {
 
 /// Adds every patch gradient that lies inside the input to its input position, example by
 /// example and channel by channel (on all cores when there is enough of it). `dpatches` is
-/// the group's K x (examples * P) patch gradient. Each position's sum starts from its first
-/// contribution (in the order `(i, j, y, x)`), so it costs one add less than it has
-/// contributions; positions no patch reaches get zero.
+/// the chunk's every group's patch gradients, C_in*window rows `(c, i, j)` by
+/// examples*P columns. Each position's sum starts from its first contribution (in the order
+/// `(i, j, y, x)`), so it costs one add less than it has contributions; positions no patch
+/// reaches get zero.
 fn col2im<S: Scalar>(
     g: &Geometry,
     dpatches: &[S],
@@ -678,13 +1012,13 @@ fn col2im<S: Scalar>(
     touched: &mut Vec<bool>,
 ) {
     let plane = g.height * g.width;
-    let per_channel = g.kernel * g.kernel;
+    let per_channel = g.window();
     let p = g.positions();
     touched.clear();
     touched.resize(examples * g.input_len(), false);
     dx.fill(S::zero());
-    // Plane `e * C_in + c` reads rows `c * kk..(c + 1) * kk` of the patch gradient, columns
-    // `e * P..(e + 1) * P`.
+    // Plane `e * C_in + c` reads rows `c * window..(c + 1) * window` of the patch gradient,
+    // columns `e * P..(e + 1) * P`.
     let rows_of = |index: usize| {
         let (e, c) = (index / g.in_channels, index % g.in_channels);
         let stride = examples * p;
@@ -717,9 +1051,9 @@ fn col2im<S: Scalar>(
 /// other threads would cost more than it saves.
 const PARALLEL_COL2IM: usize = 1 << 16;
 
-/// `col2im` for one input channel of one example: `rows` are its K/C_in patch rows `(i, j)`.
-/// The inner loop walks zipped iterators (no indexing, so no panic path that would pin the
-/// counters to memory on every iteration).
+/// `col2im` for one input channel of one example: `rows` are its window's patch rows
+/// `(i, j)`. The inner loop walks zipped iterators (no indexing, so no panic path that would
+/// pin the counters to memory on every iteration).
 #[inline(never)]
 fn col2im_channel<'a, S: Scalar>(
     g: &Geometry,
@@ -728,26 +1062,26 @@ fn col2im_channel<'a, S: Scalar>(
     seen: &mut [bool],
 ) {
     let (_, wo) = g.output();
-    let (kk, s, pad) = (g.kernel, g.stride, g.padding);
-    if s == 1 {
+    let (kw, (sh, sw), (ph, pw)) = (g.kernel.1, g.stride, g.padding);
+    if (sh, sw) == (1, 1) {
         return col2im_stride_1(g, rows, dx);
     }
     for (ij, row) in rows.enumerate() {
-        let (i, j) = (ij / kk, ij % kk);
-        // Output columns x whose input column x*s + j - pad lies in 0..width.
-        let x_lo = pad.saturating_sub(j).div_ceil(s);
-        let x_hi = (g.width + pad).saturating_sub(j).div_ceil(s).min(wo);
+        let (i, j) = (ij / kw, ij % kw);
+        // Output columns x whose input column x*sw + j - pw lies in 0..width.
+        let x_lo = pw.saturating_sub(j).div_ceil(sw);
+        let x_hi = (g.width + pw).saturating_sub(j).div_ceil(sw).min(wo);
         if x_lo >= x_hi {
             continue;
         }
-        let first_column = x_lo * s + j - pad;
+        let first_column = x_lo * sw + j - pw;
         for (y, values) in row.chunks_exact(wo).enumerate() {
-            let Some(yy) = (y * s + i).checked_sub(pad).filter(|&yy| yy < g.height) else {
+            let Some(yy) = (y * sh + i).checked_sub(ph).filter(|&yy| yy < g.height) else {
                 continue;
             };
             let line = yy * g.width..(yy + 1) * g.width;
-            let targets = dx[line.clone()][first_column..].iter_mut().step_by(s);
-            let flags = seen[line][first_column..].iter_mut().step_by(s);
+            let targets = dx[line.clone()][first_column..].iter_mut().step_by(sw);
+            let flags = seen[line][first_column..].iter_mut().step_by(sw);
             for ((d, seen), &v) in targets.zip(flags).zip(&values[x_lo..x_hi]) {
                 if *seen {
                     *d += v;
@@ -762,33 +1096,33 @@ fn col2im_channel<'a, S: Scalar>(
 
 /// `col2im_channel` for stride 1, without flags: the first contribution to input position
 /// `(yy, xx)` in the order `(i, j, y, x)` comes from the smallest `i` that reaches row `yy`,
-/// `max(0, yy + pad + 1 - H_out)`, and among those from the smallest `j` that reaches column
-/// `xx`, `max(0, xx + pad + 1 - W_out)`. So along one row of a patch gradient the first
+/// `max(0, yy + ph + 1 - H_out)`, and among those from the smallest `j` that reaches column
+/// `xx`, `max(0, xx + pw + 1 - W_out)`. So along one row of a patch gradient the first
 /// contributions form one run (none, a prefix or a single value), and the rest are adds.
 fn col2im_stride_1<'a, S: Scalar>(g: &Geometry, rows: impl Iterator<Item = &'a [S]>, dx: &mut [S]) {
     let (ho, wo) = g.output();
-    let (kk, pad) = (g.kernel, g.padding);
+    let (kw, (ph, pw)) = (g.kernel.1, g.padding);
     for (ij, row) in rows.enumerate() {
-        let (i, j) = (ij / kk, ij % kk);
-        // Output columns x whose input column x + j - pad lies in 0..width.
-        let x_lo = pad.saturating_sub(j);
-        let x_hi = (g.width + pad).saturating_sub(j).min(wo);
+        let (i, j) = (ij / kw, ij % kw);
+        // Output columns x whose input column x + j - pw lies in 0..width.
+        let x_lo = pw.saturating_sub(j);
+        let x_hi = (g.width + pw).saturating_sub(j).min(wo);
         if x_lo >= x_hi {
             continue;
         }
-        let (first_column, len) = (x_lo + j - pad, x_hi - x_lo);
+        let (first_column, len) = (x_lo + j - pw, x_hi - x_lo);
         for (y, values) in row.chunks_exact(wo).enumerate() {
-            let Some(yy) = (y + i).checked_sub(pad).filter(|&yy| yy < g.height) else {
+            let Some(yy) = (y + i).checked_sub(ph).filter(|&yy| yy < g.height) else {
                 continue;
             };
-            let firsts = if i != (yy + pad + 1).saturating_sub(ho) {
+            let firsts = if i != (yy + ph + 1).saturating_sub(ho) {
                 0..0
             } else if j == 0 {
-                // Columns xx with xx + pad + 1 <= W_out.
-                0..(wo - pad.min(wo)).saturating_sub(first_column).min(len)
+                // Columns xx with xx + pw + 1 <= W_out.
+                0..(wo - pw.min(wo)).saturating_sub(first_column).min(len)
             } else {
-                // The one column with xx + pad + 1 - W_out = j.
-                match (j + wo - 1).checked_sub(pad + first_column) {
+                // The one column with xx + pw + 1 - W_out = j.
+                match (j + wo - 1).checked_sub(pw + first_column) {
                     Some(t) if t < len => t..t + 1,
                     _ => 0..0,
                 }
@@ -817,9 +1151,10 @@ mod tests {
     use super::*;
 
     /// The definition, summed in the documented orders: forward from the bias in ascending
-    /// `(c, i, j)`; the weight gradient over examples then positions; each patch gradient over
-    /// output channels, then added to the input in `(i, j, y, x)` order. Products are added
-    /// with one rounding where the matrix product fuses (as it does on this machine or not).
+    /// `(c, i, j)` over the output channel's group; the weight gradient over examples then
+    /// positions; each patch gradient over its group's output channels, then added to the
+    /// input in `(i, j, y, x)` order. Products are added with one rounding where the matrix
+    /// product fuses (as it does on this machine or not).
     #[allow(clippy::type_complexity)]
     fn reference(
         g: &Geometry,
@@ -835,22 +1170,23 @@ mod tests {
                 acc + u * v
             }
         };
-        let (ho, wo) = g.output();
-        let (k, p, kk) = (g.patch(), g.positions(), g.kernel);
+        let (_, wo) = g.output();
+        let (k, p, (kh, kw)) = (g.patch(), g.positions(), g.kernel);
+        let (group_in, group_out) = (g.group_in(), g.group_out());
         let batch = x.len() / g.input_len();
-        // The patch entry (k, p) of example e, zero in the padding.
-        let patch = |e: usize, r: usize, q: usize| {
-            let (c, i, j) = (r / (kk * kk), r / kk % kk, r % kk);
+        // The patch entry (r, q) of example e for group `group`, None in the padding.
+        let patch = |e: usize, group: usize, r: usize, q: usize| {
+            let (c, i, j) = (group * group_in + r / (kh * kw), r / kw % kh, r % kw);
             let (y, xx) = (q / wo, q % wo);
-            let (yy, xi) = (y * g.stride + i, xx * g.stride + j);
-            let inside = (g.padding..g.padding + g.height).contains(&yy)
-                && (g.padding..g.padding + g.width).contains(&xi);
+            let (yy, xi) = (y * g.stride.0 + i, xx * g.stride.1 + j);
+            let inside = (g.padding.0..g.padding.0 + g.height).contains(&yy)
+                && (g.padding.1..g.padding.1 + g.width).contains(&xi);
             inside.then(|| {
-                (e * g.in_channels + c) * g.height * g.width + (yy - g.padding) * g.width + xi
-                    - g.padding
+                (e * g.in_channels + c) * g.height * g.width + (yy - g.padding.0) * g.width + xi
+                    - g.padding.1
             })
         };
-        let value = |e, r, q| patch(e, r, q).map_or(0.0, |at| x[at]);
+        let value = |e, group, r, q| patch(e, group, r, q).map_or(0.0, |at| x[at]);
         let mut out = vec![0.0; batch * g.out_channels * p];
         let mut dw = vec![0.0; g.out_channels * k];
         let mut dx = vec![0.0; x.len()];
@@ -859,7 +1195,9 @@ mod tests {
             for o in 0..g.out_channels {
                 for q in 0..p {
                     let at = (e * g.out_channels + o) * p + q;
-                    out[at] = (0..k).fold(b[o], |acc, r| madd(acc, w[o * k + r], value(e, r, q)));
+                    out[at] = (0..k).fold(b[o], |acc, r| {
+                        madd(acc, w[o * k + r], value(e, o / group_out, r, q))
+                    });
                 }
             }
         }
@@ -868,81 +1206,157 @@ mod tests {
                 let terms = (0..batch).flat_map(|e| (0..p).map(move |q| (e, q)));
                 let mut sum = None;
                 for (e, q) in terms {
-                    let term = (dout[(e * g.out_channels + o) * p + q], value(e, r, q));
+                    let term = (
+                        dout[(e * g.out_channels + o) * p + q],
+                        value(e, o / group_out, r, q),
+                    );
                     sum = Some(sum.map_or(term.0 * term.1, |s| madd(s, term.0, term.1)));
                 }
                 dw[o * k + r] = sum.unwrap();
             }
         }
         for e in 0..batch {
-            for r in 0..k {
-                for q in 0..p {
-                    let grad = (1..g.out_channels)
-                        .fold(w[r] * dout[e * g.out_channels * p + q], |s, o| {
-                            madd(s, w[o * k + r], dout[(e * g.out_channels + o) * p + q])
-                        });
-                    if let Some(at) = patch(e, r, q) {
-                        dx[at] = if seen[at] { dx[at] + grad } else { grad };
-                        seen[at] = true;
+            // Every group's patch rows in turn: (c, i, j) in ascending order over the input.
+            for group in 0..g.groups {
+                for r in 0..k {
+                    for q in 0..p {
+                        let o0 = group * group_out;
+                        let dy = |o: usize| dout[(e * g.out_channels + o) * p + q];
+                        let grad = (o0 + 1..o0 + group_out)
+                            .fold(w[o0 * k + r] * dy(o0), |s, o| madd(s, w[o * k + r], dy(o)));
+                        if let Some(at) = patch(e, group, r, q) {
+                            dx[at] = if seen[at] { dx[at] + grad } else { grad };
+                            seen[at] = true;
+                        }
                     }
                 }
             }
         }
-        let _ = ho;
         (out, dw, dx)
     }
 
+    /// Runs the kernels on made-up numbers and compares them with `reference` bit for bit.
+    fn check_against_reference(g: Geometry, batch: usize, bias: bool) {
+        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
+            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
+        };
+        let x = seq(batch * g.input_len(), 23, 0.09);
+        let w = seq(g.out_channels * g.patch(), 11, 0.17);
+        let b = if bias {
+            seq(g.out_channels, 5, 0.3)
+        } else {
+            Vec::new()
+        };
+        let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+        let zeros = vec![0.0; g.out_channels];
+        let (out, dw, dx) = reference(&g, &x, &w, if bias { &b } else { &zeros }, &dout);
+
+        let mut conv = Conv2d { geometry: g, bias }.kernel::<f64>();
+        let mut got = vec![0.0; out.len()];
+        let params: Vec<&[f64]> = if bias { vec![&w, &b] } else { vec![&w] };
+        conv.forward(&[&x], &params, &mut got);
+        assert_eq!(got, out, "forward, {g:?}");
+        let (mut got_dw, mut got_db) = (vec![0.0; w.len()], vec![0.0; b.len()]);
+        let mut got_dx = vec![0.0; dx.len()];
+        let mut dparams: Vec<&mut [f64]> = vec![&mut got_dw];
+        if bias {
+            dparams.push(&mut got_db);
+        }
+        conv.backward(Backward {
+            x: &[&x],
+            y: &got,
+            dy: &dout,
+            params: &params,
+            dparams: &mut dparams,
+            dx: &mut [Some(&mut got_dx)],
+        });
+        assert_eq!(got_dw, dw, "weight gradient, {g:?}");
+        assert_eq!(got_dx, dx, "input gradient, {g:?}");
+    }
+
+    fn square(
+        (in_channels, out_channels, groups): (usize, usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        (height, width): (usize, usize),
+    ) -> Geometry {
+        Geometry {
+            in_channels,
+            out_channels,
+            groups,
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (padding, padding),
+            height,
+            width,
+        }
+    }
+
     #[test]
-    fn groups_of_examples_give_the_definition_bit_for_bit() {
-        // Big enough images that a group holds fewer examples than the batch, and the last
-        // group fewer than the others.
+    fn chunks_of_examples_give_the_definition_bit_for_bit() {
+        // Big enough images that a chunk holds fewer examples than the batch, and the last
+        // chunk fewer than the others.
         for (padding, stride, side) in [(0, 1, 60), (1, 2, 70), (2, 1, 9)] {
-            let g = Geometry {
-                in_channels: 2,
-                out_channels: 8,
-                kernel: 3,
-                stride,
-                padding,
-                height: side,
-                width: side + 1,
-            };
-            let batch = 10;
-            let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
-                (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
-            };
-            let x = seq(batch * g.input_len(), 23, 0.09);
-            let w = seq(g.out_channels * g.patch(), 11, 0.17);
-            let b = seq(g.out_channels, 5, 0.3);
-            let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+            let g = square((2, 8, 1), 3, stride, padding, (side, side + 1));
             if side == 60 {
-                assert_eq!(g.group(&[g.out_channels * g.positions()]), 9);
+                assert_eq!(g.chunk(&[g.out_channels * g.positions()]), 9);
                 assert_eq!(
-                    g.group(&[g.out_channels * g.positions(), g.patch() * g.positions()]),
+                    g.chunk(&[g.out_channels * g.positions(), g.patch() * g.positions()]),
                     4
                 );
             }
-            let (out, dw, dx) = reference(&g, &x, &w, &b, &dout);
+            check_against_reference(g, 10, true);
+        }
+    }
 
-            let mut conv = Conv2d {
-                geometry: g,
-                bias: true,
-            }
-            .kernel::<f64>();
-            let mut got = vec![0.0; out.len()];
-            conv.forward(&[&x], &[&w, &b], &mut got);
-            assert_eq!(got, out, "forward, padding {padding}, stride {stride}");
-            let (mut got_dw, mut got_db) = (vec![0.0; w.len()], vec![0.0; b.len()]);
-            let mut got_dx = vec![0.0; dx.len()];
-            conv.backward(Backward {
-                x: &[&x],
-                y: &got,
-                dy: &dout,
-                params: &[&w, &b],
-                dparams: &mut [&mut got_dw, &mut got_db],
-                dx: &mut [Some(&mut got_dx)],
+    #[test]
+    fn groups_and_non_square_windows_give_the_definition_bit_for_bit() {
+        let mut cases = vec![
+            // Depthwise, as MobileNetV2's: stride 1 and 2, padding 1.
+            square((6, 6, 6), 3, 1, 1, (9, 8)),
+            square((6, 6, 6), 3, 2, 1, (9, 8)),
+            // Depthwise with two filters per channel; grouped; without padding.
+            square((3, 6, 3), 3, 1, 0, (7, 7)),
+            square((4, 6, 2), 2, 2, 1, (6, 9)),
+            square((6, 4, 2), 1, 1, 0, (5, 5)),
+        ];
+        // Non-square kernels, strides and padding, grouped or not, stride 1 (col2im's fast
+        // path) and not.
+        for (groups, kernel, stride, padding) in [
+            (1, (1, 3), (1, 1), (0, 1)),
+            (2, (3, 1), (1, 1), (1, 0)),
+            (1, (2, 5), (2, 1), (1, 2)),
+            (3, (3, 2), (1, 3), (2, 0)),
+            (3, (4, 4), (3, 2), (0, 1)),
+        ] {
+            cases.push(Geometry {
+                in_channels: 6,
+                out_channels: 2 * groups,
+                groups,
+                kernel,
+                stride,
+                padding,
+                height: 7,
+                width: 9,
             });
-            assert_eq!(got_dw, dw, "weight gradient");
-            assert_eq!(got_dx, dx, "input gradient");
+        }
+        for g in cases {
+            for (batch, bias) in [(1, true), (3, false)] {
+                check_against_reference(g, batch, bias);
+            }
+        }
+    }
+
+    /// Big depthwise images go one example at a time, through more than one chunk.
+    #[test]
+    fn depthwise_chunks_give_the_definition_bit_for_bit() {
+        let g = square((4, 4, 4), 3, 1, 1, (300, 280));
+        assert!(g.chunk(&[g.out_channels * g.positions()]) < 3);
+        check_against_reference(g, 3, true);
+        // Rows longer than the pieces strided inputs are gathered in.
+        for stride in [2, 3] {
+            check_against_reference(square((2, 2, 2), 3, stride, 1, (7, 200)), 2, false);
         }
     }
 

@@ -281,16 +281,21 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             kernel,
             stride,
             padding,
+            groups,
             bias,
             ..
-        } => NodeOp::Conv2d(conv::Conv2d::resolve(
-            *out_channels,
-            *kernel,
-            *stride,
-            *padding,
-            *bias,
-            one()?,
-        )?),
+        } => {
+            let both = |p: &crate::model::Pair| (p.height, p.width);
+            let settings = conv::Settings {
+                out_channels: *out_channels,
+                kernel: both(kernel),
+                stride: both(stride),
+                padding: both(padding),
+                groups: *groups,
+                bias: *bias,
+            };
+            NodeOp::Conv2d(conv::Conv2d::resolve(settings, one()?)?)
+        }
         Layer::MaxPool2d {
             size,
             stride,

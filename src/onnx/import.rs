@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::constant::{FLOAT, INT32, INT64, Tensor, fold, ints_shown, shape_of};
 use super::proto::{Attribute, Dim, GraphProto, NodeProto, ValueInfo};
 use super::{Import, SUPPORTED};
-use crate::model::{Entry, Init, Layer, Loss, Model};
+use crate::model::{Entry, Init, Layer, Loss, Model, Pair};
 use crate::nn::ops;
 use crate::plan::INPUT;
 use crate::shape::Shape;
@@ -434,17 +434,48 @@ fn square(node: &NodeProto<'_>, name: &str, default: usize) -> Result<usize> {
     }
 }
 
+/// `[along the height, along the width]` (or nothing, `default` for both).
+fn pair(node: &NodeProto<'_>, name: &str, default: usize) -> Result<Pair> {
+    match attr_ints(node, name) {
+        None => Ok(Pair::square(default)),
+        Some(&[h, w]) if h >= 0 && w >= 0 => Ok(Pair {
+            height: h as usize,
+            width: w as usize,
+        }),
+        Some(v) => Err(format!(
+            "{name} {v:?}: expected two sizes, height and width"
+        )),
+    }
+}
+
+/// Pads `[top, left, bottom, right]` as a pair, the same above as below and left as right.
+fn pad_pair(node: &NodeProto<'_>) -> Result<Pair> {
+    auto_pad(node)?;
+    match attr_ints(node, "pads") {
+        None => Ok(Pair::square(0)),
+        Some(&[t, l, b, r]) if t == b && l == r && t >= 0 && l >= 0 => Ok(Pair {
+            height: t as usize,
+            width: l as usize,
+        }),
+        Some(v) => Err(format!(
+            "pads {v:?}: opcount takes the same padding above as below, and left as right"
+        )),
+    }
+}
+
+fn auto_pad(node: &NodeProto<'_>) -> Result<()> {
+    match attr_s(node, "auto_pad") {
+        None | Some(b"NOTSET") | Some(b"VALID") => Ok(()),
+        Some(other) => Err(format!(
+            "auto_pad {}: opcount takes explicit pads (re-export with padding given)",
+            String::from_utf8_lossy(other)
+        )),
+    }
+}
+
 /// Pads `[top, left, bottom, right]` as one size, all four equal.
 fn pads(node: &NodeProto<'_>) -> Result<usize> {
-    match attr_s(node, "auto_pad") {
-        None | Some(b"NOTSET") | Some(b"VALID") => {}
-        Some(other) => {
-            return Err(format!(
-                "auto_pad {}: opcount takes explicit pads (re-export with padding given)",
-                String::from_utf8_lossy(other)
-            ));
-        }
-    }
+    auto_pad(node)?;
     match attr_ints(node, "pads") {
         None => Ok(0),
         Some([a, b, c, d]) if a == b && b == c && c == d && *a >= 0 => Ok(*a as usize),
@@ -753,19 +784,19 @@ impl<'a> Builder<'a> {
                 shown(&w.dims)
             ));
         };
-        let group = attr_i(node, "group", 1);
-        if group != 1 {
-            return Err(format!("group {group}: opcount's Conv2d takes group 1"));
-        }
-        if wc != c {
+        let groups = usize::try_from(attr_i(node, "group", 1))
+            .ok()
+            .filter(|&g| g >= 1)
+            .ok_or_else(|| format!("group {}: expected 1 or more", attr_i(node, "group", 1)))?;
+        if wc.checked_mul(groups) != Some(c) {
+            let per_group = if groups == 1 {
+                String::new()
+            } else {
+                format!(" per group of {groups}")
+            };
             return Err(format!(
-                "weights for {wc} input channels, but its input has {c} ({})",
+                "weights for {wc} input channels{per_group}, but its input has {c} ({})",
                 shown(&x.onnx)
-            ));
-        }
-        if kh != kw {
-            return Err(format!(
-                "a {kh}x{kw} kernel: opcount's Conv2d takes square kernels"
             ));
         }
         if let Some(k) = attr_ints(node, "kernel_shape")
@@ -774,8 +805,8 @@ impl<'a> Builder<'a> {
             return Err(format!("kernel_shape {k:?} but weights of {kh}x{kw}"));
         }
         dilations_one(node)?;
-        let stride = square(node, "strides", 1)?;
-        let padding = pads(node)?;
+        let stride = pair(node, "strides", 1)?;
+        let padding = pad_pair(node)?;
         let b = self.constant(node, 2)?;
         if let Some(b) = &b
             && (b.len() != m || b.floats().is_none())
@@ -787,9 +818,13 @@ impl<'a> Builder<'a> {
         }
         let layer = Layer::Conv2d {
             out_channels: m,
-            kernel: kh,
+            kernel: Pair {
+                height: kh,
+                width: kw,
+            },
             stride,
             padding,
+            groups,
             bias: b.is_some(),
             activation: None,
             name: None,

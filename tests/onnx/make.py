@@ -134,6 +134,13 @@ export("silu", nn.Sequential(nn.Linear(4, 6), nn.SiLU(), nn.Linear(6, 2)), torch
                           ("silu", "Mul", ["fc1", "gate"]), ("fc2", "Dense(units: 2)", None)]))
 
 
+export("conv_rect", nn.Sequential(nn.Conv2d(2, 3, (3, 1), stride=(2, 1), padding=(1, 0)),
+                                  nn.Flatten(), nn.Linear(3 * 3 * 5, 2)),
+       torch.randn(1, 2, 6, 5), twin("conv_rect", [2, 6, 5], [
+           ("conv", "Conv2d(out_channels: 3, kernel: (3, 1), stride: (2, 1), padding: (1, 0))",
+            None), ("flatten", "Flatten", None), ("fc", "Dense(units: 2)", None)]))
+
+
 class View(nn.Module):
     """x.view(x.size(0), -1): a Shape, Gather, Unsqueeze, Concat chain feeding a Reshape."""
 
@@ -340,6 +347,33 @@ def export_training(name, module, example, ron):
 
 
 export_training("resnet", ResNet(), torch.randn(2, 3, 16, 16), RESNET_RON)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand (1x1), depthwise 3x3 (groups = channels), project (1x1),
+    batch norms, ReLU6, the residual add; then pooling and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(4, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = x + self.block(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+export_training("depthwise", InvertedResidual(), torch.randn(2, 4, 8, 8), twin("depthwise", [4, 8, 8], [
+    ("expand", "Conv2d(out_channels: 8, kernel: 1, bias: false)", ["input"]),
+    ("bn1", "BatchNorm2d", None), ("relu1", "Relu6", None),
+    ("dw", "Conv2d(out_channels: 8, kernel: 3, padding: 1, groups: 8, bias: false)", None),
+    ("bn2", "BatchNorm2d", None), ("relu2", "Relu6", None),
+    ("project", "Conv2d(out_channels: 4, kernel: 1, bias: false)", None),
+    ("bn3", "BatchNorm2d", None), ("sum", "Add", ["input", "bn3"]),
+    ("gap", "GlobalAvgPool2d", None), ("fc", "Dense(units: 3)", None)]))
 export_training("batchnorm", nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
                                   nn.Linear(3 * 4 * 4, 2)),
        torch.randn(2, 2, 6, 6), twin("batchnorm", [2, 6, 6], [

@@ -1,11 +1,21 @@
 //! Random valid convolutional stacks, for the tests that check counts and gradients over
-//! many shapes: Conv2d (kernel 1-5, stride 1-3, padding 0-2), max and average pooling
+//! many shapes: Conv2d (kernel 1-5, stride 1-3, padding 0-2, each square or not; one group,
+//! depthwise or grouped, one to three filters per group), max and average pooling
 //! (padded, with windows that overlap, touch or leave gaps), batch normalisation, on odd and
 //! non-square inputs, then Flatten and Dense. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
 
 use crate::rng::Rng;
 use opcount::model::Activation;
+
+/// `3` for (3, 3), `(2, 5)` otherwise: both ways a model file may write a convolution's sizes.
+fn pair((a, b): (usize, usize)) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("({a}, {b})")
+    }
+}
 
 /// A model text and a batch size.
 pub struct Stack {
@@ -24,27 +34,63 @@ pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
         .collect();
     let activations: Vec<&str> = names.iter().map(String::as_str).collect();
     let pick = |rng: &mut Rng| activations[rng.below(activations.len())];
-    let (channels, height, width) = (1 + rng.below(3), 5 + rng.below(8), 5 + rng.below(8));
-    let (mut h, mut w) = (height, width);
+    let (channels, height, width) = (1 + rng.below(4), 5 + rng.below(8), 5 + rng.below(8));
+    let (mut c, mut h, mut w) = (channels, height, width);
     let mut layers = Vec::new();
     for _ in 0..1 + rng.below(3) {
         if rng.below(3) < 2 {
-            let padding = rng.below(3);
+            // Square (one number) or not (a pair), each of kernel, stride and padding.
+            let padding = (rng.below(3), rng.below(3));
+            let padding = if rng.below(2) == 0 {
+                (padding.0, padding.0)
+            } else {
+                padding
+            };
             // The kernel fits the padded input.
-            let kernel = (1 + rng.below(5)).min(h.min(w) + 2 * padding);
-            let stride = 1 + rng.below(3);
+            let kernel = (
+                (1 + rng.below(5)).min(h + 2 * padding.0),
+                (1 + rng.below(5)).min(w + 2 * padding.1),
+            );
+            let kernel = if rng.below(2) == 0 {
+                let k = kernel.0.min(kernel.1);
+                (k, k)
+            } else {
+                kernel
+            };
+            let stride = (1 + rng.below(3), 1 + rng.below(3));
+            let stride = if rng.below(2) == 0 {
+                (stride.0, stride.0)
+            } else {
+                stride
+            };
+            // One group, depthwise (a group per channel), or any number that divides the
+            // channels; one to three filters per group.
+            let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
+            let groups = match rng.below(3) {
+                0 => 1,
+                1 => c,
+                _ => divisors[rng.below(divisors.len())],
+            };
+            let out_channels = groups * (1 + rng.below(3));
+            let groups = match groups {
+                1 => String::new(),
+                g => format!(", groups: {g}"),
+            };
             let activation = match rng.below(activations.len() + 1) {
                 0 => String::new(),
                 _ => format!(", activation: {}", pick(rng)),
             };
             layers.push(format!(
-                "Conv2d(out_channels: {}, kernel: {kernel}, stride: {stride}, padding: {padding}, \
-                 bias: {}{activation})",
-                1 + rng.below(4),
+                "Conv2d(out_channels: {out_channels}, kernel: {}, stride: {}, padding: {}, \
+                 bias: {}{groups}{activation})",
+                pair(kernel),
+                pair(stride),
+                pair(padding),
                 rng.below(2) == 0,
             ));
-            h = (h + 2 * padding - kernel) / stride + 1;
-            w = (w + 2 * padding - kernel) / stride + 1;
+            c = out_channels;
+            h = (h + 2 * padding.0 - kernel.0) / stride.0 + 1;
+            w = (w + 2 * padding.1 - kernel.1) / stride.1 + 1;
             if rng.below(3) == 0 {
                 layers.push("BatchNorm2d".into());
             }
