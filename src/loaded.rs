@@ -163,11 +163,16 @@ impl Loaded {
 }
 
 fn training_of<'a>(plan: &'a Plan, origin: &str) -> Result<&'a Training> {
+    let message = if onnx::is_onnx(Path::new(origin)) {
+        "an ONNX model has no training block, so there is nothing to train on: write it as \
+         RON with `opcount convert`, add one (see docs/model-format.md), and train that"
+    } else {
+        "the model has no training block, so there is nothing to train on \
+         (see docs/model-format.md)"
+    };
     plan.model().training.as_ref().ok_or_else(|| Error::Model {
         origin: origin.to_string(),
-        message: "the model has no training block, so there is nothing to train on \
-                  (see docs/model-format.md)"
-            .to_string(),
+        message: message.to_string(),
     })
 }
 

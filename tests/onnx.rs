@@ -382,6 +382,10 @@ fn the_command_line_takes_the_input_shape_and_the_loss_for_onnx_files_only() {
         assert!(stderr.contains(fragment), "{args:?}: {stderr}");
     };
     refused(
+        &["train", "relu.onnx"],
+        "an ONNX model has no training block",
+    );
+    refused(
         &["count", "relu.ron", "--loss", "mse"],
         "--loss, --input-shape and --gelu-as-tanh are for ONNX models",
     );
