@@ -71,6 +71,17 @@ const SYNTAX: &[&str] = &[
     "\"fuzz.csv\"",
     "18446744073709551615",
     "1e39",
+    "held_out:",
+    "params:",
+    "{",
+    "}",
+    "\"weights\"",
+    "\"biases\"",
+    "\"gamma\"",
+    "\"beta\"",
+    "\"table\"",
+    "\"running_mean\"",
+    "\"running_var\"",
 ];
 
 /// Bytes for the CSV file a fuzz input carries after a NUL byte (see

@@ -85,8 +85,8 @@ impl Dataset {
     }
 
     /// Loads a model's data as [`Dataset::load`] does, and the held-out examples apart, if
-    /// the data holds some out (a `Text`'s `held_out` windows, from the end of the text):
-    /// `(training, held out)`.
+    /// the data holds some out (a `Text`'s `held_out` windows, from the end of the text; a
+    /// `Csv`'s `held_out` rows, spread evenly through the file): `(training, held out)`.
     ///
     /// ```
     /// use std::path::Path;
@@ -126,6 +126,7 @@ impl Dataset {
         plan: &Plan,
         budget: &mut Budget,
     ) -> Result<(Dataset, Option<Dataset>)> {
+        let data_spec = data;
         let (inputs, features, targets, lines) = match data {
             Data::Text { path, held_out } => {
                 return read_text_windows(&model_dir.join(path), *held_out, plan, budget);
@@ -134,7 +135,14 @@ impl Dataset {
                 path,
                 features,
                 target,
-            } => read_csv(&model_dir.join(path), features.as_deref(), target, budget)?,
+                held_out,
+            } => {
+                check_fraction(*held_out).map_err(|message| Error::Data {
+                    origin: origin.to_string(),
+                    message,
+                })?;
+                read_csv(&model_dir.join(path), features.as_deref(), target, budget)?
+            }
             Data::Inline { inputs, targets } => {
                 let err = |message: String| Error::Data {
                     origin: origin.to_string(),
@@ -202,8 +210,53 @@ impl Dataset {
             Some(line) => format!("{file}:{line}"),
             None => format!("{file}: example {i}"),
         };
-        let data = Dataset::checked(inputs, features, targets, plan, &file, &locate)?;
-        Ok((data, None))
+        let mut data = Dataset::checked(inputs, features, targets, plan, &file, &locate)?;
+        let Data::Csv { held_out, .. } = data_spec else {
+            return Ok((data, None));
+        };
+        let rows = data.len();
+        let held = held_count(*held_out, rows);
+        if held == 0 {
+            return Ok((data, None));
+        }
+        if held >= rows {
+            return Err(Error::Data {
+                origin: file,
+                message: format!(
+                    "{rows} rows, {held} of them held out: nothing is left to train on"
+                ),
+            });
+        }
+        let held_out = data.hold_out(held, budget, &file)?;
+        Ok((data, Some(held_out)))
+    }
+
+    /// Moves `held` examples, spread evenly through the data (example i when
+    /// `floor((i + 1) held / n) > floor(i held / n)`: for a fifth, every fifth example, from the
+    /// fifth), into a data set of their own, keeping the order of both. What is moved is
+    /// charged to `budget` first: the copy exists before this one shrinks.
+    fn hold_out(&mut self, held: usize, budget: &mut Budget, file: &str) -> Result<Dataset> {
+        let n = self.len();
+        let per_example = match &self.targets {
+            Targets::Classes(_) => self.features as u128 * 4 + self.positions as u128 * 8,
+            Targets::Values(_) => (self.features + self.outputs) as u128 * 4,
+        };
+        budget.charge(held as u128 * per_example, || {
+            format!("{file}: the held-out examples")
+        })?;
+        // Exact in u128: held <= n, and n times n fits.
+        let step = |i: usize| (i as u128 * held as u128 / n as u128) as usize;
+        let out: Vec<bool> = (0..n).map(|i| step(i + 1) > step(i)).collect();
+        let inputs = deal(&mut self.inputs, self.features, &out);
+        let targets = match &mut self.targets {
+            Targets::Classes(c) => Targets::Classes(deal(c, self.positions, &out)),
+            Targets::Values(v) => Targets::Values(deal(v, self.outputs, &out)),
+        };
+        Ok(Dataset {
+            inputs,
+            targets,
+            ..*self
+        })
     }
 
     /// Checks examples against a plan.
@@ -396,6 +449,24 @@ impl Dataset {
     }
 }
 
+/// Moves the rows of `width` values whose `out` is true out of `values`, into the list
+/// returned; both keep their order. The rows kept are moved up in place.
+fn deal<T: Copy>(values: &mut Vec<T>, width: usize, out: &[bool]) -> Vec<T> {
+    let mut moved = Vec::with_capacity(out.iter().filter(|&&o| o).count() * width);
+    let mut kept = 0;
+    for (i, &o) in out.iter().enumerate() {
+        let row = i * width..(i + 1) * width;
+        if o {
+            moved.extend_from_slice(&values[row]);
+        } else {
+            values.copy_within(row, kept * width);
+            kept += 1;
+        }
+    }
+    values.truncate(kept * width);
+    moved
+}
+
 /// The target vector of class `c`: one-hot over `outputs` values, or `[c]` for a single
 /// output (a two-class problem).
 fn one_hot<S: Scalar>(c: usize, outputs: usize) -> impl Iterator<Item = S> {
@@ -443,11 +514,7 @@ fn read_text_windows(
             "text data needs a model that reads token ids (an Embedding of 'input')".into(),
         ));
     };
-    if !(0.0..1.0).contains(&held_out) {
-        return Err(err(format!(
-            "held_out: expected a fraction from 0 up to (not including) 1, found {held_out}"
-        )));
-    }
+    check_fraction(held_out).map_err(err)?;
     let text = crate::input::read_model_text(path, budget)?;
     let chars: Vec<char> = text.chars().collect();
     let distinct: Vec<char> = chars
@@ -471,7 +538,7 @@ fn read_text_windows(
         })
         .collect();
     let windows = ids.len().saturating_sub(1) / t;
-    let held = (held_out as f64 * windows as f64).ceil() as usize;
+    let held = held_count(held_out, windows);
     if windows <= held {
         return Err(err(format!(
             "{} characters make {windows} windows of {t} tokens (and the next), {held} of them \
@@ -492,6 +559,31 @@ fn read_text_windows(
         None
     };
     Ok((train, held_out))
+}
+
+/// A data set's `held_out`: a fraction from 0 up to (not including) 1.
+fn check_fraction(held_out: f32) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&held_out) {
+        Ok(())
+    } else {
+        Err(format!(
+            "held_out: expected a fraction from 0 up to (not including) 1, found {held_out}"
+        ))
+    }
+}
+
+/// How many of `n` examples a `held_out` fraction holds out: `fraction x n` rounded up, for
+/// the fraction as written (its shortest decimal: `0.2` is 2/10, not the binary
+/// 0.2000000030 that would make a fifth of 150 rows 31), in exact integer arithmetic. Digits
+/// past the 18th decimal place are dropped.
+fn held_count(fraction: f32, n: usize) -> usize {
+    let text = fraction.to_string();
+    let decimals = text.split_once('.').map_or("", |(_, d)| d);
+    let decimals = &decimals[..decimals.len().min(18)];
+    let numerator: u128 = decimals.parse().unwrap_or(0);
+    let denominator = 10u128.pow(decimals.len() as u32);
+    // numerator < 10^18 and n < 2^64: the product fits.
+    (numerator * n as u128).div_ceil(denominator) as usize
 }
 
 /// Reads a CSV file with a header row, charging what it keeps to `budget`.
@@ -679,5 +771,47 @@ fn csv_error(shown: &str, e: csv::Error) -> Error {
     Error::Data {
         origin: format!("{shown}:{line}"),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fraction_holds_out_what_it_says_as_written() {
+        assert_eq!(held_count(0.2, 150), 30);
+        assert_eq!(held_count(0.2, 1797), 360);
+        assert_eq!(held_count(0.1, 10_699), 1070);
+        assert_eq!(held_count(0.1, 10), 1);
+        assert_eq!(held_count(0.3, 10), 3);
+        assert_eq!(held_count(0.0, 10), 0);
+        assert_eq!(held_count(0.5, usize::MAX), usize::MAX.div_ceil(2));
+        // 0.2 as an f32 is a little more than a fifth: plain floating point would say 31.
+        assert_eq!((f64::from(0.2f32) * 150.0).ceil(), 31.0);
+    }
+
+    #[test]
+    fn held_out_rows_are_spread_evenly_and_keep_their_order() {
+        // Ten examples whose one feature is their row number, and a fraction of 0.3: three
+        // held out, rows 3, 6 and 9 (from 0: floor((i + 1) 3 / 10) > floor(i 3 / 10)).
+        let mut data = Dataset {
+            inputs: (0..10).map(|i| i as f32).collect(),
+            features: 1,
+            outputs: 2,
+            positions: 1,
+            targets: Targets::Values((0..20).map(|i| i as f32).collect()),
+        };
+        assert_eq!(data.len(), 10);
+        let mut budget = Budget::new(1 << 20, "a test's");
+        let held = data.hold_out(3, &mut budget, "t.csv").unwrap();
+        assert_eq!(held.inputs, [3.0, 6.0, 9.0]);
+        assert_eq!(
+            held.targets,
+            Targets::Values(vec![6.0, 7.0, 12.0, 13.0, 18.0, 19.0])
+        );
+        assert_eq!(data.inputs, [0.0, 1.0, 2.0, 4.0, 5.0, 7.0, 8.0]);
+        assert_eq!(data.len() + held.len(), 10);
+        assert_eq!(budget.used(), 3 * (4 + 2 * 4));
     }
 }

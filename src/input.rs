@@ -10,10 +10,11 @@ use std::io::{self, Read};
 use std::marker::PhantomData;
 use std::path::Path;
 
-use serde::de::{Deserialize, Deserializer, Error as _, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
 use crate::budget::{Budget, human_bytes};
 use crate::error::{Error, Result};
+use crate::model::Params;
 
 /// The largest model file opcount reads: 1 GiB, about 80 million parameters written inline.
 pub const MAX_MODEL_BYTES: u64 = 1 << 30;
@@ -208,6 +209,50 @@ where
         .into_iter()
         .map(|c| c.0)
         .collect())
+}
+
+/// A graph entry's named tensors (`{"gamma": [...], ...}`), each list charged as it grows
+/// like [`charged`]'s, and the map's own entries too.
+pub(crate) fn charged_params<'de, D>(d: D) -> std::result::Result<Option<Params>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<ChargedParams>::deserialize(d)?.map(|c| c.0))
+}
+
+struct ChargedParams(Params);
+
+impl<'de> Deserialize<'de> for ChargedParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(ParamsVisitor)
+    }
+}
+
+struct ParamsVisitor;
+
+impl<'de> Visitor<'de> for ParamsVisitor {
+    type Value = ChargedParams;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of names to lists of numbers")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<ChargedParams, A::Error> {
+        let mut list: Vec<(String, Vec<f32>)> = Vec::new();
+        while let Some((name, values)) = map.next_entry::<String, Charged<f32>>()? {
+            if list.len() == list.capacity() {
+                let more = list.capacity().max(4);
+                take((more * size_of::<(String, Vec<f32>)>()) as u128).map_err(A::Error::custom)?;
+                list.try_reserve_exact(more)
+                    .map_err(|_| A::Error::custom("out of memory reading a map"))?;
+            }
+            list.push((name, values.0));
+        }
+        Ok(ChargedParams(Params(list)))
+    }
 }
 
 /// A list deserialized through [`charged`].

@@ -121,6 +121,19 @@ impl Loaded {
         )
     }
 
+    /// The training data of the model file's training block and, apart, the examples it
+    /// holds out, if any ([`Dataset::load_split`]), charged as they are read.
+    pub fn data_and_held_out(&mut self) -> Result<(Dataset, Option<Dataset>)> {
+        let training = training_of(&self.plan, &self.origin)?;
+        Dataset::load_split_within(
+            &training.data,
+            &self.dir,
+            &self.origin,
+            &self.plan,
+            &mut self.budget,
+        )
+    }
+
     /// The model's training data, or `n` seeded made-up examples if it has no training
     /// block.
     pub fn data_or_synthetic(&mut self, n: usize) -> Result<Dataset> {
@@ -151,13 +164,19 @@ impl Loaded {
             })
     }
 
-    /// Charges saving the trained model ([`budget::SAVE_BYTES_PER_PARAM`] per parameter).
+    /// Charges saving the trained model ([`budget::SAVE_BYTES_PER_PARAM`] per parameter, and
+    /// per value of the operations' state).
     pub fn charge_save(&mut self) -> Result<()> {
-        let params = self.plan.params();
+        let (params, state) = (self.plan.params(), self.plan.state_values());
         let origin = &self.origin;
+        let values = params + state;
         self.budget
-            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * params, || {
-                format!("{origin}: saving the trained model ({params} parameters)")
+            .charge(u128::from(budget::SAVE_BYTES_PER_PARAM) * values, || {
+                let state = match state {
+                    0 => String::new(),
+                    n => format!(" and {n} values of state"),
+                };
+                format!("{origin}: saving the trained model ({params} parameters{state})")
             })
     }
 }

@@ -211,7 +211,7 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.save {
         check_output(out)?;
     }
-    let data = loaded.data()?;
+    let (data, held_out) = loaded.data_and_held_out()?;
     // The batch actually run: the whole data set at most.
     let run = settings.clamped(data.len());
     charge_run(&mut loaded, run.batch, 2)?;
@@ -224,12 +224,19 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let steps = (data.len().div_ceil(run.batch) as u64).saturating_mul(run.epochs as u64);
     let bar = progress_bar(steps, args.run.quiet);
     let mut step = 0u64;
-    let summary = TrainSummary::train(&mut net, &data, &settings, |p| {
+    let mut held = String::new();
+    let summary = TrainSummary::train(&mut net, &data, held_out.as_ref(), &settings, |p| {
         step = step.saturating_add(1);
+        if let Some(e) = p.held_out {
+            held = match e.accuracy() {
+                Some(a) => format!(", held out {:.4} ({:.1}%)", e.loss, 100.0 * a),
+                None => format!(", held out {:.4}", e.loss),
+            };
+        }
         if step.is_multiple_of(64) || step == steps {
             bar.set_position(step);
             bar.set_message(format!(
-                "epoch {}/{} loss {:.4}",
+                "epoch {}/{} loss {:.4}{held}",
                 p.epoch, run.epochs, p.loss
             ));
         }
@@ -319,15 +326,8 @@ fn convert_command(args: &ConvertArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
     loaded.charge_save()?;
     let origin = loaded.origin().to_string();
-    let converted = opcount::onnx::convert(loaded.plan().model(), &origin, args.weights);
-    write_output(&args.output, converted.text.as_bytes())?;
-    if !converted.not_written.is_empty() {
-        eprintln!(
-            "opcount: note: the parameters of {} are not written (RON has no field for them \
-             yet); they start from their initialisation",
-            escape(&converted.not_written.join(", "))
-        );
-    }
+    let text = opcount::onnx::convert(loaded.plan().model(), &origin, args.weights);
+    write_output(&args.output, text.as_bytes())?;
     Ok(())
 }
 

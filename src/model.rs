@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
 use crate::error::{Error, Result};
-use crate::input::{charged, charged_nested, charged_option};
+use crate::input::{charged, charged_nested, charged_option, charged_params};
 pub use crate::nn::activation::Activation;
 pub use crate::nn::ops::{NodeOp, OPERATIONS, ParamSpec};
 pub use crate::plan::{Node, Plan};
@@ -70,6 +70,41 @@ pub struct Entry {
     /// weight tying. Their gradients add up, and the update touches them once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
+    /// Parameter tensors (and state, such as batch normalisation's running statistics)
+    /// written inline, by the operation's names for them: `{"gamma": [...], "beta": [...]}`.
+    /// Each in the order PyTorch stores it. What is not given starts from the model's `init`.
+    #[serde(
+        default,
+        deserialize_with = "charged_params",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub params: Option<Params>,
+}
+
+/// Named tensors of a graph entry, in the order written (a name given twice is kept twice,
+/// for the plan to refuse). Written in RON as a map: `{"gamma": [1.0, 1.0], "beta": [0.0, 0.0]}`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params(pub Vec<(String, Vec<f32>)>);
+
+impl Params {
+    /// The values named `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, values) in &self.0 {
+            map.serialize_entry(name, values)?;
+        }
+        map.end()
+    }
 }
 
 /// One layer of a model file.
@@ -498,6 +533,10 @@ pub enum Data {
         features: Option<Vec<String>>,
         /// What to learn.
         target: Target,
+        /// The fraction of rows, from the end of the file, kept out of training to measure
+        /// the held-out loss and accuracy (rounded up); default 0.
+        #[serde(default, skip_serializing_if = "is_zero_f32")]
+        held_out: f32,
     },
     /// A text for next-token prediction, every character a token: windows of the model's
     /// input length, each token's target the character after it.

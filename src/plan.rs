@@ -10,10 +10,13 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::model::{Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Training};
+use crate::model::{
+    Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Params, Training,
+};
 use crate::nn::activation::Act;
 use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
 use crate::shape::Shape;
+use crate::text::echo;
 
 /// The name by which graph entries read the model's input.
 pub const INPUT: &str = "input";
@@ -50,6 +53,9 @@ pub struct Node {
     param_accumulate: Vec<bool>,
     /// Whether it owns its parameters (false for a node using another node's).
     owns_params: bool,
+    /// Per tensor of its operation's state (batch normalisation's running statistics): the
+    /// values written in the model file, if any.
+    state: Vec<Option<Vec<f32>>>,
     /// The layer or graph entry of the model file it comes from.
     entry: usize,
 }
@@ -118,6 +124,13 @@ impl Plan {
     /// their sum may not fit a `u64`.)
     pub fn params(&self) -> u128 {
         self.params.iter().map(|p| p.spec.len as u128).sum()
+    }
+
+    /// Number of values the operations keep besides their parameters (batch normalisation's
+    /// running statistics), written with them when a model is saved.
+    pub fn state_values(&self) -> u128 {
+        let state = self.nodes.iter().flat_map(|n| n.op.state());
+        state.map(|(_, spec)| spec.len as u128).sum()
     }
 
     pub(crate) fn param_tensors(&self) -> &[Param] {
@@ -235,6 +248,12 @@ impl Node {
 
     pub(crate) fn param_ids(&self) -> &[usize] {
         &self.params
+    }
+
+    /// Per tensor of its operation's [state](NodeOp::state), the values the model file
+    /// gives, if any.
+    pub(crate) fn inline_state(&self) -> &[Option<Vec<f32>>] {
+        &self.state
     }
 
     /// Whether it owns its parameters (false for a node that uses another node's).
@@ -386,10 +405,10 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
             .checked_len()
             .ok_or_else(|| error(format!("output {output} is too large")))?;
         let specs = op.param_specs();
+        let (inline, state) = inline_tensors(entry, &op, &specs).map_err(&error)?;
         let (ids, owns) = match &entry.share {
             None => {
                 let ids = (params.len()..params.len() + specs.len()).collect();
-                let inline = inline_params(entry.op, &op, &specs).map_err(&error)?;
                 for (spec, values) in specs.iter().zip(inline) {
                     params.push(Param {
                         spec: *spec,
@@ -432,6 +451,13 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                          weights and biases"
                     )));
                 }
+                if let Some(j) = inline.iter().position(Option::is_some) {
+                    return Err(error(format!(
+                        "share '{other}': its parameters come from that node; remove {} from \
+                         this node's params",
+                        op.param_names()[j]
+                    )));
+                }
                 (owner.params.clone(), false)
             }
         };
@@ -447,6 +473,7 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
             param_accumulate: vec![false; n],
             params: ids,
             owns_params: owns,
+            state,
             entry: i,
         });
         if let Some(a) = declared_activation(entry.op) {
@@ -462,6 +489,7 @@ pub(crate) fn build(model: &Model, origin: &str) -> Result<Plan> {
                 params: Vec::new(),
                 param_accumulate: Vec::new(),
                 owns_params: true,
+                state: Vec::new(),
                 entry: i,
             });
         }
@@ -518,6 +546,7 @@ fn entries(model: &Model) -> std::result::Result<Vec<EntryRef<'_>>, String> {
                 op,
                 inputs: None,
                 share: &None,
+                params: None,
             })
             .collect()),
         (true, false) => Ok(model.graph.iter().map(EntryRef::of).collect()),
@@ -530,6 +559,7 @@ struct EntryRef<'a> {
     op: &'a Layer,
     inputs: Option<&'a [String]>,
     share: &'a Option<String>,
+    params: Option<&'a Params>,
 }
 
 impl<'a> EntryRef<'a> {
@@ -539,6 +569,7 @@ impl<'a> EntryRef<'a> {
             op: &e.op,
             inputs: e.inputs.as_deref(),
             share: &e.share,
+            params: e.params.as_ref(),
         }
     }
 }
@@ -624,6 +655,78 @@ fn describe(op: &NodeOp) -> String {
         .map(|i| op.explain_param(i))
         .collect();
     parts.join("; ")
+}
+
+/// The tensors a layer or graph entry writes inline, checked and put in storage order: its
+/// parameters (a dense or convolution layer's `weights` and `biases`, or any operation's by
+/// name in the entry's `params`) and its state (by name in `params`).
+#[allow(clippy::type_complexity)]
+fn inline_tensors(
+    entry: &EntryRef<'_>,
+    op: &NodeOp,
+    specs: &[ParamSpec],
+) -> std::result::Result<(Vec<Option<Vec<f32>>>, Vec<Option<Vec<f32>>>), String> {
+    let mut params = inline_params(entry.op, op, specs)?;
+    let state_specs = op.state();
+    let mut state: Vec<Option<Vec<f32>>> = vec![None; state_specs.len()];
+    let Some(given) = entry.params else {
+        return Ok((params, state));
+    };
+    let param_names = op.param_names();
+    for (k, (name, values)) in given.0.iter().enumerate() {
+        let shown = echo(name);
+        if given.0[..k].iter().any(|(n, _)| n == name) {
+            return Err(format!("params: '{shown}' is given twice"));
+        }
+        let checked = |len: usize, what: String| -> std::result::Result<(), String> {
+            if values.len() != len {
+                let what = if what.is_empty() {
+                    what
+                } else {
+                    format!(" ({what})")
+                };
+                return Err(format!(
+                    "params: {shown}: expected {len} values{what}, found {}",
+                    values.len()
+                ));
+            }
+            match values.iter().position(|v| !v.is_finite()) {
+                Some(i) => Err(format!(
+                    "params: {shown}: value {i} is {}, expected a finite number",
+                    values[i]
+                )),
+                None => Ok(()),
+            }
+        };
+        if let Some(j) = param_names.iter().position(|n| n == name) {
+            if params[j].is_some() {
+                return Err(format!(
+                    "params: {shown}: given twice, in params and as the layer's {name}"
+                ));
+            }
+            checked(specs[j].len, op.explain_param(j))?;
+            params[j] = Some(op.storage_order(j, values));
+        } else if let Some(j) = state_specs.iter().position(|(n, _)| n == name) {
+            checked(state_specs[j].1.len, String::new())?;
+            state[j] = Some(values.clone());
+        } else {
+            let known: Vec<&str> = param_names
+                .iter()
+                .copied()
+                .chain(state_specs.iter().map(|(n, _)| *n))
+                .collect();
+            let has = if known.is_empty() {
+                "no parameters".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err(format!(
+                "params: unknown name '{shown}'; this {} has {has}",
+                op.kind()
+            ));
+        }
+    }
+    Ok((params, state))
 }
 
 /// The inline weights and biases of a layer, checked and put in storage order.
@@ -811,4 +914,72 @@ fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_layer_s_default_name() {
+        let docs = include_str!("../docs/model-format.md");
+        let layers = [
+            "Dense(units: 1)",
+            "Conv2d(out_channels: 1, kernel: 1)",
+            "MaxPool2d(size: 1)",
+            "AvgPool2d(size: 1)",
+            "GlobalAvgPool2d",
+            "Flatten",
+            "BatchNorm2d",
+            "LayerNorm",
+            "Add",
+            "Mul",
+            "Embedding(vocab: 1, width: 1)",
+            "PositionEmbedding(context: 1)",
+            "Unembed(vocab: 1)",
+            "Scores(heads: 1)",
+            "CausalSoftmax",
+            "Mix(heads: 1)",
+            "Identity",
+            "Sigmoid",
+            "Tanh",
+            "Relu",
+            "Softmax",
+            "Relu6",
+            "Gelu",
+        ];
+        let activations = crate::model::Activation::ALL.len();
+        assert_eq!(layers.len(), ops::OPERATIONS.len() + activations);
+        for text in layers {
+            let layer: Layer = ron::from_str(text).unwrap();
+            // Every variant of Layer is in the list above: a new one stops this compiling.
+            match layer {
+                Layer::Dense { .. }
+                | Layer::Conv2d { .. }
+                | Layer::MaxPool2d { .. }
+                | Layer::AvgPool2d { .. }
+                | Layer::GlobalAvgPool2d
+                | Layer::Flatten
+                | Layer::BatchNorm2d
+                | Layer::LayerNorm
+                | Layer::Add
+                | Layer::Mul
+                | Layer::Embedding { .. }
+                | Layer::PositionEmbedding { .. }
+                | Layer::Unembed { .. }
+                | Layer::Scores { .. }
+                | Layer::CausalSoftmax
+                | Layer::Mix { .. }
+                | Layer::Identity
+                | Layer::Sigmoid
+                | Layer::Tanh
+                | Layer::Relu
+                | Layer::Softmax
+                | Layer::Relu6
+                | Layer::Gelu => {}
+            }
+            let name = format!("`{}1`", layer_kind(&layer));
+            assert!(docs.contains(&name), "docs/model-format.md lacks {name}");
+        }
+    }
 }

@@ -55,6 +55,22 @@ pub struct Progress {
     pub steps: usize,
     /// The step's loss.
     pub loss: f64,
+    /// After the last step of an epoch of a run with held-out examples: their loss and
+    /// accuracy then.
+    pub held_out: Option<Evaluation>,
+}
+
+/// The held-out examples' loss and accuracy during a run: after every epoch, in memory that
+/// does not grow with the epochs (each a [`LossHistory`]: past its capacity, each value is the
+/// mean of a run of epochs), and after the last.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldOut {
+    /// The loss after each epoch.
+    pub loss: LossHistory,
+    /// The accuracy after each epoch (empty without class targets).
+    pub accuracy: LossHistory,
+    /// Loss and accuracy after the last epoch: the trained network's.
+    pub last: Evaluation,
 }
 
 /// The mean step loss of every epoch, in memory that does not grow with the number of epochs:
@@ -130,8 +146,21 @@ pub fn train<S: Scalar>(
     net: &mut Network<S>,
     data: &Dataset,
     settings: &Settings,
-    mut on_step: impl FnMut(&Progress),
+    on_step: impl FnMut(&Progress),
 ) -> Result<LossHistory> {
+    Ok(train_held_out(net, data, None, settings, on_step)?.0)
+}
+
+/// [`train`], and with `held_out` examples, their loss and accuracy after every epoch
+/// ([`evaluate`], at the training batch). Evaluating is forward only and not part of any
+/// step's counts.
+pub fn train_held_out<S: Scalar>(
+    net: &mut Network<S>,
+    data: &Dataset,
+    held_out: Option<&Dataset>,
+    settings: &Settings,
+    mut on_step: impl FnMut(&Progress),
+) -> Result<(LossHistory, Option<HeldOut>)> {
     if settings.epochs == 0 || settings.batch == 0 || data.is_empty() {
         return Err(Error::Usage(format!(
             "training needs at least one epoch, one example and a batch of at least one, \
@@ -148,6 +177,8 @@ pub fn train<S: Scalar>(
     let steps = data.len().div_ceil(settings.batch);
     let mut batch = Batch::default();
     let mut history = LossHistory::default();
+    let mut held = None;
+    let (mut held_loss, mut held_accuracy) = (LossHistory::default(), LossHistory::default());
     for epoch in 1..=settings.epochs {
         rng.shuffle(&mut order);
         let mut sum = 0.0;
@@ -162,17 +193,33 @@ pub fn train<S: Scalar>(
                 });
             }
             sum += loss;
+            if step + 1 == steps
+                && let Some(examples) = held_out
+            {
+                let evaluation = evaluate(net, examples, settings.batch);
+                held_loss.push(evaluation.loss);
+                if let Some(accuracy) = evaluation.accuracy() {
+                    held_accuracy.push(accuracy);
+                }
+                held = Some(evaluation);
+            }
             on_step(&Progress {
                 epoch,
                 step: step + 1,
                 steps,
                 loss,
+                held_out: held.filter(|_| step + 1 == steps),
             });
         }
         history.push(sum / steps as f64);
     }
     check_finite(net)?;
-    Ok(history)
+    let held_out = held.map(|last| HeldOut {
+        loss: held_loss,
+        accuracy: held_accuracy,
+        last,
+    });
+    Ok((history, held_out))
 }
 
 /// Fails with [`Error::NotFinite`] naming the first parameter that is NaN or infinite, by its
@@ -207,12 +254,14 @@ fn check_finite<S: Scalar>(net: &Network<S>) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites a CSV data path, relative to the model file's directory `model_dir`, so that it
-/// leads to the same file from the directory of `out`, where the model is being saved (the
-/// current directory if `out` names none). Inline data, and a path that leads to no file, are
-/// left as they are.
+/// Rewrites a CSV or text data path, relative to the model file's directory `model_dir`, so
+/// that it leads to the same file from the directory of `out`, where the model is being saved
+/// (the current directory if `out` names none). Inline data, and a path that leads to no
+/// file, are left as they are.
 pub fn relocate_data(data: &mut Data, model_dir: &Path, out: &Path) {
-    let Data::Csv { path, .. } = data else { return };
+    let (Data::Csv { path, .. } | Data::Text { path, .. }) = data else {
+        return;
+    };
     let Ok(target) = std::fs::canonicalize(model_dir.join(&*path)) else {
         return;
     };
@@ -255,7 +304,9 @@ impl Evaluation {
     }
 }
 
-/// Runs every example forward (no update) and measures the loss (the mean over the examples
+/// Runs every example forward as the trained network is used ([`Network::infer`]: batch
+/// normalisation with its running statistics; no update, nothing attributed to a step) and
+/// measures the loss (the mean over the examples
 /// of the loss of each, which for next-token prediction is the mean over its tokens) and, for
 /// class targets, the accuracy: the class is the largest output of a row (of the example, or
 /// of each token), or for a single output, 1 above 0.5.
@@ -270,7 +321,7 @@ pub fn evaluate<S: Scalar>(net: &mut Network<S>, data: &Dataset, batch: usize) -
     let mut correct = 0;
     for indices in order.chunks(chunk) {
         data.gather(indices, loss_kind, &mut batch);
-        let loss = net.forward_loss(&batch);
+        let loss = net.infer_loss(&batch);
         loss_sum += loss.to_f64().unwrap_or(f64::NAN) * indices.len() as f64;
         if let Targets::Classes(_) = &data.targets {
             let width = data.outputs / data.positions;
@@ -320,6 +371,7 @@ mod tests {
         let csv = |path: &str| Data::Csv {
             path: path.into(),
             features: None,
+            held_out: 0.0,
             target: Target::Values {
                 columns: vec!["y".into()],
             },
@@ -331,6 +383,20 @@ mod tests {
         let mut beside = csv("data/x.csv");
         relocate_data(&mut beside, &models, &root.join("models/trained.ron"));
         assert_eq!(beside, csv("data/x.csv"));
+        // A text's path too.
+        std::fs::write(root.join("models/data/x.txt"), "abc").unwrap();
+        let mut text = Data::Text {
+            path: "data/x.txt".into(),
+            held_out: 0.1,
+        };
+        relocate_data(&mut text, &models, &root.join("runs/today/trained.ron"));
+        assert_eq!(
+            text,
+            Data::Text {
+                path: "../../models/data/x.txt".into(),
+                held_out: 0.1
+            }
+        );
         // A path that leads nowhere stays as written.
         let mut missing = csv("data/none.csv");
         relocate_data(&mut missing, &models, &root.join("runs/trained.ron"));

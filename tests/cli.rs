@@ -52,6 +52,49 @@ fn train_saves_a_model_that_loads_and_trains_again() {
 }
 
 #[test]
+fn train_reports_the_held_out_rows_apart_from_the_training_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let iris = std::fs::read_to_string(model("iris.ron")).unwrap();
+    let data = model("data/iris.csv");
+    let held = iris
+        .replace(
+            "\"data/iris.csv\"",
+            &format!("{:?}", data.to_str().unwrap()),
+        )
+        .replace("target: Class(", "held_out: 0.2, target: Class(");
+    assert_ne!(held, iris);
+    let path = dir.path().join("iris-held.ron");
+    std::fs::write(&path, held).unwrap();
+    let path = path.to_str().unwrap();
+    let out = json(&opcount(&["train", path, "--format", "json"]));
+    // Iris's 150 rows are sorted by species; every fifth row holds 10 of each out.
+    assert_eq!(
+        (out["examples"].as_u64(), out["held_out_examples"].as_u64()),
+        (Some(120), Some(30))
+    );
+    let accuracy = out["held_out_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9, "{accuracy}");
+    let by_epoch = &out["held_out_by_epoch"];
+    assert_eq!(by_epoch["loss"].as_array().unwrap().len(), 200);
+    assert_eq!(by_epoch["accuracy"][199], out["held_out_accuracy"]);
+    // The table says it under the training figures.
+    let table = opcount(&["train", path, "--epochs", "2"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("\nheld-out loss "), "{text}");
+    assert!(text.contains("(30 examples), held-out accuracy "), "{text}");
+    // Without held-out rows, the keys are null.
+    let plain = json(&opcount(&[
+        "train",
+        "models/xor.ron",
+        "--epochs",
+        "1",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(plain["held_out_accuracy"], Value::Null);
+}
+
+#[test]
 fn bench_reports_both_medians_and_their_ratio() {
     let out = json(&opcount(&[
         "bench",

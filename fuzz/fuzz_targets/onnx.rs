@@ -36,7 +36,7 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(model) = onnx::parse_within(bytes, &source, &mut budget, &Import::default()) else {
         return;
     };
-    let text = onnx::convert(&model, "fuzz.onnx", true).text;
+    let text = onnx::convert(&model, "fuzz.onnx", true);
     let reached = exercise::exercise(&text, scratch());
     assert_ne!(reached, exercise::Reached::Syntax, "{text}");
 });

@@ -22,7 +22,8 @@ pub enum Command {
     /// Count one training step per layer, phase and kind: measured by running it with
     /// Counted<f32>, next to the closed form.
     Count(CountArgs),
-    /// Train a model with plain f32 and count one training step with Counted<f32>.
+    /// Train a model with plain f32 (reporting held-out loss and accuracy if its data hold
+    /// examples out) and count one training step with Counted<f32>.
     Train(TrainArgs),
     /// Time one SGD step with f32 and with Counted<f32>, interleaved, and print the ratio.
     Bench(BenchArgs),
@@ -187,7 +188,7 @@ pub struct TrainArgs {
     /// Examples per step (default: the model file's).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Write the trained model here (same schema, weights inline).
+    /// Write the trained model here (same schema, every parameter and running statistic inline).
     #[arg(long, value_name = "OUT.ron")]
     pub save: Option<PathBuf>,
     /// Output format.

@@ -73,9 +73,27 @@ impl Operation for BatchNorm2d {
         ParamSpec::scale_and_shift(c)
     }
 
+    /// The running mean (starts at zero) and running variance (at one), one per channel:
+    /// what evaluation normalises with.
+    fn state(&self) -> Vec<(&'static str, ParamSpec)> {
+        let starting = |start| ParamSpec {
+            len: self.channels(),
+            fans: None,
+            start,
+        };
+        vec![
+            ("running_mean", starting(0.0)),
+            ("running_var", starting(1.0)),
+        ]
+    }
+
     /// The normalised input.
     fn kept(&self) -> usize {
         self.shape.len()
+    }
+
+    fn param_names(&self) -> &'static [&'static str] {
+        &["gamma", "beta"]
     }
 
     fn explain_param(&self, index: usize) -> String {
@@ -172,6 +190,29 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
             }
             (self.inv[ch], self.mean[ch], self.var[ch]) = (inv, mean, var);
         }
+    }
+
+    /// Evaluation: each channel normalised by its running statistics instead of the batch's,
+    /// `y = gamma (x - rm) / sqrt(rv + eps) + beta`, as PyTorch's `eval()` mode.
+    fn infer(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
+        let (c, plane) = (self.op.channels(), self.op.plane());
+        for ch in 0..c {
+            let inv = S::one() / (self.running_var[ch] + constant::<S>(EPS)).sqrt();
+            let (mean, gamma, beta) = (self.running_mean[ch], params[0][ch], params[1][ch]);
+            for (values, outs) in planes(x[0], plane, c, ch).zip(planes_mut(y, plane, c, ch)) {
+                for (&v, out) in values.iter().zip(outs) {
+                    *out = gamma * ((v - mean) * inv) + beta;
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> Vec<&[S]> {
+        vec![&self.running_mean, &self.running_var]
+    }
+
+    fn state_mut(&mut self) -> Vec<&mut [S]> {
+        vec![&mut self.running_mean, &mut self.running_var]
     }
 
     fn backward(&mut self, grads: Backward<'_, S>) {

@@ -75,6 +75,10 @@ impl Operation for Embedding {
         }]
     }
 
+    fn param_names(&self) -> &'static [&'static str] {
+        &["table"]
+    }
+
     fn explain_param(&self, _: usize) -> String {
         format!("a table of {} tokens x {} features", self.vocab, self.width)
     }

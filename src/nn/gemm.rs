@@ -23,6 +23,11 @@
 //! whole vectors) and the last few elements in memory: no lane does arithmetic on padding,
 //! which would be counted.
 //!
+//! Each tile asks for the next tile's part of C before it runs (a prefetch, no arithmetic),
+//! since a sum continued from C finds it out of the cache otherwise. A C narrower than a
+//! whole number of vectors and taller than wide, with long sums, is computed as its
+//! transpose, `C^T = B^T A^T`: the same products in the same order for every element.
+//!
 //! C is split among threads along its longer side, on tile boundaries (each part packs all of
 //! the other operand, so that the repeated packing is the smaller). Work split among threads
 //! is counted on those threads; each part's counts are taken out
@@ -67,16 +72,20 @@ pub(crate) trait Operand<S>: Sync {
         (c0, cols): (usize, usize),
         width: usize,
         out: &mut [S],
-    ) {
-        for (p, panel) in out
-            .chunks_mut(rows * width)
-            .take(cols.div_ceil(width))
-            .enumerate()
-        {
-            let j0 = p * width;
-            let n = width.min(cols - j0);
-            for (r, dst) in panel.chunks_mut(width).enumerate() {
-                self.copy_block(r0 + r, 1, c0 + j0, n, &mut dst[..n]);
+    ) where
+        S: Copy + Default,
+    {
+        // Each row a long piece at a time through a small buffer: one `copy_block` call per
+        // piece rather than per panel (for the patch matrices a call works out where its
+        // columns are in the image, which costs more than copying a panel's row).
+        const PIECE: usize = 512;
+        let mut piece = [S::default(); PIECE];
+        let pieces = PIECE / width * width;
+        for r in 0..rows {
+            for c in (0..cols).step_by(pieces) {
+                let n = pieces.min(cols - c);
+                self.copy_block(r0 + r, 1, c0 + c, n, &mut piece[..n]);
+                to_panels(&piece[..n], (r, rows), c / width, width, out);
             }
         }
     }
@@ -132,6 +141,40 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
         }
     }
 
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        if self.col_stride != 1 {
+            // A transposed view: its columns are runs in memory, so pack it as such.
+            for (p, panel) in out
+                .chunks_mut(rows * width)
+                .take(cols.div_ceil(width))
+                .enumerate()
+            {
+                let j0 = c0 + p * width;
+                let n = width.min(cols - p * width);
+                for (r, dst) in panel.chunks_mut(width).enumerate() {
+                    let base = (r0 + r) * self.row_stride + j0 * self.col_stride;
+                    for (v, &x) in dst[..n]
+                        .iter_mut()
+                        .zip(self.data[base..].iter().step_by(self.col_stride))
+                    {
+                        *v = x;
+                    }
+                }
+            }
+            return;
+        }
+        for r in 0..rows {
+            let start = (r0 + r) * self.row_stride + c0;
+            to_panels(&self.data[start..start + cols], (r, rows), 0, width, out);
+        }
+    }
+
     fn pack_rows(
         &self,
         (r0, rows): (usize, usize),
@@ -139,19 +182,91 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
         height: usize,
         out: &mut [S],
     ) {
-        for (p, panel) in out
-            .chunks_mut(cols * height)
-            .take(rows.div_ceil(height))
-            .enumerate()
-        {
-            let i0 = r0 + p * height;
-            let n = height.min(rows - p * height);
-            for (c, dst) in panel.chunks_mut(height).enumerate() {
-                let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
-                for (i, v) in dst[..n].iter_mut().enumerate() {
-                    *v = self.data[base + i * self.row_stride];
+        // The register tiles' heights, with panels of a size known to the compiler.
+        match height {
+            6 => self.pack_rows_of::<6>((r0, rows), (c0, cols), out),
+            4 => self.pack_rows_of::<4>((r0, rows), (c0, cols), out),
+            _ => {
+                for (p, panel) in out
+                    .chunks_mut(cols * height)
+                    .take(rows.div_ceil(height))
+                    .enumerate()
+                {
+                    let i0 = r0 + p * height;
+                    let n = height.min(rows - p * height);
+                    for (c, dst) in panel.chunks_mut(height).enumerate() {
+                        let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                        for (i, v) in dst[..n].iter_mut().enumerate() {
+                            *v = self.data[base + i * self.row_stride];
+                        }
+                    }
                 }
             }
+        }
+    }
+}
+
+impl<S: Copy> Strided<'_, S> {
+    /// [`Operand::pack_rows`] into panels `H` rows high.
+    #[inline(always)]
+    fn pack_rows_of<const H: usize>(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        out: &mut [S],
+    ) {
+        let (columns, _) = out.as_chunks_mut::<H>();
+        for (p, panel) in columns.chunks_mut(cols).take(rows.div_ceil(H)).enumerate() {
+            let i0 = r0 + p * H;
+            let n = H.min(rows - p * H);
+            if self.row_stride == 1 {
+                // A transposed view: each column of the panel is a run in memory.
+                for (c, dst) in panel.iter_mut().enumerate() {
+                    let base = i0 + (c0 + c) * self.col_stride;
+                    if n == H {
+                        dst.copy_from_slice(&self.data[base..base + H]);
+                    } else {
+                        dst[..n].copy_from_slice(&self.data[base..base + n]);
+                    }
+                }
+            } else if self.col_stride == 1 {
+                // Row-major: each row read as a run, its values written `H` apart.
+                for i in 0..n {
+                    let base = (i0 + i) * self.row_stride + c0;
+                    for (dst, &v) in panel.iter_mut().zip(&self.data[base..base + cols]) {
+                        dst[i] = v;
+                    }
+                }
+            } else {
+                for (c, dst) in panel.iter_mut().enumerate() {
+                    let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                    for (i, v) in dst[..n].iter_mut().enumerate() {
+                        *v = self.data[base + i * self.row_stride];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `values`, row `r` of a block of `rows` rows, into the panels of `width` columns
+/// from panel `p0` on (as [`Operand::pack_columns`] lays them out): whole panel rows as
+/// fixed-size copies, which compile to a few vector moves rather than a call each.
+#[inline(always)]
+fn to_panels<S: Copy>(
+    values: &[S],
+    (r, rows): (usize, usize),
+    p0: usize,
+    width: usize,
+    out: &mut [S],
+) {
+    for (p, run) in values.chunks(width).enumerate() {
+        let dst = &mut out[((p0 + p) * rows + r) * width..][..run.len()];
+        match run.len() {
+            64 => dst[..64].copy_from_slice(&run[..64]),
+            16 => dst[..16].copy_from_slice(&run[..16]),
+            8 => dst[..8].copy_from_slice(&run[..8]),
+            _ => dst.copy_from_slice(run),
         }
     }
 }
@@ -177,6 +292,29 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     let isa = Isa::detect();
+    if transposing_pays((m, n, k), isa.lanes()) {
+        // C^T = B^T A^T: every element is the same products added in the same order of k
+        // (each product's two factors swapped, which changes no bit), so the same bits and
+        // counts; C is copied in (if the sums start from it) and out, free.
+        let mut transposed = vec![S::zero(); m * n];
+        if let Start::Existing = start {
+            transpose((m, n), c, &mut transposed);
+        }
+        let start = match start {
+            Start::RowBias(bias) => Start::ColumnBias(bias),
+            Start::ColumnBias(bias) => Start::RowBias(bias),
+            other => other,
+        };
+        gemm(
+            (n, m, k),
+            &Transposed(b),
+            &Transposed(a),
+            start,
+            &mut transposed,
+        );
+        transpose((n, m), &transposed, c);
+        return;
+    }
     let threads = rayon::current_num_threads();
     let job = Job {
         rows: (0, m),
@@ -198,16 +336,13 @@ pub(crate) fn gemm<S: Scalar>(
     // (columns) or pairs of rows, which the smaller register tiles handle, rather than at
     // whole tiles, so that the two cores get nearly the same work.
     let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
-        let per = n.div_ceil(threads).next_multiple_of(isa.lanes());
-        let mut parts: Vec<_> = (0..n.div_ceil(per))
-            .map(|p| {
-                let columns = (p * per, (p * per + per).min(n));
-                (Job { columns, ..job }, Vec::with_capacity(m))
-            })
+        let mut parts: Vec<_> = column_parts(n, threads, isa.lanes())
+            .into_iter()
+            .map(|columns| (Job { columns, ..job }, Vec::with_capacity(m)))
             .collect();
         for mut row in c.chunks_exact_mut(n).take(m) {
-            for (_, rows) in &mut parts {
-                let (head, tail) = row.split_at_mut(per.min(row.len()));
+            for (job, rows) in &mut parts {
+                let (head, tail) = row.split_at_mut(job.columns.1 - job.columns.0);
                 rows.push(head);
                 row = tail;
             }
@@ -231,6 +366,70 @@ pub(crate) fn gemm<S: Scalar>(
             .collect();
         ((), counts.into_iter().sum())
     });
+}
+
+/// `n` columns cut into at most `threads` parts: each the whole number of `lanes`-wide vectors
+/// nearest an equal share, the rest to the last part (100 columns of 16-wide vectors on two
+/// threads: 48 and 52, where rounding each share up would give 64 and 36).
+fn column_parts(n: usize, threads: usize, lanes: usize) -> Vec<(usize, usize)> {
+    let per = ((n + threads * lanes / 2) / (threads * lanes)).max(1) * lanes;
+    let starts: Vec<usize> = (0..threads)
+        .map(|p| p * per)
+        .take_while(|&j| j < n)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(p, &j)| (j, starts.get(p + 1).copied().unwrap_or(n)))
+        .collect()
+}
+
+/// Whether C (m x n) is better computed as its transpose: when it is narrower than it is
+/// tall by a part of a vector (the register tiles would leave a column edge on every row, done
+/// a value at a time) and its sums are long enough that copying C out (and in) is a small part
+/// of the work. The first convolution of an RGB model has such a weight gradient: 27 columns
+/// (3 channels x 3 x 3) by 64 rows, each a sum over every position of the image.
+fn transposing_pays((m, n, k): (usize, usize, usize), lanes: usize) -> bool {
+    n < m && n % lanes != 0 && k >= 1024 && m * n <= 1 << 16
+}
+
+/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major.
+fn transpose<S: Copy>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
+    for (r, row) in from.chunks_exact(cols).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            to[c * rows + r] = v;
+        }
+    }
+}
+
+/// An operand read transposed: element (r, c) is the inner operand's (c, r). Packing it into
+/// panels of columns is packing the inner one into panels of rows, and the other way round.
+struct Transposed<'a, S>(&'a dyn Operand<S>);
+
+impl<S: Scalar> Operand<S> for Transposed<'_, S> {
+    /// A value at a time (packing, the hot path, does not come here).
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        for (r, row) in out.chunks_exact_mut(cols).take(rows).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                self.0
+                    .copy_block(c0 + c, 1, r0 + r, 1, std::slice::from_mut(v));
+            }
+        }
+    }
+
+    fn pack_columns(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        self.0.pack_rows(cols, rows, width, out);
+    }
+
+    fn pack_rows(&self, rows: (usize, usize), cols: (usize, usize), height: usize, out: &mut [S]) {
+        self.0.pack_columns(cols, rows, height, out);
+    }
 }
 
 /// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
@@ -475,9 +674,9 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                         let i = ic + ir * MR;
                         let mr = MR.min(i1 - i);
                         let (ak, _) = apanel.as_chunks::<MR>();
-                        let out = &mut c[i - i0..i - i0 + mr];
                         // Where the sums start: copied into the tile, free.
                         let j = j - j0;
+                        let out = &c[i - i0..i - i0 + mr];
                         for (row, (sums, out)) in acc.iter_mut().zip(out.iter()).enumerate() {
                             match block_start {
                                 Start::RowBias(bias) => sums.fill(bias[i + row]),
@@ -486,6 +685,21 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                                 Start::FirstProduct => {}
                             }
                         }
+                        // The next tile's part of C, asked for now so that it is in
+                        // the cache when that tile starts from it or writes it.
+                        let (next_i, next_j) = if i + MR < ic + mc {
+                            (i + MR, j)
+                        } else {
+                            (ic, j + NR)
+                        };
+                        if next_j + j0 < j1 {
+                            let rows = next_i - i0..(next_i - i0 + MR).min(i1 - i0);
+                            let cols = NR.min(j1 - j0 - next_j);
+                            for row in &c[rows] {
+                                prefetch(&row[next_j..next_j + cols]);
+                            }
+                        }
+                        let out = &mut c[i - i0..i - i0 + mr];
                         tile(ak, bk, first, &mut acc, (mr, nr));
                         for (sums, out) in acc.iter().zip(out.iter_mut()) {
                             copy::<S, NR>(sums, &mut out[j..], nr);
@@ -496,6 +710,25 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
         }
     }
     give_back_workspace(workspace);
+}
+
+/// Asks the CPU to bring the cache lines of `values` into its nearest cache; no arithmetic,
+/// and nothing is read that could fault.
+#[inline(always)]
+fn prefetch<S>(values: &[S]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(values);
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing and cannot fault; the address is inside
+            // `values`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// Copies the first `n` values of `from` to `to`, `n <= NR`; a whole tile row (the common
@@ -664,6 +897,8 @@ mod tests {
             (4, 16, 256),
             (9, 33, 300),
             (70, 90, 513),
+            // Narrow and deep: computed as its transpose.
+            (64, 27, 1100),
         ] {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
@@ -707,6 +942,69 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn columns_are_shared_out_in_whole_vectors_nearest_an_equal_share() {
+        assert_eq!(column_parts(100, 2, 16), [(0, 48), (48, 100)]);
+        assert_eq!(column_parts(50_176, 2, 16), [(0, 25_088), (25_088, 50_176)]);
+        assert_eq!(column_parts(20, 2, 16), [(0, 16), (16, 20)]);
+        assert_eq!(column_parts(10, 2, 16), [(0, 10)]);
+        assert_eq!(
+            column_parts(100, 4, 8),
+            [(0, 24), (24, 48), (48, 72), (72, 100)]
+        );
+    }
+
+    #[test]
+    fn a_product_computed_transposed_continues_the_sums_in_c() {
+        // 27 columns of 1100-term sums: computed as C^T = B^T A^T (see `transposing_pays`).
+        let (m, n, k) = (40, 27, 1100);
+        assert!(transposing_pays((m, n, k), Isa::detect().lanes()));
+        let a: Vec<f64> = (0..m * k).map(|v| (v % 11) as f64 * 0.3 - 1.5).collect();
+        let b: Vec<f64> = (0..k * n).map(|v| (v % 7) as f64 * 0.9 - 2.0).collect();
+        let start: Vec<f64> = (0..m * n).map(|v| v as f64 * 0.01).collect();
+        let mut c = Counted::vec(&start);
+        let ((), counts) = tally::measure(|| {
+            gemm(
+                (m, n, k),
+                &Strided {
+                    data: &Counted::vec(&a),
+                    row_stride: k,
+                    col_stride: 1,
+                },
+                &Strided {
+                    data: &Counted::vec(&b),
+                    row_stride: n,
+                    col_stride: 1,
+                },
+                Start::Existing,
+                &mut c,
+            )
+        });
+        let fused = Isa::detect().fuses();
+        for (at, got) in c.iter().enumerate() {
+            let (i, j) = (at / n, at % n);
+            let mut acc = start[at];
+            for kk in 0..k {
+                let (x, y) = (a[i * k + kk], b[kk * n + j]);
+                acc = if fused {
+                    x.mul_add(y, acc)
+                } else {
+                    acc + x * y
+                };
+            }
+            assert_eq!(got.get().to_bits(), acc.to_bits(), "({i}, {j})");
+        }
+        let macs = (m * n * k) as u128;
+        assert_eq!(
+            counts,
+            Counts {
+                mul: macs,
+                add: macs,
+                ..Counts::ZERO
+            }
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ impl Operation for LayerNorm {
         ParamSpec::scale_and_shift(d)
     }
 
+    fn param_names(&self) -> &'static [&'static str] {
+        &["gamma", "beta"]
+    }
+
     fn explain_param(&self, index: usize) -> String {
         let what = ["gamma", "beta"][index.min(1)];
         format!("{} features' {what}", self.width())

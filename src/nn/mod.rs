@@ -33,7 +33,7 @@ use crate::CountedZeros;
 use crate::counts::Counts;
 use crate::data::{Batch, Dataset, scalar};
 use crate::error::{Error, Result};
-use crate::model::{Init, Layer, Loss, Model, Plan};
+use crate::model::{Entry, Init, Layer, Loss, Model, Params, Plan};
 use crate::phases::{NodeCounts, Phase, StepCounts};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
@@ -145,8 +145,20 @@ impl<S: Scalar> Network<S> {
         });
         let shared = shared.max().unwrap_or(0);
         let optimizer = optimizer::State::new(plan.optimizer(), params.iter().map(|p| p.len()));
+        let mut kernels: Vec<Box<dyn Kernel<S>>> =
+            plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect();
+        // State the model file gives (running statistics) replaces the kernels' start.
+        for (kernel, node) in kernels.iter_mut().zip(plan.nodes()) {
+            for (tensor, given) in kernel.state_mut().into_iter().zip(node.inline_state()) {
+                if let Some(values) = given {
+                    for (v, &x) in tensor.iter_mut().zip(values) {
+                        *v = scalar::<S>(x);
+                    }
+                }
+            }
+        }
         Network {
-            kernels: plan.nodes().iter().map(|n| n.op().kernel::<S>()).collect(),
+            kernels,
             params,
             param_grads,
             values: Vec::new(),
@@ -231,25 +243,61 @@ impl<S: Scalar> Network<S> {
         self.values[0].copy_from_slice(inputs);
         self.marks.start::<S>(Phase::Forward, false);
         watch(Event::start(Phase::Forward));
-        for (k, node) in self.plan.nodes().iter().enumerate() {
-            let (before, after) = self.values.split_at_mut(k + 1);
-            let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
-            for (slot, &v) in x.iter_mut().zip(node.inputs()) {
-                *slot = &before[v];
-            }
-            let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
-            for (slot, &id) in p.iter_mut().zip(node.param_ids()) {
-                *slot = &self.params[id];
-            }
-            self.kernels[k].forward(
-                &x[..node.inputs().len()],
-                &p[..node.param_ids().len()],
-                &mut after[0],
-            );
+        for k in 0..self.kernels.len() {
+            self.forward_node(k, false);
             self.marks.lap::<S>(Phase::Forward, k, true);
             watch(Event::end(Phase::Forward, k));
         }
         self.stage = Stage::Forward;
+    }
+
+    /// Node k's forward pass, or with `infer` its evaluation ([`Kernel::infer`]).
+    fn forward_node(&mut self, k: usize, infer: bool) {
+        let node = &self.plan.nodes()[k];
+        let (before, after) = self.values.split_at_mut(k + 1);
+        let mut x: [&[S]; MAX_INPUTS] = [&[]; MAX_INPUTS];
+        for (slot, &v) in x.iter_mut().zip(node.inputs()) {
+            *slot = &before[v];
+        }
+        let mut p: [&[S]; MAX_PARAMS] = [&[]; MAX_PARAMS];
+        for (slot, &id) in p.iter_mut().zip(node.param_ids()) {
+            *slot = &self.params[id];
+        }
+        let (x, p) = (&x[..node.inputs().len()], &p[..node.param_ids().len()]);
+        if infer {
+            self.kernels[k].infer(x, p, &mut after[0]);
+        } else {
+            self.kernels[k].forward(x, p, &mut after[0]);
+        }
+    }
+
+    /// Runs the batch forward as a trained network is used rather than trained (batch
+    /// normalisation with its running statistics instead of the batch's, as PyTorch's
+    /// `eval()` mode) and returns the output. Not a phase of a step: nothing is attributed to
+    /// the nodes ([`Network::counts`] still reports the last step), and no backward pass may
+    /// follow it. What it counts stays in the thread's tally.
+    ///
+    /// # Shapes
+    /// `inputs`: batch x input values; result: batch x output values.
+    pub fn infer(&mut self, inputs: &[S], batch: usize) -> &[S] {
+        self.resize(batch);
+        self.values[0].copy_from_slice(inputs);
+        for k in 0..self.kernels.len() {
+            self.forward_node(k, true);
+        }
+        self.stage = Stage::Fresh;
+        self.output()
+    }
+
+    /// [`Network::infer`] on a batch, and the loss of its output against the batch's targets
+    /// (attributed to nothing either): how evaluation measures a trained network.
+    pub fn infer_loss(&mut self, batch: &Batch<S>) -> S {
+        self.infer(&batch.inputs, batch.size);
+        let on = std::mem::replace(&mut self.marks.on, false);
+        let loss = self.loss_phase(batch, false, &mut |_| {});
+        self.marks.on = on;
+        self.stage = Stage::Fresh;
+        loss
     }
 
     /// The output of the most recent forward pass.
@@ -494,27 +542,29 @@ impl<S: Scalar> Network<S> {
             .collect()
     }
 
-    /// The model file of this network: the plan's model with every parameter written
-    /// inline, in the model file's order.
+    /// The model file of this network: the plan's model with every parameter and every
+    /// operation's state written inline, in the model file's order. A dense or convolution
+    /// layer's parameters go into its `weights` and `biases`, every other operation's into
+    /// its graph entry's `params` by name, with its state (a tensor shared by several nodes
+    /// is written once, on the node that owns it). A chain whose layers need `params` is
+    /// written as the graph it is, each node reading the one before.
     pub fn to_model(&self) -> Model {
         let mut out = self.plan.model().clone();
-        for node in self.plan.nodes().iter().filter(|n| n.owns_params()) {
-            let tensors: Vec<Vec<f32>> = node
-                .param_ids()
-                .iter()
-                .enumerate()
-                .map(|(j, &id)| {
+        let entries = out.layers.len().max(out.graph.len());
+        let mut named: Vec<Option<Params>> = vec![None; entries];
+        for (node, kernel) in self.plan.nodes().iter().zip(&self.kernels) {
+            let mut tensors: Vec<Vec<f32>> = Vec::new();
+            if node.owns_params() {
+                for (j, &id) in node.param_ids().iter().enumerate() {
                     let stored: Vec<f32> = self.params[id].iter().map(|&v| to_f32(v)).collect();
-                    node.op().file_order(j, &stored)
-                })
-                .collect();
-            if tensors.is_empty() {
-                continue;
+                    tensors.push(node.op().file_order(j, &stored));
+                }
             }
             let layer = match out.layers.get_mut(node.entry()) {
                 Some(layer) => layer,
                 None => &mut out.graph[node.entry()].op,
             };
+            let mut map = Vec::new();
             if let Layer::Dense {
                 weights, biases, ..
             }
@@ -522,13 +572,66 @@ impl<S: Scalar> Network<S> {
                 weights, biases, ..
             } = layer
             {
-                let mut tensors = tensors.into_iter();
-                *weights = tensors.next();
-                *biases = tensors.next();
+                if !tensors.is_empty() {
+                    let mut tensors = tensors.into_iter();
+                    *weights = tensors.next();
+                    *biases = tensors.next();
+                }
+            } else {
+                let names = node.op().param_names();
+                map.extend(names.iter().map(|n| n.to_string()).zip(tensors));
             }
+            let state = node.op().state().into_iter().zip(kernel.state());
+            map.extend(state.map(|((name, _), values)| {
+                (
+                    name.to_string(),
+                    values.iter().map(|&v| to_f32(v)).collect(),
+                )
+            }));
+            if !map.is_empty() {
+                named[node.entry()] = Some(Params(map));
+            }
+        }
+        if out.graph.is_empty() && named.iter().any(Option::is_some) {
+            out.graph = chain_as_graph(&self.plan, std::mem::take(&mut out.layers));
+        }
+        for (entry, params) in out.graph.iter_mut().zip(named) {
+            entry.params = params;
         }
         out
     }
+}
+
+/// A chain's layers as graph entries, each reading the one before, named as the chain named
+/// them: by default, or explicitly where a chain's name (only a label there) is also another
+/// layer's, with a suffix that makes it unique (`x`, `x.2`).
+fn chain_as_graph(plan: &Plan, layers: Vec<Layer>) -> Vec<Entry> {
+    let mut names: Vec<String> = vec![String::new(); layers.len()];
+    for node in plan.nodes().iter().rev() {
+        names[node.entry()] = node.name().to_string();
+    }
+    let all: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let mut taken = std::collections::HashSet::from([crate::plan::INPUT.to_string()]);
+    layers
+        .into_iter()
+        .zip(names)
+        .map(|(op, name)| {
+            let mut unique = name.clone();
+            let mut k = 1;
+            while taken.contains(&unique) || (unique != name && all.contains(&unique)) {
+                k += 1;
+                unique = format!("{name}.{k}");
+            }
+            taken.insert(unique.clone());
+            Entry {
+                name: (unique != name).then_some(unique),
+                op,
+                inputs: None,
+                share: None,
+                params: None,
+            }
+        })
+        .collect()
 }
 
 /// `into += from`, value by value: a gradient added onto one already there.

@@ -55,6 +55,19 @@ pub(crate) trait Operation {
         Vec::new()
     }
 
+    /// The names of its parameter tensors in storage order, by which a graph entry's `params`
+    /// gives them inline: `weights`, then `biases`, unless the operation names them otherwise.
+    fn param_names(&self) -> &'static [&'static str] {
+        &["weights", "biases"]
+    }
+
+    /// What it keeps across steps besides its parameters, by name: neither trained nor
+    /// counted as parameters, but part of a saved model (batch normalisation's running
+    /// statistics). `fans` is always `None`; each value starts at `start`.
+    fn state(&self) -> Vec<(&'static str, ParamSpec)> {
+        Vec::new()
+    }
+
     /// Parameter `index` in storage order from the order model files use (PyTorch's), and
     /// back (`file_order`). The same order unless the kernel stores it otherwise.
     fn storage_order(&self, index: usize, values: &[f32]) -> Vec<f32> {
@@ -114,6 +127,26 @@ pub(crate) trait Kernel<S: Scalar>: Send + Sync {
     /// From `grads.dy` = dL/dy: every parameter's gradient into `grads.dparams` (same order
     /// as `params`), and the gradient of every input whose `dx` slot is `Some`.
     fn backward(&mut self, grads: Backward<'_, S>);
+
+    /// `y = f(x, params)` for a batch when the network is used, not trained (evaluation):
+    /// the same as [`Kernel::forward`] unless the operation behaves otherwise then (batch
+    /// normalisation uses its running statistics). Keeps nothing for a backward pass.
+    ///
+    /// # Shapes
+    /// As [`Kernel::forward`].
+    fn infer(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
+        self.forward(x, params, y);
+    }
+
+    /// The state of [`Operation::state`], in that order (what a saved model writes).
+    fn state(&self) -> Vec<&[S]> {
+        Vec::new()
+    }
+
+    /// [`Kernel::state`], to write (what a loaded model gives).
+    fn state_mut(&mut self) -> Vec<&mut [S]> {
+        Vec::new()
+    }
 
     /// Work of the update phase besides the SGD step on the parameters, which the network
     /// does (batch normalisation's running statistics); whether there was any. Nothing by
@@ -233,6 +266,19 @@ impl NodeOp {
     /// Number of trainable parameters.
     pub fn params(&self) -> u64 {
         self.param_specs().iter().map(|p| p.len as u64).sum()
+    }
+
+    /// The names of its parameter tensors, in storage order (`weights`, `biases`; `gamma`,
+    /// `beta`; `table`), as a graph entry's `params` gives them.
+    pub fn param_names(&self) -> &'static [&'static str] {
+        let names = self.op().param_names();
+        &names[..self.param_specs().len().min(names.len())]
+    }
+
+    /// What it keeps across steps besides its parameters, by name (batch normalisation's
+    /// `running_mean` and `running_var`).
+    pub fn state(&self) -> Vec<(&'static str, ParamSpec)> {
+        self.op().state()
     }
 
     pub(crate) fn storage_order(&self, index: usize, values: &[f32]) -> Vec<f32> {

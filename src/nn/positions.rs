@@ -69,6 +69,10 @@ impl Operation for PositionEmbedding {
         }]
     }
 
+    fn param_names(&self) -> &'static [&'static str] {
+        &["table"]
+    }
+
     fn explain_param(&self, _: usize) -> String {
         format!(
             "a table of {} positions x {} features",

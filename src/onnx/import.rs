@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::constant::{FLOAT, INT32, INT64, Tensor, fold, shape_of};
 use super::proto::{Attribute, Dim, GraphProto, NodeProto, ValueInfo};
 use super::{Import, SUPPORTED};
-use crate::model::{Entry, Init, Layer, Loss, Model};
+use crate::model::{Entry, Init, Layer, Loss, Model, Params};
 use crate::nn::ops;
 use crate::plan::INPUT;
 use crate::shape::Shape;
@@ -497,6 +497,18 @@ impl<'a> Builder<'a> {
     /// A new entry computing `layer` from `inputs`, its shape from the operation's own shape
     /// rule (the plan's).
     fn push(&mut self, node: &NodeProto<'_>, layer: Layer, inputs: &[&Act]) -> Result<Act> {
+        self.push_with(node, layer, inputs, Vec::new())
+    }
+
+    /// [`Builder::push`], with named tensors for the entry's `params` (a norm's `gamma` and
+    /// `beta`, running statistics, an embedding's `table`).
+    pub(super) fn push_with(
+        &mut self,
+        node: &NodeProto<'_>,
+        layer: Layer,
+        inputs: &[&Act],
+        params: Vec<(&str, Tensor)>,
+    ) -> Result<Act> {
         let shapes: Vec<Shape> = inputs.iter().map(|a| a.ours).collect();
         let op = ops::resolve(&layer, &shapes)?;
         let base = if node.name.is_empty() {
@@ -518,6 +530,14 @@ impl<'a> Builder<'a> {
             op: layer,
             inputs: Some(inputs.iter().map(|a| a.entry.clone()).collect()),
             share: None,
+            params: (!params.is_empty()).then(|| {
+                Params(
+                    params
+                        .into_iter()
+                        .map(|(n, t)| (n.to_string(), t.floats().unwrap_or(&[]).to_vec()))
+                        .collect(),
+                )
+            }),
         });
         let ours = op.output();
         Ok(Act {
@@ -593,13 +613,20 @@ impl<'a> Builder<'a> {
                         shown(&x.onnx)
                     ));
                 };
-                for (i, what) in [(1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")] {
+                let mut params = Vec::with_capacity(4);
+                for (i, what, name) in [
+                    (1, "scale", "gamma"),
+                    (2, "bias", "beta"),
+                    (3, "mean", "running_mean"),
+                    (4, "variance", "running_var"),
+                ] {
                     let t = self.floats(node, i, what)?;
                     if t.len() != c {
                         return Err(format!("{what} of {} values for {c} channels", t.len()));
                     }
+                    params.push((name, t));
                 }
-                Value::Act(self.push(node, Layer::BatchNorm2d, &[&x])?)
+                Value::Act(self.push_with(node, Layer::BatchNorm2d, &[&x], params)?)
             }
             "LayerNormalization" => {
                 let x = self.act(node, 0)?;
@@ -615,14 +642,15 @@ impl<'a> Builder<'a> {
                     "no bias (input 2): opcount's LayerNorm has a learnable shift; \
                      export with bias=True",
                 )?;
-                if scale.len() != width || bias.len() != width {
+                if scale.len() != width || bias.len() != width || bias.floats().is_none() {
                     return Err(format!(
                         "scale and bias of {} and {} values for a width of {width}",
                         scale.len(),
                         bias.len()
                     ));
                 }
-                Value::Act(self.push(node, Layer::LayerNorm, &[&x])?)
+                let params = vec![("gamma", scale), ("beta", bias)];
+                Value::Act(self.push_with(node, Layer::LayerNorm, &[&x], params)?)
             }
             "MaxPool" | "AveragePool" => Value::Act(self.pool(node)?),
             "GlobalAveragePool" => {

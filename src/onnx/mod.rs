@@ -274,20 +274,10 @@ fn external_data(
     Ok(Some(bytes))
 }
 
-/// What [`convert`] writes: the model as RON text, and the nodes whose parameters it could
-/// not write (a batch or layer norm's scale and shift, an embedding's table: RON has no
-/// field for them yet, so they start from their initialisation).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Converted {
-    /// The RON text, beginning with a comment saying where it came from.
-    pub text: String,
-    /// The nodes whose parameters were left out, by name.
-    pub not_written: Vec<String>,
-}
-
-/// An imported model as a RON model file. With `weights`, the dense layers' and
-/// convolutions' parameters are written inline (as `train --save` writes them); without,
-/// every parameter starts from the model's `init`. Either way it counts as the ONNX file.
+/// An imported model as RON model text. With `weights`, every parameter and the running
+/// statistics are written inline (a dense layer's or convolution's `weights` and `biases`, a
+/// norm's or embedding's `params`), as `train --save` writes them; without, every parameter
+/// starts from the model's `init`. Either way it counts as the ONNX file.
 ///
 /// ```
 /// use opcount::Model;
@@ -296,47 +286,39 @@ pub struct Converted {
 ///
 /// let path = std::path::Path::new("tests/onnx/batchnorm.onnx");
 /// let model = onnx::load_within(path, &mut Budget::unlimited(), &Import::default())?;
-/// let converted = onnx::convert(&model, "batchnorm.onnx", true);
-/// assert_eq!(converted.not_written, ["/1/BatchNormalization"]);
-/// let again = Model::parse(&converted.text, "batchnorm.ron")?;
+/// let text = onnx::convert(&model, "batchnorm.onnx", true);
+/// assert!(text.contains("running_var"));
+/// let again = Model::parse(&text, "batchnorm.ron")?;
 /// assert_eq!(again.plan("batchnorm.ron")?.params(), model.plan("batchnorm.onnx")?.params());
 /// # Ok::<(), opcount::Error>(())
 /// ```
-pub fn convert(model: &Model, source: &str, weights: bool) -> Converted {
+pub fn convert(model: &Model, source: &str, weights: bool) -> String {
     use crate::model::Layer;
     let mut model = model.clone();
-    let mut not_written = Vec::new();
-    for entry in &mut model.graph {
-        match &mut entry.op {
-            Layer::Dense {
-                weights: w,
-                biases: b,
-                ..
-            }
-            | Layer::Conv2d {
-                weights: w,
-                biases: b,
-                ..
-            } if !weights => (*w, *b) = (None, None),
-            Layer::BatchNorm2d | Layer::LayerNorm | Layer::Embedding { .. } if weights => {
-                not_written.push(entry.name.clone().unwrap_or_default());
-            }
-            _ => {}
+    for entry in model.graph.iter_mut().filter(|_| !weights) {
+        entry.params = None;
+        if let Layer::Dense {
+            weights: w,
+            biases: b,
+            ..
+        }
+        | Layer::Conv2d {
+            weights: w,
+            biases: b,
+            ..
+        } = &mut entry.op
+        {
+            (*w, *b) = (None, None);
         }
     }
     let source = crate::text::escape(source).replace('\n', " ");
     let mut text = format!("// Converted from {source} by opcount convert (docs/onnx.md).\n");
-    if weights {
-        text += "// Dense and convolution weights are the file's.";
-        if !not_written.is_empty() {
-            text += " Batch norm, layer norm and embedding parameters are not written \
-                     (RON has no field for them yet): they start from their initialisation.";
-        }
-        text += "\n";
+    text += if weights {
+        "// Every parameter is the file's.\n"
     } else {
-        text += "// Parameters start from `init` (convert with --weights to keep the file's).\n";
-    }
+        "// Parameters start from `init` (convert with --weights to keep the file's).\n"
+    };
     text += &model.to_ron();
     text += "\n";
-    Converted { text, not_written }
+    text
 }

@@ -11,7 +11,7 @@ use crate::phases::Totals;
 use crate::report::{json_number, phase_table, thousands, totals_json};
 use crate::scalar::Scalar;
 use crate::text::escape;
-use crate::train::{Evaluation, Progress, Settings, evaluate, train};
+use crate::train::{Evaluation, HeldOut, Progress, Settings, evaluate, train_held_out};
 
 /// A training run and the operations of one of its steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,15 +28,22 @@ pub struct TrainSummary {
     pub batch_asked: usize,
     /// The trained network's loss and accuracy over the training data.
     pub evaluation: Evaluation,
+    /// With held-out examples, their loss and accuracy after every epoch and at the end.
+    pub held_out: Option<HeldOut>,
     /// One training step at `settings.batch`, counted with `Counted<f32>`, per phase.
     pub step: Totals,
 }
 
 impl TrainSummary {
     /// Trains `net` on `data` with `settings` (a batch larger than the data is the whole
-    /// data, [`Settings::clamped`]), evaluates it on the same data, and counts one training
-    /// step at that batch: what `opcount train` reports. `on_step` is called after every step.
-    /// Fails as [`train`] does.
+    /// data, [`Settings::clamped`]), evaluates it on the same data and, after every epoch, on
+    /// the `held_out` examples if there are any, and counts one training step at that batch:
+    /// what `opcount train` reports. `on_step` is called after every step. Fails as
+    /// [`train`](crate::train::train) does.
+    ///
+    /// Evaluation runs the network forward as it is used ([`Network::infer`]) with `net`'s
+    /// number type (plain `f32` on the command line: nothing counted); it is never part of
+    /// the counted step.
     ///
     /// ```
     /// use opcount::budget::Budget;
@@ -48,7 +55,7 @@ impl TrainSummary {
     /// let data = loaded.data()?;
     /// let settings = Settings::of(loaded.training()?);
     /// let mut net = Network::<f32>::new(loaded.plan());
-    /// let summary = TrainSummary::train(&mut net, &data, &settings, |_| {})?;
+    /// let summary = TrainSummary::train(&mut net, &data, None, &settings, |_| {})?;
     /// assert_eq!(summary.evaluation.accuracy(), Some(1.0));
     /// // A step of the 2-2-1 network at batch 4: 2 x 2 + 2 x 1 weights per example.
     /// assert_eq!(summary.step.forward.mul, 4 * 6);
@@ -58,11 +65,12 @@ impl TrainSummary {
     pub fn train<S: Scalar>(
         net: &mut Network<S>,
         data: &Dataset,
+        held_out: Option<&Dataset>,
         settings: &Settings,
         on_step: impl FnMut(&Progress),
     ) -> Result<TrainSummary> {
         let run = settings.clamped(data.len());
-        train(net, data, &run, on_step)?;
+        let (_, held_out) = train_held_out(net, data, held_out, &run, on_step)?;
         let evaluation = evaluate(net, data, run.batch);
         // Counts depend on shapes only: a fresh network counts what a trained one would.
         let plan = net.plan();
@@ -82,6 +90,7 @@ impl TrainSummary {
             settings: run,
             batch_asked: settings.batch,
             evaluation,
+            held_out,
             step,
         })
     }
@@ -114,6 +123,20 @@ impl TrainSummary {
                 self.evaluation.predictions
             ));
         }
+        if let Some(held) = &self.held_out {
+            let last = &held.last;
+            out.push_str(&format!(
+                "\nheld-out loss {:.6} ({} examples)",
+                last.loss, last.examples
+            ));
+            if let (Some(accuracy), Some(correct)) = (last.accuracy(), last.correct) {
+                out.push_str(&format!(
+                    ", held-out accuracy {:.1}% ({correct}/{})",
+                    accuracy * 100.0,
+                    last.predictions
+                ));
+            }
+        }
         out.push_str(&format!(
             "\n\noperations of one training step (batch {}), counted with Counted<f32>:\n{}\n",
             s.batch,
@@ -123,7 +146,8 @@ impl TrainSummary {
     }
 
     /// The summary as one JSON object (`train_accuracy` is null for targets that are not
-    /// classes, and `zmul` null: `Counted<f32>` does not count multiplications by zero).
+    /// classes, the `held_out_` keys without held-out examples, and `zmul` null:
+    /// `Counted<f32>` does not count multiplications by zero). docs/report-format.md.
     pub fn json(&self) -> Value {
         json!({
             "model": self.model,
@@ -135,6 +159,14 @@ impl TrainSummary {
             "lr": self.settings.lr,
             "final_loss": self.evaluation.loss,
             "train_accuracy": self.evaluation.accuracy(),
+            "held_out_examples": self.held_out.as_ref().map(|h| h.last.examples),
+            "held_out_loss": self.held_out.as_ref().map(|h| h.last.loss),
+            "held_out_accuracy": self.held_out.as_ref().and_then(|h| h.last.accuracy()),
+            "held_out_by_epoch": self.held_out.as_ref().map(|h| json!({
+                "epochs_per_value": h.loss.epochs_per_value(),
+                "loss": h.loss.values(),
+                "accuracy": (h.accuracy.epochs() > 0).then(|| h.accuracy.values()),
+            })),
             "step_batch": self.settings.batch,
             "step": totals_json(&self.step, false),
         })
@@ -175,6 +207,7 @@ mod tests {
                 examples: 150,
                 predictions: 150,
             },
+            held_out: None,
             step: Totals {
                 forward,
                 loss,
@@ -245,6 +278,10 @@ operations of one training step (batch 150), counted with Counted<f32>:
                 "lr",
                 "final_loss",
                 "train_accuracy",
+                "held_out_examples",
+                "held_out_loss",
+                "held_out_accuracy",
+                "held_out_by_epoch",
                 "step_batch",
                 "step"
             ]
@@ -257,5 +294,45 @@ operations of one training step (batch 150), counted with Counted<f32>:
         assert_eq!(json["step"]["loss"]["sub"], 4);
         assert_eq!(json["step"]["all"]["mul"], 1536);
         assert_eq!(json["step"]["all"]["zmul"], Value::Null);
+        assert_eq!(json["held_out_accuracy"], Value::Null);
+        assert_eq!(json["held_out_by_epoch"], Value::Null);
+    }
+
+    #[test]
+    fn held_out_examples_are_reported_after_the_training_data() {
+        let mut s = summary();
+        let mut loss = crate::train::LossHistory::default();
+        let mut accuracy = crate::train::LossHistory::default();
+        for (l, a) in [(0.9, 0.5), (0.25, 0.75)] {
+            loss.push(l);
+            accuracy.push(a);
+        }
+        let last = Evaluation {
+            loss: 0.25,
+            correct: Some(30),
+            examples: 40,
+            predictions: 40,
+        };
+        s.held_out = Some(HeldOut {
+            loss,
+            accuracy,
+            last,
+        });
+        let table = s.table();
+        assert!(
+            table.contains(
+                "final loss 0.123457, training accuracy 98.0% (147/150)\n\
+                 held-out loss 0.250000 (40 examples), held-out accuracy 75.0% (30/40)\n\n"
+            ),
+            "{table}"
+        );
+        let json = s.json();
+        assert_eq!(json["held_out_examples"], 40);
+        assert_eq!(json["held_out_loss"], json!(0.25));
+        assert_eq!(json["held_out_accuracy"], json!(0.75));
+        assert_eq!(
+            json["held_out_by_epoch"],
+            json!({"epochs_per_value": 1, "loss": [0.9, 0.25], "accuracy": [0.5, 0.75]})
+        );
     }
 }

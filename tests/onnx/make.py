@@ -41,11 +41,12 @@ def export(name, module, example, ron, opset=17, input_dtype=None):
     if ron is not None:
         with open(os.path.join(HERE, name + ".ron"), "w") as f:
             f.write(ron.strip() + "\n")
-    if example.is_floating_point() and ron is not None:
-        oracle(name, module, example.shape[1:])
+    if ron is not None:
+        vocab = None if example.is_floating_point() else module.wte.num_embeddings
+        oracle(name, module, example.shape[1:], vocab=vocab)
 
 
-def oracle(name, module, shape, train=False):
+def oracle(name, module, shape, train=False, vocab=None):
     """PyTorch's outputs for a batch of two made-up inputs, written as `name.io` (a line of
     inputs, a line of outputs): tests/onnx.rs checks opcount's forward pass against them,
     so the weights must have been read in the right order."""
@@ -53,7 +54,10 @@ def oracle(name, module, shape, train=False):
     n = 2
     for d in shape:
         n *= d
-    x = torch.sin(torch.arange(n, dtype=torch.float64) * 0.37).reshape(2, *shape)
+    if vocab is None:
+        x = torch.sin(torch.arange(n, dtype=torch.float64) * 0.37).reshape(2, *shape)
+    else:  # token ids
+        x = ((torch.arange(n) * 7) % vocab).reshape(2, *shape)
     with torch.no_grad():
         y = module.double()(x)
     module.float()

@@ -321,7 +321,8 @@ impl Builder<'_> {
         if attr_i(node, "axis", 0) != 0 {
             return Err("axis other than 0: opcount maps Gather as an embedding".into());
         }
-        self.push(node, Layer::Embedding { vocab, width }, &[&ids])
+        let params = vec![("table", table)];
+        self.push_with(node, Layer::Embedding { vocab, width }, &[&ids], params)
     }
 }
 
