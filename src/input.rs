@@ -68,7 +68,8 @@ pub fn read_model_text(path: &Path, budget: &mut Budget) -> Result<String> {
         }
         if let Some(at) = chunk[..n].iter().position(|&b| b == 0) {
             return Err(refuse(format!(
-                "not a model file: a NUL byte at byte {} (model files are RON text)",
+                "not a model file: a NUL byte at byte {} (model files are RON text, or ONNX \
+                 files named .onnx)",
                 bytes.len() + at
             )));
         }

@@ -38,6 +38,7 @@ pub mod input;
 mod loaded;
 pub mod model;
 mod nn;
+pub mod onnx;
 mod phases;
 mod plan;
 pub mod project;

@@ -1,4 +1,4 @@
-//! A model file read and validated within a memory budget, and the budget, which what is
+//! A model file (RON or ONNX) read and validated within a memory budget, and the budget, which what is
 //! done with the model next (its data, the networks that run it, a report, a saved copy) is
 //! charged to before it is allocated. The first thing each of `opcount`'s commands does.
 
@@ -8,6 +8,7 @@ use crate::budget::{self, Budget};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, Plan, Training};
+use crate::onnx::{self, Import};
 
 /// A model file, validated, with the memory budget what was read from it is charged to.
 #[derive(Debug)]
@@ -59,9 +60,27 @@ impl Loaded {
     /// assert_eq!((loaded.plan().name(), data.len()), ("iris", 150));
     /// # Ok::<(), opcount::Error>(())
     /// ```
-    pub fn load(path: &Path, mut budget: Budget) -> Result<Loaded> {
-        let model = Model::load_within(path, &mut budget)?;
+    pub fn load(path: &Path, budget: Budget) -> Result<Loaded> {
+        Loaded::load_with(path, budget, &Import::default())
+    }
+
+    /// [`Loaded::load`] for a RON or an ONNX file (`.onnx`, read by [`crate::onnx`] with
+    /// `import`'s loss and input shape). `import` must be the default for a RON file, which
+    /// says its own.
+    pub fn load_with(path: &Path, mut budget: Budget, import: &Import) -> Result<Loaded> {
         let origin = path.display().to_string();
+        let model = if onnx::is_onnx(path) {
+            onnx::load_within(path, &mut budget, import)?
+        } else if *import != Import::default() {
+            return Err(Error::Model {
+                origin,
+                message: "--loss, --input-shape and --gelu-as-tanh are for ONNX models; a \
+                          RON model file says its own loss, input and operations"
+                    .into(),
+            });
+        } else {
+            Model::load_within(path, &mut budget)?
+        };
         let per_node = u128::from(budget::NODE_BYTES);
         let most = 2 * (model.layers.len() + model.graph.len()) as u128;
         budget.charge(per_node * most, || {
@@ -163,11 +182,16 @@ impl Loaded {
 }
 
 fn training_of<'a>(plan: &'a Plan, origin: &str) -> Result<&'a Training> {
+    let message = if onnx::is_onnx(Path::new(origin)) {
+        "an ONNX model has no training block, so there is nothing to train on: write it as \
+         RON with `opcount convert`, add one (see docs/model-format.md), and train that"
+    } else {
+        "the model has no training block, so there is nothing to train on \
+         (see docs/model-format.md)"
+    };
     plan.model().training.as_ref().ok_or_else(|| Error::Model {
         origin: origin.to_string(),
-        message: "the model has no training block, so there is nothing to train on \
-                  (see docs/model-format.md)"
-            .to_string(),
+        message: message.to_string(),
     })
 }
 

@@ -27,7 +27,8 @@ use opcount::train::{Settings, relocate_data};
 use opcount::{Loaded, Network, Op, estimate, measure_step_watched};
 
 use cli::args::{
-    BenchArgs, Cli, Command, CountArgs, Format, ProjectArgs, ReportFormat, RunArgs, TrainArgs,
+    BenchArgs, Cli, Command, ConvertArgs, CountArgs, Format, ProjectArgs, ReportFormat, RunArgs,
+    TrainArgs,
 };
 use cli::progress::progress_bar;
 use cli::{chart, files, measure, sgemm};
@@ -117,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train_command(&args)?,
         Command::Bench(args) => bench_command(&args)?,
         Command::Project(args) => return project_command(&args),
+        Command::Convert(args) => convert_command(&args)?,
         Command::Kinds => {
             for op in Op::ALL {
                 outln!("{:<6} {}", op.name(), op.description().replace('`', ""))?;
@@ -127,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(path: &Path, run: &RunArgs) -> anyhow::Result<Loaded> {
-    Ok(Loaded::load(path, run.budget())?)
+    Ok(Loaded::load_with(path, run.budget(), &run.import())?)
 }
 
 /// [`Loaded::charge_run`], saying what to do instead when the model does not fit.
@@ -311,6 +313,22 @@ fn project_command(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         Format::Table => out!("{}", summary.table())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn convert_command(args: &ConvertArgs) -> anyhow::Result<()> {
+    if !opcount::onnx::is_onnx(&args.model) {
+        bail!(
+            "{}: convert reads ONNX files (.onnx); a RON model is already one",
+            args.model.display()
+        );
+    }
+    check_output(&args.output)?;
+    let mut loaded = load(&args.model, &args.run)?;
+    loaded.charge_save()?;
+    let origin = loaded.origin().to_string();
+    let text = opcount::onnx::convert(loaded.plan().model(), &origin, args.weights);
+    write_output(&args.output, text.as_bytes())?;
+    Ok(())
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {

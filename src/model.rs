@@ -215,6 +215,9 @@ pub enum Layer {
     BatchNorm2d,
     /// The sum of two values of the same shape (a residual connection); in a `graph` only.
     Add,
+    /// The product of two values of the same shape, value by value (a gate, as in SiLU's
+    /// `x * sigmoid(x)`); in a `graph` only.
+    Mul,
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,

@@ -818,6 +818,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::BatchNorm2d => "batchnorm",
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
+        Layer::Mul => "mul",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
@@ -932,6 +933,7 @@ mod tests {
             "BatchNorm2d",
             "LayerNorm",
             "Add",
+            "Mul",
             "Embedding(vocab: 1, width: 1)",
             "PositionEmbedding(context: 1)",
             "Unembed(vocab: 1)",
@@ -961,6 +963,7 @@ mod tests {
                 | Layer::BatchNorm2d
                 | Layer::LayerNorm
                 | Layer::Add
+                | Layer::Mul
                 | Layer::Embedding { .. }
                 | Layer::PositionEmbedding { .. }
                 | Layer::Unembed { .. }

@@ -55,7 +55,13 @@ fn the_generator_makes_branches_joins_and_shared_parameters() {
     let all: String = (0..100)
         .map(|_| random_graph(&mut rng, false).text)
         .collect();
-    for wanted in ["op: Add", "share: ", "inputs: [\"input\"]", "op: Relu"] {
+    for wanted in [
+        "op: Add",
+        "op: Mul",
+        "share: ",
+        "inputs: [\"input\"]",
+        "op: Relu",
+    ] {
         assert!(all.contains(wanted), "no graph has {wanted}");
     }
 }
@@ -156,4 +162,18 @@ fn passes_out_of_order_are_errors_not_panics() {
         net.backward().is_err(),
         "a second backward needs a new forward pass"
     );
+}
+
+/// Mul's backward (`da = dy b`, `db = dy a`), a gate and a value multiplied by itself,
+/// against finite differences, and its counts against the closed form.
+#[test]
+fn a_gated_graph_with_mul_matches_finite_differences() {
+    let text = "(name: \"silu\", input: [3], loss: Mse, graph: [
+        (name: \"a\", op: Dense(units: 4)),
+        (name: \"gate\", op: Sigmoid),
+        (name: \"silu\", op: Mul, inputs: [\"a\", \"gate\"]),
+        (name: \"square\", op: Mul, inputs: [\"silu\", \"silu\"]),
+        (name: \"out\", op: Dense(units: 2))])";
+    check(text, 3, 5);
+    counts::measured_equals_closed_form(text, 3, 5).unwrap();
 }

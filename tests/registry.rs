@@ -125,4 +125,12 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             (name: \"s\", op: Add, inputs: [\"a\", \"b\"]),
             (name: \"out\", op: Dense(units: 1))])",
     );
+    plain_and_counted_agree(
+        "(name: \"silu\", input: [4], loss: Mse, graph: [
+            (name: \"a\", op: Dense(units: 4)),
+            (name: \"gate\", op: Sigmoid),
+            (name: \"silu\", op: Mul, inputs: [\"a\", \"gate\"]),
+            (name: \"square\", op: Mul, inputs: [\"silu\", \"silu\"]),
+            (name: \"out\", op: Dense(units: 1))])",
+    );
 }

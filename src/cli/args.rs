@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
+use opcount::model::Loss;
+use opcount::onnx::Import;
 
 /// Count every arithmetic operation of a neural network, by kind.
 #[derive(Parser, Debug)]
@@ -28,13 +30,15 @@ pub enum Command {
     /// Project a whole training run (N examples x E epochs): its operations, and its time
     /// on this CPU from a measured step.
     Project(ProjectArgs),
+    /// Write an ONNX model as a RON model file, to read and edit (see docs/onnx.md).
+    Convert(ConvertArgs),
     /// List the kinds of operation opcount counts (see docs/counting.md).
     Kinds,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct CountArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Examples in the step.
     #[arg(long, default_value_t = 1)]
@@ -68,9 +72,56 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// For an ONNX model: the loss to train it against (default: softmax cross-entropy for a
+    /// flat output of two or more values, else mse).
+    #[arg(long, value_enum, value_name = "LOSS")]
+    pub loss: Option<LossArg>,
+    /// For an ONNX model whose input sizes are symbolic: one example's shape, e.g. 3,32,32
+    /// (the batch comes from --batch).
+    #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
+    pub input_shape: Option<InputShape>,
+    /// For an ONNX model: count the exact (erf) GELU as opcount's GELU, the tanh form, which
+    /// counts other operations (see docs/onnx.md); without it such a model is refused.
+    #[arg(long)]
+    pub gelu_as_tanh: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    /// Softmax over each example's outputs, then cross-entropy against its class.
+    SoftmaxCrossEntropy,
+    /// Mean squared error.
+    Mse,
+}
+
+/// One example's sizes, `--input-shape 3,32,32` (one value to clap, not a list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputShape(pub Vec<usize>);
+
+/// Parses `3,32,32`: one example's sizes, each at least 1.
+fn parse_shape(text: &str) -> Result<InputShape, String> {
+    let sizes: Result<Vec<usize>, _> = text.split(',').map(|s| s.trim().parse()).collect();
+    match sizes {
+        Ok(s) if !s.is_empty() && s.len() <= 3 && s.iter().all(|&n| n > 0) => Ok(InputShape(s)),
+        _ => Err(format!(
+            "expected one to three sizes of at least 1, like 3,32,32, found '{text}'"
+        )),
+    }
 }
 
 impl RunArgs {
+    /// What an ONNX model needs to be read: its loss and input shape, if given.
+    pub fn import(&self) -> Import {
+        Import {
+            loss: self.loss.map(|l| match l {
+                LossArg::SoftmaxCrossEntropy => Loss::SoftmaxCrossEntropy,
+                LossArg::Mse => Loss::Mse,
+            }),
+            input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
+            gelu_as_tanh: self.gelu_as_tanh,
+        }
+    }
+
     /// The memory budget: `--max-memory`, or half of the memory this process can count on.
     pub fn budget(&self) -> Budget {
         match self.max_memory {
@@ -148,8 +199,23 @@ pub struct TrainArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// The ONNX model file (.onnx).
+    pub model: PathBuf,
+    /// The RON file to write (atomically); `-` for standard output.
+    #[arg(long, value_name = "OUT.ron")]
+    pub output: PathBuf,
+    /// Write the dense and convolution layers' weights inline (default: they start from the
+    /// model's init).
+    #[arg(long)]
+    pub weights: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Examples per step.
     #[arg(long, default_value_t = 1)]
@@ -170,7 +236,7 @@ pub struct BenchArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ProjectArgs {
-    /// The model file (RON).
+    /// The model file (RON, or ONNX: .onnx).
     pub model: PathBuf,
     /// Training examples per epoch.
     #[arg(long)]

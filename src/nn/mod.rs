@@ -20,6 +20,7 @@ pub(crate) mod global_pool;
 pub(crate) mod layernorm;
 mod loss;
 pub(crate) mod mix;
+mod mul;
 pub(crate) mod ops;
 pub(crate) mod optimizer;
 pub(crate) mod pool;

@@ -1,7 +1,7 @@
 //! The registry of operations: every operation a node can compute, listed once.
 //!
 //! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
-//! `activation.rs`, `add.rs`) holding, side by side, its shape rule (the resolved struct's
+//! `activation.rs`, `add.rs`, `mul.rs`, ...) holding, side by side, its shape rule (the resolved struct's
 //! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
 //! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
 //! `registry!` below writes the dispatch from that one list, so nothing else matches on
@@ -14,7 +14,7 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, pool};
+use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, mul, pool};
 use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
@@ -216,6 +216,7 @@ registry! {
     Flatten(flatten::Flatten),
     Activation(activation::Act),
     Add(add::Add),
+    Mul(mul::Mul),
     LayerNorm(layernorm::LayerNorm),
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
@@ -236,6 +237,7 @@ pub const OPERATIONS: &[&str] = &[
     "GlobalAvgPool2d",
     "Flatten",
     "Add",
+    "Mul",
     "LayerNorm",
     "Embedding",
     "PositionEmbedding",
@@ -356,6 +358,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             NodeOp::GlobalAvgPool2d(global_pool::GlobalAvgPool2d::resolve(one()?)?)
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
+        Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         Layer::Embedding { vocab, width } => {
             NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)

@@ -42,7 +42,8 @@ pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
         let entry = match rng.below(4) {
             0 => {
                 let (a, b) = (values.pick(rng), values.pick(rng));
-                format!("(name: \"{name}\", op: Add, inputs: [\"{a}\", \"{b}\"])")
+                let op = ["Add", "Mul"][rng.below(2)];
+                format!("(name: \"{name}\", op: {op}, inputs: [\"{a}\", \"{b}\"])")
             }
             1 if !owners.is_empty() => {
                 let (owner, bias) = owners[rng.below(owners.len())].clone();

@@ -1,0 +1,406 @@
+//! ONNX models (tests/onnx/, made by tests/onnx/make.py from PyTorch): each counts exactly
+//! as its RON twin, measured equals closed form, the weights are read in the right order
+//! (opcount's forward pass against PyTorch's outputs), and every malformed file in
+//! tests/onnx/bad/ is refused with exit code 2 and one line.
+
+#[path = "support/cli.rs"]
+mod cli;
+
+use std::path::{Path, PathBuf};
+
+use cli::{opcount_in, root, stderr};
+use opcount::budget::Budget;
+use opcount::data::Dataset;
+use opcount::onnx::{self, Import};
+use opcount::{Model, Network, Phase, Plan, StepCounts, estimate, measure_step};
+use proptest::prelude::*;
+
+fn dir() -> PathBuf {
+    root().join("tests/onnx")
+}
+
+fn load_onnx(name: &str, import: &Import) -> opcount::Result<Plan> {
+    let path = dir().join(format!("{name}.onnx"));
+    onnx::load_within(&path, &mut Budget::unlimited(), import)?.plan(name)
+}
+
+fn load_ron(name: &str) -> Plan {
+    let path = dir().join(format!("{name}.ron"));
+    Model::load(&path).unwrap().plan(name).unwrap()
+}
+
+/// The ONNX files that have a RON twin.
+fn twins() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .filter(|p| p.with_extension("ron").exists())
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every node's kind, shape, parameters and closed form, node by node.
+fn closed_forms(plan: &Plan, batch: usize) -> Vec<String> {
+    let step = estimate::step(plan, batch).unwrap();
+    let mut rows: Vec<String> = plan
+        .nodes()
+        .iter()
+        .zip(&step.nodes)
+        .map(|(n, c)| {
+            format!(
+                "{} {} {} {:?}",
+                n.kind(),
+                n.output(),
+                n.params(),
+                [Phase::Forward, Phase::Backward, Phase::Update].map(|p| c.phase(p))
+            )
+        })
+        .collect();
+    rows.push(format!("loss {:?} params {}", step.loss, plan.params()));
+    rows
+}
+
+fn assert_measured_is_closed_form(plan: &Plan, batch: usize, what: &str) {
+    let data = Dataset::synthetic(plan, batch, 7);
+    let measured: StepCounts = measure_step(plan, &data, batch);
+    let estimated = estimate::step(plan, batch).unwrap();
+    assert_eq!(measured.predictable(), estimated, "{what} at batch {batch}");
+}
+
+#[test]
+fn every_onnx_file_counts_as_its_ron_twin_and_measured_equals_closed_form() {
+    let names = twins();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in &names {
+        let plan = load_onnx(name, &Import::default()).unwrap_or_else(|e| panic!("{e}"));
+        let twin = load_ron(name);
+        assert_eq!(plan.loss(), twin.loss(), "{name}");
+        for batch in [1, 3] {
+            assert_eq!(
+                closed_forms(&plan, batch),
+                closed_forms(&twin, batch),
+                "{name} at batch {batch}"
+            );
+        }
+        assert_measured_is_closed_form(&plan, 3, name);
+    }
+}
+
+/// The acceptance figure: a ResNet-style model exported by PyTorch (tests/onnx/make.py:
+/// stem, two residual blocks, a 1x1 downsampling shortcut, pooling, a dense head) counts
+/// the multiply-accumulates its RON twin and the closed form count, and the number worked
+/// out here by hand.
+#[test]
+fn the_exported_resnet_counts_its_convolutions_and_dense_layer() {
+    let plan = load_onnx("resnet", &Import::default()).unwrap();
+    let twin = load_ron("resnet");
+    // Per example, outputs x window: stem 8x16x16 x 3x3x3; block 1, two of 8x16x16 x 8x3x3;
+    // block 2, 16x8x8 x 8x3x3 and 16x8x8 x 16x3x3; the shortcut 16x8x8 x 8; the head 10 x 16.
+    let by_hand = 8 * 16 * 16 * 27
+        + 2 * 8 * 16 * 16 * 72
+        + 16 * 8 * 8 * 72
+        + 16 * 8 * 8 * 144
+        + 16 * 8 * 8 * 8
+        + 10 * 16;
+    assert_eq!(by_hand, 579_744);
+    let macs = |plan: &Plan, step: &StepCounts| -> u128 {
+        plan.nodes()
+            .iter()
+            .zip(&step.nodes)
+            .filter(|(n, _)| matches!(n.kind(), "conv2d" | "dense"))
+            .map(|(_, c)| c.phase(Phase::Forward).mul)
+            .sum()
+    };
+    let batch = 2;
+    let data = Dataset::synthetic(&plan, batch, 1);
+    let measured = measure_step(&plan, &data, batch);
+    let closed = estimate::step(&plan, batch).unwrap();
+    let twin_closed = estimate::step(&twin, batch).unwrap();
+    assert_eq!(macs(&plan, &measured), 2 * by_hand as u128);
+    assert_eq!(macs(&plan, &closed), 2 * by_hand as u128);
+    assert_eq!(macs(&twin, &twin_closed), 2 * by_hand as u128);
+    assert_eq!(plan.params(), 5_266);
+    let kinds: Vec<&str> = plan.nodes().iter().map(|n| n.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "batchnorm2d").count(), 6);
+    assert_eq!(kinds.iter().filter(|k| **k == "add").count(), 2);
+}
+
+/// A batch of two inputs and PyTorch's outputs for them, from `name.io`.
+fn oracle(name: &str) -> Option<(Vec<f64>, Vec<f64>)> {
+    let text = std::fs::read_to_string(dir().join(format!("{name}.io"))).ok()?;
+    let mut lines = text.lines().map(|l| {
+        l.split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    });
+    Some((lines.next()?, lines.next()?))
+}
+
+#[test]
+fn the_forward_pass_gives_pytorchs_outputs() {
+    let mut checked = 0;
+    for name in twins() {
+        let Some((x, want)) = oracle(&name) else {
+            continue;
+        };
+        let plan = load_onnx(&name, &Import::default()).unwrap();
+        let mut net = Network::<f64>::new(&plan);
+        let y = net.forward(&x, 2);
+        assert_eq!(y.len(), want.len(), "{name}");
+        for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+            // The weights went through f32, PyTorch computed in f64 from the same f32 values.
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{name}: output {i} is {a}, PyTorch gives {b}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 12, "{checked}");
+}
+
+#[test]
+fn symbolic_sizes_come_from_input_shape() {
+    let import = |shape: &[usize]| Import {
+        input_shape: Some(shape.to_vec()),
+        ..Import::default()
+    };
+    let err = load_onnx("symbolic", &Import::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3xHxW per example"), "{err}");
+    let plan = load_onnx("symbolic", &import(&[3, 8, 8])).unwrap();
+    assert_eq!(plan.nodes()[0].output().to_string(), "4x8x8");
+    assert_measured_is_closed_form(&plan, 2, "symbolic");
+    let err = load_onnx("symbolic", &import(&[4, 8, 8]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("weights for 3 input channels, but its input has 4"),
+        "{err}"
+    );
+    let err = load_onnx("relu", &import(&[9])).unwrap_err().to_string();
+    assert!(
+        err.contains("input 'x' is 8 per example, but --input-shape says 9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_loss_is_chosen_or_given() {
+    use opcount::model::Loss;
+    // A flat output that is already a softmax is not logits: mean squared error.
+    assert_eq!(
+        load_onnx("softmax", &Import::default()).unwrap().loss(),
+        Loss::Mse
+    );
+    assert_eq!(
+        load_onnx("relu", &Import::default()).unwrap().loss(),
+        Loss::SoftmaxCrossEntropy
+    );
+    let mse = Import {
+        loss: Some(Loss::Mse),
+        ..Import::default()
+    };
+    assert_eq!(load_onnx("relu", &mse).unwrap().loss(), Loss::Mse);
+}
+
+#[test]
+fn the_exact_gelu_is_refused_unless_asked_to_count_it_as_the_tanh_form() {
+    let err = load_onnx("gelu_erf", &Import::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 2 (/1/Div, Div): the exact (erf) GELU"),
+        "{err}"
+    );
+    assert!(err.contains("--gelu-as-tanh"), "{err}");
+    // Asked to, its five nodes are one Gelu: the same model as gelu.onnx's twin.
+    let tanh = Import {
+        gelu_as_tanh: true,
+        ..Import::default()
+    };
+    let plan = load_onnx("gelu_erf", &tanh).unwrap();
+    assert_eq!(closed_forms(&plan, 2), closed_forms(&load_ron("gelu"), 2));
+    assert_measured_is_closed_form(&plan, 2, "gelu_erf");
+}
+
+#[test]
+fn every_malformed_file_is_refused_with_one_line_and_exit_code_2() {
+    let bad = dir().join("bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&bad)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "{files:?}");
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let expect = std::fs::read_to_string(file.with_extension("expect")).unwrap();
+        let out = opcount_in(&bad, &["count", name, "--quiet"]);
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: names no file: {stderr}");
+        assert!(
+            stderr.contains(expect.trim()),
+            "{name}: expected {expect}found {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{name}");
+    }
+}
+
+fn load_bytes(bytes: &[u8]) -> opcount::Result<Plan> {
+    let file = tempfile::Builder::new().suffix(".onnx").tempfile().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    let mut budget = Budget::new(64 << 20, "set by a test");
+    onnx::load_within(file.path(), &mut budget, &Import::default())?.plan("mutated")
+}
+
+fn resnet_bytes() -> Vec<u8> {
+    std::fs::read(dir().join("resnet.onnx")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Damaged bytes are an error or a model, never a panic, and a model that plans counts
+    /// exactly.
+    #[test]
+    fn damaged_files_never_panic(
+        cuts in prop::collection::vec((0usize..30_000, any::<u8>()), 1..6),
+        keep in 0usize..30_000,
+    ) {
+        let mut bytes = resnet_bytes();
+        for (at, b) in cuts {
+            let n = bytes.len();
+            bytes[at % n] = b;
+        }
+        bytes.truncate(keep.max(1));
+        if let Ok(plan) = load_bytes(&bytes)
+            && plan.memory_bytes(1, 4) < 64 << 20
+        {
+            assert_measured_is_closed_form(&plan, 1, "a damaged file");
+        }
+    }
+}
+
+#[test]
+fn a_small_budget_refuses_the_file_not_the_machine() {
+    let path = dir().join("resnet.onnx");
+    let mut budget = Budget::new(1 << 10, "set by a test");
+    let err = onnx::load_within(&path, &mut budget, &Import::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs about"), "{err}");
+    assert!(Path::new(&path).exists());
+}
+
+#[test]
+fn converted_models_load_back_and_count_the_same() {
+    for name in twins() {
+        let path = dir().join(format!("{name}.onnx"));
+        let model = onnx::load_within(&path, &mut Budget::unlimited(), &Import::default()).unwrap();
+        let plan = model.plan(&name).unwrap();
+        for weights in [false, true] {
+            let text = onnx::convert(&model, &name, weights);
+            let again = Model::parse(&text, "converted.ron")
+                .and_then(|m| m.plan("converted.ron"))
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            assert_eq!(closed_forms(&again, 2), closed_forms(&plan, 2), "{name}");
+            if !weights {
+                continue;
+            }
+            // The same weights: the same outputs, bit for bit.
+            let x: Vec<f32> = (0..2 * plan.input().len())
+                .map(|i| ((i * 7) % 5) as f32 * 0.25)
+                .collect();
+            let a = Network::<f32>::new(&plan).forward(&x, 2).to_vec();
+            let b = Network::<f32>::new(&again).forward(&x, 2).to_vec();
+            assert_eq!(a, b, "{name}");
+        }
+    }
+}
+
+#[test]
+fn convert_writes_a_ron_file_the_commands_read() {
+    let out = tempfile::Builder::new().suffix(".ron").tempfile().unwrap();
+    let target = out.path().to_str().unwrap();
+    let run = opcount_in(
+        &dir(),
+        &["convert", "resnet.onnx", "--output", target, "--weights"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).is_empty(), "{}", stderr(&run));
+    let counted = |file: &str| {
+        let out = opcount_in(
+            &dir(),
+            &["count", file, "--batch", "2", "--format", "json", "-q"],
+        );
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(json["totals"]["estimated"]["all"]["mul"].as_u64() > Some(1_000_000));
+        json["totals"].clone()
+    };
+    assert_eq!(counted(target), counted("resnet.onnx"));
+    let refused = opcount_in(&dir(), &["convert", "resnet.ron", "--output", target]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("convert reads ONNX files"));
+}
+
+#[test]
+fn the_command_line_takes_the_input_shape_and_the_loss_for_onnx_files_only() {
+    let json = |args: &[&str]| {
+        let out = opcount_in(&dir(), args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = json(&[
+        "count",
+        "symbolic.onnx",
+        "--input-shape",
+        "3,6,6",
+        "--batch",
+        "2",
+        "--format",
+        "json",
+        "--loss",
+        "mse",
+    ]);
+    assert_eq!(report["batch"], 2);
+    assert_eq!(report["loss"]["name"], "mse");
+    let refused = |args: &[&str], fragment: &str| {
+        let out = opcount_in(&dir(), args);
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(fragment), "{args:?}: {stderr}");
+    };
+    refused(
+        &["train", "relu.onnx"],
+        "an ONNX model has no training block",
+    );
+    refused(
+        &["count", "relu.ron", "--loss", "mse"],
+        "--loss, --input-shape and --gelu-as-tanh are for ONNX models",
+    );
+    refused(
+        &["count", "symbolic.onnx", "--input-shape", "3,0,6"],
+        "expected one to three sizes of at least 1",
+    );
+    refused(
+        &[
+            "count",
+            "symbolic.onnx",
+            "--input-shape",
+            "3,6,6",
+            "--max-memory",
+            "2K",
+        ],
+        "needs about",
+    );
+}
