@@ -1311,6 +1311,21 @@ mod tests {
     }
 
     #[test]
+    fn examples_one_at_a_time_give_the_definition_bit_for_bit() {
+        // Examples whose patch gradients alone fill a chunk, so they go one at a time, the
+        // weight gradient continued from the previous example's sums after the first: stride
+        // 1 and not, grouped or not.
+        for (channels, stride, side) in [((16, 2, 1), 1, (50, 51)), ((16, 2, 2), 2, (90, 91))] {
+            let g = square(channels, 3, stride, 1, side);
+            let patch_grads = g.groups * g.patch() * g.positions();
+            assert_eq!(g.chunk(&[g.out_channels * g.positions(), patch_grads]), 1);
+            for (batch, bias) in [(1, true), (2, false)] {
+                check_against_reference(g, batch, bias);
+            }
+        }
+    }
+
+    #[test]
     fn groups_and_non_square_windows_give_the_definition_bit_for_bit() {
         let mut cases = vec![
             // Depthwise, as MobileNetV2's: stride 1 and 2, padding 1.
