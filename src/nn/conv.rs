@@ -946,7 +946,8 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
     }
 
     /// Row by row (each a position), straight into every panel: the position's place in the
-    /// image is worked out once for all its columns.
+    /// image is worked out once for all its columns, and the columns of one window row (`kw`
+    /// values side by side in the image) are copied a few at a time, not one by one.
     fn pack_columns(
         &self,
         (r0, rows): (usize, usize),
@@ -955,15 +956,33 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
         out: &mut [S],
     ) {
         let offsets = &self.offsets[c0..c0 + cols];
+        // Columns whose offsets follow one another (a window's row), up to 4 and never across
+        // a panel, are copied together: (place in a row of the output, offset, length).
+        let mut pieces = Vec::with_capacity(cols);
+        for (p, panel) in offsets.chunks(width).enumerate() {
+            let mut j = 0;
+            while j < panel.len() {
+                let mut len = 1;
+                while len < 4 && j + len < panel.len() && panel[j + len] == panel[j] + len {
+                    len += 1;
+                }
+                pieces.push((p * rows * width + j, panel[j], len));
+                j += len;
+            }
+        }
         let s = self.patches.g.stride.1;
         let mut r = 0;
         self.patches.runs(r0, rows, |start, run| {
             for t in 0..run {
                 let image = &self.patches.images[start + t * s..];
-                for (p, offsets) in offsets.chunks(width).enumerate() {
-                    let dst = &mut out[(p * rows + r + t) * width..][..offsets.len()];
-                    for (v, &off) in dst.iter_mut().zip(offsets) {
-                        *v = image[off];
+                let row = &mut out[(r + t) * width..];
+                for &(at, off, len) in &pieces {
+                    let (dst, src) = (&mut row[at..], &image[off..]);
+                    match len {
+                        4 => dst[..4].copy_from_slice(&src[..4]),
+                        3 => dst[..3].copy_from_slice(&src[..3]),
+                        2 => dst[..2].copy_from_slice(&src[..2]),
+                        _ => dst[0] = src[0],
                     }
                 }
             }
@@ -1307,6 +1326,21 @@ mod tests {
                 );
             }
             check_against_reference(g, 10, true);
+        }
+    }
+
+    #[test]
+    fn examples_one_at_a_time_give_the_definition_bit_for_bit() {
+        // Examples whose patch gradients alone fill a chunk, so they go one at a time, the
+        // weight gradient continued from the previous example's sums after the first: stride
+        // 1 and not, grouped or not.
+        for (channels, stride, side) in [((16, 2, 1), 1, (50, 51)), ((16, 2, 2), 2, (90, 91))] {
+            let g = square(channels, 3, stride, 1, side);
+            let patch_grads = g.groups * g.patch() * g.positions();
+            assert_eq!(g.chunk(&[g.out_channels * g.positions(), patch_grads]), 1);
+            for (batch, bias) in [(1, true), (2, false)] {
+                check_against_reference(g, batch, bias);
+            }
         }
     }
 
