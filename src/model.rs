@@ -421,6 +421,10 @@ pub enum Loss {
     /// Softmax over each example's outputs (logits), then cross-entropy against its class.
     #[serde(alias = "CrossEntropy")]
     SoftmaxCrossEntropy,
+    /// No loss: the network is counted forward only (inference). The loss, the backward pass
+    /// and the update compute nothing, and every report says so; such a model cannot be
+    /// trained.
+    None,
 }
 
 impl Loss {
@@ -429,7 +433,14 @@ impl Loss {
         match self {
             Loss::Mse => "mse",
             Loss::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Loss::None => "none",
         }
+    }
+
+    /// Whether a step is the forward pass alone (`Loss::None`): no loss, no backward pass,
+    /// no update.
+    pub fn forward_only(self) -> bool {
+        self == Loss::None
     }
 }
 
