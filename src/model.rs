@@ -218,6 +218,19 @@ pub enum Layer {
     /// The product of two values of the same shape, value by value (a gate, as in SiLU's
     /// `x * sigmoid(x)`); in a `graph` only.
     Mul,
+    /// A value combined, value by value, with a fixed constant (never trained) that
+    /// broadcasts to its shape from the last axis: `x + c`, `x - c`, `c - x`, `x * c`, `x / c`.
+    ConstOp {
+        /// Which operation, and on which side the constant stands.
+        op: ConstArith,
+        /// The constant's dimensions, at most the input's rank, each 1 or the input's size
+        /// on that axis counted from the last; default `[1]`, one number for every value.
+        #[serde(default = "one_value", deserialize_with = "charged")]
+        shape: Vec<usize>,
+        /// The constant's values, in row-major order.
+        #[serde(deserialize_with = "charged")]
+        values: Vec<f32>,
+    },
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,
@@ -442,6 +455,25 @@ impl Loss {
     pub fn forward_only(self) -> bool {
         self == Loss::None
     }
+}
+
+/// The operation of a [`Layer::ConstOp`], and on which side its constant `c` stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstArith {
+    /// `x + c`.
+    Add,
+    /// `x - c`.
+    Sub,
+    /// `c - x`.
+    SubFrom,
+    /// `x * c`.
+    Mul,
+    /// `x / c`.
+    Div,
+}
+
+fn one_value() -> Vec<usize> {
+    vec![1]
 }
 
 /// How parameters not given inline are initialised. Biases start at zero.

@@ -819,6 +819,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
         Layer::Mul => "mul",
+        Layer::ConstOp { .. } => "const",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
@@ -934,6 +935,7 @@ mod tests {
             "LayerNorm",
             "Add",
             "Mul",
+            "ConstOp(op: Mul, values: [2])",
             "Embedding(vocab: 1, width: 1)",
             "PositionEmbedding(context: 1)",
             "Unembed(vocab: 1)",
@@ -964,6 +966,7 @@ mod tests {
                 | Layer::LayerNorm
                 | Layer::Add
                 | Layer::Mul
+                | Layer::ConstOp { .. }
                 | Layer::Embedding { .. }
                 | Layer::PositionEmbedding { .. }
                 | Layer::Unembed { .. }

@@ -11,6 +11,7 @@ mod add;
 pub(crate) mod batchnorm;
 mod buffer;
 pub(crate) mod causal_softmax;
+mod const_op;
 pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod embedding;

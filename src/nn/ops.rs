@@ -1,7 +1,7 @@
 //! The registry of operations: every operation a node can compute, listed once.
 //!
 //! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
-//! `activation.rs`, `add.rs`, `mul.rs`, ...) holding, side by side, its shape rule (the resolved struct's
+//! `activation.rs`, `add.rs`, `mul.rs`, `const_op.rs`, ...) holding, side by side, its shape rule (the resolved struct's
 //! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
 //! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
 //! `registry!` below writes the dispatch from that one list, so nothing else matches on
@@ -14,7 +14,7 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, mul, pool};
+use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
 use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
@@ -217,6 +217,7 @@ registry! {
     Activation(activation::Act),
     Add(add::Add),
     Mul(mul::Mul),
+    ConstOp(const_op::ConstOp),
     LayerNorm(layernorm::LayerNorm),
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
@@ -238,6 +239,7 @@ pub const OPERATIONS: &[&str] = &[
     "Flatten",
     "Add",
     "Mul",
+    "ConstOp",
     "LayerNorm",
     "Embedding",
     "PositionEmbedding",
@@ -359,6 +361,9 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
+        Layer::ConstOp { op, shape, values } => {
+            NodeOp::ConstOp(const_op::ConstOp::resolve(*op, shape, values, one()?)?)
+        }
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         Layer::Embedding { vocab, width } => {
             NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)
