@@ -521,3 +521,19 @@ fn every_report_says_a_model_without_a_loss_is_counted_forward_only() {
     let bench: serde_json::Value = serde_json::from_str(&bench).unwrap();
     assert_eq!(bench["forward_only"], true, "{bench}");
 }
+
+/// A constant added to a value it cannot be the bias of (the MatMul's output is read by
+/// another node too) is a `ConstOp`: one add per value, and the MatMul keeps no bias.
+#[test]
+fn a_constant_that_cannot_be_a_bias_is_added_as_a_constant() {
+    let plan = load_onnx("bias_shared", &Import::default()).unwrap();
+    let kinds: Vec<&str> = plan.nodes().iter().map(|n| n.kind()).collect();
+    assert_eq!(kinds, ["dense", "add_const", "add"]);
+    assert_eq!(plan.params(), 4 * 3, "no bias");
+    let step = estimate::step(&plan, 5).unwrap();
+    assert_eq!(
+        step.nodes[1].forward,
+        opcount::Counts::of(opcount::Op::Add, 5 * 3)
+    );
+    assert_measured_is_closed_form(&plan, 5, "bias_shared");
+}

@@ -3,13 +3,15 @@
 //! the plan on. Nodes that only compute shapes (Shape, Gather, Unsqueeze, Concat, Constant
 //! feeding a Reshape) are evaluated (`constant.rs`) and leave nothing behind; nodes that move no
 //! number (Identity, Dropout, a Reshape or Flatten of a value already flat) become aliases;
-//! a MatMul or bias-less Conv followed by the Add of a bias is one Dense or Conv2d.
+//! a MatMul or bias-less Conv followed by the Add of a bias is one Dense or Conv2d; an
+//! element-wise operation of a value and a constant is a `ConstOp`.
 //! Everything else is refused, naming the node: nothing is ever counted as zero.
 //!
 //! This file reads the graph (its input, output and order) and dispatches each node; the
-//! nodes with parameters or windows are mapped in `import/layers.rs`, the ones that only
-//! change shapes in `import/shapes.rs`, the exact GELU's pattern in `import/gelu.rs`.
+//! nodes with parameters or windows are mapped in `import/layers.rs`, element-wise
+//! arithmetic in `import/arith.rs`, the ones that only change shapes in `import/shapes.rs`, the exact GELU's pattern in `import/gelu.rs`.
 
+mod arith;
 mod gelu;
 mod layers;
 mod shapes;
@@ -604,7 +606,6 @@ impl<'a> Builder<'a> {
             "Conv" => Value::Act(self.conv(node)?),
             "Gemm" => Value::Act(self.gemm(node)?),
             "MatMul" => Value::Act(self.matmul(node)?),
-            "Add" => self.add(node)?,
             "BatchNormalization" => {
                 let x = self.act(node, 0)?;
                 let Some((c, _, _)) = x.ours.as_image() else {
@@ -689,18 +690,7 @@ impl<'a> Builder<'a> {
             "Gather" => Value::Act(self.embedding(node)?),
             "Erf" => return Err(erf_refusal(gelu_as_tanh)),
             "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal(gelu_as_tanh)),
-            "Mul" => {
-                let (x, y) = (self.act(node, 0)?, self.act(node, 1)?);
-                if x.onnx != y.onnx {
-                    return Err(format!(
-                        "multiplies a {} value by a {} value; opcount multiplies values of \
-                         one shape",
-                        shown(&x.onnx),
-                        shown(&y.onnx)
-                    ));
-                }
-                Value::Act(self.push(node, Layer::Mul, &[&x, &y])?)
-            }
+            "Add" | "Sub" | "Mul" | "Div" => self.arith(node)?,
             other => {
                 return Err(format!(
                     "{other} is not supported (it would be counted as nothing, which \

@@ -138,34 +138,6 @@ impl Builder<'_> {
         self.push(node, layer, &[&x])
     }
 
-    pub(super) fn add(&mut self, node: &NodeProto<'_>) -> Result<Value> {
-        let (a, b) = (node.inputs.first(), node.inputs.get(1));
-        let (Some(a), Some(b)) = (a, b) else {
-            return Err("expects two inputs".into());
-        };
-        match (self.get(a)?.clone(), self.get(b)?.clone()) {
-            (Value::Act(x), Value::Act(y)) => {
-                if x.onnx != y.onnx {
-                    return Err(format!(
-                        "adds a {} value to a {} value; opcount adds values of one shape",
-                        shown(&x.onnx),
-                        shown(&y.onnx)
-                    ));
-                }
-                Ok(Value::Act(self.push(node, Layer::Add, &[&x, &y])?))
-            }
-            (Value::Act(x), Value::Const(t)) | (Value::Const(t), Value::Act(x)) => {
-                let read = if matches!(self.get(a)?, Value::Act(_)) {
-                    a
-                } else {
-                    b
-                };
-                self.bias(x, t, read).map(Value::Act)
-            }
-            _ => unreachable!("all-constant nodes are folded"),
-        }
-    }
-
     /// The Add of a bias onto the output of a MatMul or a Conv without one, read nowhere
     /// else: the bias becomes theirs.
     pub(super) fn bias(&mut self, x: Act, t: Tensor, read: &str) -> Result<Act> {
