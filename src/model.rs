@@ -277,7 +277,8 @@ pub enum Layer {
     Tanh,
     /// `max(x, 0)`.
     Relu,
-    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    /// `exp(x_j) / sum_k exp(x_k)` over each row of the last axis (each example's values
+    /// when they are flat).
     Softmax,
     /// `min(max(x, 0), 6)` (MobileNetV2).
     Relu6,

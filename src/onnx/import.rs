@@ -590,11 +590,14 @@ impl<'a> Builder<'a> {
                         Layer::Gelu
                     }
                     _ => {
+                        // Over the last axis (the batch is axis 0), of a value held as
+                        // ONNX holds it.
                         let axis = attr_i(node, "axis", -1);
-                        if x.onnx.len() != 1 || !(axis == -1 || axis == 1) {
+                        let last = axis == -1 || axis == x.onnx.len() as i64;
+                        if !last || x.ours.dims() != x.onnx {
                             return Err(format!(
                                 "softmax over axis {axis} of a {} value: opcount's Softmax \
-                                 takes each example's values, flat",
+                                 works over the last axis",
                                 shown(&x.onnx)
                             ));
                         }

@@ -116,9 +116,10 @@ def floats(values):
     return "[" + ", ".join(repr(float(v)) for v in values) + "]"
 
 
-def constants():
-    """Element-wise arithmetic with constants (opcount's ConstOp), each model seeded on its
-    own so that `make.py --only-constants` makes the same files as a full run."""
+def later():
+    """The models added after the first set: element-wise arithmetic with constants
+    (opcount's ConstOp) and a softmax over the last axis of [tokens, classes], each seeded on
+    its own so that `make.py --only-later` makes the same files as a full run."""
 
     class Consts(nn.Module):
         """On [tokens, width]: a mean taken from every token and a division by a number
@@ -174,6 +175,12 @@ def constants():
         ("double", "ConstOp(op: Mul, values: [2.0])", None),
         ("fc", "Dense(units: 2)", None)]))
 
+    # A softmax over the last axis of [tokens, classes]: per token.
+    torch.manual_seed(162)
+    export("softmax_rows", nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=-1)),
+           torch.randn(1, 4, 6), twin("softmax_rows", [4, 6], [
+               ("fc", "Dense(units: 3)", None), ("softmax", "Softmax", None)], loss="Mse"))
+
     # What ConstOp does not compute.
     bad("div-by-value", graph_model("m", [
         helper.make_node("Constant", [], ["one"], name="one", value_float=1.0),
@@ -193,8 +200,8 @@ def constants():
         "node 0 (shift, Add): the constant's shape 3x4 does not broadcast to the input's 1x4")
 
 
-if sys.argv[1:] == ["--only-constants"]:
-    constants()
+if sys.argv[1:] == ["--only-later"]:
+    later()
     sys.exit()
 
 # One model per operation.
@@ -612,5 +619,5 @@ bad("reduce-channels", graph_model("m", [
 bad("attention", graph_model("m", [
     helper.make_node("MatMul", ["x", "x"], ["y"], name="scores"),
 ], [], ["N", 4, 4], ["N", 4, 4]), "node 0 (scores, MatMul): a product of two computed values")
-constants()
+later()
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))
