@@ -218,6 +218,16 @@ pub enum Layer {
     /// The product of two values of the same shape, value by value (a gate, as in SiLU's
     /// `x * sigmoid(x)`); in a `graph` only.
     Mul,
+    /// The matrix product of two computed values, `[..., t, k]` times `[..., k, n]`, one
+    /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
+    /// `p v`); in a `graph` only.
+    MatMul,
+    /// One example's axes in another order: output axis `i` is input axis `perm[i]`.
+    Transpose {
+        /// An order of every axis of the input, from 0.
+        #[serde(deserialize_with = "charged")]
+        perm: Vec<usize>,
+    },
     /// A value combined, value by value, with a fixed constant (never trained) that
     /// broadcasts to its shape from the last axis: `x + c`, `x - c`, `c - x`, `x * c`, `x / c`.
     ConstOp {

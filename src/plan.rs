@@ -820,6 +820,8 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Add => "add",
         Layer::Mul => "mul",
         Layer::ConstOp { .. } => "const",
+        Layer::MatMul => "matmul",
+        Layer::Transpose { .. } => "transpose",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
@@ -936,6 +938,8 @@ mod tests {
             "Add",
             "Mul",
             "ConstOp(op: Mul, values: [2])",
+            "MatMul",
+            "Transpose(perm: [0])",
             "Embedding(vocab: 1, width: 1)",
             "PositionEmbedding(context: 1)",
             "Unembed(vocab: 1)",
@@ -967,6 +971,8 @@ mod tests {
                 | Layer::Add
                 | Layer::Mul
                 | Layer::ConstOp { .. }
+                | Layer::MatMul
+                | Layer::Transpose { .. }
                 | Layer::Embedding { .. }
                 | Layer::PositionEmbedding { .. }
                 | Layer::Unembed { .. }

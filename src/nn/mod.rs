@@ -20,6 +20,7 @@ mod gemm;
 pub(crate) mod global_pool;
 pub(crate) mod layernorm;
 mod loss;
+mod matmul;
 pub(crate) mod mix;
 mod mul;
 pub(crate) mod ops;
@@ -28,6 +29,7 @@ pub(crate) mod pool;
 pub(crate) mod positions;
 mod reduce;
 pub(crate) mod scores;
+mod transpose;
 pub(crate) mod unembed;
 
 use crate::CountedZeros;

@@ -14,8 +14,9 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
+use super::unembed;
 use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
-use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
+use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -218,6 +219,8 @@ registry! {
     Add(add::Add),
     Mul(mul::Mul),
     ConstOp(const_op::ConstOp),
+    MatMul(matmul::MatMul),
+    Transpose(transpose::Transpose),
     LayerNorm(layernorm::LayerNorm),
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
@@ -240,6 +243,8 @@ pub const OPERATIONS: &[&str] = &[
     "Add",
     "Mul",
     "ConstOp",
+    "MatMul",
+    "Transpose",
     "LayerNorm",
     "Embedding",
     "PositionEmbedding",
@@ -361,6 +366,10 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
+        Layer::MatMul => NodeOp::MatMul(matmul::MatMul::resolve(inputs)?),
+        Layer::Transpose { perm } => {
+            NodeOp::Transpose(transpose::Transpose::resolve(perm, one()?)?)
+        }
         Layer::ConstOp { op, shape, values } => {
             NodeOp::ConstOp(const_op::ConstOp::resolve(*op, shape, values, one()?)?)
         }

@@ -682,13 +682,30 @@ impl<'a> Builder<'a> {
                 let x = self.act(node, 0)?;
                 let perm = attr_ints(node, "perm").unwrap_or(&[]);
                 let identity = perm.iter().enumerate().all(|(i, &p)| p == i as i64);
-                if perm.is_empty() || !identity {
+                // The batch stays first; the rest is one example's axes (ONNX's less one).
+                if perm.first() != Some(&0)
+                    || perm[1..].iter().any(|&p| p < 1)
+                    || perm.len() != x.onnx.len() + 1
+                {
                     return Err(format!(
-                        "perm {perm:?} moves values around; opcount maps a Transpose only \
-                         where it moves nothing"
+                        "perm {perm:?} of a {} value: opcount keeps the batch first and \
+                         orders an example's axes",
+                        shown(&x.onnx)
                     ));
                 }
-                Value::Act(x)
+                if identity {
+                    Value::Act(x)
+                } else if x.ours.dims() != x.onnx {
+                    return Err(format!(
+                        "perm {perm:?} of a value held as {} here ({} in ONNX)",
+                        x.ours,
+                        shown(&x.onnx)
+                    ));
+                } else {
+                    let ours = perm[1..].iter().map(|&p| p as usize - 1).collect();
+                    let layer = Layer::Transpose { perm: ours };
+                    Value::Act(self.push(node, layer, &[&x])?)
+                }
             }
             "Gather" => Value::Act(self.embedding(node)?),
             "Erf" => return Err(erf_refusal(gelu_as_tanh)),

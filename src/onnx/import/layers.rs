@@ -109,13 +109,18 @@ impl Builder<'_> {
     pub(super) fn matmul(&mut self, node: &NodeProto<'_>) -> Result<Act> {
         let x = self.act(node, 0)?;
         let b = node.inputs.get(1).copied().unwrap_or("");
-        if let Ok(Value::Act(_)) = self.get(b) {
-            return Err(format!(
-                "a product of two computed values ('{}' and '{b}'), as attention's are: \
-                 opcount maps a MatMul by weights only; its attention is the causal Scores, \
-                 CausalSoftmax and Mix a RON model writes (docs/transformers.md)",
-                node.inputs[0]
-            ));
+        if let Ok(Value::Act(y)) = self.get(b) {
+            // Two computed values, as attention written out multiplies: opcount's MatMul,
+            // one product per example (and per matrix of the leading axes).
+            let y = y.clone();
+            if x.ours.dims() != x.onnx || y.ours.dims() != y.onnx {
+                return Err(format!(
+                    "a product of a {} value and a {} value held otherwise here",
+                    shown(&x.onnx),
+                    shown(&y.onnx)
+                ));
+            }
+            return self.push(node, Layer::MatMul, &[&x, &y]);
         }
         let n = *x.ours.dims().last().expect("rank at least 1");
         if !matches!(x.ours.rank(), 1 | 2) {
