@@ -40,6 +40,7 @@ const SYNTAX: &[&str] = &[
     "groups:",
     "values:",
     "perm:",
+    "shape:",
     "Sub",
     "SubFrom",
     "Div",

@@ -222,6 +222,12 @@ pub enum Layer {
     /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
     /// `p v`); in a `graph` only.
     MatMul,
+    /// One example's values, in the same order, read as another shape of as many values.
+    Reshape {
+        /// The sizes, 1 to 4 of them.
+        #[serde(deserialize_with = "charged")]
+        shape: Vec<usize>,
+    },
     /// One example's axes in another order: output axis `i` is input axis `perm[i]`.
     Transpose {
         /// An order of every axis of the input, from 0.

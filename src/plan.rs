@@ -822,6 +822,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::ConstOp { .. } => "const",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
+        Layer::Reshape { .. } => "reshape",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
@@ -940,6 +941,7 @@ mod tests {
             "ConstOp(op: Mul, values: [2])",
             "MatMul",
             "Transpose(perm: [0])",
+            "Reshape(shape: [1])",
             "Embedding(vocab: 1, width: 1)",
             "PositionEmbedding(context: 1)",
             "Unembed(vocab: 1)",
@@ -973,6 +975,7 @@ mod tests {
                 | Layer::ConstOp { .. }
                 | Layer::MatMul
                 | Layer::Transpose { .. }
+                | Layer::Reshape { .. }
                 | Layer::Embedding { .. }
                 | Layer::PositionEmbedding { .. }
                 | Layer::Unembed { .. }

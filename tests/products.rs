@@ -1,4 +1,4 @@
-//! `MatMul` of two computed values and `Transpose`, attention written out in operations, over
+//! `MatMul` of two computed values, `Transpose` and `Reshape`, attention written out, over
 //! random shapes: measured equals closed form for every node, phase and kind; `Counted<f32>`
 //! gives plain `f32`'s bits; the gradients through them match finite differences in f64.
 
@@ -30,8 +30,10 @@ fn random_model(rng: &mut Rng) -> (String, usize) {
                 (name: \"scaled\", op: ConstOp(op: Div, values: [2.0]), inputs: [\"s\"]),
                 (name: \"p\", op: Softmax, inputs: [\"scaled\"]),
                 (name: \"mix\", op: MatMul, inputs: [\"p\", \"v\"]),
-                (name: \"out\", op: Dense(units: 2), inputs: [\"mix\"]),
-            ]"
+                (name: \"flat\", op: Reshape(shape: [{tn}]), inputs: [\"mix\"]),
+                (name: \"out\", op: Dense(units: 2), inputs: [\"flat\"]),
+            ]",
+            tn = t * n
         )
     } else {
         let (c, h, w, m) = (d(rng), d(rng), d(rng), d(rng));

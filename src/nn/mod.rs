@@ -28,6 +28,7 @@ pub(crate) mod optimizer;
 pub(crate) mod pool;
 pub(crate) mod positions;
 mod reduce;
+mod reshape;
 pub(crate) mod scores;
 mod transpose;
 pub(crate) mod unembed;

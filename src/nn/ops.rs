@@ -14,9 +14,9 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::unembed;
 use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
 use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
+use super::{reshape, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -221,6 +221,7 @@ registry! {
     ConstOp(const_op::ConstOp),
     MatMul(matmul::MatMul),
     Transpose(transpose::Transpose),
+    Reshape(reshape::Reshape),
     LayerNorm(layernorm::LayerNorm),
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
@@ -245,6 +246,7 @@ pub const OPERATIONS: &[&str] = &[
     "ConstOp",
     "MatMul",
     "Transpose",
+    "Reshape",
     "LayerNorm",
     "Embedding",
     "PositionEmbedding",
@@ -367,6 +369,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
         Layer::MatMul => NodeOp::MatMul(matmul::MatMul::resolve(inputs)?),
+        Layer::Reshape { shape } => NodeOp::Reshape(reshape::Reshape::resolve(shape, one()?)?),
         Layer::Transpose { perm } => {
             NodeOp::Transpose(transpose::Transpose::resolve(perm, one()?)?)
         }

@@ -22,7 +22,7 @@ pub const SUPPORTED: &str = "Add, Sub, Mul, Div (two values of one shape: Add an
     BatchNormalization, Clip (0 to 6, or from 0), Concat, Constant, Conv, Dropout, Flatten, \
     Gather (embedding, or of a shape), Gelu (tanh), Gemm, GlobalAveragePool, Identity, \
     LayerNormalization, MatMul (by weights, or of two values), MaxPool, ReduceMean (height and width), Relu, \
-    Reshape, Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze";
+    Reshape (the batch kept first), Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze";
 
 /// The largest ONNX file opcount reads (protobuf's own limit is 2 GiB; larger models keep
 /// their weights in external data files).

@@ -202,6 +202,41 @@ def later():
         ("softmax", "Softmax", ["scaled"]), ("mix", "MatMul", ["softmax", "v"]),
         ("out", "Dense(units: 3)", ["mix"])], loss="Mse"))
 
+    # Two heads written out: each of q, k, v split into heads (a Reshape, a Transpose),
+    # attention per head, the heads joined back (a Transpose, a Reshape).
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+
+            def split(h):
+                return h.view(b, t, 2, 4).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            s = q @ k.transpose(-2, -1) / 2.0
+            o = torch.softmax(s, dim=-1) @ v
+            return self.out(o.transpose(1, 2).reshape(b, t, 8))
+
+    torch.manual_seed(164)
+    # PyTorch joins k's two transposes into one, [t, heads, d] to [heads, d, t].
+    heads = []
+    for h in "qkv":
+        heads += [(h, "Dense(units: 8)", ["input"]),
+                  (h + "4", "Reshape(shape: [5, 2, 4])", [h])]
+        if h != "k":
+            heads.append((h + "h", "Transpose(perm: [1, 0, 2])", [h + "4"]))
+    heads += [("kt", "Transpose(perm: [1, 2, 0])", ["k4"]),
+              ("scores", "MatMul", ["qh", "kt"]),
+              ("scaled", "ConstOp(op: Div, values: [2.0])", ["scores"]),
+              ("softmax", "Softmax", ["scaled"]), ("mix", "MatMul", ["softmax", "vh"]),
+              ("join", "Transpose(perm: [1, 0, 2])", ["mix"]),
+              ("joined", "Reshape(shape: [5, 8])", ["join"]), ("out", "Dense(units: 3)", ["joined"])]
+    export("heads", Heads(), torch.randn(1, 5, 8), twin("heads", [5, 8], heads, loss="Mse"))
+
     # What ConstOp does not compute.
     bad("div-by-value", graph_model("m", [
         helper.make_node("Constant", [], ["one"], name="one", value_float=1.0),
