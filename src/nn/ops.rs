@@ -1,7 +1,7 @@
 //! The registry of operations: every operation a node can compute, listed once.
 //!
 //! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
-//! `activation.rs`, `add.rs`, `mul.rs`, `const_op.rs`, ...) holding, side by side, its shape rule (the resolved struct's
+//! `activation.rs`, `add.rs`, `mul.rs`, ...) holding, side by side, its shape rule (the resolved struct's
 //! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
 //! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
 //! `registry!` below writes the dispatch from that one list, so nothing else matches on

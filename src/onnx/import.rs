@@ -9,7 +9,8 @@
 //!
 //! This file reads the graph (its input, output and order) and dispatches each node; the
 //! nodes with parameters or windows are mapped in `import/layers.rs`, element-wise
-//! arithmetic in `import/arith.rs`, the ones that only change shapes in `import/shapes.rs`, the exact GELU's pattern in `import/gelu.rs`.
+//! arithmetic in `import/arith.rs`, the ones that only change shapes in `import/shapes.rs`,
+//! the exact GELU's pattern in `import/gelu.rs`.
 
 mod arith;
 mod gelu;

@@ -21,8 +21,9 @@ pub const SUPPORTED: &str = "Add, Sub, Mul, Div (two values of one shape: Add an
     value and a constant that broadcasts to it: all four but constant / value), AveragePool, \
     BatchNormalization, Clip (0 to 6, or from 0), Concat, Constant, Conv, Dropout, Flatten, \
     Gather (embedding, or of a shape), Gelu (tanh), Gemm, GlobalAveragePool, Identity, \
-    LayerNormalization, MatMul (by weights, or of two values), MaxPool, ReduceMean (height and width), Relu, \
-    Reshape (the batch kept first), Shape, Sigmoid, Softmax, Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze";
+    LayerNormalization, MatMul (by weights, or of two values), MaxPool, ReduceMean (height \
+    and width), Relu, Reshape (the batch kept first), Shape, Sigmoid, Softmax (last axis), \
+    Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze";
 
 /// The largest ONNX file opcount reads (protobuf's own limit is 2 GiB; larger models keep
 /// their weights in external data files).
