@@ -394,7 +394,10 @@ impl Dataset {
             Loss::SoftmaxCrossEntropy => {
                 Targets::Classes((0..n * positions).map(|_| rng.below(classes)).collect())
             }
-            Loss::Mse => Targets::Values((0..n * outputs).map(|_| rng.unit()).collect()),
+            // Without a loss the targets are read by nothing; values keep every shape valid.
+            Loss::Mse | Loss::None => {
+                Targets::Values((0..n * outputs).map(|_| rng.unit()).collect())
+            }
         };
         Dataset {
             inputs,
@@ -427,6 +430,12 @@ impl Dataset {
         let p = self.positions;
         match (&self.targets, loss) {
             (Targets::Classes(c), Loss::SoftmaxCrossEntropy) => {
+                for &i in indices {
+                    batch.classes.extend_from_slice(&c[i * p..(i + 1) * p]);
+                }
+            }
+            // Without a loss the classes are kept as they are and read by nothing.
+            (Targets::Classes(c), Loss::None) => {
                 for &i in indices {
                     batch.classes.extend_from_slice(&c[i * p..(i + 1) * p]);
                 }

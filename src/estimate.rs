@@ -158,6 +158,12 @@ pub fn step(plan: &Plan, batch: usize) -> Result<StepCounts> {
 /// per value of a parameter tensor another node also uses.
 fn node(at: At<'_>, plan: &Plan, node: &Node) -> Result<NodeCounts> {
     let mut counts = node.op().closed_form(at, node.name(), node.input_grads())?;
+    // Without a loss a step is the forward pass alone: no gradient, no update.
+    if plan.loss().forward_only() {
+        counts.backward = Counts::ZERO;
+        counts.update = Counts::ZERO;
+        return Ok(counts);
+    }
     // Parameters shared with an earlier node are updated once, by that node.
     if !node.owns_params() {
         counts.update = Counts::ZERO;
@@ -207,6 +213,8 @@ pub fn loss(plan: &Plan, batch: usize) -> Result<Counts> {
     // [tokens, classes] output.
     let (rows, classes) = (b * (w / plan.output().last()), plan.output().last());
     match plan.loss() {
+        // No loss, nothing computed.
+        Loss::None => Ok(Counts::ZERO),
         // d = y - t (n sub), sum of d * d (n mul, n - 1 add) over n = B*W values, / n (1 div);
         // gradient d * (2 / n) (1 div for the factor, n mul).
         Loss::Mse => {

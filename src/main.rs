@@ -339,7 +339,8 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     charge_run(&mut loaded, args.batch, 3)?;
     let data = loaded.data_or_synthetic(args.batch)?;
     let (step, timings) = measure::bench(loaded.plan(), &data, args)?;
-    let summary = BenchSummary::new(loaded.plan(), args.batch, args.forward_only, &step, timings);
+    let forward_only = measure::forward_only(loaded.plan(), args);
+    let summary = BenchSummary::new(loaded.plan(), args.batch, forward_only, &step, timings);
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => out!("{}", summary.table())?,

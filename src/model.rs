@@ -218,6 +218,35 @@ pub enum Layer {
     /// The product of two values of the same shape, value by value (a gate, as in SiLU's
     /// `x * sigmoid(x)`); in a `graph` only.
     Mul,
+    /// The matrix product of two computed values, `[..., t, k]` times `[..., k, n]`, one
+    /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
+    /// `p v`); in a `graph` only.
+    MatMul,
+    /// One example's values, in the same order, read as another shape of as many values.
+    Reshape {
+        /// The sizes, 1 to 4 of them.
+        #[serde(deserialize_with = "charged")]
+        shape: Vec<usize>,
+    },
+    /// One example's axes in another order: output axis `i` is input axis `perm[i]`.
+    Transpose {
+        /// An order of every axis of the input, from 0.
+        #[serde(deserialize_with = "charged")]
+        perm: Vec<usize>,
+    },
+    /// A value combined, value by value, with a fixed constant (never trained) that
+    /// broadcasts to its shape from the last axis: `x + c`, `x - c`, `c - x`, `x * c`, `x / c`.
+    ConstOp {
+        /// Which operation, and on which side the constant stands.
+        op: ConstArith,
+        /// The constant's dimensions, at most the input's rank, each 1 or the input's size
+        /// on that axis counted from the last; default `[1]`, one number for every value.
+        #[serde(default = "one_value", deserialize_with = "charged")]
+        shape: Vec<usize>,
+        /// The constant's values, in row-major order.
+        #[serde(deserialize_with = "charged")]
+        values: Vec<f32>,
+    },
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,
@@ -264,7 +293,8 @@ pub enum Layer {
     Tanh,
     /// `max(x, 0)`.
     Relu,
-    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    /// `exp(x_j) / sum_k exp(x_k)` over each row of the last axis (each example's values
+    /// when they are flat).
     Softmax,
     /// `min(max(x, 0), 6)` (MobileNetV2).
     Relu6,
@@ -421,6 +451,10 @@ pub enum Loss {
     /// Softmax over each example's outputs (logits), then cross-entropy against its class.
     #[serde(alias = "CrossEntropy")]
     SoftmaxCrossEntropy,
+    /// No loss: the network is counted forward only (inference). The loss, the backward pass
+    /// and the update compute nothing, and every report says so; such a model cannot be
+    /// trained.
+    None,
 }
 
 impl Loss {
@@ -429,8 +463,34 @@ impl Loss {
         match self {
             Loss::Mse => "mse",
             Loss::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Loss::None => "none",
         }
     }
+
+    /// Whether a step is the forward pass alone (`Loss::None`): no loss, no backward pass,
+    /// no update.
+    pub fn forward_only(self) -> bool {
+        self == Loss::None
+    }
+}
+
+/// The operation of a [`Layer::ConstOp`], and on which side its constant `c` stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstArith {
+    /// `x + c`.
+    Add,
+    /// `x - c`.
+    Sub,
+    /// `c - x`.
+    SubFrom,
+    /// `x * c`.
+    Mul,
+    /// `x / c`.
+    Div,
+}
+
+fn one_value() -> Vec<usize> {
+    vec![1]
 }
 
 /// How parameters not given inline are initialised. Biases start at zero.

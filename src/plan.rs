@@ -819,6 +819,10 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
         Layer::Mul => "mul",
+        Layer::ConstOp { .. } => "const",
+        Layer::MatMul => "matmul",
+        Layer::Transpose { .. } => "transpose",
+        Layer::Reshape { .. } => "reshape",
         Layer::LayerNorm => "layernorm",
         Layer::Embedding { .. } => "embedding",
         Layer::PositionEmbedding { .. } => "positions",
@@ -934,6 +938,10 @@ mod tests {
             "LayerNorm",
             "Add",
             "Mul",
+            "ConstOp(op: Mul, values: [2])",
+            "MatMul",
+            "Transpose(perm: [0])",
+            "Reshape(shape: [1])",
             "Embedding(vocab: 1, width: 1)",
             "PositionEmbedding(context: 1)",
             "Unembed(vocab: 1)",
@@ -964,6 +972,10 @@ mod tests {
                 | Layer::LayerNorm
                 | Layer::Add
                 | Layer::Mul
+                | Layer::ConstOp { .. }
+                | Layer::MatMul
+                | Layer::Transpose { .. }
+                | Layer::Reshape { .. }
                 | Layer::Embedding { .. }
                 | Layer::PositionEmbedding { .. }
                 | Layer::Unembed { .. }

@@ -192,8 +192,10 @@ pub struct Report {
     pub batch: usize,
     /// Trainable parameters of the whole model.
     pub params: u128,
-    /// The loss's name.
+    /// The loss's name (`none` for the forward pass alone).
     pub loss: &'static str,
+    /// Whether the step is the forward pass alone (loss `None`): no backward pass, no update.
+    pub forward_only: bool,
     /// One entry per node.
     pub nodes: Vec<NodeInfo>,
     /// What one real step counted, if it was run.
@@ -232,6 +234,7 @@ impl Report {
             batch,
             params: plan.params(),
             loss: plan.loss().name(),
+            forward_only: plan.loss().forward_only(),
             nodes,
             measured,
             estimated,
@@ -330,9 +333,22 @@ impl Report {
         self.measured.as_ref().unwrap_or(&self.estimated)
     }
 
+    /// What a step is, for headings: a training step, or the forward pass alone.
+    fn step_name(&self) -> &'static str {
+        if self.forward_only {
+            "the forward pass alone (loss none: no backward pass, no update)"
+        } else {
+            "one training step"
+        }
+    }
+
     /// Arithmetic operations of the backward pass per operation of the forward pass, or
-    /// `None` if the forward pass does none (a model of activations alone).
+    /// `None` if the forward pass does none (a model of activations alone) or the step is
+    /// the forward pass alone.
     pub fn backward_forward_ratio(&self) -> Option<f64> {
+        if self.forward_only {
+            return None;
+        }
         let t = self.shown().totals();
         let forward = t.forward.total();
         (forward > 0).then(|| t.backward.total() as f64 / forward as f64)
@@ -441,8 +457,9 @@ impl Report {
             .modify(Columns::new(4..5).not(Rows::first()), Alignment::right())
             .modify(Columns::new(6..).not(Rows::first()), Alignment::right());
         let mut out = format!(
-            "{}: one training step on a batch of {}, {}\n",
+            "{}: {} on a batch of {}, {}\n",
             escape(&self.model),
+            self.step_name(),
             self.batch,
             match self.measured {
                 Some(_) => "measured with CountedZeros<f32> next to the closed form",
@@ -452,11 +469,15 @@ impl Report {
         out.push_str(&table.to_string());
         out.push('\n');
         let ratio = match self.backward_forward_ratio() {
-            Some(r) => format!("{r:.2}x the arithmetic operations"),
-            None => "n/a, the forward pass does no arithmetic".to_string(),
+            Some(r) => {
+                format!("{r:.2}x the arithmetic operations (DeepSpeed and calflops assume 2x)")
+            }
+            None if self.forward_only => "none, forward only (loss none)".to_string(),
+            None => "n/a, the forward pass does no arithmetic (DeepSpeed and calflops assume 2x)"
+                .to_string(),
         };
         out.push_str(&format!(
-            "parameters: {}\nbackward/forward: {ratio} (DeepSpeed and calflops assume 2x)\n",
+            "parameters: {}\nbackward/forward: {ratio}\n",
             thousands(self.params),
         ));
         if self.measured.is_some() {
@@ -559,9 +580,10 @@ impl Report {
             .modify(Columns::new(4..5).not(Rows::first()), Alignment::right())
             .modify(Columns::new(6..).not(Rows::first()), Alignment::right());
         format!(
-            "{}: one training step on a batch of {}, in {} ({}): convolution and dense \
+            "{}: {} on a batch of {}, in {} ({}): convolution and dense \
              layers only\n{table}\nparameters: {}\n",
             escape(&self.model),
+            self.step_name(),
             self.batch,
             unit,
             match self.convention {
@@ -631,6 +653,7 @@ impl Report {
             "model": self.model,
             "batch": json_number(self.batch as u128),
             "params": json_number(self.params),
+            "forward_only": self.forward_only,
             "layers": layers,
             "loss": {
                 "name": self.loss,

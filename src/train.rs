@@ -171,6 +171,13 @@ pub fn train_held_out<S: Scalar>(
         )));
     }
     let loss_kind = net.plan().loss();
+    if loss_kind.forward_only() {
+        return Err(Error::Usage(
+            "loss None counts the forward pass alone, there is nothing to train; \
+             train with loss Mse or SoftmaxCrossEntropy"
+                .into(),
+        ));
+    }
     let lr = crate::data::scalar::<S>(settings.lr);
     let mut rng = Rng::new(settings.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();

@@ -121,3 +121,25 @@ fn convolutions_and_pooling_match_finite_differences() {
         check_sampled(&stack.text, stack.batch, rng.next_u64(), 48);
     }
 }
+
+/// Softmax over the last axis of `[tokens, classes]` and of an image: each row on its own.
+#[test]
+fn softmax_over_the_last_axis_matches_finite_differences() {
+    let mut rng = Rng::new(15);
+    for _ in 0..12 {
+        let (t, w, m) = (1 + rng.below(4), 1 + rng.below(5), 1 + rng.below(5));
+        let tokens = format!(
+            "(name: \"g\", input: [{t}, {w}], loss: Mse, init: Xavier(seed: {}),
+              layers: [Dense(units: {m}), Softmax, Dense(units: 2)])",
+            rng.below(1000)
+        );
+        check(&tokens, 1 + rng.below(4), rng.next_u64());
+        let (c, h) = (1 + rng.below(3), 2 + rng.below(3));
+        let image = format!(
+            "(name: \"g\", input: [{c}, {h}, {h}], loss: Mse, init: Xavier(seed: {}),
+              layers: [Conv2d(out_channels: 2, kernel: 1), Softmax, Flatten, Dense(units: 2)])",
+            rng.below(1000)
+        );
+        check(&image, 1 + rng.below(3), rng.next_u64());
+    }
+}

@@ -404,3 +404,136 @@ fn the_command_line_takes_the_input_shape_and_the_loss_for_onnx_files_only() {
         "needs about",
     );
 }
+
+/// `--loss none`: the forward pass alone. Every file's forward closed form is the one it has
+/// with a loss; the loss, the backward pass and the update count nothing, measured as
+/// estimated; and the RON twin written with `loss: None` counts the same.
+#[test]
+fn without_a_loss_every_file_counts_its_forward_pass_alone() {
+    use opcount::Counts;
+    use opcount::model::Loss;
+    let none = Import {
+        loss: Some(Loss::None),
+        ..Import::default()
+    };
+    for name in &twins() {
+        let trained = load_onnx(name, &Import::default()).unwrap();
+        let plan = load_onnx(name, &none).unwrap();
+        assert_eq!(plan.loss(), Loss::None, "{name}");
+        let (with_loss, alone) = (
+            estimate::step(&trained, 3).unwrap(),
+            estimate::step(&plan, 3).unwrap(),
+        );
+        assert_eq!(alone.loss, Counts::ZERO, "{name}");
+        for (w, a) in with_loss.nodes.iter().zip(&alone.nodes) {
+            assert_eq!(a.forward, w.forward, "{name}");
+            assert_eq!(
+                (a.backward, a.update),
+                (Counts::ZERO, Counts::ZERO),
+                "{name}"
+            );
+        }
+        assert_eq!(alone.totals().all, with_loss.totals().forward, "{name}");
+        assert_measured_is_closed_form(&plan, 3, name);
+        // The twin, its loss replaced by `None`, is the same model.
+        let text = std::fs::read_to_string(dir().join(format!("{name}.ron"))).unwrap();
+        let text = text
+            .replace("loss: SoftmaxCrossEntropy", "loss: None")
+            .replace("loss: Mse", "loss: None");
+        let twin = Model::parse(&text, name).unwrap().plan(name).unwrap();
+        assert_eq!(twin.loss(), Loss::None, "{name}");
+        assert_eq!(closed_forms(&twin, 3), closed_forms(&plan, 3), "{name}");
+    }
+}
+
+#[test]
+fn every_report_says_a_model_without_a_loss_is_counted_forward_only() {
+    let run = |args: &[&str]| {
+        let out = opcount_in(&dir(), args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let count = ["count", "resnet.onnx", "--loss", "none", "--batch", "2"];
+    let table = run(&count);
+    assert!(
+        table.starts_with(
+            "resnet: the forward pass alone (loss none: no backward pass, no update) on a batch of 2"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("backward/forward: none, forward only (loss none)\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("every measured count equals its closed form"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&run(&[&count[..], &["--format", "json"]].concat())).unwrap();
+    assert_eq!(report["forward_only"], true);
+    assert_eq!(report["loss"]["name"], "none");
+    assert_eq!(report["backward_forward_ratio"], serde_json::Value::Null);
+    let totals = &report["totals"]["measured"];
+    let nothing = |c: &serde_json::Value| c.as_object().unwrap().values().all(|n| n == 0);
+    for phase in ["loss", "backward", "update"] {
+        assert!(nothing(&totals[phase]), "{phase}: {totals}");
+    }
+    assert!(!nothing(&totals["forward"]), "{totals}");
+    assert_eq!(totals["all"], totals["forward"]);
+    // The resnet's 579,744 multiply-accumulates per example forward (docs/onnx.md), and
+    // nothing else.
+    let macs = run(&[&count[..], &["--convention", "mac", "--format", "json"]].concat());
+    let macs: serde_json::Value = serde_json::from_str(&macs).unwrap();
+    assert_eq!(macs["totals"]["estimated"]["all"], 2 * 579_744);
+    assert_eq!(macs["totals"]["estimated"]["backward"], 0);
+    let csv = run(&[&count[..], &["--format", "csv"]].concat());
+    assert!(
+        csv.lines().last().unwrap().starts_with(",loss,none,"),
+        "{csv}"
+    );
+    let trained = run(&["count", "resnet.onnx", "--batch", "2"]);
+    assert!(trained.starts_with("resnet: one training step on a batch of 2"));
+    let project = run(&[
+        "project",
+        "resnet.onnx",
+        "--loss",
+        "none",
+        "--examples",
+        "10",
+        "--epochs",
+        "1",
+    ]);
+    assert!(
+        project.contains("each step the forward pass alone (loss none"),
+        "{project}"
+    );
+    let bench = run(&[
+        "bench",
+        "resnet.onnx",
+        "--loss",
+        "none",
+        "--rounds",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let bench: serde_json::Value = serde_json::from_str(&bench).unwrap();
+    assert_eq!(bench["forward_only"], true, "{bench}");
+}
+
+/// A constant added to a value it cannot be the bias of (the MatMul's output is read by
+/// another node too) is a `ConstOp`: one add per value, and the MatMul keeps no bias.
+#[test]
+fn a_constant_that_cannot_be_a_bias_is_added_as_a_constant() {
+    let plan = load_onnx("bias_shared", &Import::default()).unwrap();
+    let kinds: Vec<&str> = plan.nodes().iter().map(|n| n.kind()).collect();
+    assert_eq!(kinds, ["dense", "add_const", "add"]);
+    assert_eq!(plan.params(), 4 * 3, "no bias");
+    let step = estimate::step(&plan, 5).unwrap();
+    assert_eq!(
+        step.nodes[1].forward,
+        opcount::Counts::of(opcount::Op::Add, 5 * 3)
+    );
+    assert_measured_is_closed_form(&plan, 5, "bias_shared");
+}

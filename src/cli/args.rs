@@ -73,7 +73,7 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// For an ONNX model: the loss to train it against (default: softmax cross-entropy for a
-    /// flat output of two or more values, else mse).
+    /// flat output of two or more values, else mse); none counts the forward pass alone.
     #[arg(long, value_enum, value_name = "LOSS")]
     pub loss: Option<LossArg>,
     /// For an ONNX model whose input sizes are symbolic: one example's shape, e.g. 3,32,32
@@ -92,6 +92,8 @@ pub enum LossArg {
     SoftmaxCrossEntropy,
     /// Mean squared error.
     Mse,
+    /// No loss: count the forward pass alone (no backward pass, no update).
+    None,
 }
 
 /// One example's sizes, `--input-shape 3,32,32` (one value to clap, not a list).
@@ -116,6 +118,7 @@ impl RunArgs {
             loss: self.loss.map(|l| match l {
                 LossArg::SoftmaxCrossEntropy => Loss::SoftmaxCrossEntropy,
                 LossArg::Mse => Loss::Mse,
+                LossArg::None => Loss::None,
             }),
             input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
             gelu_as_tanh: self.gelu_as_tanh,

@@ -12,6 +12,12 @@ use super::args::BenchArgs;
 use super::progress::progress_bar;
 use super::{sgemm, timing};
 
+/// Whether `opcount bench` times the forward pass alone: `--forward-only`, or a model
+/// without a loss.
+pub fn forward_only(plan: &Plan, args: &BenchArgs) -> bool {
+    args.forward_only || plan.loss().forward_only()
+}
+
 /// Times a step (or the forward pass) of `plan` on the first `args.batch` examples of
 /// `data` with `f32` and with `Counted<f32>`, interleaved, and the kernel nodes' share of
 /// the plain step; returns the counted step's counts and the times. An error if counting
@@ -21,7 +27,8 @@ pub fn bench(
     data: &Dataset,
     args: &BenchArgs,
 ) -> anyhow::Result<(StepCounts, BenchTimings)> {
-    let (batch, forward_only) = (args.batch, args.forward_only);
+    // A model without a loss (`--loss none`) has nothing to time but its forward pass.
+    let (batch, forward_only) = (args.batch, forward_only(plan, args));
     let mut plain = Network::<f32>::new(plan);
     let mut counted = Network::<Counted<f32>>::new(plan);
     let plain_batch = data.head::<f32>(batch, plan.loss());

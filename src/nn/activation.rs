@@ -32,7 +32,8 @@ pub enum Activation {
     Tanh,
     /// `max(x, 0)`.
     Relu,
-    /// `exp(x_j) / sum_k exp(x_k)` over each example's values.
+    /// `exp(x_j) / sum_k exp(x_k)` over each row of the last axis (each example's values
+    /// when they are flat).
     Softmax,
     /// `min(max(x, 0), 6)` (MobileNetV2).
     Relu6,
@@ -76,13 +77,8 @@ pub struct Act {
 }
 
 impl Act {
-    /// The shape rule: any shape; softmax only over a flat vector.
+    /// The shape rule: any shape, the same shape out (softmax over its last axis).
     pub(crate) fn resolve(f: Activation, input: Shape) -> Result<NodeOp, String> {
-        if f == Activation::Softmax && input.as_flat().is_none() {
-            return Err(format!(
-                "softmax expects a flat input, found {input}; add a Flatten layer before it"
-            ));
-        }
         Ok(NodeOp::Activation(Act { f, shape: input }))
     }
 
@@ -103,11 +99,10 @@ impl Operation for Act {
     /// Forward, per value: one activation call plus its arithmetic. Backward (only if the
     /// input's gradient is needed): the derivative from the output y.
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
-        let w = self.shape.len();
         Ok(NodeCounts {
-            forward: forward_counts(at, self.f, w, name)?,
+            forward: forward_counts(at, self.f, self.shape, name)?,
             backward: if grads[0] {
-                backward_counts(at, self.f, w, name)?
+                backward_counts(at, self.f, self.shape, name)?
             } else {
                 Counts::ZERO
             },
@@ -116,11 +111,12 @@ impl Operation for Act {
     }
 }
 
-/// B examples of `w` values forward: one call per value, plus its arithmetic.
-fn forward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
+/// B examples of `shape` forward: one call per value, plus its arithmetic.
+fn forward_counts(at: At<'_>, f: Activation, shape: Shape, name: &str) -> Result<Counts> {
     let what = format!("{name} forward");
-    let b: Q = at.b();
-    let e = b * w; // values
+    // Softmax works per row of the last axis: R rows of W values (R = B for a flat value).
+    let (b, w): (Q, usize) = (at.b() * (shape.len() / shape.last()), shape.last());
+    let e = at.b() * shape.len(); // values
     match f {
         // y = z.
         Activation::Identity => counts! { at, what; act: e },
@@ -130,7 +126,7 @@ fn forward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Cou
         Activation::Tanh => counts! { at, what; tanh: e, act: e },
         // y = max(z, 0).
         Activation::Relu => counts! { at, what; cmp: e, act: e },
-        // Per example: max of W values (W - 1 cmp), exp(z - max) (W sub, W exp), their sum
+        // Per row: max of W values (W - 1 cmp), exp(z - max) (W sub, W exp), their sum
         // (W - 1 add), y = e / sum (W div).
         Activation::Softmax => counts! { at, what;
             cmp: b * (w - 1), sub: e, exp: e, add: b * (w - 1), div: e, act: e,
@@ -143,10 +139,11 @@ fn forward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Cou
 }
 
 /// The gradient through an activation, from its output y: dz = dy * f'(z).
-fn backward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Counts> {
+fn backward_counts(at: At<'_>, f: Activation, shape: Shape, name: &str) -> Result<Counts> {
     let what = format!("{name} backward");
-    let b: Q = at.b();
-    let e = b * w;
+    // Softmax's R rows of W values, as forward.
+    let (b, w): (Q, usize) = (at.b() * (shape.len() / shape.last()), shape.last());
+    let e = at.b() * shape.len();
     match f {
         // dz = dy.
         Activation::Identity => Ok(Counts::ZERO),
@@ -156,7 +153,7 @@ fn backward_counts(at: At<'_>, f: Activation, w: usize, name: &str) -> Result<Co
         Activation::Tanh => counts! { at, what; mul: e * 2, sub: e },
         // dz = dy if y > 0, else 0.
         Activation::Relu => counts! { at, what; cmp: e },
-        // Per example: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
+        // Per row: s = sum_k y_k dy_k (W mul, W - 1 add), dz_j = y_j * (dy_j - s)
         // (W sub, W mul).
         Activation::Softmax => counts! { at, what; mul: e * 2, add: b * (w - 1), sub: e },
         // dz = dy if 0 < y < 6, else 0.
@@ -183,8 +180,8 @@ impl<S: Scalar> Kernel<S> for ActKernel {
     }
 }
 
-/// `y = f(z)` for every value; `width` is one example's number of values (softmax works per
-/// example). Counts per value: identity nothing; sigmoid 1 neg, 1 exp, 1 add, 1 div; tanh 1
+/// `y = f(z)` for every value; `width` is the length of the last axis (softmax works per
+/// row of it). Counts per value: identity nothing; sigmoid 1 neg, 1 exp, 1 add, 1 div; tanh 1
 /// tanh; relu 1 cmp. Softmax per example of width W: W-1 cmp, W sub, W exp, W-1 add, W div.
 ///
 /// # Shapes

@@ -11,6 +11,7 @@ mod add;
 pub(crate) mod batchnorm;
 mod buffer;
 pub(crate) mod causal_softmax;
+mod const_op;
 pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod embedding;
@@ -19,6 +20,7 @@ mod gemm;
 pub(crate) mod global_pool;
 pub(crate) mod layernorm;
 mod loss;
+mod matmul;
 pub(crate) mod mix;
 mod mul;
 pub(crate) mod ops;
@@ -26,7 +28,9 @@ pub(crate) mod optimizer;
 pub(crate) mod pool;
 pub(crate) mod positions;
 mod reduce;
+mod reshape;
 pub(crate) mod scores;
+mod transpose;
 pub(crate) mod unembed;
 
 use crate::CountedZeros;
@@ -348,6 +352,8 @@ impl<S: Scalar> Network<S> {
             Loss::SoftmaxCrossEntropy => {
                 loss::softmax_cross_entropy(y, &batch.classes, width, grad)
             }
+            // Forward only: nothing is computed, and no gradient is set.
+            Loss::None => S::zero(),
         };
         self.marks.lap::<S>(Phase::Loss, 0, true);
         watch(Event::end(Phase::Loss, 0));
@@ -367,12 +373,14 @@ impl<S: Scalar> Network<S> {
         Ok(())
     }
 
-    /// [`Network::backward`]; `chained` if it runs right after the loss.
+    /// [`Network::backward`]; `chained` if it runs right after the loss. Without a loss
+    /// (forward only) no node does anything.
     fn backward_phase(&mut self, chained: bool, watch: &mut impl FnMut(Event)) {
+        let train = !self.plan.loss().forward_only();
         self.marks.start::<S>(Phase::Backward, chained);
         watch(Event::start(Phase::Backward));
         for k in (0..self.kernels.len()).rev() {
-            let worked = self.backward_node(k);
+            let worked = train && self.backward_node(k);
             self.marks.lap::<S>(Phase::Backward, k, worked);
             watch(Event::end(Phase::Backward, k));
         }
@@ -474,12 +482,21 @@ impl<S: Scalar> Network<S> {
         self.update_phase(lr, false, &mut |_| {});
     }
 
-    /// [`Network::update`]; `chained` if it runs right after the backward pass.
+    /// [`Network::update`]; `chained` if it runs right after the backward pass. Without a
+    /// loss (forward only) nothing is updated.
     fn update_phase(&mut self, lr: S, chained: bool, watch: &mut impl FnMut(Event)) {
+        let train = !self.plan.loss().forward_only();
         self.marks.start::<S>(Phase::Update, chained);
         watch(Event::start(Phase::Update));
-        self.optimizer.start(lr);
+        if train {
+            self.optimizer.start(lr);
+        }
         for (k, node) in self.plan.nodes().iter().enumerate() {
+            if !train {
+                self.marks.lap::<S>(Phase::Update, k, false);
+                watch(Event::end(Phase::Update, k));
+                continue;
+            }
             let owned = if node.owns_params() {
                 node.param_ids()
             } else {

@@ -14,8 +14,9 @@ use crate::phases::NodeCounts;
 use crate::scalar::Scalar;
 use crate::shape::Shape;
 
-use super::{activation, add, batchnorm, conv, dense, flatten, global_pool, mul, pool};
-use super::{causal_softmax, embedding, layernorm, mix, positions, scores, unembed};
+use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
+use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
+use super::{reshape, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -217,6 +218,10 @@ registry! {
     Activation(activation::Act),
     Add(add::Add),
     Mul(mul::Mul),
+    ConstOp(const_op::ConstOp),
+    MatMul(matmul::MatMul),
+    Transpose(transpose::Transpose),
+    Reshape(reshape::Reshape),
     LayerNorm(layernorm::LayerNorm),
     Embedding(embedding::Embedding),
     PositionEmbedding(positions::PositionEmbedding),
@@ -238,6 +243,10 @@ pub const OPERATIONS: &[&str] = &[
     "Flatten",
     "Add",
     "Mul",
+    "ConstOp",
+    "MatMul",
+    "Transpose",
+    "Reshape",
     "LayerNorm",
     "Embedding",
     "PositionEmbedding",
@@ -359,6 +368,14 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
+        Layer::MatMul => NodeOp::MatMul(matmul::MatMul::resolve(inputs)?),
+        Layer::Reshape { shape } => NodeOp::Reshape(reshape::Reshape::resolve(shape, one()?)?),
+        Layer::Transpose { perm } => {
+            NodeOp::Transpose(transpose::Transpose::resolve(perm, one()?)?)
+        }
+        Layer::ConstOp { op, shape, values } => {
+            NodeOp::ConstOp(const_op::ConstOp::resolve(*op, shape, values, one()?)?)
+        }
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         Layer::Embedding { vocab, width } => {
             NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)

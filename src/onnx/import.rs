@@ -3,13 +3,16 @@
 //! the plan on. Nodes that only compute shapes (Shape, Gather, Unsqueeze, Concat, Constant
 //! feeding a Reshape) are evaluated (`constant.rs`) and leave nothing behind; nodes that move no
 //! number (Identity, Dropout, a Reshape or Flatten of a value already flat) become aliases;
-//! a MatMul or bias-less Conv followed by the Add of a bias is one Dense or Conv2d.
+//! a MatMul or bias-less Conv followed by the Add of a bias is one Dense or Conv2d; an
+//! element-wise operation of a value and a constant is a `ConstOp`.
 //! Everything else is refused, naming the node: nothing is ever counted as zero.
 //!
 //! This file reads the graph (its input, output and order) and dispatches each node; the
-//! nodes with parameters or windows are mapped in `import/layers.rs`, the ones that only
-//! change shapes in `import/shapes.rs`, the exact GELU's pattern in `import/gelu.rs`.
+//! nodes with parameters or windows are mapped in `import/layers.rs`, element-wise
+//! arithmetic in `import/arith.rs`, the ones that only change shapes in `import/shapes.rs`,
+//! the exact GELU's pattern in `import/gelu.rs`.
 
+mod arith;
 mod gelu;
 mod layers;
 mod shapes;
@@ -588,11 +591,14 @@ impl<'a> Builder<'a> {
                         Layer::Gelu
                     }
                     _ => {
+                        // Over the last axis (the batch is axis 0), of a value held as
+                        // ONNX holds it.
                         let axis = attr_i(node, "axis", -1);
-                        if x.onnx.len() != 1 || !(axis == -1 || axis == 1) {
+                        let last = axis == -1 || axis == x.onnx.len() as i64;
+                        if !last || x.ours.dims() != x.onnx {
                             return Err(format!(
                                 "softmax over axis {axis} of a {} value: opcount's Softmax \
-                                 takes each example's values, flat",
+                                 works over the last axis",
                                 shown(&x.onnx)
                             ));
                         }
@@ -604,7 +610,6 @@ impl<'a> Builder<'a> {
             "Conv" => Value::Act(self.conv(node)?),
             "Gemm" => Value::Act(self.gemm(node)?),
             "MatMul" => Value::Act(self.matmul(node)?),
-            "Add" => self.add(node)?,
             "BatchNormalization" => {
                 let x = self.act(node, 0)?;
                 let Some((c, _, _)) = x.ours.as_image() else {
@@ -678,29 +683,35 @@ impl<'a> Builder<'a> {
                 let x = self.act(node, 0)?;
                 let perm = attr_ints(node, "perm").unwrap_or(&[]);
                 let identity = perm.iter().enumerate().all(|(i, &p)| p == i as i64);
-                if perm.is_empty() || !identity {
+                // The batch stays first; the rest is one example's axes (ONNX's less one).
+                if perm.first() != Some(&0)
+                    || perm[1..].iter().any(|&p| p < 1)
+                    || perm.len() != x.onnx.len() + 1
+                {
                     return Err(format!(
-                        "perm {perm:?} moves values around; opcount maps a Transpose only \
-                         where it moves nothing"
+                        "perm {perm:?} of a {} value: opcount keeps the batch first and \
+                         orders an example's axes",
+                        shown(&x.onnx)
                     ));
                 }
-                Value::Act(x)
+                if identity {
+                    Value::Act(x)
+                } else if x.ours.dims() != x.onnx {
+                    return Err(format!(
+                        "perm {perm:?} of a value held as {} here ({} in ONNX)",
+                        x.ours,
+                        shown(&x.onnx)
+                    ));
+                } else {
+                    let ours = perm[1..].iter().map(|&p| p as usize - 1).collect();
+                    let layer = Layer::Transpose { perm: ours };
+                    Value::Act(self.push(node, layer, &[&x])?)
+                }
             }
             "Gather" => Value::Act(self.embedding(node)?),
             "Erf" => return Err(erf_refusal(gelu_as_tanh)),
             "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal(gelu_as_tanh)),
-            "Mul" => {
-                let (x, y) = (self.act(node, 0)?, self.act(node, 1)?);
-                if x.onnx != y.onnx {
-                    return Err(format!(
-                        "multiplies a {} value by a {} value; opcount multiplies values of \
-                         one shape",
-                        shown(&x.onnx),
-                        shown(&y.onnx)
-                    ));
-                }
-                Value::Act(self.push(node, Layer::Mul, &[&x, &y])?)
-            }
+            "Add" | "Sub" | "Mul" | "Div" => self.arith(node)?,
             other => {
                 return Err(format!(
                     "{other} is not supported (it would be counted as nothing, which \

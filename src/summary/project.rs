@@ -21,6 +21,8 @@ use super::{duration, human_time};
 pub struct ProjectSummary {
     /// The model's name.
     pub model: String,
+    /// Whether each step is the forward pass alone (loss `None`): no backward pass, no update.
+    pub forward_only: bool,
     /// The run's operations, per phase and kind.
     pub projection: Projection,
     /// The convention `per_step` and `total` are in.
@@ -80,6 +82,7 @@ impl ProjectSummary {
         let per_step = project(plan, batch, 1, batch)?.in_convention(plan, convention)?;
         Ok(ProjectSummary {
             model: plan.name().to_string(),
+            forward_only: plan.loss().forward_only(),
             projection,
             convention,
             per_step,
@@ -138,6 +141,11 @@ impl ProjectSummary {
             p.batch,
             thousands(p.steps())
         );
+        if self.forward_only {
+            out.push_str(
+                "each step the forward pass alone (loss none: no backward pass, no update)\n",
+            );
+        }
         match self.total {
             None => out.push_str(&format!(
                 "operations of the whole training, per phase (closed form):\n{}\n",
@@ -207,6 +215,7 @@ impl ProjectSummary {
             "steps": json_number(p.steps()),
             "last_batch": json_number(p.last_batch as u128),
             "convention": self.convention.name(),
+            "forward_only": self.forward_only,
             "per_step": self.per_step.map_or_else(|| exact(&p.step.totals()), numbers),
             "total": self.total.map_or_else(|| exact(&p.total), numbers),
             "validated": self.validated,

@@ -12,6 +12,7 @@ the end are built with onnx.helper or by damaging a good file's bytes.
 """
 
 import os
+import sys
 
 import onnx
 import torch
@@ -76,6 +77,188 @@ def twin(name, input, graph, loss="SoftmaxCrossEntropy"):
     lines += ["    ],", f"    loss: {loss},", ")"]
     return "\n".join(lines)
 
+
+def graph_model(name, nodes, inits, x_shape, y_shape, opset=17, x_type=TensorProto.FLOAT):
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("x", x_type, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def weights(name, *shape):
+    return numpy_helper.from_array(torch.randn(*shape).numpy(), name)
+
+
+def save(name, model, check=True):
+    if check:
+        onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(HERE, name + ".onnx"))
+
+
+BAD = os.path.join(HERE, "bad")
+os.makedirs(BAD, exist_ok=True)
+
+
+def bad(name, model_or_bytes, expect):
+    path = os.path.join(BAD, name + ".onnx")
+    data = model_or_bytes if isinstance(model_or_bytes, bytes) else \
+        model_or_bytes.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(data)
+    with open(path[:-5] + ".expect", "w") as f:
+        f.write(expect + "\n")
+
+
+def floats(values):
+    """A RON list of float32 values, each written so that it reads back to the same bits."""
+    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def later():
+    """The models added after the first set: element-wise arithmetic with constants
+    (opcount's ConstOp) and a softmax over the last axis of [tokens, classes], each seeded on
+    its own so that `make.py --only-later` makes the same files as a full run."""
+
+    class Consts(nn.Module):
+        """On [tokens, width]: a mean taken from every token and a division by a number
+        (attention's 1/sqrt(d) is written so), a dense layer, a scale per feature, and a
+        constant minus the value, plus a number."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 5)
+            self.register_buffer("mean", torch.randn(6))
+            self.register_buffer("scale", torch.rand(5) + 0.5)
+
+        def forward(self, x):
+            h = (x - self.mean) / 8.0
+            h = torch.tanh(self.fc(h)) * self.scale
+            return 1.0 - h + 0.5
+
+    torch.manual_seed(160)
+    m = Consts()
+    export("consts", m, torch.randn(1, 4, 6), twin("consts", [4, 6], [
+        ("sub", f"ConstOp(op: Sub, shape: [6], values: {floats(m.mean)})", None),
+        ("div", "ConstOp(op: Div, values: [8.0])", None),
+        ("fc", "Dense(units: 5)", None), ("tanh", "Tanh", None),
+        ("mul", f"ConstOp(op: Mul, shape: [5], values: {floats(m.scale)})", None),
+        ("rsub", "ConstOp(op: SubFrom, values: [1.0])", None),
+        ("add", "ConstOp(op: Add, values: [0.5])", None)], loss="Mse"))
+
+    class Normalize(nn.Module):
+        """An image scaled to [0, 1] and normalised per channel (torchvision's mean and
+        std), a convolution, the mean over height and width, doubled, a dense head."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1))
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = (x / 255.0 - self.mean) / self.std
+            h = torch.relu(self.conv(x)).mean((2, 3))
+            return self.fc(h * 2.0)
+
+    torch.manual_seed(161)
+    m = Normalize()
+    export("normalize", m, torch.randn(1, 3, 5, 5), twin("normalize", [3, 5, 5], [
+        ("scale", "ConstOp(op: Div, values: [255.0])", None),
+        ("mean", f"ConstOp(op: Sub, shape: [3, 1, 1], values: {floats(m.mean.flatten())})",
+         None),
+        ("std", f"ConstOp(op: Div, shape: [3, 1, 1], values: {floats(m.std.flatten())})",
+         None),
+        ("conv", "Conv2d(out_channels: 4, kernel: 3, padding: 1)", None),
+        ("relu", "Relu", None), ("pool", "GlobalAvgPool2d", None),
+        ("double", "ConstOp(op: Mul, values: [2.0])", None),
+        ("fc", "Dense(units: 2)", None)]))
+
+    # A softmax over the last axis of [tokens, classes]: per token.
+    torch.manual_seed(162)
+    export("softmax_rows", nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=-1)),
+           torch.randn(1, 4, 6), twin("softmax_rows", [4, 6], [
+               ("fc", "Dense(units: 3)", None), ("softmax", "Softmax", None)], loss="Mse"))
+
+    # Single-head attention written out: q kᵀ / sqrt(d), a softmax per row, times v.
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 4)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, x):
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            s = q @ k.transpose(-2, -1) / 2.0
+            return self.out(torch.softmax(s, dim=-1) @ v)
+
+    torch.manual_seed(163)
+    export("attention", Attention(), torch.randn(1, 5, 6), twin("attention", [5, 6], [
+        ("q", "Dense(units: 4)", ["input"]), ("k", "Dense(units: 4)", ["input"]),
+        ("v", "Dense(units: 4)", ["input"]), ("kt", "Transpose(perm: [1, 0])", ["k"]),
+        ("scores", "MatMul", ["q", "kt"]), ("scaled", "ConstOp(op: Div, values: [2.0])",
+                                             ["scores"]),
+        ("softmax", "Softmax", ["scaled"]), ("mix", "MatMul", ["softmax", "v"]),
+        ("out", "Dense(units: 3)", ["mix"])], loss="Mse"))
+
+    # Two heads written out: each of q, k, v split into heads (a Reshape, a Transpose),
+    # attention per head, the heads joined back (a Transpose, a Reshape).
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+
+            def split(h):
+                return h.view(b, t, 2, 4).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            s = q @ k.transpose(-2, -1) / 2.0
+            o = torch.softmax(s, dim=-1) @ v
+            return self.out(o.transpose(1, 2).reshape(b, t, 8))
+
+    torch.manual_seed(164)
+    # PyTorch joins k's two transposes into one, [t, heads, d] to [heads, d, t].
+    heads = []
+    for h in "qkv":
+        heads += [(h, "Dense(units: 8)", ["input"]),
+                  (h + "4", "Reshape(shape: [5, 2, 4])", [h])]
+        if h != "k":
+            heads.append((h + "h", "Transpose(perm: [1, 0, 2])", [h + "4"]))
+    heads += [("kt", "Transpose(perm: [1, 2, 0])", ["k4"]),
+              ("scores", "MatMul", ["qh", "kt"]),
+              ("scaled", "ConstOp(op: Div, values: [2.0])", ["scores"]),
+              ("softmax", "Softmax", ["scaled"]), ("mix", "MatMul", ["softmax", "vh"]),
+              ("join", "Transpose(perm: [1, 0, 2])", ["mix"]),
+              ("joined", "Reshape(shape: [5, 8])", ["join"]), ("out", "Dense(units: 3)", ["joined"])]
+    export("heads", Heads(), torch.randn(1, 5, 8), twin("heads", [5, 8], heads, loss="Mse"))
+
+    # What ConstOp does not compute.
+    bad("div-by-value", graph_model("m", [
+        helper.make_node("Constant", [], ["one"], name="one", value_float=1.0),
+        helper.make_node("Div", ["one", "x"], ["y"], name="inverse"),
+    ], [], ["N", 4], ["N", 4]), "node 1 (inverse, Div): divides a constant by the computed 'x'")
+    bad("sub-values", graph_model("m", [
+        helper.make_node("Relu", ["x"], ["r"], name="r"),
+        helper.make_node("Sub", ["x", "r"], ["y"], name="diff"),
+    ], [], ["N", 4], ["N", 4]), "node 1 (diff, Sub): Sub of two computed values")
+    bad("const-per-example", graph_model("m", [
+        helper.make_node("Mul", ["x", "c"], ["y"], name="scale"),
+    ], [weights("c", 2, 4)], ["N", 4], ["N", 4]),
+        "node 0 (scale, Mul): a 2x4 constant against a 4 value")
+    bad("const-grows", graph_model("m", [
+        helper.make_node("Add", ["x", "c"], ["y"], name="shift"),
+    ], [weights("c", 3, 4)], ["N", 1, 4], ["N", 3, 4]),
+        "node 0 (shift, Add): the constant's shape 3x4 does not broadcast to the input's 1x4")
+
+
+if sys.argv[1:] == ["--only-later"]:
+    later()
+    sys.exit()
 
 # One model per operation.
 
@@ -388,25 +571,6 @@ export_training("batchnorm", nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)
 # Made with onnx.helper: operations PyTorch's exporter leaves out, external data, and the
 # malformed files.
 
-def graph_model(name, nodes, inits, x_shape, y_shape, opset=17, x_type=TensorProto.FLOAT):
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info("x", x_type, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def weights(name, *shape):
-    return numpy_helper.from_array(torch.randn(*shape).numpy(), name)
-
-
-def save(name, model, check=True):
-    if check:
-        onnx.checker.check_model(model)
-    onnx.save(model, os.path.join(HERE, name + ".onnx"))
-
-
 # Identity and Dropout move nothing; a Gemm with transB 0 holds its weights transposed.
 save("identity", graph_model("identity", [
     helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
@@ -433,20 +597,6 @@ save("symbolic", graph_model("symbolic", [
     helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
     helper.make_node("GlobalAveragePool", ["c"], ["y"], name="gap"),
 ], [weights("w", 4, 3, 3, 3)], ["N", 3, "H", "W"], ["N", 4, 1, 1]))
-
-BAD = os.path.join(HERE, "bad")
-os.makedirs(BAD, exist_ok=True)
-
-
-def bad(name, model_or_bytes, expect):
-    path = os.path.join(BAD, name + ".onnx")
-    data = model_or_bytes if isinstance(model_or_bytes, bytes) else \
-        model_or_bytes.SerializeToString()
-    with open(path, "wb") as f:
-        f.write(data)
-    with open(path[:-5] + ".expect", "w") as f:
-        f.write(expect + "\n")
-
 
 good = open(os.path.join(HERE, "resnet.onnx"), "rb").read()
 bad("truncated", good[: len(good) // 2], "not a readable ONNX model: byte")
@@ -505,14 +655,14 @@ t.data_location = TensorProto.EXTERNAL
 t.external_data.add(key="location", value="../../../etc/passwd")
 bad("external-outside", ext_bad, "outside the model's directory")
 # A bias added to a matrix product another node also reads (through an Identity): fusing
-# it into the dense layer would change what that node sees.
-bad("bias-shared", graph_model("m", [
+# it into the dense layer would change what that node sees, so it is a constant added
+# (ConstOp), not the layer's bias. (Refused, in tests/onnx/bad/, before ConstOp.)
+save("bias_shared", graph_model("m", [
     helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
     helper.make_node("Identity", ["h"], ["i"], name="same"),
     helper.make_node("Add", ["i", "b"], ["biased"], name="bias"),
     helper.make_node("Add", ["biased", "h"], ["y"], name="sum"),
-], [weights("w", 4, 3), weights("b", 3)], ["N", 4], ["N", 3]),
-    "node 2 (bias, Add): adds a constant to 'i'; opcount maps that only as the bias")
+], [weights("w", 4, 3), weights("b", 3)], ["N", 4], ["N", 3]))
 bad("clip-range", graph_model("m", [
     helper.make_node("Constant", [], ["lo"], name="lo", value_float=-1.0),
     helper.make_node("Constant", [], ["hi"], name="hi", value_float=1.0),
@@ -522,7 +672,9 @@ bad("reduce-channels", graph_model("m", [
     helper.make_node("ReduceMean", ["x"], ["y"], name="mean", axes=[1], keepdims=0),
 ], [], ["N", 3, 4, 4], ["N", 4, 4], opset=17),
     "node 0 (mean, ReduceMean): a mean over axes [1] of a 3x4x4 value")
-bad("attention", graph_model("m", [
+# A product of two computed values (refused, in tests/onnx/bad/, before opcount's MatMul).
+save("matmul_values", graph_model("m", [
     helper.make_node("MatMul", ["x", "x"], ["y"], name="scores"),
-], [], ["N", 4, 4], ["N", 4, 4]), "node 0 (scores, MatMul): a product of two computed values")
+], [], ["N", 4, 4], ["N", 4, 4]))
+later()
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))

@@ -25,7 +25,7 @@ pub struct Stack {
 
 /// A random stack. `smooth` leaves out ReLU, whose kink a finite difference can straddle.
 pub fn random_stack(rng: &mut Rng, smooth: bool) -> Stack {
-    // Every activation of the registry but softmax (which wants a flat input), and with
+    // Every activation of the registry but softmax (which works per row of the last axis, tested on its own), and with
     // `smooth` none with a kink.
     let names: Vec<String> = Activation::ALL
         .iter()

@@ -6,7 +6,7 @@
 use crate::rng::Rng;
 use opcount::model::Activation;
 
-/// Every activation of the registry but softmax (which wants a flat input), and with
+/// Every activation of the registry but softmax (which works per row of the last axis, tested on its own), and with
 /// `smooth` none with a kink (ReLU, ReLU6), which a finite difference can straddle.
 pub fn activations(smooth: bool) -> Vec<String> {
     Activation::ALL

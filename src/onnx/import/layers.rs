@@ -109,13 +109,18 @@ impl Builder<'_> {
     pub(super) fn matmul(&mut self, node: &NodeProto<'_>) -> Result<Act> {
         let x = self.act(node, 0)?;
         let b = node.inputs.get(1).copied().unwrap_or("");
-        if let Ok(Value::Act(_)) = self.get(b) {
-            return Err(format!(
-                "a product of two computed values ('{}' and '{b}'), as attention's are: \
-                 opcount maps a MatMul by weights only; its attention is the causal Scores, \
-                 CausalSoftmax and Mix a RON model writes (docs/transformers.md)",
-                node.inputs[0]
-            ));
+        if let Ok(Value::Act(y)) = self.get(b) {
+            // Two computed values, as attention written out multiplies: opcount's MatMul,
+            // one product per example (and per matrix of the leading axes).
+            let y = y.clone();
+            if x.ours.dims() != x.onnx || y.ours.dims() != y.onnx {
+                return Err(format!(
+                    "a product of a {} value and a {} value held otherwise here",
+                    shown(&x.onnx),
+                    shown(&y.onnx)
+                ));
+            }
+            return self.push(node, Layer::MatMul, &[&x, &y]);
         }
         let n = *x.ours.dims().last().expect("rank at least 1");
         if !matches!(x.ours.rank(), 1 | 2) {
@@ -136,34 +141,6 @@ impl Builder<'_> {
             biases: None,
         };
         self.push(node, layer, &[&x])
-    }
-
-    pub(super) fn add(&mut self, node: &NodeProto<'_>) -> Result<Value> {
-        let (a, b) = (node.inputs.first(), node.inputs.get(1));
-        let (Some(a), Some(b)) = (a, b) else {
-            return Err("expects two inputs".into());
-        };
-        match (self.get(a)?.clone(), self.get(b)?.clone()) {
-            (Value::Act(x), Value::Act(y)) => {
-                if x.onnx != y.onnx {
-                    return Err(format!(
-                        "adds a {} value to a {} value; opcount adds values of one shape",
-                        shown(&x.onnx),
-                        shown(&y.onnx)
-                    ));
-                }
-                Ok(Value::Act(self.push(node, Layer::Add, &[&x, &y])?))
-            }
-            (Value::Act(x), Value::Const(t)) | (Value::Const(t), Value::Act(x)) => {
-                let read = if matches!(self.get(a)?, Value::Act(_)) {
-                    a
-                } else {
-                    b
-                };
-                self.bias(x, t, read).map(Value::Act)
-            }
-            _ => unreachable!("all-constant nodes are folded"),
-        }
     }
 
     /// The Add of a bias onto the output of a MatMul or a Conv without one, read nowhere

@@ -1,6 +1,6 @@
 //! Values that change shape without moving a number: Flatten, Reshape, Squeeze and
-//! Unsqueeze of computed values, which become the same value (nothing moves) or a Flatten;
-//! a reshape that would move values is refused.
+//! Unsqueeze of computed values, which become the same value (nothing moves), a Flatten, or a
+//! Reshape (values read as another shape, ranks 1 to 4).
 
 use super::{Act, Builder, Result, Value, attr_i, attr_ints, shown};
 use crate::model::Layer;
@@ -116,11 +116,21 @@ impl Builder<'_> {
         if x.ours.rank() == 1 && ones_around {
             return Ok(Value::Act(Act { onnx: dims, ..x }));
         }
-        Err(format!(
-            "reshapes {} into {}: opcount maps only reshapes that flatten each example",
-            shown(&x.onnx),
-            shown(&dims)
-        ))
+        // Any other shape of as many values (attention's heads split and joined): a Reshape,
+        // of a value held as ONNX holds it.
+        if x.ours.dims() != x.onnx {
+            return Err(format!(
+                "reshapes {} (held as {} here) into {}",
+                shown(&x.onnx),
+                x.ours,
+                shown(&dims)
+            ));
+        }
+        Ok(Value::Act(self.push(
+            node,
+            Layer::Reshape { shape: dims },
+            &[&x],
+        )?))
     }
 
     /// The axes of `Squeeze`, `Unsqueeze` or `ReduceMean` (input 1 from opset 13 or 18, an
