@@ -12,8 +12,7 @@ mod rng;
 #[path = "support/stacks.rs"]
 mod stacks;
 
-use opcount::data::Dataset;
-use opcount::{Counted, Model, Network};
+use opcount::Model;
 use proptest::prelude::*;
 use rng::Rng;
 use stacks::random_stack;
@@ -28,27 +27,7 @@ fn measured_equals_closed_form(seed: u64) -> Result<(), String> {
 /// output and every parameter afterwards, bit for bit.
 fn counted_gives_plain_bits(seed: u64) -> Result<(), String> {
     let stack = random_stack(&mut Rng::new(seed), false);
-    let plan = Model::parse(&stack.text, "stack")
-        .and_then(|m| m.plan("stack"))
-        .map_err(|e| e.to_string())?;
-    let data = Dataset::synthetic(&plan, stack.batch, seed);
-    let mut plain = Network::<f32>::new(&plan);
-    let mut counted = Network::<Counted<f32>>::new(&plan);
-    let a = plain.step(&data.head(stack.batch, plan.loss()), 0.1);
-    let b = counted.step(&data.head(stack.batch, plan.loss()), Counted::new(0.1));
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let same = a.to_bits() == b.get().to_bits()
-        && bits(plain.output()) == bits(&Counted::unwrap_slice(counted.output()))
-        && plain
-            .params()
-            .iter()
-            .zip(counted.params())
-            .all(|(p, q)| bits(p) == bits(&Counted::unwrap_slice(q)));
-    if same {
-        Ok(())
-    } else {
-        Err(format!("counted and plain differ\n{}", stack.text))
-    }
+    counts::counted_gives_plain_bits(&stack.text, stack.batch, seed)
 }
 
 proptest! {

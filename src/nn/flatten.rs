@@ -21,8 +21,8 @@ impl Flatten {
         Flatten { len: input.len() }
     }
 
-    pub(crate) fn kernel(&self) -> FlattenKernel {
-        FlattenKernel
+    pub(crate) fn kernel(&self) -> CopyKernel {
+        CopyKernel
     }
 }
 
@@ -41,9 +41,11 @@ impl Operation for Flatten {
     }
 }
 
-pub(crate) struct FlattenKernel;
+/// The kernel of the operations that move no value (flatten, reshape): a copy forward and
+/// backward.
+pub(crate) struct CopyKernel;
 
-impl<S: Scalar> Kernel<S> for FlattenKernel {
+impl<S: Scalar> Kernel<S> for CopyKernel {
     fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         y.copy_from_slice(x[0]);
     }

@@ -2,11 +2,11 @@
 //! as `[t, heads, w / heads]` to split attention into heads, and back). Nothing moves and
 //! nothing is computed: a copy forward and backward.
 
-use super::ops::{Backward, Kernel, Operation};
+use super::flatten::CopyKernel;
+use super::ops::Operation;
 use crate::error::Result;
 use crate::estimate::At;
 use crate::phases::NodeCounts;
-use crate::scalar::Scalar;
 use crate::shape::Shape;
 
 /// Reshape, resolved: the output's shape.
@@ -30,8 +30,8 @@ impl Reshape {
         Ok(Reshape { shape })
     }
 
-    pub(crate) fn kernel(&self) -> ReshapeKernel {
-        ReshapeKernel
+    pub(crate) fn kernel(&self) -> CopyKernel {
+        CopyKernel
     }
 }
 
@@ -47,20 +47,5 @@ impl Operation for Reshape {
     /// A copy, forward and backward.
     fn closed_form(&self, _: At<'_>, _: &str, _: &[bool]) -> Result<NodeCounts> {
         Ok(NodeCounts::default())
-    }
-}
-
-pub(crate) struct ReshapeKernel;
-
-impl<S: Scalar> Kernel<S> for ReshapeKernel {
-    fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
-        y.copy_from_slice(x[0]);
-    }
-
-    fn backward(&mut self, grads: Backward<'_, S>) {
-        let Backward { dy, dx, .. } = grads;
-        if let Some(dx) = dx[0].as_deref_mut() {
-            dx.copy_from_slice(dy);
-        }
     }
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use opcount::data::Dataset;
-use opcount::{Model, Phase, estimate, measure_step};
+use opcount::{Counted, Model, Network, Phase, estimate, measure_step};
 
 /// Runs one real step of `text` at `batch` and compares it with the closed form; the first
 /// difference as an error naming the node, phase and model.
@@ -37,4 +37,29 @@ pub fn measured_equals_closed_form(text: &str, batch: usize, seed: u64) -> Resul
         .predictable()
         .check(&estimated.loss)
         .map_err(|mismatch| format!("loss: {mismatch}\n{text}"))
+}
+
+/// One training step of `text` at `batch` on seeded data, with `f32` and with `Counted<f32>`:
+/// the loss, the output and every parameter afterwards must be the same bits.
+pub fn counted_gives_plain_bits(text: &str, batch: usize, seed: u64) -> Result<(), String> {
+    let model = Model::parse(text, "model").map_err(|e| format!("{e}\n{text}"))?;
+    let plan = model.plan("model").map_err(|e| format!("{e}\n{text}"))?;
+    let data = Dataset::synthetic(&plan, batch, seed);
+    let mut plain = Network::<f32>::new(&plan);
+    let mut counted = Network::<Counted<f32>>::new(&plan);
+    let a = plain.step(&data.head(batch, plan.loss()), 0.1);
+    let b = counted.step(&data.head(batch, plan.loss()), Counted::new(0.1));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let same = a.to_bits() == b.get().to_bits()
+        && bits(plain.output()) == bits(&Counted::unwrap_slice(counted.output()))
+        && plain
+            .params()
+            .iter()
+            .zip(counted.params())
+            .all(|(p, q)| bits(p) == bits(&Counted::unwrap_slice(q)));
+    if same {
+        Ok(())
+    } else {
+        Err(format!("counted and plain differ\n{text}"))
+    }
 }
