@@ -218,6 +218,12 @@ pub enum Layer {
     /// The product of two values of the same shape, value by value (a gate, as in SiLU's
     /// `x * sigmoid(x)`); in a `graph` only.
     Mul,
+    /// The difference of two values of the same shape, value by value, the second from the
+    /// first; in a `graph` only.
+    Sub,
+    /// The quotient of two values of the same shape, value by value, the first divided by
+    /// the second (a computed normaliser); in a `graph` only.
+    Div,
     /// The matrix product of two computed values, `[..., t, k]` times `[..., k, n]`, one
     /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
     /// `p v`); in a `graph` only.

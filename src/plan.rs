@@ -833,6 +833,8 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
         Layer::Mul => "mul",
+        Layer::Sub => "sub",
+        Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
@@ -955,6 +957,8 @@ mod tests {
             "LayerNorm",
             "Add",
             "Mul",
+            "Sub",
+            "Div",
             "ConstOp(op: Mul, values: [2])",
             "MatMul",
             "Transpose(perm: [0])",
@@ -989,6 +993,8 @@ mod tests {
                 | Layer::LayerNorm
                 | Layer::Add
                 | Layer::Mul
+                | Layer::Sub
+                | Layer::Div
                 | Layer::ConstOp { .. }
                 | Layer::MatMul
                 | Layer::Transpose { .. }
