@@ -56,6 +56,8 @@ const SYNTAX: &[&str] = &[
     "false",
     "Inline",
     "Csv",
+    "Synthetic",
+    "examples:",
     "path:",
     "targets:",
     "Classes",

@@ -131,6 +131,10 @@ impl Dataset {
             Data::Text { path, held_out } => {
                 return read_text_windows(&model_dir.join(path), *held_out, plan, budget);
             }
+            Data::Synthetic { examples, seed } => {
+                return Dataset::synthetic_within(plan, *examples, *seed, origin, budget)
+                    .map(|data| (data, None));
+            }
             Data::Csv {
                 path,
                 features,
@@ -203,7 +207,7 @@ impl Dataset {
             Data::Csv { path, .. } | Data::Text { path, .. } => {
                 model_dir.join(path).display().to_string()
             }
-            Data::Inline { .. } => origin.to_string(),
+            Data::Inline { .. } | Data::Synthetic { .. } => origin.to_string(),
         };
         // Where example `i` was written: its CSV line, or its place in the inline list.
         let locate = |i: usize| match lines.get(i) {
@@ -406,6 +410,32 @@ impl Dataset {
             positions,
             targets,
         }
+    }
+
+    /// [`Dataset::synthetic`], charging the examples to `budget` first: too many for it are an
+    /// [`Error::Memory`] naming `origin`, never an abort. None is an [`Error::Data`].
+    pub fn synthetic_within(
+        plan: &Plan,
+        n: usize,
+        seed: u64,
+        origin: &str,
+        budget: &mut Budget,
+    ) -> Result<Dataset> {
+        if n == 0 {
+            return Err(Error::Data {
+                origin: origin.to_string(),
+                message: "Synthetic: examples: expected at least 1, found 0".into(),
+            });
+        }
+        // Inputs as f32, and the larger of the two kinds of target: a class (usize) per
+        // position or an f32 per output.
+        let targets = (plan.output().len() as u128 * 4)
+            .max((plan.output().len() / plan.output().last()) as u128 * 8);
+        let per_example = plan.input().len() as u128 * 4 + targets;
+        budget.charge(n as u128 * per_example, || {
+            format!("{origin}: {n} synthetic examples")
+        })?;
+        Ok(Dataset::synthetic(plan, n, seed))
     }
 
     /// The first `size` examples as a batch, starting over from the first if there are fewer.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::budget::{self, Budget};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Model, Plan, Training};
+use crate::model::{Data, Model, Plan, Training};
 use crate::onnx::{self, Import};
 
 /// A model file, validated, with the memory budget what was read from it is charged to.
@@ -109,6 +109,29 @@ impl Loaded {
         training_of(&self.plan, &self.origin)
     }
 
+    /// Trains on `data` (`opcount train --data` or `--synthetic`): in place of the data of
+    /// the model file's training block, keeping its settings, or, for a model without one (an
+    /// ONNX file has none), with [`Training::new`]'s.
+    ///
+    /// ```
+    /// use opcount::Loaded;
+    /// use opcount::budget::Budget;
+    /// use opcount::model::Data;
+    ///
+    /// let mut loaded = Loaded::load("tests/onnx/resnet.onnx".as_ref(), Budget::unlimited())?;
+    /// loaded.train_on(Data::Synthetic { examples: 8, seed: 1 })?;
+    /// let (data, held_out) = loaded.data_and_held_out()?;
+    /// assert_eq!((data.len(), held_out, loaded.training()?.epochs), (8, None, 1));
+    /// # Ok::<(), opcount::Error>(())
+    /// ```
+    pub fn train_on(&mut self, data: Data) -> Result<()> {
+        let training = match &self.plan.model().training {
+            Some(t) => Training { data, ..t.clone() },
+            None => Training::new(data),
+        };
+        self.plan.set_training(training, &self.origin)
+    }
+
     /// The training data of the model file's training block, charged as it is read.
     pub fn data(&mut self) -> Result<Dataset> {
         let training = training_of(&self.plan, &self.origin)?;
@@ -183,11 +206,12 @@ impl Loaded {
 
 fn training_of<'a>(plan: &'a Plan, origin: &str) -> Result<&'a Training> {
     let message = if onnx::is_onnx(Path::new(origin)) {
-        "an ONNX model has no training block, so there is nothing to train on: write it as \
-         RON with `opcount convert`, add one (see docs/model-format.md), and train that"
+        "an ONNX model has no training block, so there is nothing to train on: give \
+         `--data FILE.csv --target COLUMN` or `--synthetic EXAMPLES` (see docs/onnx.md)"
     } else {
-        "the model has no training block, so there is nothing to train on \
-         (see docs/model-format.md)"
+        "the model has no training block, so there is nothing to train on: add one (see \
+         docs/model-format.md), or give `--data FILE.csv --target COLUMN` or \
+         `--synthetic EXAMPLES`"
     };
     plan.model().training.as_ref().ok_or_else(|| Error::Model {
         origin: origin.to_string(),

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use opcount::budget;
+use opcount::model::Data;
 use opcount::report::Report;
 use opcount::summary::{BenchSummary, ProjectSummary, TrainSummary};
 use opcount::text::escape;
@@ -203,10 +204,17 @@ fn count_command(args: &CountArgs) -> anyhow::Result<ExitCode> {
 
 fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let mut loaded = load(&args.model, &args.run)?;
+    let data = args
+        .data(loaded.plan().loss())
+        .map_err(|e| anyhow!("{}: {e}", loaded.origin()))?;
+    if let Some(data) = data {
+        loaded.train_on(data)?;
+    }
     let mut settings = Settings::of(loaded.training()?);
     settings.epochs = args.epochs.unwrap_or(settings.epochs);
     settings.lr = args.lr.unwrap_or(settings.lr);
     settings.batch = args.batch.unwrap_or(settings.batch);
+    settings.seed = args.seed.unwrap_or(settings.seed);
     check_settings(&settings)?;
     if let Some(out) = &args.save {
         check_output(out)?;
@@ -262,6 +270,13 @@ fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&summary.json())?)?,
         Format::Table => {
             out!("{}", summary.table())?;
+            let made_up = &loaded.training()?.data;
+            if let Data::Synthetic { examples, .. } = made_up {
+                outln!(
+                    "the {examples} examples were made up (--synthetic): there was nothing \
+                     to learn; the step's counts are those of real data"
+                )?;
+            }
             if let Some(out) = args.save.as_deref().filter(|p| !is_stdout(p)) {
                 outln!(
                     "saved the trained model to {}",

@@ -218,6 +218,12 @@ pub enum Layer {
     /// The product of two values of the same shape, value by value (a gate, as in SiLU's
     /// `x * sigmoid(x)`); in a `graph` only.
     Mul,
+    /// The difference of two values of the same shape, value by value, the second from the
+    /// first; in a `graph` only.
+    Sub,
+    /// The quotient of two values of the same shape, value by value, the first divided by
+    /// the second (a computed normaliser); in a `graph` only.
+    Div,
     /// The matrix product of two computed values, `[..., t, k]` times `[..., k, n]`, one
     /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
     /// `p v`); in a `graph` only.
@@ -534,6 +540,21 @@ pub struct Training {
     pub optimizer: Optimizer,
 }
 
+impl Training {
+    /// The defaults `opcount train` uses for a model without a training block: `data`, one
+    /// epoch, learning rate 0.01, batch 32 (the whole data if smaller), seed 0, SGD.
+    pub fn new(data: Data) -> Training {
+        Training {
+            data,
+            epochs: 1,
+            lr: 0.01,
+            batch: 32,
+            seed: 0,
+            optimizer: Optimizer::Sgd,
+        }
+    }
+}
+
 /// How the update phase changes each parameter from its gradient g, at learning rate lr.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum Optimizer {
@@ -607,6 +628,17 @@ pub enum Data {
         /// the held-out loss; default 0.
         #[serde(default, skip_serializing_if = "is_zero_f32")]
         held_out: f32,
+    },
+    /// Made-up examples, the same for the same seed: inputs uniform in `[-1, 1)` (token ids
+    /// uniform below the vocabulary), a random class (softmax cross-entropy) or random
+    /// values in `[0, 1)` (mean squared error) as targets. For counting and timing a model's
+    /// training without data of its own; there is nothing in them to learn.
+    Synthetic {
+        /// How many.
+        examples: usize,
+        /// Seed of the random stream; default 0.
+        #[serde(default)]
+        seed: u64,
     },
     /// Examples written in the model file.
     Inline {

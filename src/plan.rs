@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Activation, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Params, Training,
+    Activation, Data, Entry, Init, Layer, Loss, MAX_DIM, Model, Optimizer, Params, Training,
 };
 use crate::nn::activation::Act;
 use crate::nn::ops::{self, MAX_INPUTS, NodeOp, ParamSpec};
@@ -107,6 +107,20 @@ impl Plan {
             .training
             .as_ref()
             .map_or(Optimizer::Sgd, |t| t.optimizer)
+    }
+
+    /// Gives the model a training block in place of the one it has, if any (`opcount train
+    /// --data` or `--synthetic` for an ONNX file, which has none). Only what trains changes:
+    /// the graph, its shapes and its counts stay as they are. A block the model file could
+    /// not hold (no epochs, a learning rate that is not positive, ...) is refused, saying
+    /// which field, as in a model file.
+    pub fn set_training(&mut self, training: Training, origin: &str) -> Result<()> {
+        check_training(&training).map_err(|message| Error::Model {
+            origin: origin.to_string(),
+            message,
+        })?;
+        self.model.training = Some(training);
+        Ok(())
     }
 
     /// `Some(vocab)` if the model's input holds token ids, each a whole number below
@@ -819,6 +833,8 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::GlobalAvgPool2d => "globalavgpool",
         Layer::Add => "add",
         Layer::Mul => "mul",
+        Layer::Sub => "sub",
+        Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
@@ -849,6 +865,9 @@ fn check_training(t: &Training) -> std::result::Result<(), String> {
         if n == 0 {
             return Err(format!("training: {what}: expected at least 1, found 0"));
         }
+    }
+    if let Data::Synthetic { examples: 0, .. } = t.data {
+        return Err("training: data: Synthetic: examples: expected at least 1, found 0".into());
     }
     if !(t.lr.is_finite() && t.lr > 0.0) {
         return Err(format!(
@@ -938,6 +957,8 @@ mod tests {
             "LayerNorm",
             "Add",
             "Mul",
+            "Sub",
+            "Div",
             "ConstOp(op: Mul, values: [2])",
             "MatMul",
             "Transpose(perm: [0])",
@@ -972,6 +993,8 @@ mod tests {
                 | Layer::LayerNorm
                 | Layer::Add
                 | Layer::Mul
+                | Layer::Sub
+                | Layer::Div
                 | Layer::ConstOp { .. }
                 | Layer::MatMul
                 | Layer::Transpose { .. }

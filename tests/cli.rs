@@ -603,3 +603,55 @@ fn an_interrupted_progress_bar_leaves_its_line_ended() {
         String::from_utf8_lossy(&shown)
     );
 }
+
+/// `--synthetic` and `--data` give a RON model without a training block its data (with
+/// `Training::new`'s settings), and replace the data of one that has one, keeping its
+/// settings; the step counted is the closed form's.
+#[test]
+fn train_takes_its_data_from_the_command_line() {
+    use opcount::budget::Budget;
+    let mlp = json(&opcount(&[
+        "train",
+        "models/mlp-30-30-30.ron",
+        "--synthetic",
+        "10",
+        "--batch",
+        "4",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(
+        (&mlp["examples"], &mlp["epochs"], &mlp["batch"]),
+        (&Value::from(10), &Value::from(1), &Value::from(4))
+    );
+    let loaded = opcount::Loaded::load(&model("mlp-30-30-30.ron"), Budget::unlimited()).unwrap();
+    let closed = opcount::estimate::step(loaded.plan(), 4).unwrap().totals();
+    assert_eq!(mlp["step"], opcount::report::totals_json(&closed, false));
+
+    // iris's own settings (200 epochs, lr 0.05, batch 10), its CSV given on the command
+    // line, a fifth of the rows held out.
+    let iris = json(&opcount(&[
+        "train",
+        "models/iris.ron",
+        "--data",
+        "models/data/iris.csv",
+        "--target",
+        "species",
+        "--classes",
+        "setosa,versicolor,virginica",
+        "--held-out",
+        "0.2",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(
+        (&iris["examples"], &iris["held_out_examples"]),
+        (&Value::from(120), &Value::from(30))
+    );
+    assert_eq!(
+        (&iris["epochs"], &iris["batch"]),
+        (&Value::from(200), &Value::from(10))
+    );
+    assert_eq!(iris["lr"].as_f64().unwrap() as f32, 0.05);
+    assert!(iris["train_accuracy"].as_f64().unwrap() > 0.9, "{iris}");
+}

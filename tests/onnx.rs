@@ -14,6 +14,7 @@ use opcount::data::Dataset;
 use opcount::onnx::{self, Import};
 use opcount::{Model, Network, Phase, Plan, StepCounts, estimate, measure_step};
 use proptest::prelude::*;
+use serde_json::json;
 
 fn dir() -> PathBuf {
     root().join("tests/onnx")
@@ -536,4 +537,306 @@ fn a_constant_that_cannot_be_a_bias_is_added_as_a_constant() {
         opcount::Counts::of(opcount::Op::Add, 5 * 3)
     );
     assert_measured_is_closed_form(&plan, 5, "bias_shared");
+}
+
+/// `opcount train` on an ONNX file, its data from the command line: what one training step
+/// of the report counts, measured with `Counted<f32>`, against the closed form at that batch.
+fn train_json(cwd: &Path, args: &[&str]) -> serde_json::Value {
+    let out = opcount_in(cwd, &[args, &["--format", "json", "--quiet"]].concat());
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The closed form of a step of an ONNX file at `batch`, as `opcount train` reports a step.
+fn step_closed_form(name: &str, import: &Import, batch: usize) -> serde_json::Value {
+    let plan = load_onnx(name, import).unwrap();
+    opcount::report::totals_json(&estimate::step(&plan, batch).unwrap().totals(), false)
+}
+
+#[test]
+fn an_onnx_model_trains_on_made_up_examples() {
+    let json = train_json(
+        &dir(),
+        &[
+            "train",
+            "resnet.onnx",
+            "--synthetic",
+            "12",
+            "--batch",
+            "8",
+            "--epochs",
+            "2",
+        ],
+    );
+    assert_eq!(
+        (&json["examples"], &json["epochs"], &json["batch"]),
+        (&json!(12), &json!(2), &json!(8))
+    );
+    assert_eq!(json["lr"].as_f64().unwrap() as f32, 0.01);
+    assert_eq!(json["params"], 5_266);
+    assert!(json["final_loss"].as_f64().unwrap().is_finite(), "{json}");
+    assert_eq!(
+        json["step"],
+        step_closed_form("resnet", &Import::default(), 8)
+    );
+
+    // The defaults: one epoch, batch 32, here the whole 5 examples.
+    let json = train_json(&dir(), &["train", "relu.onnx", "--synthetic", "5"]);
+    assert_eq!((&json["epochs"], &json["batch"]), (&json!(1), &json!(5)));
+    assert_eq!(
+        json["step"],
+        step_closed_form("relu", &Import::default(), 5)
+    );
+    // The table says the examples were made up.
+    let out = opcount_in(
+        &dir(),
+        &["train", "relu.onnx", "--synthetic", "5", "--quiet"],
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.starts_with("relu: 195 parameters, 5 examples, 1 epochs, batch 5"),
+        "{table}"
+    );
+    assert!(
+        table.contains("the 5 examples were made up (--synthetic)"),
+        "{table}"
+    );
+}
+
+/// 60 rows of 8 features `x0..x7` and, in `label`, which of the first three is largest, as
+/// `a`, `b` or `c` (and as the three columns `y0..y2`, one-hot): something to learn.
+fn write_rows(path: &Path) {
+    let mut text = String::from("x0,x1,x2,x3,x4,x5,x6,x7,label,y0,y1,y2\n");
+    for i in 0..60 {
+        let x: Vec<f64> = (0..8)
+            .map(|j| (1.7 * i as f64 + 2.3 * j as f64 + 0.1 * (i * j) as f64).sin())
+            .collect();
+        let class = (0..3).fold(0, |best, j| if x[j] > x[best] { j } else { best });
+        for v in &x {
+            text.push_str(&format!("{v:.4},"));
+        }
+        let hot: Vec<&str> = (0..3).map(|j| if j == class { "1" } else { "0" }).collect();
+        text.push_str(&format!("{},{}\n", ["a", "b", "c"][class], hot.join(",")));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_onnx_model_trains_on_a_csv_file_and_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rows(&tmp.path().join("rows.csv"));
+    let model = dir().join("relu.onnx");
+    let model = model.to_str().unwrap();
+    // Relative to where opcount runs, not to the model file.
+    let classes = [
+        "train",
+        model,
+        "--data",
+        "rows.csv",
+        "--target",
+        "label",
+        "--classes",
+        "a,b,c",
+        "--features",
+        "x0,x1,x2,x3,x4,x5,x6,x7",
+        "--held-out",
+        "0.2",
+        "--lr",
+        "0.2",
+        "--batch",
+        "8",
+    ];
+    let first = train_json(tmp.path(), &[&classes[..], &["--epochs", "1"]].concat());
+    let later = train_json(tmp.path(), &[&classes[..], &["--epochs", "60"]].concat());
+    assert_eq!(
+        (&later["examples"], &later["held_out_examples"]),
+        (&json!(48), &json!(12))
+    );
+    let loss = |j: &serde_json::Value| j["final_loss"].as_f64().unwrap();
+    assert!(loss(&later) < 0.5 * loss(&first), "{first}\n{later}");
+    assert!(later["train_accuracy"].as_f64().unwrap() >= 0.9, "{later}");
+    assert_eq!(
+        later["held_out_by_epoch"]["loss"].as_array().unwrap().len(),
+        60
+    );
+    assert_eq!(
+        later["step"],
+        step_closed_form("relu", &Import::default(), 8)
+    );
+
+    // Regression: one column per output, against mean squared error.
+    let mse = Import {
+        loss: Some(opcount::model::Loss::Mse),
+        ..Import::default()
+    };
+    let values = [
+        "train",
+        model,
+        "--loss",
+        "mse",
+        "--data",
+        "rows.csv",
+        "--target",
+        "y0,y1,y2",
+        "--features",
+        "x0,x1,x2,x3,x4,x5,x6,x7",
+        "--lr",
+        "0.1",
+        "--batch",
+        "6",
+    ];
+    let first = train_json(tmp.path(), &[&values[..], &["--epochs", "1"]].concat());
+    let later = train_json(tmp.path(), &[&values[..], &["--epochs", "60"]].concat());
+    assert!(loss(&later) < loss(&first), "{first}\n{later}");
+    assert_eq!(later["train_accuracy"], serde_json::Value::Null);
+    assert_eq!(later["step"], step_closed_form("relu", &mse, 6));
+}
+
+/// `--save` writes the model as RON with the training block it trained with, the CSV's path
+/// relative to the saved file, so the saved model trains on from anywhere.
+#[test]
+fn a_trained_onnx_model_is_saved_with_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rows(&tmp.path().join("rows.csv"));
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    let model = dir().join("relu.onnx");
+    let save = [
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        "rows.csv",
+        "--target",
+        "label",
+        "--classes",
+        "a,b,c",
+        "--features",
+        "x0,x1,x2,x3,x4,x5,x6,x7",
+        "--save",
+        "out/trained.ron",
+    ];
+    train_json(tmp.path(), &save);
+    let saved = std::fs::read_to_string(tmp.path().join("out/trained.ron")).unwrap();
+    assert!(saved.contains("path: \"../rows.csv\""), "{saved}");
+    let again = train_json(&tmp.path().join("out"), &["train", "trained.ron"]);
+    assert_eq!(
+        (&again["examples"], &again["batch"]),
+        (&json!(60), &json!(32))
+    );
+
+    train_json(
+        tmp.path(),
+        &[
+            "train",
+            model.to_str().unwrap(),
+            "--synthetic",
+            "7",
+            "--seed",
+            "3",
+            "--save",
+            "s.ron",
+        ],
+    );
+    let saved = std::fs::read_to_string(tmp.path().join("s.ron")).unwrap();
+    for fragment in ["Synthetic(", "examples: 7", "seed: 3"] {
+        assert!(saved.contains(fragment), "{saved}");
+    }
+    let again = train_json(tmp.path(), &["train", "s.ron"]);
+    assert_eq!(again["examples"], 7);
+}
+
+#[test]
+fn training_an_onnx_model_without_data_or_with_the_wrong_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rows(&tmp.path().join("rows.csv"));
+    let model = dir().join("relu.onnx");
+    let model = model.to_str().unwrap();
+    // One line naming the file, exit code 2.
+    let refused = |args: &[&str], fragment: &str| {
+        let out = opcount_in(tmp.path(), &[&["train", model][..], args].concat());
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(fragment), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    };
+    refused(
+        &[],
+        "`--data FILE.csv --target COLUMN` or `--synthetic EXAMPLES`",
+    );
+    refused(
+        &["--synthetic", "0"],
+        "--synthetic: expected at least 1 example, found 0",
+    );
+    refused(
+        &["--synthetic", "4", "--loss", "none"],
+        "there is nothing to train",
+    );
+    refused(
+        &["--synthetic", "1000000000000", "--max-memory", "64M"],
+        "1000000000000 synthetic examples needs about",
+    );
+    refused(
+        &["--data", "rows.csv", "--target", "y0,y1"],
+        "learns one class column, found 2 columns",
+    );
+    refused(
+        &[
+            "--loss",
+            "mse",
+            "--data",
+            "rows.csv",
+            "--target",
+            "y0,y1",
+            "--classes",
+            "a,b",
+        ],
+        "--classes: the labels of one --target column, found 2 columns",
+    );
+    refused(
+        &["--data", "missing.csv", "--target", "label"],
+        "missing.csv",
+    );
+    let x = "x0,x1,x2,x3,x4,x5,x6,x7";
+    // A label not in --classes: the file and line.
+    refused(
+        &[
+            "--data",
+            "rows.csv",
+            "--target",
+            "label",
+            "--classes",
+            "a,b",
+            "--features",
+            x,
+        ],
+        "rows.csv:",
+    );
+    // The one-hot columns are features too unless --features says which: 11, not 8.
+    refused(&["--data", "rows.csv", "--target", "label"], "rows.csv");
+    refused(
+        &[
+            "--data",
+            "rows.csv",
+            "--target",
+            "label",
+            "--held-out",
+            "1.5",
+        ],
+        "held_out: expected a fraction",
+    );
+    // The arguments themselves: clap's usage message, exit code 2.
+    for args in [
+        &["--data", "rows.csv"][..],
+        &["--target", "label"],
+        &[
+            "--synthetic",
+            "4",
+            "--data",
+            "rows.csv",
+            "--target",
+            "label",
+        ],
+    ] {
+        let out = opcount_in(tmp.path(), &[&["train", model][..], args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
 }

@@ -126,6 +126,17 @@ fn every_operation_is_bit_identical_counted_and_plain() {
             (name: \"out\", op: Dense(units: 1))])",
     );
     plain_and_counted_agree(
+        "(name: \"q\", input: [4], loss: Mse, graph: [
+            (name: \"a\", op: Dense(units: 4)),
+            (name: \"b\", op: Dense(units: 4), inputs: [\"input\"]),
+            (name: \"gate\", op: Sigmoid, inputs: [\"b\"]),
+            (name: \"den\", op: ConstOp(op: Add, values: [1.0]), inputs: [\"gate\"]),
+            (name: \"scaled\", op: Div, inputs: [\"input\", \"den\"]),
+            (name: \"quot\", op: Div, inputs: [\"a\", \"den\"]),
+            (name: \"diff\", op: Sub, inputs: [\"quot\", \"scaled\"]),
+            (name: \"out\", op: Dense(units: 1))])",
+    );
+    plain_and_counted_agree(
         "(name: \"silu\", input: [4], loss: Mse, graph: [
             (name: \"a\", op: Dense(units: 4)),
             (name: \"gate\", op: Sigmoid),

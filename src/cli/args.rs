@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use opcount::budget::{self, Budget};
 use opcount::convention::Convention;
-use opcount::model::Loss;
+use opcount::model::{Data, Loss, Target};
 use opcount::onnx::Import;
 
 /// Count every arithmetic operation of a neural network, by kind.
@@ -180,15 +180,57 @@ impl ReportFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// The model file (RON) with a training block.
+    /// The model file (RON, or ONNX: .onnx). It trains on the data of its training block, or
+    /// on --data or --synthetic, which an ONNX model (it has no training block) needs.
     pub model: PathBuf,
-    /// Passes over the data (default: the model file's).
+    /// Train on this CSV file (a header row), in place of the model's data; with --target.
+    #[arg(
+        long,
+        value_name = "FILE.csv",
+        requires = "target",
+        conflicts_with = "synthetic"
+    )]
+    pub data: Option<PathBuf>,
+    /// The CSV's target: the class column for a model trained with softmax cross-entropy
+    /// (its classes 0, 1, ... or the labels of --classes); for mse, one column per output,
+    /// comma-separated (or a class column, with --classes).
+    #[arg(long, value_name = "COLUMN", value_delimiter = ',', requires = "data")]
+    pub target: Vec<String>,
+    /// The class labels of the CSV's target column, in output order, comma-separated
+    /// (default: the column holds class numbers 0, 1, ...).
+    #[arg(
+        long,
+        value_name = "LABEL,...",
+        value_delimiter = ',',
+        requires = "data"
+    )]
+    pub classes: Option<Vec<String>>,
+    /// The CSV's feature columns, comma-separated (default: every column but the target's).
+    #[arg(
+        long,
+        value_name = "COLUMN,...",
+        value_delimiter = ',',
+        requires = "data"
+    )]
+    pub features: Option<Vec<String>>,
+    /// The fraction of the CSV's rows held out of training, to report their loss and
+    /// accuracy after every epoch (default: 0).
+    #[arg(long, value_name = "FRACTION", requires = "data")]
+    pub held_out: Option<f32>,
+    /// Train on this many made-up examples (seeded, random targets: nothing to learn), in
+    /// place of the model's data: to count and time training without data.
+    #[arg(long, value_name = "EXAMPLES")]
+    pub synthetic: Option<usize>,
+    /// Seed of the shuffles, and of --synthetic's examples (default: the model's, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Passes over the data (default: the model file's, else 1).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// SGD learning rate (default: the model file's).
+    /// Learning rate (default: the model file's, else 0.01).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Examples per step (default: the model file's).
+    /// Examples per step (default: the model file's, else 32; the whole data at most).
     #[arg(long)]
     pub batch: Option<usize>,
     /// Write the trained model here (same schema, every parameter and running statistic inline).
@@ -199,6 +241,60 @@ pub struct TrainArgs {
     pub format: Format,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl TrainArgs {
+    /// The data `--data` or `--synthetic` give, if either does, for a model trained with
+    /// `loss`: `--target` is a class column with softmax cross-entropy or with `--classes`,
+    /// else one column per output. A `--data` path is made absolute: it is relative to where
+    /// opcount runs, not to the model file as a training block's is.
+    pub fn data(&self, loss: Loss) -> Result<Option<Data>, String> {
+        if let Some(examples) = self.synthetic {
+            if examples == 0 {
+                return Err("--synthetic: expected at least 1 example, found 0".into());
+            }
+            let seed = self.seed.unwrap_or(0);
+            return Ok(Some(Data::Synthetic { examples, seed }));
+        }
+        let Some(path) = &self.data else {
+            return Ok(None);
+        };
+        let shown = path.display();
+        let absolute = std::path::absolute(path).map_err(|e| format!("--data {shown}: {e}"))?;
+        let path = absolute
+            .to_str()
+            .ok_or_else(|| format!("--data {shown}: the path is not valid UTF-8"))?
+            .to_string();
+        let classifier = matches!(loss, Loss::SoftmaxCrossEntropy);
+        let target = match (&self.target[..], &self.classes) {
+            ([column], classes) if classifier || classes.is_some() => Target::Class {
+                column: column.clone(),
+                classes: classes.clone(),
+            },
+            (columns, Some(_)) => {
+                return Err(format!(
+                    "--classes: the labels of one --target column, found {} columns",
+                    columns.len()
+                ));
+            }
+            (columns, None) if classifier => {
+                return Err(format!(
+                    "--target: a model trained with softmax cross-entropy learns one class \
+                     column, found {} columns",
+                    columns.len()
+                ));
+            }
+            (columns, None) => Target::Values {
+                columns: columns.to_vec(),
+            },
+        };
+        Ok(Some(Data::Csv {
+            path,
+            features: self.features.clone(),
+            target,
+            held_out: self.held_out.unwrap_or(0.0),
+        }))
+    }
 }
 
 #[derive(clap::Args, Debug)]

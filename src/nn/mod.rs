@@ -14,6 +14,7 @@ pub(crate) mod causal_softmax;
 mod const_op;
 pub(crate) mod conv;
 pub(crate) mod dense;
+mod div;
 pub(crate) mod embedding;
 pub(crate) mod flatten;
 mod gemm;
@@ -30,6 +31,7 @@ pub(crate) mod positions;
 mod reduce;
 mod reshape;
 pub(crate) mod scores;
+mod sub;
 mod transpose;
 pub(crate) mod unembed;
 

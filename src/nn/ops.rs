@@ -1,7 +1,7 @@
 //! The registry of operations: every operation a node can compute, listed once.
 //!
 //! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
-//! `activation.rs`, `add.rs`, `mul.rs`, ...) holding, side by side, its shape rule (the resolved struct's
+//! `activation.rs`, `add.rs`, `mul.rs`, `sub.rs`, `div.rs`, ...) holding, side by side, its shape rule (the resolved struct's
 //! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
 //! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
 //! `registry!` below writes the dispatch from that one list, so nothing else matches on
@@ -16,7 +16,7 @@ use crate::shape::Shape;
 
 use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
 use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
-use super::{reshape, unembed};
+use super::{div, reshape, sub, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -218,6 +218,8 @@ registry! {
     Activation(activation::Act),
     Add(add::Add),
     Mul(mul::Mul),
+    Sub(sub::Sub),
+    Div(div::Div),
     ConstOp(const_op::ConstOp),
     MatMul(matmul::MatMul),
     Transpose(transpose::Transpose),
@@ -243,6 +245,8 @@ pub const OPERATIONS: &[&str] = &[
     "Flatten",
     "Add",
     "Mul",
+    "Sub",
+    "Div",
     "ConstOp",
     "MatMul",
     "Transpose",
@@ -368,6 +372,8 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
         Layer::Add => NodeOp::Add(add::Add::resolve(inputs)?),
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
+        Layer::Sub => NodeOp::Sub(sub::Sub::resolve(inputs)?),
+        Layer::Div => NodeOp::Div(div::Div::resolve(inputs)?),
         Layer::MatMul => NodeOp::MatMul(matmul::MatMul::resolve(inputs)?),
         Layer::Reshape { shape } => NodeOp::Reshape(reshape::Reshape::resolve(shape, one()?)?),
         Layer::Transpose { perm } => {

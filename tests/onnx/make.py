@@ -242,10 +242,6 @@ def later():
         helper.make_node("Constant", [], ["one"], name="one", value_float=1.0),
         helper.make_node("Div", ["one", "x"], ["y"], name="inverse"),
     ], [], ["N", 4], ["N", 4]), "node 1 (inverse, Div): divides a constant by the computed 'x'")
-    bad("sub-values", graph_model("m", [
-        helper.make_node("Relu", ["x"], ["r"], name="r"),
-        helper.make_node("Sub", ["x", "r"], ["y"], name="diff"),
-    ], [], ["N", 4], ["N", 4]), "node 1 (diff, Sub): Sub of two computed values")
     bad("const-per-example", graph_model("m", [
         helper.make_node("Mul", ["x", "c"], ["y"], name="scale"),
     ], [weights("c", 2, 4)], ["N", 4], ["N", 4]),
@@ -254,6 +250,29 @@ def later():
         helper.make_node("Add", ["x", "c"], ["y"], name="shift"),
     ], [weights("c", 3, 4)], ["N", 1, 4], ["N", 3, 4]),
         "node 0 (shift, Add): the constant's shape 3x4 does not broadcast to the input's 1x4")
+
+    # Sub and Div of two computed values: a difference of two dense layers, divided by a
+    # computed normaliser kept away from zero.
+    class SubDiv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            return self.out((a - b) / (torch.sigmoid(b) + 1.0))
+
+    torch.manual_seed(165)
+    export("sub_div", SubDiv(), torch.randn(1, 6), twin("sub_div", [6], [
+        ("a", "Dense(units: 4)", ["input"]), ("b", "Dense(units: 4)", ["input"]),
+        ("diff", "Sub", ["a", "b"]), ("gate", "Sigmoid", ["b"]),
+        ("den", "ConstOp(op: Add, values: [1.0])", ["gate"]), ("quot", "Div", ["diff", "den"]),
+        ("out", "Dense(units: 3)", ["quot"])]))
+    bad("sub-shapes", graph_model("m", [
+        helper.make_node("Relu", ["x"], ["r"], name="r"),
+        helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+        helper.make_node("Sub", ["r", "f"], ["y"], name="diff"),
+    ], [], ["N", 2, 4], ["N", 8]), "node 2 (diff, Sub): subtracts a 8 value from a 2x4 value")
 
 
 if sys.argv[1:] == ["--only-later"]:

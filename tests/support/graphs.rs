@@ -1,6 +1,6 @@
 //! Random valid graphs, for the tests that check counts and gradients over branches, joins
 //! and shared parameters: dense layers of one width reading any earlier value, sums of two
-//! earlier values (a value may be added to itself), dense layers that use an earlier
+//! earlier values, products and differences (a value may be added to itself), dense layers that use an earlier
 //! layer's parameters, standalone activations, and a head. Every value is used: whatever no
 //! node read is summed into the head's input. Included with `#[path]` by each test crate.
 #![allow(dead_code)]
@@ -42,7 +42,7 @@ pub fn random_graph(rng: &mut Rng, smooth: bool) -> Graph {
         let entry = match rng.below(4) {
             0 => {
                 let (a, b) = (values.pick(rng), values.pick(rng));
-                let op = ["Add", "Mul"][rng.below(2)];
+                let op = ["Add", "Mul", "Sub"][rng.below(3)];
                 format!("(name: \"{name}\", op: {op}, inputs: [\"{a}\", \"{b}\"])")
             }
             1 if !owners.is_empty() => {

@@ -1,6 +1,6 @@
-//! Element-wise Add, Sub, Mul and Div: of two computed values of one shape (`Add`, `Mul`),
-//! or of a computed value and a constant that broadcasts to it (`ConstOp`: `x / 8`,
-//! `x - mean`, `x * scale`, `1 - x`). An `Add` of a constant onto a MatMul or bias-less Conv
+//! Element-wise Add, Sub, Mul and Div: of two computed values of one shape (`Add`, `Sub`,
+//! `Mul`, `Div`), or of a computed value and a constant that broadcasts to it (`ConstOp`:
+//! `x / 8`, `x - mean`, `x * scale`, `1 - x`). An `Add` of a constant onto a MatMul or bias-less Conv
 //! read nowhere else stays that layer's bias.
 
 use super::{Act, Builder, Result, Value, shown};
@@ -22,26 +22,23 @@ impl Builder<'_> {
         };
         let act = match (self.get(a)?.clone(), self.get(b)?.clone()) {
             (Value::Act(x), Value::Act(y)) => {
-                let layer = match node.op_type {
-                    "Add" => Layer::Add,
-                    "Mul" => Layer::Mul,
-                    op => {
-                        return Err(format!(
-                            "{op} of two computed values: opcount {what} a computed value \
-                             and a constant only (x - c, c - x, x / c)"
-                        ));
-                    }
+                let (layer, to) = match node.op_type {
+                    "Add" => (Layer::Add, "to"),
+                    "Sub" => (Layer::Sub, "from"),
+                    "Mul" => (Layer::Mul, "by"),
+                    _ => (Layer::Div, "by"),
                 };
                 if x.onnx != y.onnx {
-                    let (to, verb) = match node.op_type {
-                        "Add" => ("to", "adds"),
-                        _ => ("by", "multiplies"),
+                    // `x - y` subtracts y from x; the others read in order.
+                    let (first, second) = match layer {
+                        Layer::Sub => (&y.onnx, &x.onnx),
+                        _ => (&x.onnx, &y.onnx),
                     };
                     return Err(format!(
-                        "{verb} a {} value {to} a {} value; opcount {verb} two computed \
+                        "{what} a {} value {to} a {} value; opcount {what} two computed \
                          values of one shape only",
-                        shown(&x.onnx),
-                        shown(&y.onnx)
+                        shown(first),
+                        shown(second)
                     ));
                 }
                 self.push(node, layer, &[&x, &y])?
