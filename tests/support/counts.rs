@@ -63,3 +63,9 @@ pub fn counted_gives_plain_bits(text: &str, batch: usize, seed: u64) -> Result<(
         Err(format!("counted and plain differ\n{text}"))
     }
 }
+
+/// Both checks of a random model: measured equals closed form, and counted gives plain bits.
+pub fn closed_form_and_plain_bits(text: &str, batch: usize, seed: u64) -> Result<(), String> {
+    measured_equals_closed_form(text, batch, seed)?;
+    counted_gives_plain_bits(text, batch, seed)
+}
