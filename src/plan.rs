@@ -836,6 +836,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Sub => "sub",
         Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
+        Layer::Broadcast { .. } => "broadcast",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
         Layer::Reshape { .. } => "reshape",
@@ -960,6 +961,7 @@ mod tests {
             "Sub",
             "Div",
             "ConstOp(op: Mul, values: [2])",
+            "Broadcast(op: Sub)",
             "MatMul",
             "Transpose(perm: [0])",
             "Reshape(shape: [1])",
@@ -996,6 +998,7 @@ mod tests {
                 | Layer::Sub
                 | Layer::Div
                 | Layer::ConstOp { .. }
+                | Layer::Broadcast { .. }
                 | Layer::MatMul
                 | Layer::Transpose { .. }
                 | Layer::Reshape { .. }

@@ -9,6 +9,7 @@
 pub(crate) mod activation;
 mod add;
 pub(crate) mod batchnorm;
+mod broadcast;
 mod buffer;
 pub(crate) mod causal_softmax;
 mod const_op;
