@@ -262,6 +262,8 @@ pub enum Layer {
         #[serde(deserialize_with = "charged")]
         values: Vec<f32>,
     },
+    /// The square root of every value (`/ sqrt(var + eps)` written out).
+    Sqrt,
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,

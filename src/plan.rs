@@ -837,6 +837,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
         Layer::Broadcast { .. } => "broadcast",
+        Layer::Sqrt => "sqrt",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
         Layer::Reshape { .. } => "reshape",
@@ -962,6 +963,7 @@ mod tests {
             "Div",
             "ConstOp(op: Mul, values: [2])",
             "Broadcast(op: Sub)",
+            "Sqrt",
             "MatMul",
             "Transpose(perm: [0])",
             "Reshape(shape: [1])",
@@ -999,6 +1001,7 @@ mod tests {
                 | Layer::Div
                 | Layer::ConstOp { .. }
                 | Layer::Broadcast { .. }
+                | Layer::Sqrt
                 | Layer::MatMul
                 | Layer::Transpose { .. }
                 | Layer::Reshape { .. }

@@ -2,7 +2,8 @@
 //! against the second, the second against the first, and both spread (`[3, 1]` with
 //! `[1, 4]`), with either input's gradient wanted or not. Measured equals closed form for
 //! every node, phase and kind; `Counted<f32>` gives plain `f32`'s bits; the gradients
-//! through it match finite differences in f64.
+//! through it match finite differences in f64. The divisors of some are square roots
+//! (`Sqrt`), which these check the same way.
 
 #[path = "support/counts.rs"]
 mod counts;
@@ -39,7 +40,8 @@ fn list(dims: &[usize]) -> String {
 
 /// A model computing `a op b` for a random pair of shapes and operation: each input a dense
 /// layer of the model's input read as its shape, or (its gradient then not wanted) the
-/// model's input itself; a divisor kept away from zero (`sigmoid + 1`); then a dense head.
+/// model's input itself; a divisor kept away from zero (`sigmoid + 1`, or its square root);
+/// then a dense head.
 fn random_model(rng: &mut Rng) -> (String, usize) {
     let (a, b) = shapes(rng);
     let op = ["Add", "Sub", "Mul", "Div"][rng.below(4)];
@@ -79,6 +81,10 @@ fn random_model(rng: &mut Rng) -> (String, usize) {
             "(name: \"den\", op: ConstOp(op: Add, values: [1.0]), inputs: [\"gate\"])".into(),
         );
         second = "den".into();
+        if rng.below(2) == 0 {
+            graph.push("(name: \"root\", op: Sqrt, inputs: [\"den\"])".into());
+            second = "root".into();
+        }
     }
     graph.push(format!(
         "(name: \"op\", op: Broadcast(op: {op}), inputs: [\"{first}\", \"{second}\"])"
@@ -186,4 +192,21 @@ fn of_one_shape_it_counts_as_the_same_shape_operations() {
         assert_eq!(same.forward, spread.forward, "{op}");
         assert_eq!(same.backward, spread.backward, "{op}");
     }
+}
+
+/// `sqrt` of `[2, 3]` values at batch 4: 24 sqrt forward, 24 div and 24 mul backward.
+#[test]
+fn a_square_root_counts_one_sqrt_per_value_and_a_div_and_a_mul_back() {
+    let text = "(name: \"r\", input: [6], loss: Mse, graph: [
+        (name: \"fc\", op: Dense(units: 6)), (name: \"s\", op: Sigmoid),
+        (name: \"root\", op: Sqrt), (name: \"out\", op: Dense(units: 1))])";
+    let plan = Model::parse(text, "r").unwrap().plan("r").unwrap();
+    let step = estimate::step(&plan, 4).unwrap();
+    assert_eq!(step.nodes[2].forward, Counts::of(Op::Sqrt, 24));
+    assert_eq!(
+        step.nodes[2].backward,
+        Counts::of(Op::Div, 24) + Counts::of(Op::Mul, 24)
+    );
+    counts::closed_form_and_plain_bits(text, 4, 3).unwrap();
+    gradient::check(text, 4, 3);
 }

@@ -32,6 +32,7 @@ pub(crate) mod positions;
 mod reduce;
 mod reshape;
 pub(crate) mod scores;
+mod sqrt;
 mod sub;
 mod transpose;
 pub(crate) mod unembed;

@@ -429,6 +429,15 @@ fn attr_s<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [u8]> {
     attr(node, name).and_then(|a| a.s)
 }
 
+/// A node's name for the entries it becomes: its own, or its first output's if it has none.
+fn node_name<'n>(node: &NodeProto<'n>) -> &'n str {
+    if node.name.is_empty() {
+        node.outputs.first().copied().unwrap_or("node")
+    } else {
+        node.name
+    }
+}
+
 fn shown(dims: &[usize]) -> String {
     dims.iter()
         .map(|n| n.to_string())
@@ -512,13 +521,22 @@ impl<'a> Builder<'a> {
         inputs: &[&Act],
         params: Vec<(&str, Tensor)>,
     ) -> Result<Act> {
+        let out = node.outputs.first().copied().unwrap_or("");
+        self.push_entry(node_name(node), out, layer, inputs, params)
+    }
+
+    /// A new entry computing `layer` from `inputs`, named `base` (made unique), which
+    /// computes the ONNX value `out` (empty for an entry of opcount's own).
+    fn push_entry(
+        &mut self,
+        base: &str,
+        out: &str,
+        layer: Layer,
+        inputs: &[&Act],
+        params: Vec<(&str, Tensor)>,
+    ) -> Result<Act> {
         let shapes: Vec<Shape> = inputs.iter().map(|a| a.ours).collect();
         let op = ops::resolve(&layer, &shapes)?;
-        let base = if node.name.is_empty() {
-            node.outputs.first().copied().unwrap_or("node")
-        } else {
-            node.name
-        };
         let mut name = base.to_string();
         let mut k = 1;
         while name == INPUT || self.names.contains(&name) {
@@ -526,7 +544,6 @@ impl<'a> Builder<'a> {
             name = format!("{base}#{k}");
         }
         self.names.insert(name.clone());
-        let out = node.outputs.first().copied().unwrap_or("");
         self.produced.insert(name.clone(), out.to_string());
         self.entries.push(Entry {
             name: Some(name.clone()),
@@ -678,6 +695,13 @@ impl<'a> Builder<'a> {
             "Reshape" => self.reshape(node)?,
             "Squeeze" | "Unsqueeze" => self.squeeze(node)?,
             "ReduceMean" => self.reduce_mean(node)?,
+            "Pow" => self.square(node)?,
+            "Sqrt" => {
+                let x = self.act(node, 0)?;
+                let mut y = self.push(node, Layer::Sqrt, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
+            }
             "Clip" => self.clip(node)?,
             "Transpose" => {
                 let x = self.act(node, 0)?;
