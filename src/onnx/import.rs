@@ -87,6 +87,7 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
         uses: HashMap::new(),
         erf_inputs: HashSet::new(),
         produced: HashMap::new(),
+        held_as_onnx: HashMap::new(),
         input_batch: input.batch,
     };
     for node in &g.nodes {
@@ -404,6 +405,9 @@ struct Builder<'a> {
     uses: HashMap<&'a str, usize>,
     /// The ONNX value each entry's node wrote, by entry name.
     produced: HashMap<String, String>,
+    /// A value held otherwise here than in ONNX, by its entry's name: the Reshape that
+    /// holds it as ONNX does, made for the first broadcast that needed it.
+    held_as_onnx: HashMap<String, Act>,
     /// The values Erf nodes read: the exact GELU's pattern, refused by name.
     erf_inputs: HashSet<&'a str>,
     input_batch: Option<i64>,
@@ -622,7 +626,10 @@ impl<'a> Builder<'a> {
                         Layer::Softmax
                     }
                 };
-                Value::Act(self.push(node, layer, &[&x])?)
+                // Value by value: the shape ONNX sees stays (`[c, 1, 1]` held as `[c]`).
+                let mut y = self.push(node, layer, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
             }
             "Conv" => Value::Act(self.conv(node)?),
             "Gemm" => Value::Act(self.gemm(node)?),

@@ -139,16 +139,22 @@ impl Builder<'_> {
     }
 
     /// `x`, or where it is held otherwise here than in ONNX, a Reshape of it to ONNX's
-    /// shape (a copy: nothing counted), named after the node that needs it.
+    /// shape (a copy: nothing counted), named after the first node that needs it and made
+    /// once.
     fn as_onnx(&mut self, node: &NodeProto<'_>, x: Act) -> Result<Act> {
         if x.ours.dims() == x.onnx {
             return Ok(x);
+        }
+        if let Some(held) = self.held_as_onnx.get(&x.entry) {
+            return Ok(held.clone());
         }
         let base = format!("{}.reshape", node_name(node));
         let layer = Layer::Reshape {
             shape: x.onnx.clone(),
         };
-        self.push_entry(&base, "", layer, &[&x], Vec::new())
+        let held = self.push_entry(&base, "", layer, &[&x], Vec::new())?;
+        self.held_as_onnx.insert(x.entry, held.clone());
+        Ok(held)
     }
 
     /// A `ConstOp` of `x` and the constant `t`, which must broadcast to `x` without growing

@@ -303,7 +303,9 @@ impl Builder<'_> {
                 ));
             }
         };
-        Ok(Value::Act(self.push(node, layer, &[&x])?))
+        let mut y = self.push(node, layer, &[&x])?;
+        y.onnx = x.onnx;
+        Ok(Value::Act(y))
     }
 
     pub(super) fn embedding(&mut self, node: &NodeProto<'_>) -> Result<Act> {
