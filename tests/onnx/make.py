@@ -371,6 +371,10 @@ def broadcasting():
     ], [numpy_helper.from_array(torch.tensor([0, 4, 3]).numpy(), "shape")], ["N", 3, 4],
         ["N", 3, 4]),
         "node 1 (gate, Mul): multiplies a 3x4 value by a 4x3 value: the shapes do not broadcast")
+    bad("pow-cube", graph_model("m", [
+        helper.make_node("Constant", [], ["three"], name="three", value_float=3.0),
+        helper.make_node("Pow", ["x", "three"], ["y"], name="cube"),
+    ], [], ["N", 4], ["N", 4]), "node 1 (cube, Pow): an exponent other than the number 2")
 
 
 if sys.argv[1:] == ["--only-later"]:
