@@ -185,7 +185,7 @@ fn of_one_shape_it_counts_as_the_same_shape_operations() {
         };
         let counted = |text: String| {
             let plan = Model::parse(&text, "p").unwrap().plan("p").unwrap();
-            estimate::step(&plan, 3).unwrap().nodes[2].clone()
+            estimate::step(&plan, 3).unwrap().nodes[2]
         };
         let same = counted(model(op));
         let spread = counted(model(&format!("Broadcast(op: {op})")));

@@ -412,7 +412,7 @@ fn negate<S: Scalar>(v: &mut [S]) {
 #[inline(never)]
 fn times<S: Scalar>(t: &mut [S], y: &[S]) {
     for (t, &y) in t.iter_mut().zip(y) {
-        *t = *t * y;
+        *t *= y;
     }
 }
 
