@@ -364,6 +364,19 @@ def broadcasting():
         ("quot", "Broadcast(op: Div)", ["prod", "den_held"]),
         ("flat", "Flatten", ["quot"]), ("out", "Dense(units: 3)", ["flat"])]))
 
+    # Two values of one shape in ONNX held otherwise here: a channel's mean ([4] here, after
+    # GlobalAveragePool) plus its maximum ([4, 1, 1]): the mean read as [4, 1, 1], then Add.
+    save("pool_sum", graph_model("m", [
+        helper.make_node("GlobalAveragePool", ["x"], ["mean"], name="mean"),
+        helper.make_node("MaxPool", ["x"], ["max"], name="max", kernel_shape=[3, 3]),
+        helper.make_node("Add", ["mean", "max"], ["y"], name="sum"),
+    ], [], ["N", 4, 3, 3], ["N", 4, 1, 1]))
+    with open(os.path.join(HERE, "pool_sum.ron"), "w") as f:
+        f.write(twin("pool_sum", [4, 3, 3], [
+            ("mean", "GlobalAvgPool2d", ["input"]), ("max", "MaxPool2d(size: 3)", ["input"]),
+            ("mean_held", "Reshape(shape: [4, 1, 1])", ["mean"]), ("sum", "Add", ["mean_held", "max"])],
+            loss="Mse") + "\n")
+
     # Shapes that do not broadcast, one example's axes aligned after the batch.
     bad("mul-shapes", graph_model("m", [
         helper.make_node("Reshape", ["x", "shape"], ["t"], name="turn"),

@@ -24,6 +24,13 @@ impl Builder<'_> {
         let act = match (self.get(a)?.clone(), self.get(b)?.clone()) {
             (Value::Act(x), Value::Act(y)) => {
                 if x.onnx == y.onnx {
+                    // Held alike here, or both read as ONNX holds them (`[c]` after
+                    // GlobalAveragePool against a `[c, 1, 1]` value).
+                    let (x, y) = if x.ours == y.ours {
+                        (x, y)
+                    } else {
+                        (self.as_onnx(node, x)?, self.as_onnx(node, y)?)
+                    };
                     let layer = match node.op_type {
                         "Add" => Layer::Add,
                         "Sub" => Layer::Sub,
