@@ -317,6 +317,8 @@ pub enum Layer {
     Relu6,
     /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh form GPT-2 uses.
     Gelu,
+    /// `x (1 + erf(x / sqrt(2))) / 2`, the exact GELU (PyTorch's default `nn.GELU()`, BERT).
+    GeluErf,
 }
 
 impl Layer {
@@ -330,6 +332,7 @@ impl Layer {
             Layer::Softmax => Activation::Softmax,
             Layer::Relu6 => Activation::Relu6,
             Layer::Gelu => Activation::Gelu,
+            Layer::GeluErf => Activation::GeluErf,
             _ => return None,
         })
     }

@@ -980,6 +980,7 @@ mod tests {
             "Softmax",
             "Relu6",
             "Gelu",
+            "GeluErf",
         ];
         let activations = crate::model::Activation::ALL.len();
         assert_eq!(layers.len(), ops::OPERATIONS.len() + activations);
@@ -1017,7 +1018,8 @@ mod tests {
                 | Layer::Relu
                 | Layer::Softmax
                 | Layer::Relu6
-                | Layer::Gelu => {}
+                | Layer::Gelu
+                | Layer::GeluErf => {}
             }
             let name = format!("`{}1`", layer_kind(&layer));
             assert!(docs.contains(&name), "docs/model-format.md lacks {name}");

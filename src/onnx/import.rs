@@ -17,7 +17,7 @@ mod gelu;
 mod layers;
 mod shapes;
 
-use gelu::{erf_gelus, erf_refusal, gelu_erf};
+use gelu::{erf_gelus, erf_refusal, exact_gelu};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -117,16 +117,12 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
             onnx: input.dims.clone(),
         }),
     );
-    let erf_gelus = if import.gelu_as_tanh {
-        erf_gelus(g, &b.values)
-    } else {
-        HashMap::new()
-    };
+    let erf_gelus = erf_gelus(g, &b.values);
     let absorbed: HashSet<usize> = erf_gelus.values().flat_map(|(_, inner)| *inner).collect();
     for &k in order.iter().filter(|k| !absorbed.contains(k)) {
         let node = &g.nodes[k];
         let done = match erf_gelus.get(&k) {
-            Some((x, _)) => b.erf_gelu(node, x),
+            Some((x, _)) => b.erf_gelu(node, x, import.gelu_as_tanh),
             None => b.node(node, import.gelu_as_tanh),
         };
         done.map_err(|e| format!("{}: {e}", place(k, node)))?;
@@ -603,14 +599,10 @@ impl<'a> Builder<'a> {
                     "Relu" => Layer::Relu,
                     "Sigmoid" => Layer::Sigmoid,
                     "Tanh" => Layer::Tanh,
-                    "Gelu" => {
-                        match attr_s(node, "approximate") {
-                            Some(b"tanh") => {}
-                            _ if gelu_as_tanh => {}
-                            _ => return Err(gelu_erf()),
-                        }
-                        Layer::Gelu
-                    }
+                    "Gelu" => match attr_s(node, "approximate") {
+                        Some(b"tanh") => Layer::Gelu,
+                        _ => exact_gelu(gelu_as_tanh),
+                    },
                     _ => {
                         // Over the last axis (the batch is axis 0), of a value held as
                         // ONNX holds it.
@@ -740,8 +732,8 @@ impl<'a> Builder<'a> {
                 }
             }
             "Gather" => Value::Act(self.embedding(node)?),
-            "Erf" => return Err(erf_refusal(gelu_as_tanh)),
-            "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal(gelu_as_tanh)),
+            "Erf" => return Err(erf_refusal()),
+            "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal()),
             "Add" | "Sub" | "Mul" | "Div" => self.arith(node)?,
             other => {
                 return Err(format!(
