@@ -1054,7 +1054,7 @@ mod tests {
 
     #[test]
     fn a_chain_keeps_two_gradient_buffers_however_deep() {
-        let dense = vec!["Dense(units: 5, activation: Tanh)"; 9].join(", ");
+        let dense = ["Dense(units: 5, activation: Tanh)"; 9].join(", ");
         let text =
             format!("(name: \"c\", input: [3], loss: Mse, layers: [{dense}, Dense(units: 2)])");
         let plan = crate::Model::parse(&text, "c").unwrap().plan("c").unwrap();
