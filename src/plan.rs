@@ -899,6 +899,8 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Sub => "sub",
         Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
+        Layer::Broadcast { .. } => "broadcast",
+        Layer::Sqrt => "sqrt",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
         Layer::Reshape { .. } => "reshape",
@@ -1081,6 +1083,8 @@ mod tests {
             "Sub",
             "Div",
             "ConstOp(op: Mul, values: [2])",
+            "Broadcast(op: Sub)",
+            "Sqrt",
             "MatMul",
             "Transpose(perm: [0])",
             "Reshape(shape: [1])",
@@ -1118,6 +1122,8 @@ mod tests {
                 | Layer::Sub
                 | Layer::Div
                 | Layer::ConstOp { .. }
+                | Layer::Broadcast { .. }
+                | Layer::Sqrt
                 | Layer::MatMul
                 | Layer::Transpose { .. }
                 | Layer::Reshape { .. }

@@ -9,6 +9,7 @@
 pub(crate) mod activation;
 mod add;
 pub(crate) mod batchnorm;
+mod broadcast;
 mod buffer;
 pub(crate) mod causal_softmax;
 mod const_op;
@@ -31,6 +32,7 @@ pub(crate) mod positions;
 mod reduce;
 mod reshape;
 pub(crate) mod scores;
+mod sqrt;
 mod sub;
 mod transpose;
 pub(crate) mod unembed;

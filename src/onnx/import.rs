@@ -87,6 +87,7 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
         uses: HashMap::new(),
         erf_inputs: HashSet::new(),
         produced: HashMap::new(),
+        held_as_onnx: HashMap::new(),
         input_batch: input.batch,
     };
     for node in &g.nodes {
@@ -400,6 +401,9 @@ struct Builder<'a> {
     uses: HashMap<&'a str, usize>,
     /// The ONNX value each entry's node wrote, by entry name.
     produced: HashMap<String, String>,
+    /// A value held otherwise here than in ONNX, by its entry's name: the Reshape that
+    /// holds it as ONNX does, made for the first broadcast that needed it.
+    held_as_onnx: HashMap<String, Act>,
     /// The values Erf nodes read: the exact GELU's pattern, refused by name.
     erf_inputs: HashSet<&'a str>,
     input_batch: Option<i64>,
@@ -423,6 +427,15 @@ fn attr_ints<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [i64]> {
 
 fn attr_s<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [u8]> {
     attr(node, name).and_then(|a| a.s)
+}
+
+/// A node's name for the entries it becomes: its own, or its first output's if it has none.
+fn node_name<'n>(node: &NodeProto<'n>) -> &'n str {
+    if node.name.is_empty() {
+        node.outputs.first().copied().unwrap_or("node")
+    } else {
+        node.name
+    }
 }
 
 fn shown(dims: &[usize]) -> String {
@@ -508,13 +521,22 @@ impl<'a> Builder<'a> {
         inputs: &[&Act],
         params: Vec<(&str, Tensor)>,
     ) -> Result<Act> {
+        let out = node.outputs.first().copied().unwrap_or("");
+        self.push_entry(node_name(node), out, layer, inputs, params)
+    }
+
+    /// A new entry computing `layer` from `inputs`, named `base` (made unique), which
+    /// computes the ONNX value `out` (empty for an entry of opcount's own).
+    fn push_entry(
+        &mut self,
+        base: &str,
+        out: &str,
+        layer: Layer,
+        inputs: &[&Act],
+        params: Vec<(&str, Tensor)>,
+    ) -> Result<Act> {
         let shapes: Vec<Shape> = inputs.iter().map(|a| a.ours).collect();
         let op = ops::resolve(&layer, &shapes)?;
-        let base = if node.name.is_empty() {
-            node.outputs.first().copied().unwrap_or("node")
-        } else {
-            node.name
-        };
         let mut name = base.to_string();
         let mut k = 1;
         while name == INPUT || self.names.contains(&name) {
@@ -522,7 +544,6 @@ impl<'a> Builder<'a> {
             name = format!("{base}#{k}");
         }
         self.names.insert(name.clone());
-        let out = node.outputs.first().copied().unwrap_or("");
         self.produced.insert(name.clone(), out.to_string());
         self.entries.push(Entry {
             name: Some(name.clone()),
@@ -597,7 +618,10 @@ impl<'a> Builder<'a> {
                         Layer::Softmax
                     }
                 };
-                Value::Act(self.push(node, layer, &[&x])?)
+                // Value by value: the shape ONNX sees stays (`[c, 1, 1]` held as `[c]`).
+                let mut y = self.push(node, layer, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
             }
             "Conv" => Value::Act(self.conv(node)?),
             "Gemm" => Value::Act(self.gemm(node)?),
@@ -670,6 +694,13 @@ impl<'a> Builder<'a> {
             "Reshape" => self.reshape(node)?,
             "Squeeze" | "Unsqueeze" => self.squeeze(node)?,
             "ReduceMean" => self.reduce_mean(node)?,
+            "Pow" => self.square(node)?,
+            "Sqrt" => {
+                let x = self.act(node, 0)?;
+                let mut y = self.push(node, Layer::Sqrt, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
+            }
             "Clip" => self.clip(node)?,
             "Transpose" => {
                 let x = self.act(node, 0)?;
