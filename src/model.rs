@@ -264,6 +264,18 @@ pub enum Layer {
     },
     /// The square root of every value (`/ sqrt(var + eps)` written out).
     Sqrt,
+    /// A fixed mask, broadcast to the value's shape from the last axis, picks the positions
+    /// that hold `fill` instead of the value (`masked_fill`; a causal mask's `-inf`).
+    MaskFill {
+        /// The mask's dimensions, as a `ConstOp`'s constant's; default `[1]`.
+        #[serde(default = "one_value", deserialize_with = "charged")]
+        shape: Vec<usize>,
+        /// Whether each position of the mask is filled, in row-major order.
+        #[serde(deserialize_with = "charged")]
+        masked: Vec<bool>,
+        /// The number a masked position holds (`-inf` allowed, NaN refused).
+        fill: f32,
+    },
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,

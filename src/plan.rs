@@ -901,6 +901,7 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::ConstOp { .. } => "const",
         Layer::Broadcast { .. } => "broadcast",
         Layer::Sqrt => "sqrt",
+        Layer::MaskFill { .. } => "mask",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
         Layer::Reshape { .. } => "reshape",
@@ -1085,6 +1086,7 @@ mod tests {
             "ConstOp(op: Mul, values: [2])",
             "Broadcast(op: Sub)",
             "Sqrt",
+            "MaskFill(masked: [true], fill: 0)",
             "MatMul",
             "Transpose(perm: [0])",
             "Reshape(shape: [1])",
@@ -1124,6 +1126,7 @@ mod tests {
                 | Layer::ConstOp { .. }
                 | Layer::Broadcast { .. }
                 | Layer::Sqrt
+                | Layer::MaskFill { .. }
                 | Layer::MatMul
                 | Layer::Transpose { .. }
                 | Layer::Reshape { .. }

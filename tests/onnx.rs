@@ -895,3 +895,37 @@ fn training_an_onnx_model_without_data_or_with_the_wrong_data_is_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// nanoGPT's `qkv(x).split(C, dim=2)` becomes three dense layers, which count exactly as the
+/// one they were: forward each output is the same sum; backward the input's gradient is
+/// three sums of C terms joined by two additions instead of one sum of 3C; the weights'
+/// gradients and the update are the same numbers. The whole block counts as its twin.
+#[test]
+fn a_split_dense_layer_counts_as_the_whole_and_a_causal_mask_counts_nothing() {
+    let block = load_onnx("gpt_block", &Import::default()).unwrap();
+    let kinds: Vec<&str> = block.nodes().iter().map(|n| n.kind()).collect();
+    assert_eq!(kinds[1..4], ["dense"; 3]);
+    assert_eq!(block.nodes()[1].name(), "/c_attn/MatMul[0:8]");
+    assert!(kinds.contains(&"mask_fill") && kinds.contains(&"gelu_erf"));
+    let step = estimate::step(&block, 3).unwrap();
+    let mask = kinds.iter().position(|k| *k == "mask_fill").unwrap();
+    assert_eq!(step.nodes[mask].all(), opcount::Counts::ZERO);
+    // The same layer whole: a dense layer of 24 units on the layer norm's output.
+    let whole = Model::parse(
+        "(name: \"w\", input: [6, 8], loss: Mse, graph: [
+            (name: \"ln_1\", op: LayerNorm),
+            (name: \"qkv\", op: Dense(units: 24)),
+            (name: \"head\", op: Dense(units: 3)),
+        ])",
+        "w",
+    )
+    .unwrap()
+    .plan("w")
+    .unwrap();
+    let whole_step = estimate::step(&whole, 3).unwrap();
+    for phase in [Phase::Forward, Phase::Backward, Phase::Update] {
+        let parts: opcount::Counts = (1..4).map(|k| step.nodes[k].phase(phase)).sum();
+        assert_eq!(parts, whole_step.nodes[1].phase(phase), "{phase:?}");
+    }
+    assert_measured_is_closed_form(&block, 3, "gpt_block");
+}

@@ -38,31 +38,7 @@ impl ConstOp {
         values: &[f32],
         input: Shape,
     ) -> Result<ConstOp, String> {
-        let constant = Shape::new(dims)
-            .filter(|c| c.rank() <= input.rank())
-            .ok_or_else(|| {
-                format!(
-                    "the constant's shape {dims:?} must have 1 to {} dimensions, the input's rank",
-                    input.rank()
-                )
-            })?;
-        let offset = input.rank() - constant.rank();
-        for (k, &d) in constant.dims().iter().enumerate() {
-            let n = input.dims()[offset + k];
-            if d != 1 && d != n {
-                return Err(format!(
-                    "the constant's shape {constant} does not broadcast to the input's {input}: \
-                     size {d} against {n}"
-                ));
-            }
-        }
-        if constant.checked_len() != Some(values.len()) {
-            return Err(format!(
-                "the constant's shape {constant} holds {} values, found {}",
-                constant.checked_len().unwrap_or(usize::MAX),
-                values.len()
-            ));
-        }
+        let constant = broadcasts("constant", dims, values.len(), input)?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(format!(
                 "constant value {i} is {}, not a finite number",
@@ -82,24 +58,7 @@ impl ConstOp {
 
     /// The constant spread over one example's shape: the value each position reads.
     fn spread(&self) -> Vec<f32> {
-        let (dims, c) = (self.shape.dims(), self.constant.dims());
-        let offset = dims.len() - c.len();
-        (0..self.shape.len())
-            .map(|mut i| {
-                // The position's index along each axis, last first, and the constant's
-                // index from the axes where it is not 1.
-                let (mut at, mut stride) = (0, 1);
-                for k in (0..dims.len()).rev() {
-                    let coord = i % dims[k];
-                    i /= dims[k];
-                    if k >= offset && c[k - offset] != 1 {
-                        at += coord * stride;
-                        stride *= c[k - offset];
-                    }
-                }
-                self.values[at]
-            })
-            .collect()
+        spread(&self.values, self.constant, self.shape)
     }
 
     pub(crate) fn kernel<S: Scalar>(&self) -> ConstKernel<S> {
@@ -108,6 +67,65 @@ impl ConstOp {
             c: self.spread().into_iter().map(crate::data::scalar).collect(),
         }
     }
+}
+
+/// The shape rule of a fixed tensor (the `what`: a constant, a mask) of `dims` holding
+/// `len` values, spread over an input of shape `input` as numpy broadcasts: right-aligned,
+/// each size 1 or the input's, at most the input's rank.
+pub(crate) fn broadcasts(
+    what: &str,
+    dims: &[usize],
+    len: usize,
+    input: Shape,
+) -> Result<Shape, String> {
+    let fixed = Shape::new(dims)
+        .filter(|c| c.rank() <= input.rank())
+        .ok_or_else(|| {
+            format!(
+                "the {what}'s shape {dims:?} must have 1 to {} dimensions, the input's rank",
+                input.rank()
+            )
+        })?;
+    let offset = input.rank() - fixed.rank();
+    for (k, &d) in fixed.dims().iter().enumerate() {
+        let n = input.dims()[offset + k];
+        if d != 1 && d != n {
+            return Err(format!(
+                "the {what}'s shape {fixed} does not broadcast to the input's {input}: \
+                 size {d} against {n}"
+            ));
+        }
+    }
+    if fixed.checked_len() != Some(len) {
+        return Err(format!(
+            "the {what}'s shape {fixed} holds {} values, found {len}",
+            fixed.checked_len().unwrap_or(usize::MAX),
+        ));
+    }
+    Ok(fixed)
+}
+
+/// `values`, of a shape `fixed` that broadcasts to `shape` ([`broadcasts`]), spread over one
+/// example of `shape`: the value each position reads.
+pub(crate) fn spread<T: Copy>(values: &[T], fixed: Shape, shape: Shape) -> Vec<T> {
+    let (dims, c) = (shape.dims(), fixed.dims());
+    let offset = dims.len() - c.len();
+    (0..shape.len())
+        .map(|mut i| {
+            // The position's index along each axis, last first, and the fixed tensor's
+            // index from the axes where it is not 1.
+            let (mut at, mut stride) = (0, 1);
+            for k in (0..dims.len()).rev() {
+                let coord = i % dims[k];
+                i /= dims[k];
+                if k >= offset && c[k - offset] != 1 {
+                    at += coord * stride;
+                    stride *= c[k - offset];
+                }
+            }
+            values[at]
+        })
+        .collect()
 }
 
 impl Operation for ConstOp {

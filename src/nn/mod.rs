@@ -22,6 +22,7 @@ mod gemm;
 pub(crate) mod global_pool;
 pub(crate) mod layernorm;
 mod loss;
+mod mask_fill;
 mod matmul;
 pub(crate) mod mix;
 mod mul;

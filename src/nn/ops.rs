@@ -15,7 +15,7 @@ use crate::scalar::Scalar;
 use crate::shape::Shape;
 
 use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
-use super::{broadcast, div, reshape, sqrt, sub, unembed};
+use super::{broadcast, div, mask_fill, reshape, sqrt, sub, unembed};
 use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
 
 /// One parameter tensor of an operation: its length and how it starts.
@@ -223,6 +223,7 @@ registry! {
     ConstOp(const_op::ConstOp),
     Broadcast(broadcast::Broadcast),
     Sqrt(sqrt::Sqrt),
+    MaskFill(mask_fill::MaskFill),
     MatMul(matmul::MatMul),
     Transpose(transpose::Transpose),
     Reshape(reshape::Reshape),
@@ -252,6 +253,7 @@ pub const OPERATIONS: &[&str] = &[
     "ConstOp",
     "Broadcast",
     "Sqrt",
+    "MaskFill",
     "MatMul",
     "Transpose",
     "Reshape",
@@ -388,6 +390,11 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
             NodeOp::ConstOp(const_op::ConstOp::resolve(*op, shape, values, one()?)?)
         }
         Layer::Sqrt => NodeOp::Sqrt(sqrt::Sqrt::resolve(one()?)),
+        Layer::MaskFill {
+            shape,
+            masked,
+            fill,
+        } => NodeOp::MaskFill(mask_fill::MaskFill::resolve(shape, masked, *fill, one()?)?),
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         Layer::Embedding { vocab, width } => {
             NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)

@@ -10,11 +10,13 @@
 //! This file reads the graph (its input, output and order) and dispatches each node; the
 //! nodes with parameters or windows are mapped in `import/layers.rs`, element-wise
 //! arithmetic in `import/arith.rs`, the ones that only change shapes in `import/shapes.rs`,
-//! the exact GELU's pattern in `import/gelu.rs`.
+//! the exact GELU's pattern in `import/gelu.rs`, a causal mask's `Where` and the `Split` of
+//! query, key and value in `import/mask.rs`.
 
 mod arith;
 mod gelu;
 mod layers;
+mod mask;
 mod shapes;
 
 use gelu::{erf_gelus, erf_refusal, exact_gelu};
@@ -590,8 +592,12 @@ impl<'a> Builder<'a> {
             let t = fold(node, &inputs)?;
             return self.set(node, Value::Const(t));
         }
+        if node.op_type == "Split" {
+            return self.split(node);
+        }
         let value = match node.op_type {
             "Identity" | "Dropout" => Value::Act(self.act(node, 0)?),
+            "Where" => self.where_mask(node)?,
             "Shape" => Value::Const(shape_of(node, &self.act(node, 0)?.onnx)),
             "Relu" | "Sigmoid" | "Tanh" | "Gelu" | "Softmax" => {
                 let x = self.act(node, 0)?;

@@ -17,13 +17,16 @@ use crate::error::{Error, Result};
 use crate::model::{Loss, Model};
 
 /// The operator types opcount maps, for messages and docs/onnx.md.
-pub const SUPPORTED: &str = "Add, Sub, Mul, Div (two values that broadcast; a value and a constant \
-    that broadcasts to it: all four but constant / value), AveragePool, BatchNormalization, Clip \
-    (0 to 6, or from 0), Concat, Constant, Conv, Dropout, Erf (in the exact GELU's pattern), \
-    Flatten, Gather (embedding, or of a shape), Gelu (exact or tanh), Gemm, GlobalAveragePool, \
-    Identity, LayerNormalization, MatMul (by weights, or of two values), MaxPool, Pow (to 2), \
-    ReduceMean (height and width, or the last axis), Relu, Reshape (the batch kept first), Shape, \
-    Sigmoid, Softmax (last axis), Sqrt, Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze";
+pub const SUPPORTED: &str = "Add, Sub, Mul, Div (two values that broadcast; a value and a \
+    constant that broadcasts to it: all four but constant / value), AveragePool, \
+    BatchNormalization, Clip (0 to 6, or from 0), Concat, Constant, Conv, Dropout, Equal and \
+    Not (of constants), Erf (in the exact GELU's pattern), Flatten, Gather (embedding, or of a \
+    shape), Gelu (exact or tanh), Gemm, GlobalAveragePool, Identity, LayerNormalization, \
+    MatMul (by weights, or of two values), MaxPool, Pow (to 2), ReduceMean (height and width, \
+    or the last axis), Relu, Reshape (the batch kept first), Shape, Sigmoid, Slice (of \
+    constants), Softmax (last axis), Split (of a dense layer's output, along its last axis), \
+    Sqrt, Squeeze, Tanh, Transpose (the batch kept first), Unsqueeze, Where (a constant mask \
+    between a value and one number)";
 
 /// The largest ONNX file opcount reads (protobuf's own limit is 2 GiB; larger models keep
 /// their weights in external data files).

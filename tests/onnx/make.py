@@ -390,6 +390,87 @@ def broadcasting():
     ], [], ["N", 4], ["N", 4]), "node 1 (cube, Pow): an exponent other than the number 2")
 
 
+def gpt_block():
+    """A GPT-2 block as nanoGPT writes it: query, key and value from one Linear, split; the
+    heads by view and transpose; a causal mask applied with masked_fill (a Where of -inf);
+    the exact GELU; residual adds. Seeded on its own (`make.py --only-gpt-block`)."""
+    import math
+
+    import torch.nn.functional as F
+
+    t, c, nh = 6, 8, 2
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
+            self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+            self.register_buffer("mask", torch.tril(torch.ones(t, t)).view(1, 1, t, t))
+            self.fc, self.gelu, self.proj = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+            self.head = nn.Linear(c, 3)
+
+        def attn(self, x):
+            b, tt, cc = x.size()
+            q, k, v = self.c_attn(x).split(cc, dim=2)
+            k = k.view(b, tt, nh, cc // nh).transpose(1, 2)
+            q = q.view(b, tt, nh, cc // nh).transpose(1, 2)
+            v = v.view(b, tt, nh, cc // nh).transpose(1, 2)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            att = att.masked_fill(self.mask[:, :, :tt, :tt] == 0, float("-inf"))
+            att = F.softmax(att, dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(b, tt, cc)
+            return self.c_proj(y)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            x = x + self.proj(self.gelu(self.fc(self.ln_2(x))))
+            return self.head(x)
+
+    torch.manual_seed(1_024)
+    # The twin in the order the exporter writes the nodes; the mask is 1 above the
+    # diagonal (where -inf goes) and 0 elsewhere.
+    d = c // nh
+    masked = ", ".join("true" if j > i else "false" for i in range(t) for j in range(t))
+    graph = [("ln_1", "LayerNorm", ["input"])]
+    for i, h in enumerate("qkv"):
+        graph.append((h, f"Dense(units: {c})", ["ln_1"]))
+    for h in "kqv":
+        graph.append((h + "4", f"Reshape(shape: [{t}, {nh}, {d}])", [h]))
+        if h != "k":
+            graph.append((h + "h", "Transpose(perm: [1, 0, 2])", [h + "4"]))
+    graph += [("kt", "Transpose(perm: [1, 2, 0])", ["k4"]),
+              ("scores", "MatMul", ["qh", "kt"]),
+              ("scaled", f"ConstOp(op: Mul, values: [{1.0 / math.sqrt(d)!r}])", ["scores"]),
+              ("causal", f"MaskFill(shape: [{t}, {t}], masked: [{masked}], fill: -inf)",
+               ["scaled"]),
+              ("softmax", "Softmax", ["causal"]), ("mix", "MatMul", ["softmax", "vh"]),
+              ("join", "Transpose(perm: [1, 0, 2])", ["mix"]),
+              ("joined", f"Reshape(shape: [{t}, {c}])", ["join"]),
+              ("c_proj", f"Dense(units: {c})", ["joined"]),
+              ("res1", "Add", ["input", "c_proj"]),
+              ("ln_2", "LayerNorm", ["res1"]), ("fc", f"Dense(units: {4 * c})", ["ln_2"]),
+              ("gelu", "GeluErf", ["fc"]), ("proj", f"Dense(units: {c})", ["gelu"]),
+              ("res2", "Add", ["res1", "proj"]), ("head", "Dense(units: 3)", ["res2"])]
+    export("gpt_block", Block(), torch.randn(1, t, c), twin("gpt_block", [t, c], graph,
+                                                              loss="Mse"))
+
+    # A mask with more axes than the value: numpy's rules would grow the value.
+    bad("mask-grows", graph_model("m", [
+        helper.make_node("Constant", [], ["cond"], name="cond", value=helper.make_tensor(
+            "cond", TensorProto.BOOL, [1, 1, 2, 2], [0, 1, 0, 0])),
+        helper.make_node("Constant", [], ["fill"], name="fill", value_float=-1.0),
+        helper.make_node("Where", ["cond", "fill", "x"], ["y"], name="mask"),
+    ], [], ["N", 2, 2], ["N", 1, 2, 2]), "node 2 (mask, Where): a 1x1x2x2 mask against a 2x2 value")
+    # A Split of the input, not of a dense layer's output.
+    bad("split-input", graph_model("m", [
+        helper.make_node("Split", ["x"], ["a", "b"], name="halves", axis=1, num_outputs=2),
+        helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
+    ], [], ["N", 4], ["N", 2], opset=18), "node 0 (halves, Split): splits 'x'")
+
+
+if sys.argv[1:] == ["--only-gpt-block"]:
+    gpt_block()
+    sys.exit()
 if sys.argv[1:] == ["--only-later"]:
     later()
     sys.exit()
@@ -823,4 +904,5 @@ save("matmul_values", graph_model("m", [
 ], [], ["N", 4, 4], ["N", 4, 4]))
 later()
 broadcasting()
+gpt_block()
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))

@@ -45,7 +45,7 @@ impl Builder<'_> {
             (Value::Act(x), Value::Const(t)) => {
                 // A bias of the MatMul or Conv that computes it, if it can be one.
                 if node.op_type == "Add"
-                    && let Ok(fused) = self.bias(x.clone(), t.clone(), a)
+                    && let Ok(fused) = self.bias(node, x.clone(), t.clone(), a)
                 {
                     fused
                 } else {
@@ -60,7 +60,7 @@ impl Builder<'_> {
             }
             (Value::Const(t), Value::Act(x)) => {
                 if node.op_type == "Add"
-                    && let Ok(fused) = self.bias(x.clone(), t.clone(), b)
+                    && let Ok(fused) = self.bias(node, x.clone(), t.clone(), b)
                 {
                     return Ok(Value::Act(fused));
                 }
@@ -177,34 +177,7 @@ impl Builder<'_> {
         let Some(values) = t.floats() else {
             return Err("its constant holds whole numbers, not floats".into());
         };
-        let mut dims = t.dims.as_slice();
-        while dims.len() > x.onnx.len() {
-            if dims[0] != 1 {
-                return Err(format!(
-                    "a {} constant against a {} value: it would give each example of the \
-                     batch its own, which opcount does not compute",
-                    shown(&t.dims),
-                    shown(&x.onnx)
-                ));
-            }
-            dims = &dims[1..];
-        }
-        let single = values.len() == 1;
-        // A value whose shape here differs from ONNX's (GlobalAveragePool's `[c]`, `[c, 1, 1]`
-        // in ONNX) takes a single number only.
-        let dims: Vec<usize> = if dims.is_empty() || (single && x.ours.dims() != x.onnx) {
-            vec![1]
-        } else if x.ours.dims() != x.onnx {
-            return Err(format!(
-                "a {} constant against a value opcount holds as {} ({} in ONNX); opcount \
-                 maps a single number there",
-                shown(&t.dims),
-                x.ours,
-                shown(&x.onnx)
-            ));
-        } else {
-            dims.to_vec()
-        };
+        let dims = self.fixed_dims("constant", t, &x)?;
         let layer = Layer::ConstOp {
             op,
             shape: dims,

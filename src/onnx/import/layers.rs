@@ -145,7 +145,13 @@ impl Builder<'_> {
 
     /// The Add of a bias onto the output of a MatMul or a Conv without one, read nowhere
     /// else: the bias becomes theirs.
-    pub(super) fn bias(&mut self, x: Act, t: Tensor, read: &str) -> Result<Act> {
+    pub(super) fn bias(
+        &mut self,
+        node: &NodeProto<'_>,
+        x: Act,
+        t: Tensor,
+        read: &str,
+    ) -> Result<Act> {
         let refuse = || {
             format!(
                 "adds a constant to '{read}'; opcount maps that only as the bias of the \
@@ -192,6 +198,10 @@ impl Builder<'_> {
                 *biases = Some(values.to_vec());
             }
             _ => return Err(refuse()),
+        }
+        // The layer now computes the sum with its bias: the Add's output.
+        if let Some(&out) = node.outputs.first() {
+            self.produced.insert(x.entry.clone(), out.to_string());
         }
         Ok(x)
     }
