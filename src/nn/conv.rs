@@ -834,7 +834,7 @@ fn col2im<S: Scalar>(
         let stride = examples * p;
         (0..per_channel).map(move |ij| {
             let row = (c * per_channel + ij) * stride + e * p;
-            &dpatches[row..row + p]
+            (ij, &dpatches[row..row + p])
         })
     };
     if dpatches.len() < PARALLEL_COL2IM {
@@ -867,7 +867,7 @@ const PARALLEL_COL2IM: usize = 1 << 16;
 #[inline(never)]
 fn col2im_channel<'a, S: Scalar>(
     g: &Geometry,
-    rows: impl Iterator<Item = &'a [S]>,
+    rows: impl Iterator<Item = (usize, &'a [S])>,
     dx: &mut [S],
     seen: &mut [bool],
 ) {
@@ -876,7 +876,7 @@ fn col2im_channel<'a, S: Scalar>(
     if (sh, sw) == (1, 1) {
         return col2im_stride_1(g, rows, dx);
     }
-    for (ij, row) in rows.enumerate() {
+    for (ij, row) in rows {
         let (i, j) = (ij / kw, ij % kw);
         // Output columns x whose input column x*sw + j - pw lies in 0..width.
         let x_lo = pw.saturating_sub(j).div_ceil(sw);
@@ -909,10 +909,14 @@ fn col2im_channel<'a, S: Scalar>(
 /// `max(0, yy + ph + 1 - H_out)`, and among those from the smallest `j` that reaches column
 /// `xx`, `max(0, xx + pw + 1 - W_out)`. So along one row of a patch gradient the first
 /// contributions form one run (none, a prefix or a single value), and the rest are adds.
-fn col2im_stride_1<'a, S: Scalar>(g: &Geometry, rows: impl Iterator<Item = &'a [S]>, dx: &mut [S]) {
+fn col2im_stride_1<'a, S: Scalar>(
+    g: &Geometry,
+    rows: impl Iterator<Item = (usize, &'a [S])>,
+    dx: &mut [S],
+) {
     let (ho, wo) = g.output();
     let (kw, (ph, pw)) = (g.kernel.1, g.padding);
-    for (ij, row) in rows.enumerate() {
+    for (ij, row) in rows {
         let (i, j) = (ij / kw, ij % kw);
         // Output columns x whose input column x + j - pw lies in 0..width.
         let x_lo = pw.saturating_sub(j);

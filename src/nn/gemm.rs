@@ -749,7 +749,7 @@ thread_local! {
 
 /// This thread's workspace for `S`, at least `len` long (taken out of the cache, so that a
 /// nested product cannot find it borrowed).
-pub(crate) fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
+fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
     let cached = WORKSPACES.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
     let mut buffer = cached
         .and_then(|b| b.downcast::<Vec<S>>().ok())
@@ -760,7 +760,7 @@ pub(crate) fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
     buffer
 }
 
-pub(crate) fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
+fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
     WORKSPACES.with(|w| {
         w.borrow_mut()
             .insert(TypeId::of::<S>(), Box::new(buffer) as Box<dyn Any>)

@@ -17,7 +17,7 @@ use std::array::from_fn;
 
 use rayon::prelude::*;
 
-use super::super::gemm::{give_back_workspace, madd, take_workspace};
+use super::super::gemm::madd;
 use super::{Geometry, col2im_channel};
 use crate::counts::Counts;
 use crate::scalar::Scalar;
@@ -229,34 +229,34 @@ fn dot_onto<'a, S: Scalar, const N: usize>(
     acc
 }
 
-/// The input gradient of a chunk of examples, one input plane `(e, c)` at a time: its patch
-/// gradients `dpatches[(i, j)][p] = sum over the output channels o of group c of W[o][i][j]
-/// dout[e][o][p]` (from the first product: C_out/G products, C_out/G - 1 adds each), then
-/// each one inside the input added to its position (`col2im`).
+/// The input gradient of a chunk of examples, one input plane `(e, c)` at a time and in it
+/// one window cell `(i, j)` at a time: the cell's patch gradients `dpatches[p] = sum over the
+/// output channels o of group c of W[o][i][j] dout[e][o][p]` (from the first product: C_out/G
+/// products, C_out/G - 1 adds each), then each one inside the input added to its position
+/// (`col2im`, in the same `(i, j, y, x)` order as for the whole patch-gradient matrix).
 pub(super) fn input_gradient<S: Scalar>(g: &Geometry, w: &[S], dout: &[S], dx: &mut [S]) {
     let (window, p, plane) = (g.window(), g.positions(), g.height * g.width);
     let group_out = g.group_out();
     let planes = dx.par_chunks_mut(plane).enumerate();
+    let scratch = || (Vec::new(), Vec::new());
     each_counted(
         planes,
         dout.len() * window,
-        Vec::new,
-        |seen, (index, dxp)| {
+        scratch,
+        |scratch, (index, dxp)| {
+            let (row, seen): &mut (Vec<S>, Vec<bool>) = scratch;
             let (e, c) = (index / g.in_channels, index % g.in_channels);
-            // The plane's patch gradients, in this thread's workspace (kept between calls).
-            let mut rows = take_workspace::<S>(window * p);
-            for o in c * group_out..(c + 1) * group_out {
-                let weights = &w[o * window..][..window];
-                let d = &dout[(e * g.out_channels + o) * p..][..p];
-                for (row, &weight) in rows.chunks_exact_mut(p).zip(weights) {
-                    scale_or_add(row, weight, d, o == c * group_out);
-                }
-            }
+            row.resize(p, S::zero());
             seen.clear();
             seen.resize(plane, false);
             dxp.fill(S::zero());
-            col2im_channel(g, rows.chunks_exact(p).take(window), dxp, seen);
-            give_back_workspace(rows);
+            for ij in 0..window {
+                for o in c * group_out..(c + 1) * group_out {
+                    let d = &dout[(e * g.out_channels + o) * p..][..p];
+                    scale_or_add(row, w[o * window + ij], d, o == c * group_out);
+                }
+                col2im_channel(g, std::iter::once((ij, &row[..])), dxp, seen);
+            }
         },
     );
 }
