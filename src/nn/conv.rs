@@ -18,10 +18,12 @@
 //! chunking changes no sum: the weight gradient still runs over examples in order, then
 //! positions in order.
 
+mod depthwise;
+
 use rayon::prelude::*;
 
 use super::dense::check_size;
-use super::gemm::{Operand, Start, Strided, gemm, madd};
+use super::gemm::{Operand, Start, Strided, gemm};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -61,6 +63,12 @@ impl Geometry {
             self.height + 2 * self.padding.0,
             self.width + 2 * self.padding.1,
         )
+    }
+
+    /// Whether each output position reads exactly its own input position: a 1 x 1 window at
+    /// stride 1 without padding.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.stride == (1, 1) && self.padding == (0, 0)
     }
 
     /// Output height and width.
@@ -420,11 +428,11 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         {
             let examples = xc.len() / g.input_len();
             let patches = Patches::new(&g, xc, &mut self.padded);
-            if g.group_in() == 1 {
-                // Depthwise: each output channel reads one input plane.
-                for (images, outs) in patches.examples().zip(outc.chunks_exact_mut(out_len)) {
-                    depthwise_forward(&g, images, w, b, outs);
-                }
+            if g.group_in() == 1 && g.groups > 1 {
+                // Depthwise: each output channel reads one input plane. (A convolution of
+                // a single input channel, LeNet-5's first, is one product W (C_out x window)
+                // by the patches: the matrix product's tile does it faster than the loops.)
+                depthwise::forward(&g, patches.images, w, b, outc);
                 continue;
             }
             let n = examples * p;
@@ -487,7 +495,12 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let g = self.g;
         let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
-        let patch_grads = if dx.is_some() { g.groups * k * p } else { 0 };
+        // Depthwise convolutions need no patch gradients (see `depthwise::input_gradient`).
+        let patch_grads = if dx.is_some() && g.group_in() > 1 {
+            g.groups * k * p
+        } else {
+            0
+        };
         let chunk = g.chunk(&[out_len, patch_grads]);
         let chunks = x
             .chunks(chunk * g.input_len())
@@ -502,21 +515,32 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
             } else {
                 Start::Existing
             };
-            if dx.is_some() {
-                scratch.resize(g.groups * k * n, S::zero());
-            }
-            if g.group_in() == 1 {
-                // Depthwise: each output channel reads one input plane.
-                let planes = patches.examples().zip(doutc.chunks_exact(out_len));
-                for (e, (images, doute)) in planes.enumerate() {
-                    let first = first_chunk && e == 0;
-                    depthwise_weight_gradient(&g, images, doute, dw, first);
-                    if dx.is_some() {
-                        depthwise_patch_gradient(&g, w, doute, e, examples, scratch);
-                    }
+            let e0 = index * chunk;
+            let mut dxc = dx
+                .as_deref_mut()
+                .map(|dx| &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()]);
+            if let Some(db) = db.as_deref_mut() {
+                for (e, doute) in doutc.chunks_exact(out_len).enumerate() {
+                    row_sums(doute, p, db, first_chunk && e == 0);
                 }
             }
-            for group in (0..g.groups).filter(|_| g.group_in() > 1) {
+            if g.group_in() == 1 {
+                // Depthwise: each output channel reads one input plane, and each input
+                // plane's gradient is computed whole, without the chunk's patch gradients.
+                depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
+                if let Some(dxc) = dxc {
+                    depthwise::input_gradient(&g, w, doutc, dxc);
+                }
+                continue;
+            }
+            // A 1 x 1 window at stride 1 without padding, one example: the patch gradients are
+            // the input gradient itself (each input position has exactly one contribution, so
+            // `col2im` would add nothing), and the product writes them there.
+            let in_place = examples == 1 && g.is_pointwise();
+            if dxc.is_some() && !in_place {
+                scratch.resize(g.groups * k * n, S::zero());
+            }
+            for group in 0..g.groups {
                 let dout_g = Chunked {
                     data: doutc,
                     rows: g.out_channels,
@@ -527,248 +551,20 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 let patches_t = PatchesT::new(patches.of_group(group));
                 let dw_g = &mut dw[group * group_out * k..][..group_out * k];
                 gemm((group_out, k, n), &dout_g, &patches_t, start, dw_g);
-                if dx.is_some() {
+                if let Some(dxc) = dxc.as_deref_mut() {
                     let w_t = Strided {
                         data: weights,
                         row_stride: 1,
                         col_stride: k,
                     };
-                    let rows = &mut scratch[group * k * n..][..k * n];
+                    let target = if in_place { dxc } else { &mut scratch[..] };
+                    let rows = &mut target[group * k * n..][..k * n];
                     gemm((k, n, group_out), &w_t, &dout_g, Start::FirstProduct, rows);
                 }
             }
-            if let Some(db) = db.as_deref_mut() {
-                for (e, doute) in doutc.chunks_exact(out_len).enumerate() {
-                    row_sums(doute, p, db, first_chunk && e == 0);
-                }
-            }
-            if let Some(dx) = dx.as_deref_mut() {
-                let e0 = index * chunk;
-                let dxc = &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()];
+            if let Some(dxc) = dxc.filter(|_| !in_place) {
                 col2im(&g, scratch, examples, dxc, touched);
             }
-        }
-    }
-}
-
-/// A depthwise convolution's forward for one example (every group reads one input channel):
-/// `out[o][y][x] = b[o] + sum over (i, j) of W[o][i][j] image_c[y*sh + i][x*sw + j]`, with
-/// `c = o / (C_out / G)`, summed in ascending `(i, j)` from the bias or the first product, each
-/// product added with one fused multiply-add where the matrix product fuses: the same sums, in
-/// the same order, as the matrix product, without its packing of a one-row matrix. `images` are
-/// the example's padded input planes.
-fn depthwise_forward<S: Scalar>(g: &Geometry, images: &[S], w: &[S], b: &[S], out: &mut [S]) {
-    let (hp, wp) = g.padded();
-    let (window, p) = (g.window(), g.positions());
-    for (o, (weights, plane)) in w
-        .chunks_exact(window)
-        .zip(out.chunks_exact_mut(p))
-        .enumerate()
-    {
-        let c = o / g.group_out();
-        let image = &images[c * hp * wp..(c + 1) * hp * wp];
-        depthwise_plane(g, image, weights, b.get(o).copied(), plane);
-    }
-}
-
-/// One output plane of a depthwise convolution: row by row, each window cell's products added
-/// to the whole row at once (so the loop over the row vectorizes, and each output's sum still
-/// runs in ascending `(i, j)`). Where windows step by more than one along the width, each
-/// piece of a row's inputs is gathered first (copies, nothing counted).
-#[inline(never)]
-fn depthwise_plane<S: Scalar>(
-    g: &Geometry,
-    image: &[S],
-    weights: &[S],
-    bias: Option<S>,
-    out: &mut [S],
-) {
-    let (_, wo) = g.output();
-    let (_, wp) = g.padded();
-    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
-    for (y, row) in out.chunks_exact_mut(wo).enumerate() {
-        if let Some(bias) = bias {
-            row.fill(bias);
-        }
-        for (ij, &weight) in weights.iter().enumerate() {
-            let (i, j) = (ij / kw, ij % kw);
-            let line = &image[(y * sh + i) * wp + j..];
-            let first = ij == 0 && bias.is_none();
-            if sw == 1 {
-                scale_or_add(row, weight, &line[..wo], first);
-                continue;
-            }
-            let mut gathered = [S::zero(); PIECE];
-            for (piece, src) in row.chunks_mut(PIECE).zip(line.chunks(PIECE * sw)) {
-                for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
-                    *v = x;
-                }
-                scale_or_add(piece, weight, &gathered, first);
-            }
-        }
-    }
-}
-
-/// A row's inputs are gathered this many at a time where windows step by more than one.
-const PIECE: usize = 64;
-
-/// A depthwise convolution's weight gradient, one example's part: `dW[o][i][j] (+)= sum over
-/// positions of dout[o][y][x] image_c[y*sh + i][x*sw + j]`, in ascending positions, from the
-/// first product if `first` (the batch's first example), else onto what is there.
-fn depthwise_weight_gradient<S: Scalar>(
-    g: &Geometry,
-    images: &[S],
-    dout: &[S],
-    dw: &mut [S],
-    first: bool,
-) {
-    let (hp, wp) = g.padded();
-    let (window, p) = (g.window(), g.positions());
-    for (o, (grads, plane)) in dw
-        .chunks_exact_mut(window)
-        .zip(dout.chunks_exact(p))
-        .enumerate()
-    {
-        let c = o / g.group_out();
-        let image = &images[c * hp * wp..(c + 1) * hp * wp];
-        // Four cells at a time where the windows step by one along the width: four
-        // independent sums in flight instead of one.
-        let fours = if g.stride.1 == 1 { window / 4 } else { 0 };
-        let (quads, rest) = grads.split_at_mut(fours * 4);
-        for (q, sums) in quads.chunks_exact_mut(4).enumerate() {
-            let cells = [0, 1, 2, 3].map(|t| 4 * q + t);
-            let start = [0, 1, 2, 3].map(|t| sums[t]);
-            let got = depthwise_sums4(g, image, plane, cells, (!first).then_some(start));
-            sums.copy_from_slice(&got);
-        }
-        for (t, grad) in rest.iter_mut().enumerate() {
-            let start = if first { None } else { Some(*grad) };
-            *grad = depthwise_sum(g, image, plane, fours * 4 + t, start);
-        }
-    }
-}
-
-/// `depthwise_sum` of four window cells at once, for windows one apart along the width:
-/// four sums, each in ascending positions as alone.
-#[inline(never)]
-fn depthwise_sums4<S: Scalar>(
-    g: &Geometry,
-    image: &[S],
-    dout: &[S],
-    cells: [usize; 4],
-    start: Option<[S; 4]>,
-) -> [S; 4] {
-    let (_, wo) = g.output();
-    let (_, wp) = g.padded();
-    let (kw, sh) = (g.kernel.1, g.stride.0);
-    let offsets = cells.map(|ij| ij / kw * wp + ij % kw);
-    let mut sums = start;
-    for (y, row) in dout.chunks_exact(wo).enumerate() {
-        let base = y * sh * wp;
-        let [l0, l1, l2, l3] = offsets.map(|off| &image[base + off..][..wo]);
-        let mut terms = row.iter().zip(l0).zip(l1).zip(l2).zip(l3);
-        let [mut a0, mut a1, mut a2, mut a3] = match sums {
-            Some(acc) => acc,
-            None => {
-                let ((((&d, &x0), &x1), &x2), &x3) = terms.next().expect("a row has positions");
-                [d * x0, d * x1, d * x2, d * x3]
-            }
-        };
-        for ((((&d, &x0), &x1), &x2), &x3) in terms {
-            a0 = madd(a0, d, x0);
-            a1 = madd(a1, d, x1);
-            a2 = madd(a2, d, x2);
-            a3 = madd(a3, d, x3);
-        }
-        sums = Some([a0, a1, a2, a3]);
-    }
-    sums.expect("at least one position")
-}
-
-/// `start + sum over positions of dout[y][x] image[y*sh + i][x*sw + j]` for window cell `ij`,
-/// in ascending positions, from the first product without a `start`. Where windows step by
-/// more than one along the width, each piece of a row's inputs is gathered first.
-#[inline(never)]
-fn depthwise_sum<S: Scalar>(
-    g: &Geometry,
-    image: &[S],
-    dout: &[S],
-    ij: usize,
-    start: Option<S>,
-) -> S {
-    let (_, wo) = g.output();
-    let (_, wp) = g.padded();
-    let (kw, (sh, sw)) = (g.kernel.1, g.stride);
-    let (i, j) = (ij / kw, ij % kw);
-    let mut sum = start;
-    let mut gathered = [S::zero(); PIECE];
-    for (y, row) in dout.chunks_exact(wo).enumerate() {
-        let line = &image[(y * sh + i) * wp + j..];
-        if sw == 1 {
-            sum = Some(dot_onto(sum, row, &line[..wo]));
-            continue;
-        }
-        for (piece, src) in row.chunks(PIECE).zip(line.chunks(PIECE * sw)) {
-            for (v, &x) in gathered.iter_mut().zip(src.iter().step_by(sw)) {
-                *v = x;
-            }
-            sum = Some(dot_onto(sum, piece, &gathered));
-        }
-    }
-    sum.expect("at least one position")
-}
-
-/// `start + sum of d_k x_k` in ascending k, from the first product without a `start`.
-#[inline(always)]
-fn dot_onto<S: Scalar>(start: Option<S>, d: &[S], x: &[S]) -> S {
-    let mut terms = d.iter().zip(x);
-    let mut acc = match start {
-        Some(acc) => acc,
-        None => {
-            let (&d, &x) = terms.next().expect("a row has positions");
-            d * x
-        }
-    };
-    for (&d, &x) in terms {
-        acc = madd(acc, d, x);
-    }
-    acc
-}
-
-/// A depthwise convolution's patch gradients for example `e` of a chunk of `examples`:
-/// `dpatches[(c, i, j)][(e, p)] = sum over the output channels o of group c of W[o][i][j]
-/// dout[o][p]`, from the first product (C_out/G products, C_out/G - 1 adds each), into the
-/// chunk's patch-gradient matrix that `col2im` reads.
-fn depthwise_patch_gradient<S: Scalar>(
-    g: &Geometry,
-    w: &[S],
-    dout: &[S],
-    e: usize,
-    examples: usize,
-    dpatches: &mut [S],
-) {
-    let (window, p) = (g.window(), g.positions());
-    let n = examples * p;
-    for (o, (weights, plane)) in w.chunks_exact(window).zip(dout.chunks_exact(p)).enumerate() {
-        let (c, first) = (o / g.group_out(), o % g.group_out() == 0);
-        for (ij, &weight) in weights.iter().enumerate() {
-            let row = &mut dpatches[(c * window + ij) * n + e * p..][..p];
-            scale_or_add(row, weight, plane, first);
-        }
-    }
-}
-
-/// `row = weight * d` if `first`, else `row += weight * d` (fused where the matrix product
-/// fuses), value by value.
-#[inline(never)]
-fn scale_or_add<S: Scalar>(row: &mut [S], weight: S, d: &[S], first: bool) {
-    if first {
-        for (v, &d) in row.iter_mut().zip(d) {
-            *v = weight * d;
-        }
-    } else {
-        for (v, &d) in row.iter_mut().zip(d) {
-            *v = madd(*v, weight, d);
         }
     }
 }
@@ -835,11 +631,6 @@ impl<'a, S: Scalar> Patches<'a, S> {
             g: *g,
             channel0: 0,
         }
-    }
-
-    /// Every example's padded image.
-    fn examples(&self) -> impl Iterator<Item = &'a [S]> {
-        self.images.chunks_exact(self.image_len())
     }
 
     /// The same images' patches for channel group `group`.
@@ -1043,7 +834,7 @@ fn col2im<S: Scalar>(
         let stride = examples * p;
         (0..per_channel).map(move |ij| {
             let row = (c * per_channel + ij) * stride + e * p;
-            &dpatches[row..row + p]
+            (ij, &dpatches[row..row + p])
         })
     };
     if dpatches.len() < PARALLEL_COL2IM {
@@ -1076,7 +867,7 @@ const PARALLEL_COL2IM: usize = 1 << 16;
 #[inline(never)]
 fn col2im_channel<'a, S: Scalar>(
     g: &Geometry,
-    rows: impl Iterator<Item = &'a [S]>,
+    rows: impl Iterator<Item = (usize, &'a [S])>,
     dx: &mut [S],
     seen: &mut [bool],
 ) {
@@ -1085,7 +876,7 @@ fn col2im_channel<'a, S: Scalar>(
     if (sh, sw) == (1, 1) {
         return col2im_stride_1(g, rows, dx);
     }
-    for (ij, row) in rows.enumerate() {
+    for (ij, row) in rows {
         let (i, j) = (ij / kw, ij % kw);
         // Output columns x whose input column x*sw + j - pw lies in 0..width.
         let x_lo = pw.saturating_sub(j).div_ceil(sw);
@@ -1118,10 +909,14 @@ fn col2im_channel<'a, S: Scalar>(
 /// `max(0, yy + ph + 1 - H_out)`, and among those from the smallest `j` that reaches column
 /// `xx`, `max(0, xx + pw + 1 - W_out)`. So along one row of a patch gradient the first
 /// contributions form one run (none, a prefix or a single value), and the rest are adds.
-fn col2im_stride_1<'a, S: Scalar>(g: &Geometry, rows: impl Iterator<Item = &'a [S]>, dx: &mut [S]) {
+fn col2im_stride_1<'a, S: Scalar>(
+    g: &Geometry,
+    rows: impl Iterator<Item = (usize, &'a [S])>,
+    dx: &mut [S],
+) {
     let (ho, wo) = g.output();
     let (kw, (ph, pw)) = (g.kernel.1, g.padding);
-    for (ij, row) in rows.enumerate() {
+    for (ij, row) in rows {
         let (i, j) = (ij / kw, ij % kw);
         // Output columns x whose input column x + j - pw lies in 0..width.
         let x_lo = pw.saturating_sub(j);
