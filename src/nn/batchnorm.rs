@@ -3,6 +3,7 @@
 //! (momentum 0.1, as PyTorch) in the update phase. Shape rule, closed form, forward and
 //! backward (docs/counting.md, "BatchNorm2d").
 
+use super::activation::{PARALLEL_VALUES, on_threads, part_len};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use super::reduce::constant;
 use crate::error::Result;
@@ -161,35 +162,42 @@ pub(crate) struct BatchNormKernel<S> {
 // parameters and statistics alike, so the loops run over channel numbers. The loops over
 // values are small free functions over one example's plane (see docs/ARCHITECTURE.md,
 // "Kernels and the counters": there the counters stay in registers), each sum carried from
-// one example's plane to the next.
+// one example's plane to the next. Large batches split their channels into runs, one per
+// thread ([`Channels`]): a channel's sums run in the same order whatever thread runs them.
 #[allow(clippy::needless_range_loop)]
 impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
         let (c, plane) = (self.op.channels(), self.op.plane());
         self.normalized.resize(y.len(), S::zero());
         let n = constant::<S>((x[0].len() / c) as f64);
-        for ch in 0..c {
-            // mean, from the first value: n - 1 add, 1 div.
-            let mut sum = None;
-            for values in planes(x[0], plane, c, ch) {
-                sum = Some(sum_onto(values, sum));
+        let per = channels_per_run(x[0].len(), c);
+        let stats = self.inv.chunks_mut(per).zip(self.mean.chunks_mut(per));
+        let runs = Channels::runs(&mut self.normalized, plane, c, per)
+            .zip(Channels::runs(y, plane, c, per))
+            .zip(stats.zip(self.var.chunks_mut(per)));
+        let (x, gamma, beta) = (x[0], params[0], params[1]);
+        on_runs(runs.collect(), |((mut kept, mut out), ((inv, mean), var))| {
+            for k in 0..inv.len() {
+                let ch = kept.first + k;
+                // mean, from the first value: n - 1 add, 1 div.
+                let mut sum = None;
+                for values in planes(x, plane, c, ch) {
+                    sum = Some(sum_onto(values, sum));
+                }
+                let m = sum.expect("a channel has values") / n;
+                // d = x - mean, kept in `normalized`; var = sum d d / n.
+                let mut v = None;
+                for (values, d) in planes(x, plane, c, ch).zip(kept.planes(k)) {
+                    v = Some(deviations(values, m, d, v));
+                }
+                let v = v.expect("a channel has values") / n;
+                let i = S::one() / (v + constant::<S>(EPS)).sqrt();
+                for (d, out) in kept.planes(k).zip(out.planes(k)) {
+                    normalize(d, out, i, gamma[ch], beta[ch]);
+                }
+                (inv[k], mean[k], var[k]) = (i, m, v);
             }
-            let mean = sum.expect("a channel has values") / n;
-            // d = x - mean, kept in `normalized`; var = sum d d / n.
-            let mut var = None;
-            let kept = planes_mut(&mut self.normalized, plane, c, ch);
-            for (values, d) in planes(x[0], plane, c, ch).zip(kept) {
-                var = Some(deviations(values, mean, d, var));
-            }
-            let var = var.expect("a channel has values") / n;
-            let inv = S::one() / (var + constant::<S>(EPS)).sqrt();
-            let (gamma, beta) = (params[0][ch], params[1][ch]);
-            let kept = planes_mut(&mut self.normalized, plane, c, ch);
-            for (d, out) in kept.zip(planes_mut(y, plane, c, ch)) {
-                normalize(d, out, inv, gamma, beta);
-            }
-            (self.inv[ch], self.mean[ch], self.var[ch]) = (inv, mean, var);
-        }
+        });
     }
 
     /// Evaluation: each channel normalised by its running statistics instead of the batch's,
@@ -225,27 +233,37 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         } = grads;
         let (c, plane) = (self.op.channels(), self.op.plane());
         let n = constant::<S>((dy.len() / c) as f64);
+        let per = channels_per_run(dy.len(), c);
         let (dgamma, dbeta) = dparams.split_at_mut(1);
-        for ch in 0..c {
-            // dgamma = sum dy xhat; dbeta = sum dy, each from its first term.
-            let mut sums = None;
-            let kept = planes(&self.normalized, plane, c, ch);
-            for (grads, xhat) in planes(dy, plane, c, ch).zip(kept) {
-                sums = Some(two_sums(grads, xhat, sums));
-            }
-            let (dg, db) = sums.expect("values");
-            (dgamma[0][ch], dbeta[0][ch]) = (dg, db);
-            if let Some(dx) = dx[0].as_deref_mut() {
-                let (gamma, inv) = (params[0][ch], self.inv[ch]);
-                let m1 = gamma * db / n;
-                let m2 = gamma * dg / n;
-                let kept = planes(&self.normalized, plane, c, ch);
-                let outs = planes_mut(dx, plane, c, ch);
-                for ((out, grads), xhat) in outs.zip(planes(dy, plane, c, ch)).zip(kept) {
-                    input_gradient(out, grads, xhat, inv, gamma, (m1, m2));
+        let sums = dgamma[0].chunks_mut(per).zip(dbeta[0].chunks_mut(per));
+        // Without the input's gradient, runs of channels with nothing to write per value.
+        let outs: Vec<Option<Channels<'_, S>>> = match dx[0].as_deref_mut() {
+            Some(dx) => Channels::runs(dx, plane, c, per).map(Some).collect(),
+            None => (0..c.div_ceil(per)).map(|_| None).collect(),
+        };
+        let (kept, inv, gamma) = (&self.normalized, &self.inv, params[0]);
+        let runs = sums.zip(outs).enumerate();
+        on_runs(runs.collect(), |(r, ((dgamma, dbeta), mut out))| {
+            for k in 0..dgamma.len() {
+                let ch = r * per + k;
+                // dgamma = sum dy xhat; dbeta = sum dy, each from its first term.
+                let mut sums = None;
+                for (grads, xhat) in planes(dy, plane, c, ch).zip(planes(kept, plane, c, ch)) {
+                    sums = Some(two_sums(grads, xhat, sums));
+                }
+                let (dg, db) = sums.expect("values");
+                (dgamma[k], dbeta[k]) = (dg, db);
+                if let Some(out) = out.as_mut() {
+                    let (gamma, inv) = (gamma[ch], inv[ch]);
+                    let m1 = gamma * db / n;
+                    let m2 = gamma * dg / n;
+                    let values = planes(dy, plane, c, ch).zip(planes(kept, plane, c, ch));
+                    for (out, (grads, xhat)) in out.planes(k).zip(values) {
+                        input_gradient(out, grads, xhat, inv, gamma, (m1, m2));
+                    }
                 }
             }
-        }
+        });
     }
 
     /// The running statistics: `r = (1 - m) r + m s` for the mean and for the unbiased
@@ -281,6 +299,63 @@ fn planes_mut<S>(
     values
         .chunks_exact_mut(plane * c)
         .map(move |example| &mut example[ch * plane..(ch + 1) * plane])
+}
+
+/// A run of channels, `first` and those after it, in every example of a batch: the part of
+/// each example a thread writes.
+struct Channels<'a, S> {
+    first: usize,
+    plane: usize,
+    examples: Vec<&'a mut [S]>,
+}
+
+impl<'a, S> Channels<'a, S> {
+    /// `values`, examples of `c` channels of `plane` values each, cut into runs of `per`
+    /// channels (the last run may be shorter).
+    fn runs(
+        values: &'a mut [S],
+        plane: usize,
+        c: usize,
+        per: usize,
+    ) -> impl Iterator<Item = Channels<'a, S>> {
+        let mut runs: Vec<Channels<'a, S>> = (0..c.div_ceil(per))
+            .map(|r| Channels {
+                first: r * per,
+                plane,
+                examples: Vec::new(),
+            })
+            .collect();
+        for example in values.chunks_exact_mut(plane * c) {
+            for (run, part) in runs.iter_mut().zip(example.chunks_mut(per * plane)) {
+                run.examples.push(part);
+            }
+        }
+        runs.into_iter()
+    }
+
+    /// The run's `k`th channel's plane in each example.
+    fn planes(&mut self, k: usize) -> impl Iterator<Item = &mut [S]> {
+        let plane = self.plane;
+        self.examples
+            .iter_mut()
+            .map(move |example| &mut example[k * plane..(k + 1) * plane])
+    }
+}
+
+/// Channels per run for a batch of `len` values in `c` channels: all of them when alone (see
+/// [`part_len`]), else an equal share per thread.
+fn channels_per_run(len: usize, c: usize) -> usize {
+    part_len(c, PARALLEL_VALUES.div_ceil((len / c).max(1)), 1)
+}
+
+/// Runs `work` on each run of channels: on the calling thread when there is one run, else
+/// spread over the pool's threads (`on_threads`).
+fn on_runs<T: Send>(runs: Vec<T>, work: impl Fn(T) + Sync) {
+    if runs.len() == 1 {
+        runs.into_iter().for_each(work);
+    } else {
+        on_threads(runs, work);
+    }
 }
 
 /// `start + v_1 + ... + v_k`, from `v_1` without a start.
