@@ -10,23 +10,23 @@ mod counts;
 use opcount::data::Dataset;
 use opcount::{Model, Network};
 
-/// Every layer holds 2^17 values or more at `BATCH` (2^15 is where the split starts), except
-/// the last pooling's output, the global pooling and the dense layer.
-const MODEL: &str = "(name: \"split\", input: [8, 64, 64], loss: SoftmaxCrossEntropy,
+/// Every layer's input holds 2^15 values or more at `BATCH` (where the split starts), but
+/// the dense layer's.
+const MODEL: &str = "(name: \"split\", input: [8, 128, 128], loss: SoftmaxCrossEntropy,
     graph: [
         (name: \"conv\", op: Conv2d(out_channels: 8, kernel: 3, padding: 1, bias: false),
             inputs: [\"input\"]),
         (name: \"bn\", op: BatchNorm2d),
         (name: \"add\", op: Add, inputs: [\"bn\", \"input\"]),
         (name: \"relu\", op: Relu),
-        (name: \"max\", op: MaxPool2d(size: 3, stride: 2, padding: 1)),
+        (name: \"avg\", op: AvgPool2d(size: 2)),
         (name: \"sigmoid\", op: Sigmoid),
-        (name: \"avg\", op: AvgPool2d(size: 3, stride: 1, padding: 1)),
+        (name: \"avg.overlapping\", op: AvgPool2d(size: 3, stride: 1, padding: 1)),
         (name: \"bn2\", op: BatchNorm2d),
         (name: \"relu6\", op: Relu6),
-        (name: \"apart\", op: AvgPool2d(size: 2)),
+        (name: \"max\", op: MaxPool2d(size: 2)),
         (name: \"tanh\", op: Tanh),
-        (name: \"maxapart\", op: MaxPool2d(size: 2)),
+        (name: \"max.overlapping\", op: MaxPool2d(size: 3, stride: 1, padding: 1)),
         (name: \"gap\", op: GlobalAvgPool2d),
         (name: \"fc\", op: Dense(units: 10)),
     ])";

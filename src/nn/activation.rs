@@ -335,7 +335,7 @@ pub(crate) fn part_len(len: usize, threshold: usize, unit: usize) -> usize {
 
 /// Values per part of an operation on each value alone: whole cache lines (64 values cover
 /// them for `f32` and `Counted<f32>` alike).
-const LINE: usize = 64;
+pub(crate) const LINE: usize = 64;
 
 /// Runs `work` on every part, the parts spread over the pool's threads. Each part is
 /// counted on the thread that runs it, taken out there and merged into the caller's tally
