@@ -191,9 +191,7 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
     let one = S::one();
     match f {
         Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => map_on_all_cores(z, y, PARALLEL_CALLS, |v| {
-            one / (one + (-v).exp())
-        }),
+        Activation::Sigmoid => map_on_all_cores(z, y, PARALLEL_CALLS, |v| one / (one + (-v).exp())),
         Activation::Tanh => map_on_all_cores(z, y, PARALLEL_CALLS, |v| v.tanh()),
         Activation::Relu => map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero())),
         Activation::Softmax => {
@@ -242,9 +240,9 @@ pub(crate) fn backward<S: Scalar>(
         Activation::Identity => dz.copy_from_slice(dy),
         Activation::Sigmoid => map2_on_all_cores(y, dy, dz, |y, d| d * (y * (one - y))),
         Activation::Tanh => map2_on_all_cores(y, dy, dz, |y, d| d * (one - y * y)),
-        Activation::Relu => map2_on_all_cores(y, dy, dz, |y, d| {
-            if y > S::zero() { d } else { S::zero() }
-        }),
+        Activation::Relu => {
+            map2_on_all_cores(y, dy, dz, |y, d| if y > S::zero() { d } else { S::zero() })
+        }
         Activation::Softmax => {
             let rows = y.chunks_exact(width).zip(dy.chunks_exact(width));
             for ((ye, dye), dze) in rows.zip(dz.chunks_exact_mut(width)) {
@@ -313,7 +311,10 @@ fn map2_on_all_cores<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Fn(S, S
         map2(a, b, out, f);
         return;
     }
-    let parts: Vec<_> = out.chunks_mut(part).zip(a.chunks(part).zip(b.chunks(part))).collect();
+    let parts: Vec<_> = out
+        .chunks_mut(part)
+        .zip(a.chunks(part).zip(b.chunks(part)))
+        .collect();
     on_threads(parts, |(out, (a, b))| map2(a, b, out, &f));
 }
 

@@ -176,29 +176,32 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
             .zip(Channels::runs(y, plane, c, per))
             .zip(stats.zip(self.var.chunks_mut(per)));
         let (x, gamma, beta) = (x[0], params[0], params[1]);
-        on_runs(runs.collect(), |((mut kept, mut out), ((inv, mean), var))| {
-            let mut k = 0;
-            while k < inv.len() {
-                // mean and variance of a group of channels side by side (see `width`).
-                let w = width(inv.len() - k);
-                let stats = (&mut mean[k..k + w], &mut var[k..k + w]);
-                let at = (plane, c, kept.first + k);
-                match w {
-                    8 => moments::<S, 8>(x, at, &mut kept, k, n, stats),
-                    4 => moments::<S, 4>(x, at, &mut kept, k, n, stats),
-                    _ => moments::<S, 1>(x, at, &mut kept, k, n, stats),
-                }
-                for k in k..k + w {
-                    let ch = kept.first + k;
-                    // inv = 1 / sqrt(var + eps); y = gamma xhat + beta.
-                    inv[k] = S::one() / (var[k] + constant::<S>(EPS)).sqrt();
-                    for (d, out) in kept.group(k, 1).zip(out.group(k, 1)) {
-                        normalize(d, out, inv[k], gamma[ch], beta[ch]);
+        on_runs(
+            runs.collect(),
+            |((mut kept, mut out), ((inv, mean), var))| {
+                let mut k = 0;
+                while k < inv.len() {
+                    // mean and variance of a group of channels side by side (see `width`).
+                    let w = width(inv.len() - k);
+                    let stats = (&mut mean[k..k + w], &mut var[k..k + w]);
+                    let at = (plane, c, kept.first + k);
+                    match w {
+                        8 => moments::<S, 8>(x, at, &mut kept, k, n, stats),
+                        4 => moments::<S, 4>(x, at, &mut kept, k, n, stats),
+                        _ => moments::<S, 1>(x, at, &mut kept, k, n, stats),
                     }
+                    for k in k..k + w {
+                        let ch = kept.first + k;
+                        // inv = 1 / sqrt(var + eps); y = gamma xhat + beta.
+                        inv[k] = S::one() / (var[k] + constant::<S>(EPS)).sqrt();
+                        for (d, out) in kept.group(k, 1).zip(out.group(k, 1)) {
+                            normalize(d, out, inv[k], gamma[ch], beta[ch]);
+                        }
+                    }
+                    k += w;
                 }
-                k += w;
-            }
-        });
+            },
+        );
     }
 
     /// Evaluation: each channel normalised by its running statistics instead of the batch's,
@@ -381,6 +384,7 @@ fn width(left: usize) -> usize {
 /// channels per example and `ch`), keeping each value's `d = x - mean` in the run's channels
 /// from its `k`th on. Per channel of n values: the sum from its first value (n - 1 add, 1
 /// div), d (n sub), the sum of d d from its first square (n mul, n - 1 add, 1 div).
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 fn moments<S: Scalar, const N: usize>(
     x: &[S],
     (plane, c, ch): (usize, usize, usize),
@@ -430,6 +434,7 @@ fn split<S, const N: usize>(values: &[S]) -> [&[S]; N] {
 }
 
 /// Each of `N` planes side by side summed onto its `start`, from its first value without one.
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
 fn sums<S: Scalar, const N: usize>(values: &[S], start: Option<[S; N]>) -> [S; N] {
     let p = split::<S, N>(values);
@@ -447,6 +452,7 @@ fn sums<S: Scalar, const N: usize>(values: &[S], start: Option<[S; N]>) -> [S; N
 
 /// For `N` planes side by side: `d = x - mean` of each value, and each plane's `start + sum
 /// of d d` (from its first square without a start).
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
 fn deviations<S: Scalar, const N: usize>(
     x: &[S],
@@ -486,6 +492,7 @@ fn normalize<S: Scalar>(d: &mut [S], out: &mut [S], inv: S, gamma: S, beta: S) {
 
 /// For `N` planes side by side, each plane's `(sum of dy xhat, sum of dy)` onto `start`, from
 /// its first terms without it.
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
 fn two_sums<S: Scalar, const N: usize>(
     dy: &[S],

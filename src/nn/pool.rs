@@ -307,7 +307,10 @@ fn max_planes<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize
         .zip(argmax.chunks_exact_mut(ho * wo));
     for (plane, (o, arg)) in planes.zip(outs) {
         let rows = (0..ho).map(|y| w.span(y, w.height));
-        for ((rows, o), arg) in rows.zip(o.chunks_exact_mut(wo)).zip(arg.chunks_exact_mut(wo)) {
+        for ((rows, o), arg) in rows
+            .zip(o.chunks_exact_mut(wo))
+            .zip(arg.chunks_exact_mut(wo))
+        {
             for ((cols, o), arg) in spans.iter().zip(o).zip(arg) {
                 let mut best = rows.start * w.width + cols.start;
                 let mut max = plane[best];
