@@ -341,8 +341,12 @@ pub(crate) const LINE: usize = 64;
 /// Runs `work` on every part, the parts spread over the pool's threads. Each part is
 /// counted on the thread that runs it, taken out there and merged into the caller's tally
 /// (`tally::parallel`), so the caller's counts are exact whichever thread ran what. Each
-/// part computes its own values start to end, so the split changes no bit either.
+/// part computes its own values start to end, so the split changes no bit either. A single
+/// part runs on the calling thread, as an unsplit kernel does.
 pub(crate) fn on_threads<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
+    if parts.len() <= 1 {
+        return parts.into_iter().for_each(work);
+    }
     tally::parallel(|| {
         let counts: Vec<Counts> = parts
             .into_par_iter()

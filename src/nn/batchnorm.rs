@@ -176,7 +176,7 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
             .zip(Channels::runs(y, plane, c, per))
             .zip(stats.zip(self.var.chunks_mut(per)));
         let (x, gamma, beta) = (x[0], params[0], params[1]);
-        on_runs(
+        on_threads(
             runs.collect(),
             |((mut kept, mut out), ((inv, mean), var))| {
                 let mut k = 0;
@@ -247,7 +247,7 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         };
         let (kept, inv, gamma) = (&self.normalized, &self.inv, params[0]);
         let runs = sums.zip(outs).enumerate();
-        on_runs(runs.collect(), |(r, ((dgamma, dbeta), mut out))| {
+        on_threads(runs.collect(), |(r, ((dgamma, dbeta), mut out))| {
             let mut k = 0;
             while k < dgamma.len() {
                 let w = width(dgamma.len() - k);
@@ -361,16 +361,6 @@ impl<'a, S> Channels<'a, S> {
 /// [`part_len`]), else an equal share per thread.
 fn channels_per_run(len: usize, c: usize) -> usize {
     part_len(c, PARALLEL_VALUES.div_ceil((len / c).max(1)), 1)
-}
-
-/// Runs `work` on each run of channels: on the calling thread when there is one run, else
-/// spread over the pool's threads (`on_threads`).
-fn on_runs<T: Send>(runs: Vec<T>, work: impl Fn(T) + Sync) {
-    if runs.len() == 1 {
-        runs.into_iter().for_each(work);
-    } else {
-        on_threads(runs, work);
-    }
 }
 
 /// Channels summed side by side: 8 when at least 8 are left, then 4, then 1. Each channel's

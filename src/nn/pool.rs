@@ -122,7 +122,7 @@ impl Window {
     }
 
     /// How a batch of `len` input values is split among threads: the input values and the
-    /// output values of each part, whole planes each (all of them when alone).
+    /// output values of each part, whole planes each (all of them, one part, when alone).
     fn split(&self, len: usize) -> (usize, usize) {
         let (ho, wo) = self.output();
         let plane = self.height * self.width;
@@ -284,15 +284,13 @@ impl<S: Scalar> Kernel<S> for AvgPoolKernel {
 /// # Shapes
 /// `x`: planes x H x W; `out`, `argmax`: planes x H_out x W_out.
 pub(crate) fn max_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize]) {
-    let (planes, outs) = w.split(x.len());
-    if planes == x.len() {
-        return max_planes(w, x, out, argmax);
-    }
-    let parts: Vec<_> = x
-        .chunks(planes)
-        .zip(out.chunks_mut(outs).zip(argmax.chunks_mut(outs)))
-        .collect();
-    on_threads(parts, |(x, (out, argmax))| max_planes(w, x, out, argmax));
+    let (ins, outs) = w.split(x.len());
+    let parts = x
+        .chunks(ins)
+        .zip(out.chunks_mut(outs).zip(argmax.chunks_mut(outs)));
+    on_threads(parts.collect(), |(x, (out, argmax))| {
+        max_planes(w, x, out, argmax)
+    });
 }
 
 /// [`max_forward`] on a run of whole planes. Each window's cells are compared row by row,
@@ -327,15 +325,11 @@ fn max_planes<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize
 
 /// Max pooling's gradient: each window's gradient goes to its maximum, nothing to the rest.
 pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], dx: &mut [S]) {
-    let (planes, outs) = w.split(dx.len());
-    if planes == dx.len() {
-        return max_backward_planes(w, dout, argmax, dx);
-    }
-    let parts: Vec<_> = dx
-        .chunks_mut(planes)
-        .zip(dout.chunks(outs).zip(argmax.chunks(outs)))
-        .collect();
-    on_threads(parts, |(dx, (dout, argmax))| {
+    let (ins, outs) = w.split(dx.len());
+    let parts = dx
+        .chunks_mut(ins)
+        .zip(dout.chunks(outs).zip(argmax.chunks(outs)));
+    on_threads(parts.collect(), |(dx, (dout, argmax))| {
         max_backward_planes(w, dout, argmax, dx)
     });
 }
@@ -365,12 +359,9 @@ fn max_backward_planes<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], dx: 
 
 /// Average pooling: `out = (sum of the window) / size^2`.
 pub(crate) fn avg_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
-    let (planes, outs) = w.split(x.len());
-    if planes == x.len() {
-        return avg_planes(w, x, out);
-    }
-    let parts: Vec<_> = x.chunks(planes).zip(out.chunks_mut(outs)).collect();
-    on_threads(parts, |(x, out)| avg_planes(w, x, out));
+    let (ins, outs) = w.split(x.len());
+    let parts = x.chunks(ins).zip(out.chunks_mut(outs));
+    on_threads(parts.collect(), |(x, out)| avg_planes(w, x, out));
 }
 
 /// [`avg_forward`] on a run of whole planes: each sum from the window's first cell, row by
@@ -398,12 +389,11 @@ fn avg_planes<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
 /// Average pooling's gradient: each window's gradient divided by size^2 (once per window) to
 /// every cell of it.
 pub(crate) fn avg_backward<S: Scalar>(w: &Window, dout: &[S], dx: &mut [S]) {
-    let (planes, outs) = w.split(dx.len());
-    if planes == dx.len() {
-        return avg_backward_planes(w, dout, dx);
-    }
-    let parts: Vec<_> = dx.chunks_mut(planes).zip(dout.chunks(outs)).collect();
-    on_threads(parts, |(dx, dout)| avg_backward_planes(w, dout, dx));
+    let (ins, outs) = w.split(dx.len());
+    let parts = dx.chunks_mut(ins).zip(dout.chunks(outs));
+    on_threads(parts.collect(), |(dx, dout)| {
+        avg_backward_planes(w, dout, dx)
+    });
 }
 
 /// [`avg_backward`] on a run of whole planes.
