@@ -123,6 +123,11 @@ impl<T, const Z: bool> Counting for CountedNumber<T, Z> {
     fn record_act() {
         bump(Op::Act);
     }
+
+    #[inline]
+    fn record_trans() {
+        bump(Op::Trans);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -351,7 +351,7 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--batch and --rounds must be at least 1");
     }
     let mut loaded = load(&args.model, &args.run)?;
-    charge_run(&mut loaded, args.batch, 3)?;
+    charge_run(&mut loaded, args.batch, 2)?;
     let data = loaded.data_or_synthetic(args.batch)?;
     let (step, timings) = measure::bench(loaded.plan(), &data, args)?;
     let forward_only = measure::forward_only(loaded.plan(), args);

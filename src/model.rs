@@ -224,6 +224,15 @@ pub enum Layer {
     /// The quotient of two values of the same shape, value by value, the first divided by
     /// the second (a computed normaliser); in a `graph` only.
     Div,
+    /// Two computed values whose shapes broadcast (numpy's rules, from the last axis: on
+    /// each axis the sizes are equal or one of them is 1, a missing axis counting as 1)
+    /// combined value by value, `op` the first and the second: `x - mean` with the mean
+    /// `[t, 1]` of `[t, w]`, a gate `[c, 1, 1]` times an image `[c, h, w]`. Out the
+    /// broadcast shape; in a `graph` only.
+    Broadcast {
+        /// Which operation: the first input `+`, `-`, `*` or `/` the second.
+        op: Arith,
+    },
     /// The matrix product of two computed values, `[..., t, k]` times `[..., k, n]`, one
     /// product per matrix of the leading axes they share (attention written out: `q kᵀ`,
     /// `p v`); in a `graph` only.
@@ -253,6 +262,8 @@ pub enum Layer {
         #[serde(deserialize_with = "charged")]
         values: Vec<f32>,
     },
+    /// The square root of every value (`/ sqrt(var + eps)` written out).
+    Sqrt,
     /// Each row of the last axis normalised by its mean and variance, then scaled and shifted
     /// by learnable `gamma` and `beta` per feature.
     LayerNorm,
@@ -306,6 +317,8 @@ pub enum Layer {
     Relu6,
     /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh form GPT-2 uses.
     Gelu,
+    /// `x (1 + erf(x / sqrt(2))) / 2`, the exact GELU (PyTorch's default `nn.GELU()`, BERT).
+    GeluErf,
 }
 
 impl Layer {
@@ -319,6 +332,7 @@ impl Layer {
             Layer::Softmax => Activation::Softmax,
             Layer::Relu6 => Activation::Relu6,
             Layer::Gelu => Activation::Gelu,
+            Layer::GeluErf => Activation::GeluErf,
             _ => return None,
         })
     }
@@ -492,6 +506,19 @@ pub enum ConstArith {
     /// `x * c`.
     Mul,
     /// `x / c`.
+    Div,
+}
+
+/// The operation of a [`Layer::Broadcast`]: the first input and the second.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arith {
+    /// `a + b`.
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`.
+    Mul,
+    /// `a / b`.
     Div,
 }
 

@@ -160,10 +160,64 @@ impl Plan {
         }
     }
 
+    /// Where the backward pass keeps each value's gradient: for value `v` (0 the input,
+    /// `k + 1` node k's output) `slots[v]`, the index of a buffer of `sizes[slot]` numbers
+    /// per example, or `None` if nothing computes that gradient.
+    ///
+    /// Node k's backward reads the gradient of its output and writes those of its inputs, so
+    /// a value's gradient lives from the backward of its last reader (the loss, for the
+    /// output) down to its producer's. Values whose lives do not overlap share a buffer: a
+    /// chain needs two, however deep. Slots are handed out in the order the backward pass
+    /// first writes them, each to the free slot that fits best (or a new one).
+    pub(crate) fn gradient_slots(&self) -> GradientSlots {
+        let n = self.nodes.len();
+        let len = |v: usize| self.value_shape(v).len();
+        // The first backward step (counting down from n, the loss) that writes each value's
+        // gradient; the loss writes the output's.
+        let mut first_write: Vec<Option<usize>> = vec![None; n + 1];
+        first_write[n] = Some(n);
+        for (k, node) in self.nodes.iter().enumerate() {
+            for (&v, &g) in node.inputs.iter().zip(&node.grads) {
+                if g {
+                    first_write[v] = first_write[v].max(Some(k));
+                }
+            }
+        }
+        let mut slots = vec![None; n + 1];
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        for step in (0..=n).rev() {
+            for v in (0..=n).filter(|&v| first_write[v] == Some(step)) {
+                let need = len(v);
+                // The smallest free slot that holds it, else the largest (grown to fit).
+                let fits = free.iter().enumerate().filter(|&(_, &s)| sizes[s] >= need);
+                let pick = fits
+                    .min_by_key(|&(_, &s)| sizes[s])
+                    .or_else(|| free.iter().enumerate().max_by_key(|&(_, &s)| sizes[s]))
+                    .map(|(i, _)| i);
+                let slot = match pick {
+                    Some(i) => free.swap_remove(i),
+                    None => {
+                        sizes.push(0);
+                        sizes.len() - 1
+                    }
+                };
+                sizes[slot] = sizes[slot].max(need);
+                slots[v] = Some(slot);
+            }
+            // Node `step`'s backward has read its output's gradient: that slot is free.
+            if step < n {
+                free.extend(slots[step + 1]);
+            }
+        }
+        GradientSlots { slots, sizes }
+    }
+
     /// About how many bytes a network of this plan needs to run a step on `batch`
     /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
-    /// value and its gradient, the scratch space for gradients that add up, the kernels'
-    /// scratch space each node keeps for its kernels, and max pooling's positions. Computed without allocating anything.
+    /// value, the buffers the values' gradients share ([`Plan::gradient_slots`]), the scratch
+    /// space for gradients that add up, the kernels' scratch space each node keeps for its
+    /// kernels, and max pooling's positions. Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();
@@ -171,14 +225,16 @@ impl Plan {
         if !self.optimizer().is_sgd() {
             values += 2 * self.params();
         }
-        values += 2 * b * self.input.len() as u128;
+        values += b * self.input.len() as u128;
+        let gradients: u128 = self.gradient_slots().sizes.iter().map(|&s| s as u128).sum();
+        values += b * gradients;
         let mut largest_value = 0u128;
         let mut workspace = 0u128;
         let mut positions = 0u128;
         let mut accumulates = false;
         for node in &self.nodes {
             let out = node.output().len() as u128;
-            values += 2 * b * out + b * node.op.kept() as u128;
+            values += b * out + b * node.op.kept() as u128;
             largest_value = largest_value.max(out);
             workspace += node.op.workspace() as u128;
             accumulates |= node.accumulate.iter().any(|&a| a);
@@ -201,6 +257,13 @@ impl Plan {
         scratch += shared.max().unwrap_or(0);
         (values + workspace + scratch) * scalar_bytes as u128 + positions * 8
     }
+}
+
+/// [`Plan::gradient_slots`]: which buffer holds each value's gradient, and each buffer's
+/// size per example.
+pub(crate) struct GradientSlots {
+    pub slots: Vec<Option<usize>>,
+    pub sizes: Vec<usize>,
 }
 
 impl Node {
@@ -836,6 +899,8 @@ fn layer_kind(layer: &Layer) -> &'static str {
         Layer::Sub => "sub",
         Layer::Div => "div",
         Layer::ConstOp { .. } => "const",
+        Layer::Broadcast { .. } => "broadcast",
+        Layer::Sqrt => "sqrt",
         Layer::MatMul => "matmul",
         Layer::Transpose { .. } => "transpose",
         Layer::Reshape { .. } => "reshape",
@@ -943,6 +1008,64 @@ fn check_loss(plan: &Plan) -> std::result::Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Every shipped model's gradient buffers: a value's buffer holds its gradient from its
+    /// last reader's backward down to its producer's, and no other value's in that time;
+    /// each buffer holds the largest value it is given.
+    #[test]
+    fn values_share_gradient_buffers_only_when_their_lives_do_not_overlap() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "ron") {
+                continue;
+            }
+            let plan = crate::Model::load(&path).unwrap().plan("m").unwrap();
+            let n = plan.nodes().len();
+            let GradientSlots { slots, sizes } = plan.gradient_slots();
+            // Life of value v's gradient, in backward steps (n is the loss): from its last
+            // reader down to its producer, v - 1 (the input's to the end, -1).
+            let mut life: Vec<Option<(i64, i64)>> = vec![None; n + 1];
+            life[n] = Some((n as i64, n as i64 - 1));
+            for (k, node) in plan.nodes().iter().enumerate() {
+                for (&v, &g) in node.inputs().iter().zip(node.input_grads()) {
+                    if g {
+                        let from = life[v].map_or(k as i64, |(f, _)| f.max(k as i64));
+                        life[v] = Some((from, v as i64 - 1));
+                    }
+                }
+            }
+            for v in 0..=n {
+                assert_eq!(slots[v].is_some(), life[v].is_some(), "{path:?} value {v}");
+                let Some(slot) = slots[v] else { continue };
+                assert!(sizes[slot] >= plan.value_shape(v).len());
+                for u in v + 1..=n {
+                    if slots[u] == Some(slot) {
+                        let ((a_from, a_to), (b_from, b_to)) = (life[v].unwrap(), life[u].unwrap());
+                        assert!(
+                            a_from < b_to || b_from < a_to,
+                            "{path:?}: values {v} and {u}"
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 12, "{checked}");
+    }
+
+    #[test]
+    fn a_chain_keeps_two_gradient_buffers_however_deep() {
+        let dense = ["Dense(units: 5, activation: Tanh)"; 9].join(", ");
+        let text =
+            format!("(name: \"c\", input: [3], loss: Mse, layers: [{dense}, Dense(units: 2)])");
+        let plan = crate::Model::parse(&text, "c").unwrap().plan("c").unwrap();
+        let GradientSlots { slots, sizes } = plan.gradient_slots();
+        assert_eq!(sizes, [5, 5]);
+        assert_eq!(slots[0], None, "the data's gradient");
+        assert!(slots[1..].iter().all(Option::is_some));
+    }
+
     #[test]
     fn docs_list_every_layer_s_default_name() {
         let docs = include_str!("../docs/model-format.md");
@@ -960,6 +1083,8 @@ mod tests {
             "Sub",
             "Div",
             "ConstOp(op: Mul, values: [2])",
+            "Broadcast(op: Sub)",
+            "Sqrt",
             "MatMul",
             "Transpose(perm: [0])",
             "Reshape(shape: [1])",
@@ -976,6 +1101,7 @@ mod tests {
             "Softmax",
             "Relu6",
             "Gelu",
+            "GeluErf",
         ];
         let activations = crate::model::Activation::ALL.len();
         assert_eq!(layers.len(), ops::OPERATIONS.len() + activations);
@@ -996,6 +1122,8 @@ mod tests {
                 | Layer::Sub
                 | Layer::Div
                 | Layer::ConstOp { .. }
+                | Layer::Broadcast { .. }
+                | Layer::Sqrt
                 | Layer::MatMul
                 | Layer::Transpose { .. }
                 | Layer::Reshape { .. }
@@ -1011,7 +1139,8 @@ mod tests {
                 | Layer::Relu
                 | Layer::Softmax
                 | Layer::Relu6
-                | Layer::Gelu => {}
+                | Layer::Gelu
+                | Layer::GeluErf => {}
             }
             let name = format!("`{}1`", layer_kind(&layer));
             assert!(docs.contains(&name), "docs/model-format.md lacks {name}");

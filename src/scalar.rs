@@ -25,6 +25,11 @@ pub trait Counting {
     /// the loop really did.
     #[inline]
     fn record_act() {}
+
+    /// Records one call of a library function outside `num_traits::Float` (so far only
+    /// [`erf`]), counted as one `trans` (see `docs/counting.md`). A no-op for plain floats.
+    #[inline]
+    fn record_trans() {}
 }
 
 impl Counting for f32 {}
@@ -81,4 +86,40 @@ impl<T> Scalar for T where
         + 'static
         + Counting
 {
+}
+
+/// The error function, `erf(x) = 2/sqrt(pi) * integral from 0 to x of exp(-t^2) dt`, for any
+/// [`Scalar`]: one library call, counted as one `trans` ([`Counting::record_trans`]).
+///
+/// `num_traits::Float` has no `erf`, so the value is computed in `f64` (the `libm` crate's
+/// `erf`, within an ulp) and rounded to `S`: for `f32` and `Counted<f32>` the same bits.
+#[inline]
+pub fn erf<S: Scalar>(x: S) -> S {
+    S::record_trans();
+    let wide = x.to_f64().unwrap_or(f64::NAN);
+    S::from_f64(libm::erf(wide)).unwrap_or_else(S::nan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counted, Counts, tally};
+
+    #[test]
+    fn erf_is_odd_bounded_and_counted_once() {
+        let (values, counts) = tally::measure(|| {
+            [0.0, 0.5, -0.5, 3.0, 30.0, -30.0].map(|x| erf(Counted::new(x)).get())
+        });
+        assert_eq!(values[0], 0.0);
+        assert!((values[1] - 0.520_499_877_813_046_5).abs() < 1e-15);
+        assert_eq!(values[1], -values[2]);
+        assert!((values[3] - 0.999_977_909_503_001_4).abs() < 1e-15);
+        assert_eq!((values[4], values[5]), (1.0, -1.0));
+        counts.assert_eq(&Counts {
+            trans: 6,
+            ..Counts::ZERO
+        });
+        let x = 0.3f32;
+        assert_eq!(erf(Counted::new(x)).get().to_bits(), erf(x).to_bits());
+    }
 }

@@ -210,16 +210,16 @@ fn the_loss_is_chosen_or_given() {
 }
 
 #[test]
-fn the_exact_gelu_is_refused_unless_asked_to_count_it_as_the_tanh_form() {
-    let err = load_onnx("gelu_erf", &Import::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("node 2 (/1/Div, Div): the exact (erf) GELU"),
-        "{err}"
-    );
-    assert!(err.contains("--gelu-as-tanh"), "{err}");
-    // Asked to, its five nodes are one Gelu: the same model as gelu.onnx's twin.
+fn the_exact_gelu_counts_as_itself_or_as_the_tanh_form_when_asked() {
+    // Both spellings, the five nodes of opset 17 and opset 20's Gelu node, are one GeluErf.
+    for name in ["gelu_erf", "gelu_erf20"] {
+        let plan = load_onnx(name, &Import::default()).unwrap();
+        let kinds: Vec<&str> = plan.nodes().iter().map(|n| n.kind()).collect();
+        assert_eq!(kinds, ["dense", "gelu_erf", "dense"], "{name}");
+        assert_eq!(closed_forms(&plan, 2), closed_forms(&load_ron(name), 2));
+        assert_measured_is_closed_form(&plan, 2, name);
+    }
+    // Asked to, its five nodes are one tanh-form Gelu: the same model as gelu.onnx's twin.
     let tanh = Import {
         gelu_as_tanh: true,
         ..Import::default()
@@ -537,6 +537,61 @@ fn a_constant_that_cannot_be_a_bias_is_added_as_a_constant() {
         opcount::Counts::of(opcount::Op::Add, 5 * 3)
     );
     assert_measured_is_closed_form(&plan, 5, "bias_shared");
+}
+
+/// The node of `plan` named `name`, and its closed form at `batch`.
+fn node_counts(plan: &Plan, name: &str, batch: usize) -> (String, opcount::NodeCounts) {
+    let k = plan
+        .nodes()
+        .iter()
+        .position(|n| n.name() == name)
+        .unwrap_or_else(|| panic!("no node {name}"));
+    let step = estimate::step(plan, batch).unwrap();
+    (plan.nodes()[k].kind().to_string(), step.nodes[k])
+}
+
+/// Broadcasting between computed values, exported from PyTorch, at batch 2: the
+/// squeeze-excitation gate `[4, 1, 1]` times `[4, 5, 5]` (a multiply per output value, and
+/// the gate's gradient a sum of 25 terms per channel: 24 adds), and the layer norm written
+/// out on `[5, 6]`: `x - mean` and `d / sqrt(var + eps)` with the `[5, 1]` input's gradient
+/// a sum of 6 terms per row (5 adds), negated once per row.
+#[test]
+fn broadcasting_between_computed_values_counts_the_sums_of_spread_gradients() {
+    use opcount::{Counts, Op};
+    let se = load_onnx("se_gate", &Import::default()).unwrap();
+    let (kind, gate) = node_counts(&se, "/Mul", 2);
+    assert_eq!(kind, "mul_bcast");
+    assert_eq!(gate.forward, Counts::of(Op::Mul, 2 * 100));
+    // dgate = sum over 25 values of dy x; dx = dy gate.
+    let backward = Counts::of(Op::Mul, 2 * 2 * 100) + Counts::of(Op::Add, 2 * 4 * 24);
+    assert_eq!(gate.backward, backward);
+
+    let norm = load_onnx("layernorm_hand", &Import::default()).unwrap();
+    let (kind, sub) = node_counts(&norm, "/Sub", 2);
+    assert_eq!(kind, "sub_bcast");
+    assert_eq!(sub.forward, Counts::of(Op::Sub, 2 * 30));
+    let sums = Counts::of(Op::Add, 2 * 5 * 5) + Counts::of(Op::Neg, 2 * 5);
+    assert_eq!(sub.backward, sums);
+    let (kind, div) = node_counts(&norm, "/Div", 2);
+    assert_eq!(kind, "div_bcast");
+    assert_eq!(div.forward, Counts::of(Op::Div, 2 * 30));
+    let quotients = Counts::of(Op::Div, 2 * 30) + Counts::of(Op::Mul, 2 * 30);
+    assert_eq!(div.backward, quotients + sums);
+    let (kind, root) = node_counts(&norm, "/Sqrt", 2);
+    assert_eq!(kind, "sqrt");
+    assert_eq!(root.forward, Counts::of(Op::Sqrt, 2 * 5));
+    // The mean over the last axis: a pooling of each row, 5 adds and 1 div per row.
+    let (kind, mean) = node_counts(&norm, "/ReduceMean", 2);
+    assert_eq!(kind, "globalavgpool2d");
+    assert_eq!(
+        mean.forward,
+        Counts::of(Op::Add, 2 * 5 * 5) + Counts::of(Op::Div, 2 * 5)
+    );
+    // `d ** 2` is d times itself.
+    assert_eq!(node_counts(&norm, "/Pow", 2).0, "mul");
+    for (plan, name) in [(&se, "se_gate"), (&norm, "layernorm_hand")] {
+        assert_measured_is_closed_form(plan, 2, name);
+    }
 }
 
 /// `opcount train` on an ONNX file, its data from the command line: what one training step

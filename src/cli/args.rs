@@ -80,8 +80,8 @@ pub struct RunArgs {
     /// (the batch comes from --batch).
     #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
     pub input_shape: Option<InputShape>,
-    /// For an ONNX model: count the exact (erf) GELU as opcount's GELU, the tanh form, which
-    /// counts other operations (see docs/onnx.md); without it such a model is refused.
+    /// For an ONNX model: count the exact (erf) GELU as the tanh form (opcount's Gelu),
+    /// which counts other operations, instead of as itself (GeluErf; see docs/onnx.md).
     #[arg(long)]
     pub gelu_as_tanh: bool,
 }

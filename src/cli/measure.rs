@@ -1,6 +1,7 @@
 //! What `opcount bench` and `project` time: a model's step, plain and counted, with the
 //! binary's timing harness.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -87,17 +88,25 @@ pub fn bench(
     let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
     // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
-    // with a snapshot of the tally between nodes to attribute the counts to them.
-    let mut attributed = counted;
-    let mut counting = Network::<Counted<f32>>::new(plan);
-    counting.set_attribution(false);
+    // with a snapshot of the tally between nodes to attribute the counts to them. The two
+    // counted sides are one network with attribution switched off and on (a flag read at
+    // each node), so that a large model needs two networks' memory, not three.
+    let counted = RefCell::new(counted);
     let medians = timing::interleave(
         rounds,
         Duration::from_millis(40),
         &mut [
             &mut || run_plain(&mut plain),
-            &mut || run_counted(&mut counting),
-            &mut || run_counted(&mut attributed),
+            &mut || {
+                let mut net = counted.borrow_mut();
+                net.set_attribution(false);
+                run_counted(&mut net);
+            },
+            &mut || {
+                let mut net = counted.borrow_mut();
+                net.set_attribution(true);
+                run_counted(&mut net);
+            },
         ],
         |round| bar.set_position(round as u64),
     );

@@ -5,6 +5,8 @@
 //! forward of an expensive function (sigmoid, tanh: a library call per value) is split among
 //! the cores; each value is computed alone, so the split changes no bit and no count.
 
+use std::f64::consts::FRAC_1_SQRT_2;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +16,7 @@ use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts};
 use crate::phases::NodeCounts;
-use crate::scalar::Scalar;
+use crate::scalar::{Scalar, erf};
 use crate::shape::Shape;
 use crate::tally;
 
@@ -39,11 +41,13 @@ pub enum Activation {
     Relu6,
     /// `x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`, the tanh form GPT-2 uses.
     Gelu,
+    /// `x (1 + erf(x / sqrt(2))) / 2`, the exact GELU (PyTorch's default `nn.GELU()`, BERT).
+    GeluErf,
 }
 
 impl Activation {
     /// Every activation, for tests and the fuzz dictionary.
-    pub const ALL: [Activation; 7] = [
+    pub const ALL: [Activation; 8] = [
         Activation::Identity,
         Activation::Sigmoid,
         Activation::Tanh,
@@ -51,6 +55,7 @@ impl Activation {
         Activation::Softmax,
         Activation::Relu6,
         Activation::Gelu,
+        Activation::GeluErf,
     ];
 
     /// Lower-case name, as in tables.
@@ -63,6 +68,7 @@ impl Activation {
             Activation::Softmax => "softmax",
             Activation::Relu6 => "relu6",
             Activation::Gelu => "gelu",
+            Activation::GeluErf => "gelu_erf",
         }
     }
 }
@@ -135,6 +141,8 @@ fn forward_counts(at: At<'_>, f: Activation, shape: Shape, name: &str) -> Result
         Activation::Relu6 => counts! { at, what; cmp: e * 2, act: e },
         // u = z z, v = z + c (u z), t = tanh(s v), y = (h z)(1 + t): 6 mul, 2 add, 1 tanh.
         Activation::Gelu => counts! { at, what; mul: e * 6, add: e * 2, tanh: e, act: e },
+        // g = erf(z r), y = (h z)(1 + g): 3 mul, 1 add, 1 erf (a trans).
+        Activation::GeluErf => counts! { at, what; mul: e * 3, add: e, trans: e, act: e },
     }
 }
 
@@ -162,6 +170,12 @@ fn backward_counts(at: At<'_>, f: Activation, shape: Shape, name: &str) -> Resul
         // d = 1 - t t (1 mul, 1 sub); e = 1 + 3c u (1 mul, 1 add); b = (h z) d s e (4 mul);
         // dz = dy (a + b) (1 add, 1 mul). In all 12 mul, 4 add, 1 sub, 1 tanh.
         Activation::Gelu => counts! { at, what; mul: e * 12, add: e * 4, sub: e, tanh: e },
+        // From z: g = erf(z r) (1 mul, 1 trans); a = h (1 + g) (1 add, 1 mul); the normal
+        // density p = k exp(-(z z) h) (3 mul, 1 neg, 1 exp); dz = dy (a + z p) (2 mul, 1 add).
+        // In all 7 mul, 2 add, 1 neg, 1 exp, 1 trans.
+        Activation::GeluErf => {
+            counts! { at, what; mul: e * 7, add: e * 2, neg: e, exp: e, trans: e }
+        }
     }
 }
 
@@ -211,12 +225,19 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
                 h * v * (one + t)
             })
         }
+        Activation::GeluErf => {
+            let [r, h] = [FRAC_1_SQRT_2, 0.5].map(constant::<S>);
+            map_on_all_cores(z, y, PARALLEL_CALLS, |v| h * v * (one + erf(v * r)))
+        }
     }
 }
 
 /// sqrt(2/pi) and the cubic's coefficient in GELU's tanh form.
 const GELU_S: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
+
+/// 1/sqrt(2 pi), the standard normal density at 0 (exact GELU's derivative).
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// `dz = dy * f'(z)`, from the forward's output `y` (GELU from its input `z`). Counts per
 /// value: identity nothing;
@@ -272,6 +293,14 @@ pub(crate) fn backward<S: Scalar>(
                 let a = h * (one + t);
                 let b = h * v * (one - t * t) * s * (one + c3 * u);
                 d * (a + b)
+            })
+        }
+        Activation::GeluErf => {
+            let [r, h, k] = [FRAC_1_SQRT_2, 0.5, FRAC_1_SQRT_2PI].map(constant::<S>);
+            map2(z, dy, dz, |v, d| {
+                let a = h * (one + erf(v * r));
+                let p = (-(v * v * h)).exp() * k;
+                d * (a + v * p)
             })
         }
     }

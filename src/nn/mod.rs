@@ -9,6 +9,7 @@
 pub(crate) mod activation;
 mod add;
 pub(crate) mod batchnorm;
+mod broadcast;
 mod buffer;
 pub(crate) mod causal_softmax;
 mod const_op;
@@ -31,6 +32,7 @@ pub(crate) mod positions;
 mod reduce;
 mod reshape;
 pub(crate) mod scores;
+mod sqrt;
 mod sub;
 mod transpose;
 pub(crate) mod unembed;
@@ -105,8 +107,11 @@ pub struct Network<S: Scalar> {
     param_grads: Vec<Buffer<S>>,
     /// `values[0]` is the batch's input, `values[k + 1]` node k's output.
     values: Vec<Buffer<S>>,
-    /// `grads[v]` is dL/d`values[v]` (left empty where nothing needs it).
+    /// dL/d`values[v]` is the head of `grads[grad_slot[v]]` (`None` where nothing needs
+    /// it); values whose gradients live at different times share a buffer
+    /// ([`Plan::gradient_slots`]).
     grads: Vec<Buffer<S>>,
+    grad_slot: Vec<Option<usize>>,
     /// Where a node writes a gradient that it then adds onto one already there: one buffer
     /// per input, one per parameter.
     scratch: [Buffer<S>; MAX_INPUTS],
@@ -169,6 +174,7 @@ impl<S: Scalar> Network<S> {
             param_grads,
             values: Vec::new(),
             grads: Vec::new(),
+            grad_slot: Vec::new(),
             scratch: std::array::from_fn(|_| Buffer::empty()),
             param_scratch: std::array::from_fn(|_| Buffer::filled(shared, S::zero())),
             optimizer,
@@ -210,13 +216,9 @@ impl<S: Scalar> Network<S> {
         let sizes: Vec<usize> = (0..values)
             .map(|v| plan.value_shape(v).len() * batch)
             .collect();
-        // A value's gradient is kept if a node computes it, and for the output (the loss's).
-        let mut needed = vec![false; values];
-        needed[values - 1] = true;
         let mut scratch = [0usize; MAX_INPUTS];
         for node in plan.nodes() {
-            for (j, (&v, &g)) in node.inputs().iter().zip(node.input_grads()).enumerate() {
-                needed[v] |= g;
+            for (j, &v) in node.inputs().iter().enumerate() {
                 if node.input_grad_adds()[j] {
                     scratch[j] = scratch[j].max(sizes[v]);
                 }
@@ -226,11 +228,13 @@ impl<S: Scalar> Network<S> {
             .iter()
             .map(|&s| Buffer::filled(s, S::zero()))
             .collect();
-        self.grads = sizes
+        let gradients = plan.gradient_slots();
+        self.grads = gradients
+            .sizes
             .iter()
-            .zip(&needed)
-            .map(|(&s, &n)| Buffer::filled(if n { s } else { 0 }, S::zero()))
+            .map(|&s| Buffer::filled(s * batch, S::zero()))
             .collect();
+        self.grad_slot = gradients.slots;
         self.scratch = scratch.map(|s| Buffer::filled(s, S::zero()));
     }
 
@@ -346,7 +350,9 @@ impl<S: Scalar> Network<S> {
         // Softmax cross-entropy scores each row of the output's last axis: one example of a
         // flat output, one token of a [tokens, classes] output.
         let width = self.plan.output().last();
-        let (y, grad) = (&self.values[last], &mut self.grads[last]);
+        let y = &self.values[last];
+        let slot = self.grad_slot[last].expect("the output's gradient has a buffer");
+        let grad = &mut self.grads[slot][..y.len()];
         self.marks.start::<S>(Phase::Loss, chained);
         watch(Event::start(Phase::Loss));
         let loss = match self.plan.loss() {
@@ -406,7 +412,7 @@ impl<S: Scalar> Network<S> {
                 let target = if adds[j] {
                     &mut self.scratch[j]
                 } else {
-                    &mut self.grads[inputs[j]]
+                    &mut self.grads[self.grad_slot[inputs[j]].expect("a wanted gradient")]
                 };
                 *slot = Some(std::mem::take(target));
             }
@@ -446,7 +452,8 @@ impl<S: Scalar> Network<S> {
             let grads = Backward {
                 x: &x[..inputs.len()],
                 y: &self.values[k + 1],
-                dy: &self.grads[k + 1],
+                dy: &self.grads[self.grad_slot[k + 1].expect("a read gradient")]
+                    [..self.values[k + 1].len()],
                 params: &p[..ids.len()],
                 dparams: &mut dp_slices[..ids.len()],
                 dx: &mut dx_slices[..inputs.len()],
@@ -456,13 +463,13 @@ impl<S: Scalar> Network<S> {
         // Put the buffers back, adding where this node's gradient is a second one.
         for (j, buffer) in dx.into_iter().enumerate() {
             let Some(buffer) = buffer else { continue };
+            let (slot, len) = (self.grad_slot[inputs[j]], self.values[inputs[j]].len());
+            let slot = slot.expect("a wanted gradient");
             if adds[j] {
-                let target = &mut self.grads[inputs[j]];
-                let len = target.len();
-                accumulate(target, &buffer[..len]);
+                accumulate(&mut self.grads[slot][..len], &buffer[..len]);
                 self.scratch[j] = buffer;
             } else {
-                self.grads[inputs[j]] = buffer;
+                self.grads[slot] = buffer;
             }
         }
         for (j, buffer) in dp.into_iter().enumerate().take(ids.len()) {

@@ -1,7 +1,7 @@
 //! The registry of operations: every operation a node can compute, listed once.
 //!
 //! An operation lives in a module of its own (`dense.rs`, `conv.rs`, `pool.rs`, `flatten.rs`,
-//! `activation.rs`, `add.rs`, `mul.rs`, `sub.rs`, `div.rs`, ...) holding, side by side, its shape rule (the resolved struct's
+//! `activation.rs`, `add.rs`, `mul.rs`, `sub.rs`, `div.rs`, `broadcast.rs`, `sqrt.rs`, ...) holding, side by side, its shape rule (the resolved struct's
 //! constructor), its parameters, its closed form ([`Operation`]) and its forward and backward
 //! kernels ([`Kernel`]). This file joins them: [`NodeOp`] has one variant per operation, and
 //! `registry!` below writes the dispatch from that one list, so nothing else matches on
@@ -15,8 +15,8 @@ use crate::scalar::Scalar;
 use crate::shape::Shape;
 
 use super::{activation, add, batchnorm, const_op, conv, dense, flatten, global_pool, mul, pool};
+use super::{broadcast, div, reshape, sqrt, sub, unembed};
 use super::{causal_softmax, embedding, layernorm, matmul, mix, positions, scores, transpose};
-use super::{div, reshape, sub, unembed};
 
 /// One parameter tensor of an operation: its length and how it starts.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -221,6 +221,8 @@ registry! {
     Sub(sub::Sub),
     Div(div::Div),
     ConstOp(const_op::ConstOp),
+    Broadcast(broadcast::Broadcast),
+    Sqrt(sqrt::Sqrt),
     MatMul(matmul::MatMul),
     Transpose(transpose::Transpose),
     Reshape(reshape::Reshape),
@@ -248,6 +250,8 @@ pub const OPERATIONS: &[&str] = &[
     "Sub",
     "Div",
     "ConstOp",
+    "Broadcast",
+    "Sqrt",
     "MatMul",
     "Transpose",
     "Reshape",
@@ -374,6 +378,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         Layer::Mul => NodeOp::Mul(mul::Mul::resolve(inputs)?),
         Layer::Sub => NodeOp::Sub(sub::Sub::resolve(inputs)?),
         Layer::Div => NodeOp::Div(div::Div::resolve(inputs)?),
+        Layer::Broadcast { op } => NodeOp::Broadcast(broadcast::Broadcast::resolve(*op, inputs)?),
         Layer::MatMul => NodeOp::MatMul(matmul::MatMul::resolve(inputs)?),
         Layer::Reshape { shape } => NodeOp::Reshape(reshape::Reshape::resolve(shape, one()?)?),
         Layer::Transpose { perm } => {
@@ -382,6 +387,7 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         Layer::ConstOp { op, shape, values } => {
             NodeOp::ConstOp(const_op::ConstOp::resolve(*op, shape, values, one()?)?)
         }
+        Layer::Sqrt => NodeOp::Sqrt(sqrt::Sqrt::resolve(one()?)),
         Layer::LayerNorm => NodeOp::LayerNorm(layernorm::LayerNorm::resolve(one()?)),
         Layer::Embedding { vocab, width } => {
             NodeOp::Embedding(embedding::Embedding::resolve(*vocab, *width, one()?)?)

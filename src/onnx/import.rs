@@ -17,7 +17,7 @@ mod gelu;
 mod layers;
 mod shapes;
 
-use gelu::{erf_gelus, erf_refusal, gelu_erf};
+use gelu::{erf_gelus, erf_refusal, exact_gelu};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -87,6 +87,7 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
         uses: HashMap::new(),
         erf_inputs: HashSet::new(),
         produced: HashMap::new(),
+        held_as_onnx: HashMap::new(),
         input_batch: input.batch,
     };
     for node in &g.nodes {
@@ -116,16 +117,12 @@ pub(crate) fn model(src: Source<'_, '_>, import: &Import) -> Result<Model> {
             onnx: input.dims.clone(),
         }),
     );
-    let erf_gelus = if import.gelu_as_tanh {
-        erf_gelus(g, &b.values)
-    } else {
-        HashMap::new()
-    };
+    let erf_gelus = erf_gelus(g, &b.values);
     let absorbed: HashSet<usize> = erf_gelus.values().flat_map(|(_, inner)| *inner).collect();
     for &k in order.iter().filter(|k| !absorbed.contains(k)) {
         let node = &g.nodes[k];
         let done = match erf_gelus.get(&k) {
-            Some((x, _)) => b.erf_gelu(node, x),
+            Some((x, _)) => b.erf_gelu(node, x, import.gelu_as_tanh),
             None => b.node(node, import.gelu_as_tanh),
         };
         done.map_err(|e| format!("{}: {e}", place(k, node)))?;
@@ -404,6 +401,9 @@ struct Builder<'a> {
     uses: HashMap<&'a str, usize>,
     /// The ONNX value each entry's node wrote, by entry name.
     produced: HashMap<String, String>,
+    /// A value held otherwise here than in ONNX, by its entry's name: the Reshape that
+    /// holds it as ONNX does, made for the first broadcast that needed it.
+    held_as_onnx: HashMap<String, Act>,
     /// The values Erf nodes read: the exact GELU's pattern, refused by name.
     erf_inputs: HashSet<&'a str>,
     input_batch: Option<i64>,
@@ -427,6 +427,15 @@ fn attr_ints<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [i64]> {
 
 fn attr_s<'n>(node: &'n NodeProto<'_>, name: &str) -> Option<&'n [u8]> {
     attr(node, name).and_then(|a| a.s)
+}
+
+/// A node's name for the entries it becomes: its own, or its first output's if it has none.
+fn node_name<'n>(node: &NodeProto<'n>) -> &'n str {
+    if node.name.is_empty() {
+        node.outputs.first().copied().unwrap_or("node")
+    } else {
+        node.name
+    }
 }
 
 fn shown(dims: &[usize]) -> String {
@@ -512,13 +521,22 @@ impl<'a> Builder<'a> {
         inputs: &[&Act],
         params: Vec<(&str, Tensor)>,
     ) -> Result<Act> {
+        let out = node.outputs.first().copied().unwrap_or("");
+        self.push_entry(node_name(node), out, layer, inputs, params)
+    }
+
+    /// A new entry computing `layer` from `inputs`, named `base` (made unique), which
+    /// computes the ONNX value `out` (empty for an entry of opcount's own).
+    fn push_entry(
+        &mut self,
+        base: &str,
+        out: &str,
+        layer: Layer,
+        inputs: &[&Act],
+        params: Vec<(&str, Tensor)>,
+    ) -> Result<Act> {
         let shapes: Vec<Shape> = inputs.iter().map(|a| a.ours).collect();
         let op = ops::resolve(&layer, &shapes)?;
-        let base = if node.name.is_empty() {
-            node.outputs.first().copied().unwrap_or("node")
-        } else {
-            node.name
-        };
         let mut name = base.to_string();
         let mut k = 1;
         while name == INPUT || self.names.contains(&name) {
@@ -526,7 +544,6 @@ impl<'a> Builder<'a> {
             name = format!("{base}#{k}");
         }
         self.names.insert(name.clone());
-        let out = node.outputs.first().copied().unwrap_or("");
         self.produced.insert(name.clone(), out.to_string());
         self.entries.push(Entry {
             name: Some(name.clone()),
@@ -582,14 +599,10 @@ impl<'a> Builder<'a> {
                     "Relu" => Layer::Relu,
                     "Sigmoid" => Layer::Sigmoid,
                     "Tanh" => Layer::Tanh,
-                    "Gelu" => {
-                        match attr_s(node, "approximate") {
-                            Some(b"tanh") => {}
-                            _ if gelu_as_tanh => {}
-                            _ => return Err(gelu_erf()),
-                        }
-                        Layer::Gelu
-                    }
+                    "Gelu" => match attr_s(node, "approximate") {
+                        Some(b"tanh") => Layer::Gelu,
+                        _ => exact_gelu(gelu_as_tanh),
+                    },
                     _ => {
                         // Over the last axis (the batch is axis 0), of a value held as
                         // ONNX holds it.
@@ -605,7 +618,10 @@ impl<'a> Builder<'a> {
                         Layer::Softmax
                     }
                 };
-                Value::Act(self.push(node, layer, &[&x])?)
+                // Value by value: the shape ONNX sees stays (`[c, 1, 1]` held as `[c]`).
+                let mut y = self.push(node, layer, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
             }
             "Conv" => Value::Act(self.conv(node)?),
             "Gemm" => Value::Act(self.gemm(node)?),
@@ -678,6 +694,13 @@ impl<'a> Builder<'a> {
             "Reshape" => self.reshape(node)?,
             "Squeeze" | "Unsqueeze" => self.squeeze(node)?,
             "ReduceMean" => self.reduce_mean(node)?,
+            "Pow" => self.square(node)?,
+            "Sqrt" => {
+                let x = self.act(node, 0)?;
+                let mut y = self.push(node, Layer::Sqrt, &[&x])?;
+                y.onnx = x.onnx;
+                Value::Act(y)
+            }
             "Clip" => self.clip(node)?,
             "Transpose" => {
                 let x = self.act(node, 0)?;
@@ -709,8 +732,8 @@ impl<'a> Builder<'a> {
                 }
             }
             "Gather" => Value::Act(self.embedding(node)?),
-            "Erf" => return Err(erf_refusal(gelu_as_tanh)),
-            "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal(gelu_as_tanh)),
+            "Erf" => return Err(erf_refusal()),
+            "Div" | "Mul" if self.feeds_erf(node) => return Err(erf_refusal()),
             "Add" | "Sub" | "Mul" | "Div" => self.arith(node)?,
             other => {
                 return Err(format!(

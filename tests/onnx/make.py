@@ -275,8 +275,126 @@ def later():
     ], [], ["N", 2, 4], ["N", 8]), "node 2 (diff, Sub): subtracts a 8 value from a 2x4 value")
 
 
+def broadcasting():
+    """Element-wise arithmetic between two computed values whose shapes broadcast (opcount's
+    Broadcast), each model seeded on its own so that `make.py --only-broadcasting` makes the
+    same files as a full run: a layer normalisation written out by hand, a
+    squeeze-excitation gate, and all four operations with either input or both spread."""
+
+    class HandNorm(nn.Module):
+        """A dense layer, then its rows normalised as written by hand: the mean over the last
+        axis, x - mean, (x - mean) ** 2, its mean, / sqrt(var + eps); a dense head."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(6, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.fc(x)
+            d = h - h.mean(-1, keepdim=True)
+            var = (d ** 2).mean(-1, keepdim=True)
+            return self.out(d / torch.sqrt(var + 1e-5))
+
+    torch.manual_seed(170)
+    eps = floats(torch.tensor([1e-5]))
+    export("layernorm_hand", HandNorm(), torch.randn(1, 5, 6), twin("layernorm_hand", [5, 6], [
+        ("fc", "Dense(units: 6)", ["input"]),
+        # The mean over the last axis: each row read as a 1 x 6 image, pooled, held [5, 1].
+        ("rows", "Reshape(shape: [5, 1, 6])", ["fc"]), ("mean", "GlobalAvgPool2d", ["rows"]),
+        ("mean_col", "Reshape(shape: [5, 1])", ["mean"]),
+        ("d", "Broadcast(op: Sub)", ["fc", "mean_col"]), ("square", "Mul", ["d", "d"]),
+        ("rows2", "Reshape(shape: [5, 1, 6])", ["square"]), ("var", "GlobalAvgPool2d", ["rows2"]),
+        ("eps", f"ConstOp(op: Add, values: {eps})", ["var"]), ("root", "Sqrt", ["eps"]),
+        ("root_col", "Reshape(shape: [5, 1])", ["root"]),
+        ("norm", "Broadcast(op: Div)", ["d", "root_col"]), ("out", "Dense(units: 3)", ["norm"])],
+        loss="Mse"))
+
+    class SqueezeExcite(nn.Module):
+        """A convolution, and a squeeze-excitation gate of it: its channels' means, two
+        dense layers, a sigmoid, one number per channel times every value of that channel
+        (`[4, 1, 1]` against `[4, 5, 5]`, the gate first); pooled, a dense head."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc1, self.fc2, self.head = nn.Linear(4, 2), nn.Linear(2, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            g = torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(h).flatten(1)))))
+            h = g.view(-1, 4, 1, 1) * h
+            return self.head(h.mean((2, 3)))
+
+    torch.manual_seed(171)
+    export("se_gate", SqueezeExcite(), torch.randn(1, 3, 5, 5), twin("se_gate", [3, 5, 5], [
+        ("conv", "Conv2d(out_channels: 4, kernel: 3, padding: 1)", ["input"]),
+        ("relu", "Relu", ["conv"]), ("squeeze", "GlobalAvgPool2d", ["relu"]),
+        ("fc1", "Dense(units: 2)", ["squeeze"]), ("relu1", "Relu", ["fc1"]),
+        ("fc2", "Dense(units: 4)", ["relu1"]), ("gate", "Sigmoid", ["fc2"]),
+        ("gate_img", "Reshape(shape: [4, 1, 1])", ["gate"]),
+        ("excite", "Broadcast(op: Mul)", ["gate_img", "relu"]),
+        ("pool", "GlobalAvgPool2d", ["excite"]), ("head", "Dense(units: 3)", ["pool"])]))
+
+    class Spread(nn.Module):
+        """A column [4, 1] and a row [1, 6] of two dense layers: their sum (both spread),
+        the column minus it (the first spread), times the row (the second), divided by
+        sigmoid(column) + 1 (the second); flattened, a dense head."""
+
+        def __init__(self):
+            super().__init__()
+            self.col, self.row, self.out = nn.Linear(8, 4), nn.Linear(8, 6), nn.Linear(24, 3)
+
+        def forward(self, x):
+            c, r = self.col(x).view(-1, 4, 1), self.row(x).view(-1, 1, 6)
+            a = c + r
+            p = (c - a) * r
+            return self.out((p / (torch.sigmoid(c) + 1.0)).flatten(1))
+
+    torch.manual_seed(172)
+    export("broadcast", Spread(), torch.randn(1, 8), twin("broadcast", [8], [
+        ("col", "Dense(units: 4)", ["input"]), ("row", "Dense(units: 6)", ["input"]),
+        ("col_held", "Reshape(shape: [4, 1])", ["col"]),
+        ("row_held", "Reshape(shape: [1, 6])", ["row"]),
+        ("sum", "Broadcast(op: Add)", ["col_held", "row_held"]),
+        ("diff", "Broadcast(op: Sub)", ["col_held", "sum"]),
+        ("prod", "Broadcast(op: Mul)", ["diff", "row_held"]),
+        ("gate", "Sigmoid", ["col"]), ("den", "ConstOp(op: Add, values: [1.0])", ["gate"]),
+        ("den_held", "Reshape(shape: [4, 1])", ["den"]),
+        ("quot", "Broadcast(op: Div)", ["prod", "den_held"]),
+        ("flat", "Flatten", ["quot"]), ("out", "Dense(units: 3)", ["flat"])]))
+
+    # Two values of one shape in ONNX held otherwise here: a channel's mean ([4] here, after
+    # GlobalAveragePool) plus its maximum ([4, 1, 1]): the mean read as [4, 1, 1], then Add.
+    save("pool_sum", graph_model("m", [
+        helper.make_node("GlobalAveragePool", ["x"], ["mean"], name="mean"),
+        helper.make_node("MaxPool", ["x"], ["max"], name="max", kernel_shape=[3, 3]),
+        helper.make_node("Add", ["mean", "max"], ["y"], name="sum"),
+    ], [], ["N", 4, 3, 3], ["N", 4, 1, 1]))
+    with open(os.path.join(HERE, "pool_sum.ron"), "w") as f:
+        f.write(twin("pool_sum", [4, 3, 3], [
+            ("mean", "GlobalAvgPool2d", ["input"]), ("max", "MaxPool2d(size: 3)", ["input"]),
+            ("mean_held", "Reshape(shape: [4, 1, 1])", ["mean"]), ("sum", "Add", ["mean_held", "max"])],
+            loss="Mse") + "\n")
+
+    # Shapes that do not broadcast, one example's axes aligned after the batch.
+    bad("mul-shapes", graph_model("m", [
+        helper.make_node("Reshape", ["x", "shape"], ["t"], name="turn"),
+        helper.make_node("Mul", ["x", "t"], ["y"], name="gate"),
+    ], [numpy_helper.from_array(torch.tensor([0, 4, 3]).numpy(), "shape")], ["N", 3, 4],
+        ["N", 3, 4]),
+        "node 1 (gate, Mul): multiplies a 3x4 value by a 4x3 value: the shapes do not broadcast")
+    bad("pow-cube", graph_model("m", [
+        helper.make_node("Constant", [], ["three"], name="three", value_float=3.0),
+        helper.make_node("Pow", ["x", "three"], ["y"], name="cube"),
+    ], [], ["N", 4], ["N", 4]), "node 1 (cube, Pow): an exponent other than the number 2")
+
+
 if sys.argv[1:] == ["--only-later"]:
     later()
+    sys.exit()
+if sys.argv[1:] == ["--only-broadcasting"]:
+    broadcasting()
     sys.exit()
 
 # One model per operation.
@@ -308,8 +426,16 @@ export("gelu", nn.Sequential(nn.Linear(4, 8), nn.GELU(approximate="tanh"), nn.Li
                                               ("gelu", "Gelu", None),
                                               ("fc2", "Dense(units: 2)", None)]), opset=20)
 
-export("gelu_erf", nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)),
-       torch.randn(1, 4), None)  # refused: opcount's GELU is the tanh form
+# The exact GELU: opset 17 spells it out (Div, Erf, Add, Mul, Mul), opset 20 has a node.
+# The second draws its weights from a copy of the random state, so that the files after it
+# are the same as before it was added.
+for name, opset in [("gelu_erf", 17), ("gelu_erf20", 20)]:
+    with torch.random.fork_rng(enabled=opset == 20):
+        export(name, nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)),
+               torch.randn(1, 4), twin(name, [4], [("fc1", "Dense(units: 8)", None),
+                                                   ("gelu", "GeluErf", None),
+                                                   ("fc2", "Dense(units: 2)", None)]),
+               opset=opset)
 
 export("conv", nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Flatten(),
                              nn.Linear(4 * 4 * 4, 2)),
@@ -696,4 +822,5 @@ save("matmul_values", graph_model("m", [
     helper.make_node("MatMul", ["x", "x"], ["y"], name="scores"),
 ], [], ["N", 4, 4], ["N", 4, 4]))
 later()
+broadcasting()
 print("made", sorted(f for f in os.listdir(HERE) if f.endswith(".onnx")))

@@ -1,10 +1,11 @@
 //! Element-wise Add, Sub, Mul and Div: of two computed values of one shape (`Add`, `Sub`,
-//! `Mul`, `Div`), or of a computed value and a constant that broadcasts to it (`ConstOp`:
+//! `Mul`, `Div`), of two whose shapes broadcast (`Broadcast`: `x - mean`, `x * gate`), or
+//! of a computed value and a constant that broadcasts to it (`ConstOp`:
 //! `x / 8`, `x - mean`, `x * scale`, `1 - x`). An `Add` of a constant onto a MatMul or bias-less Conv
 //! read nowhere else stays that layer's bias.
 
-use super::{Act, Builder, Result, Value, shown};
-use crate::model::{ConstArith, Layer};
+use super::{Act, Builder, Result, Value, node_name, shown};
+use crate::model::{Arith, ConstArith, Layer};
 use crate::onnx::constant::Tensor;
 use crate::onnx::proto::NodeProto;
 
@@ -22,26 +23,24 @@ impl Builder<'_> {
         };
         let act = match (self.get(a)?.clone(), self.get(b)?.clone()) {
             (Value::Act(x), Value::Act(y)) => {
-                let (layer, to) = match node.op_type {
-                    "Add" => (Layer::Add, "to"),
-                    "Sub" => (Layer::Sub, "from"),
-                    "Mul" => (Layer::Mul, "by"),
-                    _ => (Layer::Div, "by"),
-                };
-                if x.onnx != y.onnx {
-                    // `x - y` subtracts y from x; the others read in order.
-                    let (first, second) = match layer {
-                        Layer::Sub => (&y.onnx, &x.onnx),
-                        _ => (&x.onnx, &y.onnx),
+                if x.onnx == y.onnx {
+                    // Held alike here, or both read as ONNX holds them (`[c]` after
+                    // GlobalAveragePool against a `[c, 1, 1]` value).
+                    let (x, y) = if x.ours == y.ours {
+                        (x, y)
+                    } else {
+                        (self.as_onnx(node, x)?, self.as_onnx(node, y)?)
                     };
-                    return Err(format!(
-                        "{what} a {} value {to} a {} value; opcount {what} two computed \
-                         values of one shape only",
-                        shown(first),
-                        shown(second)
-                    ));
+                    let layer = match node.op_type {
+                        "Add" => Layer::Add,
+                        "Sub" => Layer::Sub,
+                        "Mul" => Layer::Mul,
+                        _ => Layer::Div,
+                    };
+                    self.push(node, layer, &[&x, &y])?
+                } else {
+                    self.broadcast(node, what, x, y)?
                 }
-                self.push(node, layer, &[&x, &y])?
             }
             (Value::Act(x), Value::Const(t)) => {
                 // A bias of the MatMul or Conv that computes it, if it can be one.
@@ -83,6 +82,86 @@ impl Builder<'_> {
             }
         };
         Ok(Value::Act(act))
+    }
+
+    /// `Pow` of a computed value to the constant 2 (`d ** 2`, `d.pow(2)`): the value times
+    /// itself, opcount's `Mul` of it by itself, counted as such (1 mul per value; backward
+    /// `dy x` for each factor and their sum). Other exponents are refused.
+    pub(super) fn square(&mut self, node: &NodeProto<'_>) -> Result<Value> {
+        let x = self.act(node, 0)?;
+        let e = self.constant(node, 1)?.ok_or("no exponent (input 1)")?;
+        let two = match (e.floats(), e.ints()) {
+            (Some([v]), _) => *v == 2.0,
+            (_, Some([v])) => *v == Some(2),
+            _ => false,
+        };
+        if !two {
+            return Err(
+                "an exponent other than the number 2: opcount maps Pow as a square, x * x".into(),
+            );
+        }
+        let mut y = self.push(node, Layer::Mul, &[&x, &x])?;
+        y.onnx = x.onnx;
+        Ok(Value::Act(y))
+    }
+
+    /// A `Broadcast` of two computed values of different shapes that broadcast as ONNX
+    /// (numpy) broadcasts them: one example's axes each of the same size or 1 in one of
+    /// them. Both have the batch first, so they must have as many axes (else one's batch
+    /// would meet another's axis). A value held here otherwise than in ONNX (`[c]` for
+    /// GlobalAveragePool's `[c, 1, 1]`) is read as ONNX's shape first, by a Reshape.
+    fn broadcast(&mut self, node: &NodeProto<'_>, what: &str, x: Act, y: Act) -> Result<Act> {
+        let to = match node.op_type {
+            "Add" => "to",
+            "Sub" => "from",
+            _ => "by",
+        };
+        // `x - y` subtracts y from x; the others read in order.
+        let (first, second) = match node.op_type {
+            "Sub" => (&y.onnx, &x.onnx),
+            _ => (&x.onnx, &y.onnx),
+        };
+        let spreads = x.onnx.len() == y.onnx.len()
+            && x.onnx
+                .iter()
+                .zip(&y.onnx)
+                .all(|(&a, &b)| a == b || a == 1 || b == 1);
+        if !spreads {
+            return Err(format!(
+                "{what} a {} value {to} a {} value: the shapes do not broadcast (with the \
+                 batch first, numpy's rules need as many axes, each of one size or 1 in \
+                 either)",
+                shown(first),
+                shown(second)
+            ));
+        }
+        let op = match node.op_type {
+            "Add" => Arith::Add,
+            "Sub" => Arith::Sub,
+            "Mul" => Arith::Mul,
+            _ => Arith::Div,
+        };
+        let (x, y) = (self.as_onnx(node, x)?, self.as_onnx(node, y)?);
+        self.push(node, Layer::Broadcast { op }, &[&x, &y])
+    }
+
+    /// `x`, or where it is held otherwise here than in ONNX, a Reshape of it to ONNX's
+    /// shape (a copy: nothing counted), named after the first node that needs it and made
+    /// once.
+    fn as_onnx(&mut self, node: &NodeProto<'_>, x: Act) -> Result<Act> {
+        if x.ours.dims() == x.onnx {
+            return Ok(x);
+        }
+        if let Some(held) = self.held_as_onnx.get(&x.entry) {
+            return Ok(held.clone());
+        }
+        let base = format!("{}.reshape", node_name(node));
+        let layer = Layer::Reshape {
+            shape: x.onnx.clone(),
+        };
+        let held = self.push_entry(&base, "", layer, &[&x], Vec::new())?;
+        self.held_as_onnx.insert(x.entry, held.clone());
+        Ok(held)
     }
 
     /// A `ConstOp` of `x` and the constant `t`, which must broadcast to `x` without growing

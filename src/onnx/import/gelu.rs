@@ -1,5 +1,6 @@
-//! The exact GELU, `0.5 x (1 + erf(x / sqrt 2))`: refused, or with `--gelu-as-tanh` counted
-//! as opcount's tanh-form Gelu (docs/onnx.md says why it is not the default).
+//! The exact GELU, `0.5 x (1 + erf(x / sqrt 2))`: a `Gelu` node, or the five nodes PyTorch
+//! exports for it, mapped to opcount's `GeluErf` (or, with `--gelu-as-tanh`, to the tanh-form
+//! `Gelu`).
 
 use std::collections::HashMap;
 
@@ -8,13 +9,13 @@ use crate::model::Layer;
 use crate::onnx::proto::{GraphProto, NodeProto};
 
 impl Builder<'_> {
-    /// The last node of an exact GELU's pattern, whose input is `x`: opcount's Gelu of `x`.
-    pub(super) fn erf_gelu(&mut self, node: &NodeProto<'_>, x: &str) -> Result<()> {
+    /// The last node of an exact GELU's pattern, whose input is `x`: one GELU of `x`.
+    pub(super) fn erf_gelu(&mut self, node: &NodeProto<'_>, x: &str, as_tanh: bool) -> Result<()> {
         let x = match self.get(x)? {
             Value::Act(a) => a.clone(),
             Value::Const(_) => return Err("a GELU of a constant".into()),
         };
-        let y = self.push(node, Layer::Gelu, &[&x])?;
+        let y = self.push(node, exact_gelu(as_tanh), &[&x])?;
         self.set(node, Value::Act(y))
     }
 
@@ -23,22 +24,16 @@ impl Builder<'_> {
     }
 }
 
-pub(super) fn gelu_erf() -> String {
-    "the exact (erf) GELU: opcount's Gelu is the tanh form, which counts other \
-     operations; export with nn.GELU(approximate='tanh') and opset 20, or count it as the \
-     tanh form with --gelu-as-tanh"
-        .into()
+/// The layer an exact GELU becomes: itself, or the tanh form if the user asked for it.
+pub(super) fn exact_gelu(as_tanh: bool) -> Layer {
+    if as_tanh { Layer::Gelu } else { Layer::GeluErf }
 }
 
-/// An `Erf` (or what feeds it) outside the GELU pattern `--gelu-as-tanh` maps.
-pub(super) fn erf_refusal(gelu_as_tanh: bool) -> String {
-    if gelu_as_tanh {
-        "an Erf outside the GELU pattern PyTorch exports (Div by sqrt 2, Erf, Add 1, Mul by \
-         the input, Mul by 0.5, each value read once): opcount maps only that"
-            .into()
-    } else {
-        gelu_erf()
-    }
+/// An `Erf` (or what feeds it) outside the GELU pattern.
+pub(super) fn erf_refusal() -> String {
+    "an Erf outside the GELU pattern PyTorch exports (Div by sqrt 2, Erf, Add 1, Mul by the \
+     input, Mul by 0.5, each value read once): opcount maps only that"
+        .into()
 }
 
 /// The exact GELUs PyTorch exports, `0.5 (x (1 + erf(x / sqrt 2)))`: `Div`, `Erf`, `Add`,

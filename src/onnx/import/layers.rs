@@ -1,6 +1,6 @@
 //! The ONNX nodes that become operations with parameters or windows: Conv, Gemm, MatMul
-//! (and the Add of their bias), pooling, ReduceMean over an image, Clip, Gather as an
-//! embedding; each checks the attributes opcount can honour and refuses the rest.
+//! (and the Add of their bias), pooling, ReduceMean over an image or the last axis, Clip,
+//! Gather as an embedding; each checks the attributes opcount can honour and refuses the rest.
 
 use super::{Act, Builder, Result, Value, attr_f, attr_i, attr_ints, attr_s, shown};
 use crate::model::{Layer, Pair};
@@ -237,26 +237,46 @@ impl Builder<'_> {
         self.push(node, layer, &[&x])
     }
 
-    /// `ReduceMean` over an image's height and width: a global average pooling.
+    /// `ReduceMean` over an image's height and width: a global average pooling; over the
+    /// last axis of any value (`x.mean(-1, keepdim=True)`): the same of its rows read as
+    /// images one value high (`[t, w]` as `[t, 1, w]`), so a mean of w values counts w - 1
+    /// adds and 1 div either way.
     pub(super) fn reduce_mean(&mut self, node: &NodeProto<'_>) -> Result<Value> {
         let x = self.act(node, 0)?;
         let axes = self.axes(node, x.onnx.len() + 1)?;
-        if x.ours.as_image().is_none() || axes.as_deref() != Some(&[1, 2]) {
-            return Err(format!(
-                "a mean over axes {:?} of a {} value: opcount maps only the mean over an \
-                 image's height and width (global average pooling)",
-                axes.unwrap_or_default()
-                    .iter()
-                    .map(|a| a + 1)
-                    .collect::<Vec<_>>(),
-                shown(&x.onnx)
-            ));
+        let keep = attr_i(node, "keepdims", 1) != 0;
+        let last = x.onnx.len() - 1;
+        if x.ours.as_image().is_some() && axes.as_deref() == Some(&[1, 2]) {
+            let mut y = self.push(node, Layer::GlobalAvgPool2d, &[&x])?;
+            if keep {
+                y.onnx = vec![y.ours.len(), 1, 1];
+            }
+            return Ok(Value::Act(y));
         }
-        let mut y = self.push(node, Layer::GlobalAvgPool2d, &[&x])?;
-        if attr_i(node, "keepdims", 1) != 0 {
-            y.onnx = vec![y.ours.len(), 1, 1];
+        if axes.as_deref() == Some(&[last]) && x.ours.dims() == x.onnx && (keep || last > 0) {
+            let width = x.onnx[last];
+            let rows = x.onnx[..last].iter().product();
+            let layer = Layer::Reshape {
+                shape: vec![rows, 1, width],
+            };
+            let base = format!("{}.rows", super::node_name(node));
+            let images = self.push_entry(&base, "", layer, &[&x], Vec::new())?;
+            let mut y = self.push(node, Layer::GlobalAvgPool2d, &[&images])?;
+            y.onnx = x.onnx[..last].to_vec();
+            if keep {
+                y.onnx.push(1);
+            }
+            return Ok(Value::Act(y));
         }
-        Ok(Value::Act(y))
+        Err(format!(
+            "a mean over axes {:?} of a {} value: opcount maps the mean over an image's \
+             height and width (global average pooling) and over the last axis",
+            axes.unwrap_or_default()
+                .iter()
+                .map(|a| a + 1)
+                .collect::<Vec<_>>(),
+            shown(&x.onnx)
+        ))
     }
 
     /// `Clip` from 0 to 6 (ReLU6) or from 0 up (ReLU).
@@ -283,7 +303,9 @@ impl Builder<'_> {
                 ));
             }
         };
-        Ok(Value::Act(self.push(node, layer, &[&x])?))
+        let mut y = self.push(node, layer, &[&x])?;
+        y.onnx = x.onnx;
+        Ok(Value::Act(y))
     }
 
     pub(super) fn embedding(&mut self, node: &NodeProto<'_>) -> Result<Act> {
