@@ -20,7 +20,7 @@ use crate::scalar::{Scalar, erf};
 use crate::shape::Shape;
 use crate::tally;
 
-/// From this many values on, sigmoid and tanh run on all cores.
+/// From this many values on, sigmoid and tanh (a library call per value) run on all cores.
 const PARALLEL_CALLS: usize = 1 << 13;
 
 /// An activation function, as model files name it.
@@ -205,9 +205,9 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
     let one = S::one();
     match f {
         Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => map_on_all_cores(z, y, |v| one / (one + (-v).exp())),
-        Activation::Tanh => map_on_all_cores(z, y, |v| v.tanh()),
-        Activation::Relu => map(z, y, |v| v.max(S::zero())),
+        Activation::Sigmoid => map_on_all_cores(z, y, PARALLEL_CALLS, |v| one / (one + (-v).exp())),
+        Activation::Tanh => map_on_all_cores(z, y, PARALLEL_CALLS, |v| v.tanh()),
+        Activation::Relu => map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero())),
         Activation::Softmax => {
             for (ze, ye) in z.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
                 softmax(ze, ye);
@@ -215,7 +215,7 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map(z, y, |v| v.max(S::zero()).min(six))
+            map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero()).min(six))
         }
         Activation::Gelu => {
             let [s, c, h] = [GELU_S, GELU_C, 0.5].map(constant::<S>);
@@ -227,7 +227,7 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
         }
         Activation::GeluErf => {
             let [r, h] = [FRAC_1_SQRT_2, 0.5].map(constant::<S>);
-            map_on_all_cores(z, y, |v| h * v * (one + erf(v * r)))
+            map_on_all_cores(z, y, PARALLEL_CALLS, |v| h * v * (one + erf(v * r)))
         }
     }
 }
@@ -259,9 +259,11 @@ pub(crate) fn backward<S: Scalar>(
     let one = S::one();
     match f {
         Activation::Identity => dz.copy_from_slice(dy),
-        Activation::Sigmoid => map2(y, dy, dz, |y, d| d * (y * (one - y))),
-        Activation::Tanh => map2(y, dy, dz, |y, d| d * (one - y * y)),
-        Activation::Relu => map2(y, dy, dz, |y, d| if y > S::zero() { d } else { S::zero() }),
+        Activation::Sigmoid => map2_on_all_cores(y, dy, dz, |y, d| d * (y * (one - y))),
+        Activation::Tanh => map2_on_all_cores(y, dy, dz, |y, d| d * (one - y * y)),
+        Activation::Relu => {
+            map2_on_all_cores(y, dy, dz, |y, d| if y > S::zero() { d } else { S::zero() })
+        }
         Activation::Softmax => {
             let rows = y.chunks_exact(width).zip(dy.chunks_exact(width));
             for ((ye, dye), dze) in rows.zip(dz.chunks_exact_mut(width)) {
@@ -274,7 +276,7 @@ pub(crate) fn backward<S: Scalar>(
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map2(y, dy, dz, |y, d| {
+            map2_on_all_cores(y, dy, dz, |y, d| {
                 // Both comparisons, whatever the first says (docs/counting.md, principle 2).
                 if (y > S::zero()) & (y < six) {
                     d
@@ -320,20 +322,64 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
     }
 }
 
-/// `map`, in one part per thread when there are enough values; each part is counted on its
-/// thread and merged into the caller's tally (`tally::parallel`).
-fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S + Sync) {
-    if z.len() < PARALLEL_CALLS || rayon::current_num_threads() == 1 {
+/// `map`, in one part per thread when there are at least `threshold` values.
+fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], threshold: usize, f: impl Fn(S) -> S + Sync) {
+    let part = part_len(z.len(), threshold, LINE);
+    if part >= z.len() {
         map(z, y, f);
         return;
     }
-    let threads = rayon::current_num_threads();
-    let part = z.len().div_ceil(threads).next_multiple_of(64);
+    let parts: Vec<_> = y.chunks_mut(part).zip(z.chunks(part)).collect();
+    on_threads(parts, |(y, z)| map(z, y, &f));
+}
+
+/// `map2`, in one part per thread when there are at least [`PARALLEL_VALUES`] values.
+fn map2_on_all_cores<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Fn(S, S) -> S + Sync) {
+    let part = part_len(a.len(), PARALLEL_VALUES, LINE);
+    if part >= a.len() {
+        map2(a, b, out, f);
+        return;
+    }
+    let parts: Vec<_> = out
+        .chunks_mut(part)
+        .zip(a.chunks(part).zip(b.chunks(part)))
+        .collect();
+    on_threads(parts, |(out, (a, b))| map2(a, b, out, &f));
+}
+
+/// From this many values on, a cheap operation on each value alone (relu, an add, a copy)
+/// runs on all cores: below it, handing work to another thread costs more than it saves.
+pub(crate) const PARALLEL_VALUES: usize = 1 << 15;
+
+/// The length of each of the parts `len` items are split into: all of them below
+/// `threshold` items or on one thread, else an equal share per thread, rounded up to a whole
+/// number of `unit` items.
+pub(crate) fn part_len(len: usize, threshold: usize, unit: usize) -> usize {
+    // The size first: asking rayon for its threads costs more than a tiny layer's step.
+    if len < threshold || rayon::current_num_threads() == 1 {
+        return len.max(1);
+    }
+    len.div_ceil(rayon::current_num_threads())
+        .next_multiple_of(unit)
+}
+
+/// Values per part of an operation on each value alone: whole cache lines (64 values cover
+/// them for `f32` and `Counted<f32>` alike).
+pub(crate) const LINE: usize = 64;
+
+/// Runs `work` on every part, the parts spread over the pool's threads. Each part is
+/// counted on the thread that runs it, taken out there and merged into the caller's tally
+/// (`tally::parallel`), so the caller's counts are exact whichever thread ran what. Each
+/// part computes its own values start to end, so the split changes no bit either. A single
+/// part runs on the calling thread, as an unsplit kernel does.
+pub(crate) fn on_threads<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
+    if parts.len() <= 1 {
+        return parts.into_iter().for_each(work);
+    }
     tally::parallel(|| {
-        let counts: Vec<Counts> = y
-            .par_chunks_mut(part)
-            .zip(z.par_chunks(part))
-            .map(|(y, z)| tally::take(|| map(z, y, &f)).1)
+        let counts: Vec<Counts> = parts
+            .into_par_iter()
+            .map(|part| tally::take(|| work(part)).1)
             .collect();
         ((), counts.into_iter().sum())
     });

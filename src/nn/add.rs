@@ -1,6 +1,7 @@
 //! Add: the sum of two values of the same shape, value by value (a residual connection).
 //! Forward one add per value; backward no arithmetic (each input's gradient is the output's).
 
+use super::activation::{LINE, PARALLEL_VALUES, on_threads, part_len};
 use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::{At, counts};
@@ -55,13 +56,29 @@ pub(crate) struct AddKernel;
 
 impl<S: Scalar> Kernel<S> for AddKernel {
     fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
-        add(x[0], x[1], y);
+        let (a, b) = (x[0], x[1]);
+        let part = part_len(y.len(), PARALLEL_VALUES, LINE);
+        if part >= y.len() {
+            return add(a, b, y);
+        }
+        let parts: Vec<_> = y
+            .chunks_mut(part)
+            .zip(a.chunks(part).zip(b.chunks(part)))
+            .collect();
+        on_threads(parts, |(y, (a, b))| add(a, b, y));
     }
 
+    /// Copies of `dy`, in a part per thread when large (nothing is counted).
     fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
+        let part = part_len(dy.len(), PARALLEL_VALUES, LINE);
         for dx in dx.iter_mut().flatten() {
-            dx.copy_from_slice(dy);
+            if part >= dy.len() {
+                dx.copy_from_slice(dy);
+            } else {
+                let parts: Vec<_> = dx.chunks_mut(part).zip(dy.chunks(part)).collect();
+                on_threads(parts, |(dx, dy)| dx.copy_from_slice(dy));
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! (momentum 0.1, as PyTorch) in the update phase. Shape rule, closed form, forward and
 //! backward (docs/counting.md, "BatchNorm2d").
 
+use super::activation::{PARALLEL_VALUES, on_threads, part_len};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use super::reduce::constant;
 use crate::error::Result;
@@ -161,35 +162,46 @@ pub(crate) struct BatchNormKernel<S> {
 // parameters and statistics alike, so the loops run over channel numbers. The loops over
 // values are small free functions over one example's plane (see docs/ARCHITECTURE.md,
 // "Kernels and the counters": there the counters stay in registers), each sum carried from
-// one example's plane to the next.
+// one example's plane to the next. Large batches split their channels into runs, one per
+// thread ([`Channels`]): a channel's sums run in the same order whatever thread runs them.
 #[allow(clippy::needless_range_loop)]
 impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
         let (c, plane) = (self.op.channels(), self.op.plane());
         self.normalized.resize(y.len(), S::zero());
         let n = constant::<S>((x[0].len() / c) as f64);
-        for ch in 0..c {
-            // mean, from the first value: n - 1 add, 1 div.
-            let mut sum = None;
-            for values in planes(x[0], plane, c, ch) {
-                sum = Some(sum_onto(values, sum));
-            }
-            let mean = sum.expect("a channel has values") / n;
-            // d = x - mean, kept in `normalized`; var = sum d d / n.
-            let mut var = None;
-            let kept = planes_mut(&mut self.normalized, plane, c, ch);
-            for (values, d) in planes(x[0], plane, c, ch).zip(kept) {
-                var = Some(deviations(values, mean, d, var));
-            }
-            let var = var.expect("a channel has values") / n;
-            let inv = S::one() / (var + constant::<S>(EPS)).sqrt();
-            let (gamma, beta) = (params[0][ch], params[1][ch]);
-            let kept = planes_mut(&mut self.normalized, plane, c, ch);
-            for (d, out) in kept.zip(planes_mut(y, plane, c, ch)) {
-                normalize(d, out, inv, gamma, beta);
-            }
-            (self.inv[ch], self.mean[ch], self.var[ch]) = (inv, mean, var);
-        }
+        let per = channels_per_run(x[0].len(), c);
+        let stats = self.inv.chunks_mut(per).zip(self.mean.chunks_mut(per));
+        let runs = Channels::runs(&mut self.normalized, plane, c, per)
+            .zip(Channels::runs(y, plane, c, per))
+            .zip(stats.zip(self.var.chunks_mut(per)));
+        let (x, gamma, beta) = (x[0], params[0], params[1]);
+        on_threads(
+            runs.collect(),
+            |((mut kept, mut out), ((inv, mean), var))| {
+                let mut k = 0;
+                while k < inv.len() {
+                    // mean and variance of a group of channels side by side (see `width`).
+                    let w = width(inv.len() - k);
+                    let stats = (&mut mean[k..k + w], &mut var[k..k + w]);
+                    let at = (plane, c, kept.first + k);
+                    match w {
+                        8 => moments::<S, 8>(x, at, &mut kept, k, n, stats),
+                        4 => moments::<S, 4>(x, at, &mut kept, k, n, stats),
+                        _ => moments::<S, 1>(x, at, &mut kept, k, n, stats),
+                    }
+                    for k in k..k + w {
+                        let ch = kept.first + k;
+                        // inv = 1 / sqrt(var + eps); y = gamma xhat + beta.
+                        inv[k] = S::one() / (var[k] + constant::<S>(EPS)).sqrt();
+                        for (d, out) in kept.group(k, 1).zip(out.group(k, 1)) {
+                            normalize(d, out, inv[k], gamma[ch], beta[ch]);
+                        }
+                    }
+                    k += w;
+                }
+            },
+        );
     }
 
     /// Evaluation: each channel normalised by its running statistics instead of the batch's,
@@ -199,7 +211,7 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         for ch in 0..c {
             let inv = S::one() / (self.running_var[ch] + constant::<S>(EPS)).sqrt();
             let (mean, gamma, beta) = (self.running_mean[ch], params[0][ch], params[1][ch]);
-            for (values, outs) in planes(x[0], plane, c, ch).zip(planes_mut(y, plane, c, ch)) {
+            for (values, outs) in planes(x[0], plane, c, ch, 1).zip(planes_mut(y, plane, c, ch)) {
                 for (&v, out) in values.iter().zip(outs) {
                     *out = gamma * ((v - mean) * inv) + beta;
                 }
@@ -225,27 +237,42 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
         } = grads;
         let (c, plane) = (self.op.channels(), self.op.plane());
         let n = constant::<S>((dy.len() / c) as f64);
+        let per = channels_per_run(dy.len(), c);
         let (dgamma, dbeta) = dparams.split_at_mut(1);
-        for ch in 0..c {
-            // dgamma = sum dy xhat; dbeta = sum dy, each from its first term.
-            let mut sums = None;
-            let kept = planes(&self.normalized, plane, c, ch);
-            for (grads, xhat) in planes(dy, plane, c, ch).zip(kept) {
-                sums = Some(two_sums(grads, xhat, sums));
-            }
-            let (dg, db) = sums.expect("values");
-            (dgamma[0][ch], dbeta[0][ch]) = (dg, db);
-            if let Some(dx) = dx[0].as_deref_mut() {
-                let (gamma, inv) = (params[0][ch], self.inv[ch]);
-                let m1 = gamma * db / n;
-                let m2 = gamma * dg / n;
-                let kept = planes(&self.normalized, plane, c, ch);
-                let outs = planes_mut(dx, plane, c, ch);
-                for ((out, grads), xhat) in outs.zip(planes(dy, plane, c, ch)).zip(kept) {
-                    input_gradient(out, grads, xhat, inv, gamma, (m1, m2));
+        let sums = dgamma[0].chunks_mut(per).zip(dbeta[0].chunks_mut(per));
+        // Without the input's gradient, runs of channels with nothing to write per value.
+        let outs: Vec<Option<Channels<'_, S>>> = match dx[0].as_deref_mut() {
+            Some(dx) => Channels::runs(dx, plane, c, per).map(Some).collect(),
+            None => (0..c.div_ceil(per)).map(|_| None).collect(),
+        };
+        let (kept, inv, gamma) = (&self.normalized, &self.inv, params[0]);
+        let runs = sums.zip(outs).enumerate();
+        on_threads(runs.collect(), |(r, ((dgamma, dbeta), mut out))| {
+            let mut k = 0;
+            while k < dgamma.len() {
+                let w = width(dgamma.len() - k);
+                let sums = (&mut dgamma[k..k + w], &mut dbeta[k..k + w]);
+                let at = (plane, c, r * per + k);
+                match w {
+                    8 => gradient_sums::<S, 8>(dy, kept, at, sums),
+                    4 => gradient_sums::<S, 4>(dy, kept, at, sums),
+                    _ => gradient_sums::<S, 1>(dy, kept, at, sums),
                 }
+                if let Some(out) = out.as_mut() {
+                    for k in k..k + w {
+                        let ch = r * per + k;
+                        let (gamma, inv) = (gamma[ch], inv[ch]);
+                        let m1 = gamma * dbeta[k] / n;
+                        let m2 = gamma * dgamma[k] / n;
+                        let values = planes(dy, plane, c, ch, 1).zip(planes(kept, plane, c, ch, 1));
+                        for (out, (grads, xhat)) in out.group(k, 1).zip(values) {
+                            input_gradient(out, grads, xhat, inv, gamma, (m1, m2));
+                        }
+                    }
+                }
+                k += w;
             }
-        }
+        });
     }
 
     /// The running statistics: `r = (1 - m) r + m s` for the mean and for the unbiased
@@ -264,12 +291,18 @@ impl<S: Scalar> Kernel<S> for BatchNormKernel<S> {
     }
 }
 
-/// Channel `ch`'s plane in each example of a batch laid out example after example, `c`
-/// channels of `plane` values each.
-fn planes<S>(values: &[S], plane: usize, c: usize, ch: usize) -> impl Iterator<Item = &[S]> {
+/// The planes of channels `ch..ch + width`, side by side, in each example of a batch laid
+/// out example after example, `c` channels of `plane` values each.
+fn planes<S>(
+    values: &[S],
+    plane: usize,
+    c: usize,
+    ch: usize,
+    width: usize,
+) -> impl Iterator<Item = &[S]> {
     values
         .chunks_exact(plane * c)
-        .map(move |example| &example[ch * plane..(ch + 1) * plane])
+        .map(move |example| &example[ch * plane..(ch + width) * plane])
 }
 
 fn planes_mut<S>(
@@ -283,37 +316,157 @@ fn planes_mut<S>(
         .map(move |example| &mut example[ch * plane..(ch + 1) * plane])
 }
 
-/// `start + v_1 + ... + v_k`, from `v_1` without a start.
+/// A run of channels, `first` and those after it, in every example of a batch: the part of
+/// each example a thread writes.
+struct Channels<'a, S> {
+    first: usize,
+    plane: usize,
+    examples: Vec<&'a mut [S]>,
+}
+
+impl<'a, S> Channels<'a, S> {
+    /// `values`, examples of `c` channels of `plane` values each, cut into runs of `per`
+    /// channels (the last run may be shorter).
+    fn runs(
+        values: &'a mut [S],
+        plane: usize,
+        c: usize,
+        per: usize,
+    ) -> impl Iterator<Item = Channels<'a, S>> {
+        let mut runs: Vec<Channels<'a, S>> = (0..c.div_ceil(per))
+            .map(|r| Channels {
+                first: r * per,
+                plane,
+                examples: Vec::new(),
+            })
+            .collect();
+        for example in values.chunks_exact_mut(plane * c) {
+            for (run, part) in runs.iter_mut().zip(example.chunks_mut(per * plane)) {
+                run.examples.push(part);
+            }
+        }
+        runs.into_iter()
+    }
+
+    /// The planes of the run's channels `k..k + width`, side by side, in each example.
+    fn group(&mut self, k: usize, width: usize) -> impl Iterator<Item = &mut [S]> {
+        let plane = self.plane;
+        self.examples
+            .iter_mut()
+            .map(move |example| &mut example[k * plane..(k + width) * plane])
+    }
+}
+
+/// Channels per run for a batch of `len` values in `c` channels: all of them when alone (see
+/// [`part_len`]), else an equal share per thread.
+fn channels_per_run(len: usize, c: usize) -> usize {
+    part_len(c, PARALLEL_VALUES.div_ceil((len / c).max(1)), 1)
+}
+
+/// Channels summed side by side: 8 when at least 8 are left, then 4, then 1. Each channel's
+/// sum is a chain of adds in a fixed order; a group's chains are independent, so the CPU
+/// runs them at once instead of waiting for each add in turn.
+fn width(left: usize) -> usize {
+    [8, 4, 1].into_iter().find(|&w| w <= left).unwrap_or(1)
+}
+
+/// The mean and (biased) variance of `N` channels from `ch` on (`at` is the plane, the
+/// channels per example and `ch`), keeping each value's `d = x - mean` in the run's channels
+/// from its `k`th on. Per channel of n values: the sum from its first value (n - 1 add, 1
+/// div), d (n sub), the sum of d d from its first square (n mul, n - 1 add, 1 div).
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
+fn moments<S: Scalar, const N: usize>(
+    x: &[S],
+    (plane, c, ch): (usize, usize, usize),
+    kept: &mut Channels<'_, S>,
+    k: usize,
+    n: S,
+    (mean, var): (&mut [S], &mut [S]),
+) {
+    let mut sum = None;
+    for values in planes(x, plane, c, ch, N) {
+        sum = Some(sums::<S, N>(values, sum));
+    }
+    let sum = sum.expect("a channel has values");
+    let m: [S; N] = std::array::from_fn(|j| sum[j] / n);
+    let mut squares = None;
+    for (values, d) in planes(x, plane, c, ch, N).zip(kept.group(k, N)) {
+        squares = Some(deviations::<S, N>(values, m, d, squares));
+    }
+    let squares = squares.expect("a channel has values");
+    for j in 0..N {
+        (mean[j], var[j]) = (m[j], squares[j] / n);
+    }
+}
+
+/// `dgamma = sum dy xhat` and `dbeta = sum dy` of `N` channels from `ch` on, each from its
+/// first term.
+fn gradient_sums<S: Scalar, const N: usize>(
+    dy: &[S],
+    xhat: &[S],
+    (plane, c, ch): (usize, usize, usize),
+    (dgamma, dbeta): (&mut [S], &mut [S]),
+) {
+    let mut sums = None;
+    let values = planes(dy, plane, c, ch, N).zip(planes(xhat, plane, c, ch, N));
+    for (grads, xhat) in values {
+        sums = Some(two_sums::<S, N>(grads, xhat, sums));
+    }
+    let (dg, db) = sums.expect("a channel has values");
+    dgamma.copy_from_slice(&dg);
+    dbeta.copy_from_slice(&db);
+}
+
+/// `values`, `N` planes side by side, as one slice per plane.
+fn split<S, const N: usize>(values: &[S]) -> [&[S]; N] {
+    let plane = values.len() / N;
+    std::array::from_fn(|j| &values[j * plane..(j + 1) * plane])
+}
+
+/// Each of `N` planes side by side summed onto its `start`, from its first value without one.
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
-fn sum_onto<S: Scalar>(values: &[S], start: Option<S>) -> S {
-    let mut rest = values.iter();
-    let mut acc = match start {
-        Some(acc) => acc,
-        None => *rest.next().expect("a plane has values"),
+fn sums<S: Scalar, const N: usize>(values: &[S], start: Option<[S; N]>) -> [S; N] {
+    let p = split::<S, N>(values);
+    let (mut acc, from) = match start {
+        Some(acc) => (acc, 0),
+        None => (std::array::from_fn(|j| p[j][0]), 1),
     };
-    for &v in rest {
-        acc += v;
+    for i in from..p[0].len() {
+        for j in 0..N {
+            acc[j] += p[j][i];
+        }
     }
     acc
 }
 
-/// `d = x - mean` for each value, and `start + sum of d d` (from the first square without a
-/// start).
+/// For `N` planes side by side: `d = x - mean` of each value, and each plane's `start + sum
+/// of d d` (from its first square without a start).
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
-fn deviations<S: Scalar>(x: &[S], mean: S, d: &mut [S], start: Option<S>) -> S {
-    let mut pairs = x.iter().zip(d.iter_mut());
-    let mut acc = match start {
-        Some(acc) => acc,
-        None => {
-            let (&v, d) = pairs.next().expect("a plane has values");
-            *d = v - mean;
-            *d * *d
-        }
+fn deviations<S: Scalar, const N: usize>(
+    x: &[S],
+    mean: [S; N],
+    d: &mut [S],
+    start: Option<[S; N]>,
+) -> [S; N] {
+    let x = split::<S, N>(x);
+    let plane = x[0].len();
+    let mut planes = d.chunks_exact_mut(plane);
+    let d: [&mut [S]; N] = std::array::from_fn(|_| planes.next().expect("N planes"));
+    let mut deviation = |j: usize, i: usize| {
+        d[j][i] = x[j][i] - mean[j];
+        d[j][i] * d[j][i]
     };
-    for (&v, d) in pairs {
-        *d = v - mean;
-        let sq = *d * *d;
-        acc += sq;
+    let (mut acc, from) = match start {
+        Some(acc) => (acc, 0),
+        None => (std::array::from_fn(|j| deviation(j, 0)), 1),
+    };
+    for i in from..plane {
+        for j in 0..N {
+            let sq = deviation(j, i);
+            acc[j] += sq;
+        }
     }
     acc
 }
@@ -327,21 +480,32 @@ fn normalize<S: Scalar>(d: &mut [S], out: &mut [S], inv: S, gamma: S, beta: S) {
     }
 }
 
-/// `(sum of dy xhat, sum of dy)` onto `start`, from the first terms without it.
+/// For `N` planes side by side, each plane's `(sum of dy xhat, sum of dy)` onto `start`, from
+/// its first terms without it.
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
 #[inline(never)]
-fn two_sums<S: Scalar>(dy: &[S], xhat: &[S], start: Option<(S, S)>) -> (S, S) {
-    let mut pairs = dy.iter().zip(xhat);
-    let (mut dg, mut db) = match start {
-        Some(sums) => sums,
-        None => {
-            let (&g, &h) = pairs.next().expect("a plane has values");
-            (g * h, g)
-        }
+fn two_sums<S: Scalar, const N: usize>(
+    dy: &[S],
+    xhat: &[S],
+    start: Option<([S; N], [S; N])>,
+) -> ([S; N], [S; N]) {
+    let (g, h) = (split::<S, N>(dy), split::<S, N>(xhat));
+    let ((mut dg, mut db), from) = match start {
+        Some(sums) => (sums, 0),
+        None => (
+            (
+                std::array::from_fn(|j| g[j][0] * h[j][0]),
+                std::array::from_fn(|j| g[j][0]),
+            ),
+            1,
+        ),
     };
-    for (&g, &h) in pairs {
-        let p = g * h;
-        dg += p;
-        db += g;
+    for i in from..g[0].len() {
+        for j in 0..N {
+            let p = g[j][i] * h[j][i];
+            dg[j] += p;
+            db[j] += g[j][i];
+        }
     }
     (dg, db)
 }

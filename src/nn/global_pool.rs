@@ -1,6 +1,7 @@
 //! GlobalAvgPool2d: the mean of each channel of an image, as a flat vector of one value per
 //! channel (a ResNet's last pooling). Shape rule, closed form, forward and backward.
 
+use super::activation::{PARALLEL_VALUES, on_threads, part_len};
 use super::ops::{Backward, Kernel, Operation};
 use crate::error::Result;
 use crate::estimate::{At, counts, when};
@@ -62,14 +63,27 @@ impl Operation for GlobalAvgPool2d {
 pub(crate) struct GlobalPoolKernel(GlobalAvgPool2d);
 
 impl<S: Scalar> Kernel<S> for GlobalPoolKernel {
+    /// Runs of whole planes, one per thread when large.
     fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
-        means(x[0], self.0.plane, y);
+        let (x, plane) = (x[0], self.0.plane);
+        let per = part_len(y.len(), PARALLEL_VALUES.div_ceil(plane), 1);
+        if per >= y.len() {
+            return means(x, plane, y);
+        }
+        let parts: Vec<_> = x.chunks(per * plane).zip(y.chunks_mut(per)).collect();
+        on_threads(parts, |(x, y)| means(x, plane, y));
     }
 
     fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { dy, dx, .. } = grads;
+        let plane = self.0.plane;
         if let Some(dx) = dx[0].as_deref_mut() {
-            spread(dy, self.0.plane, dx);
+            let per = part_len(dy.len(), PARALLEL_VALUES.div_ceil(plane), 1);
+            if per >= dy.len() {
+                return spread(dy, plane, dx);
+            }
+            let parts: Vec<_> = dy.chunks(per).zip(dx.chunks_mut(per * plane)).collect();
+            on_threads(parts, |(dy, dx)| spread(dy, plane, dx));
         }
     }
 }

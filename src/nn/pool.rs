@@ -5,6 +5,7 @@
 //! windows overlap, an input cell may get several gradients, so backward adds every
 //! gradient onto a zeroed buffer: one add per routed gradient, the same whatever the values.
 
+use super::activation::{PARALLEL_VALUES, on_threads, part_len};
 use super::conv::reach;
 use super::dense::check_size;
 use super::ops::{Backward, Kernel, Operation};
@@ -97,12 +98,40 @@ impl Window {
         Shape::image(self.channels, ho, wo)
     }
 
-    /// Input offsets (in the plane) of the cells of the window of output (y, x) that lie
-    /// inside the input, row by row.
-    fn cells(&self, y: usize, x: usize) -> impl Iterator<Item = usize> + '_ {
-        let rows = self.span(y, self.height);
-        let cols = self.span(x, self.width);
-        rows.flat_map(move |r| cols.clone().map(move |c| r * self.width + c))
+    /// Each output column's window columns inside the input (see [`Window::span`]).
+    fn column_spans(&self) -> Vec<std::ops::Range<usize>> {
+        (0..self.output().1)
+            .map(|x| self.span(x, self.width))
+            .collect()
+    }
+
+    /// Calls `cell` with the input offset (in the plane) of every cell of the window of
+    /// `rows` and `cols` but its first, row by row: the order its sum or maximum runs in.
+    #[inline(always)]
+    fn after_first(
+        &self,
+        rows: &std::ops::Range<usize>,
+        cols: &std::ops::Range<usize>,
+        mut cell: impl FnMut(usize),
+    ) {
+        let first = rows.start * self.width;
+        (cols.start + 1..cols.end).for_each(|c| cell(first + c));
+        for r in rows.start + 1..rows.end {
+            cols.clone().for_each(|c| cell(r * self.width + c));
+        }
+    }
+
+    /// How a batch of `len` input values is split among threads: the input values and the
+    /// output values of each part, whole planes each (all of them, one part, when alone).
+    fn split(&self, len: usize) -> (usize, usize) {
+        let (ho, wo) = self.output();
+        let plane = self.height * self.width;
+        let planes = (len / plane).max(1);
+        let per = part_len(planes, PARALLEL_VALUES.div_ceil(plane), 1);
+        if per >= planes {
+            return (len, planes * ho * wo);
+        }
+        (per * plane, per * ho * wo)
     }
 
     /// The input positions, along an axis of `len`, of window `i`'s cells inside the input.
@@ -254,33 +283,60 @@ impl<S: Scalar> Kernel<S> for AvgPoolKernel {
 ///
 /// # Shapes
 /// `x`: planes x H x W; `out`, `argmax`: planes x H_out x W_out.
-#[inline(never)]
 pub(crate) fn max_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize]) {
+    let (ins, outs) = w.split(x.len());
+    let parts = x
+        .chunks(ins)
+        .zip(out.chunks_mut(outs).zip(argmax.chunks_mut(outs)));
+    on_threads(parts.collect(), |(x, (out, argmax))| {
+        max_planes(w, x, out, argmax)
+    });
+}
+
+/// [`max_forward`] on a run of whole planes. Each window's cells are compared row by row,
+/// the first cell against the next (the same order whatever the split).
+#[inline(never)]
+fn max_planes<S: Scalar>(w: &Window, x: &[S], out: &mut [S], argmax: &mut [usize]) {
     let (ho, wo) = w.output();
+    let spans = w.column_spans();
     let planes = x.chunks_exact(w.height * w.width);
     let outs = out
         .chunks_exact_mut(ho * wo)
         .zip(argmax.chunks_exact_mut(ho * wo));
     for (plane, (o, arg)) in planes.zip(outs) {
-        for y in 0..ho {
-            for x in 0..wo {
-                let mut cells = w.cells(y, x);
-                let mut best = cells.next().expect("a window has a cell");
-                for cell in cells {
-                    if plane[cell] > plane[best] {
-                        best = cell;
+        let rows = (0..ho).map(|y| w.span(y, w.height));
+        for ((rows, o), arg) in rows
+            .zip(o.chunks_exact_mut(wo))
+            .zip(arg.chunks_exact_mut(wo))
+        {
+            for ((cols, o), arg) in spans.iter().zip(o).zip(arg) {
+                let mut best = rows.start * w.width + cols.start;
+                let mut max = plane[best];
+                w.after_first(&rows, cols, |cell| {
+                    if plane[cell] > max {
+                        (best, max) = (cell, plane[cell]);
                     }
-                }
-                o[y * wo + x] = plane[best];
-                arg[y * wo + x] = best;
+                });
+                (*o, *arg) = (max, best);
             }
         }
     }
 }
 
 /// Max pooling's gradient: each window's gradient goes to its maximum, nothing to the rest.
-#[inline(never)]
 pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], dx: &mut [S]) {
+    let (ins, outs) = w.split(dx.len());
+    let parts = dx
+        .chunks_mut(ins)
+        .zip(dout.chunks(outs).zip(argmax.chunks(outs)));
+    on_threads(parts.collect(), |(dx, (dout, argmax))| {
+        max_backward_planes(w, dout, argmax, dx)
+    });
+}
+
+/// [`max_backward`] on a run of whole planes.
+#[inline(never)]
+fn max_backward_planes<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], dx: &mut [S]) {
     let (ho, wo) = w.output();
     dx.fill(S::zero());
     let planes = dx.chunks_exact_mut(w.height * w.width);
@@ -302,22 +358,29 @@ pub(crate) fn max_backward<S: Scalar>(w: &Window, dout: &[S], argmax: &[usize], 
 }
 
 /// Average pooling: `out = (sum of the window) / size^2`.
-#[inline(never)]
 pub(crate) fn avg_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
+    let (ins, outs) = w.split(x.len());
+    let parts = x.chunks(ins).zip(out.chunks_mut(outs));
+    on_threads(parts.collect(), |(x, out)| avg_planes(w, x, out));
+}
+
+/// [`avg_forward`] on a run of whole planes: each sum from the window's first cell, row by
+/// row.
+#[inline(never)]
+fn avg_planes<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
     let (ho, wo) = w.output();
     let area = area::<S>(w);
+    let spans = w.column_spans();
     for (plane, o) in x
         .chunks_exact(w.height * w.width)
         .zip(out.chunks_exact_mut(ho * wo))
     {
-        for y in 0..ho {
-            for x in 0..wo {
-                let mut cells = w.cells(y, x);
-                let mut sum = plane[cells.next().expect("a window has a cell")];
-                for cell in cells {
-                    sum += plane[cell];
-                }
-                o[y * wo + x] = sum / area;
+        let rows = (0..ho).map(|y| w.span(y, w.height));
+        for (rows, o) in rows.zip(o.chunks_exact_mut(wo)) {
+            for (cols, o) in spans.iter().zip(o) {
+                let mut sum = plane[rows.start * w.width + cols.start];
+                w.after_first(&rows, cols, |cell| sum += plane[cell]);
+                *o = sum / area;
             }
         }
     }
@@ -325,25 +388,35 @@ pub(crate) fn avg_forward<S: Scalar>(w: &Window, x: &[S], out: &mut [S]) {
 
 /// Average pooling's gradient: each window's gradient divided by size^2 (once per window) to
 /// every cell of it.
-#[inline(never)]
 pub(crate) fn avg_backward<S: Scalar>(w: &Window, dout: &[S], dx: &mut [S]) {
+    let (ins, outs) = w.split(dx.len());
+    let parts = dx.chunks_mut(ins).zip(dout.chunks(outs));
+    on_threads(parts.collect(), |(dx, dout)| {
+        avg_backward_planes(w, dout, dx)
+    });
+}
+
+/// [`avg_backward`] on a run of whole planes.
+#[inline(never)]
+fn avg_backward_planes<S: Scalar>(w: &Window, dout: &[S], dx: &mut [S]) {
     let (ho, wo) = w.output();
     let area = area::<S>(w);
+    let spans = w.column_spans();
     dx.fill(S::zero());
     for (plane, d) in dx
         .chunks_exact_mut(w.height * w.width)
         .zip(dout.chunks_exact(ho * wo))
     {
-        for y in 0..ho {
-            for x in 0..wo {
-                let share = d[y * wo + x] / area;
-                if w.overlaps() {
-                    for cell in w.cells(y, x) {
-                        plane[cell] += share;
-                    }
-                } else {
-                    for cell in w.cells(y, x) {
-                        plane[cell] = share;
+        let rows = (0..ho).map(|y| w.span(y, w.height));
+        for (rows, d) in rows.zip(d.chunks_exact(wo)) {
+            for (cols, &g) in spans.iter().zip(d) {
+                let share = g / area;
+                for r in rows.clone() {
+                    let line = &mut plane[r * w.width..][cols.clone()];
+                    if w.overlaps() {
+                        line.iter_mut().for_each(|cell| *cell += share);
+                    } else {
+                        line.fill(share);
                     }
                 }
             }
