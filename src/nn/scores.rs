@@ -336,7 +336,7 @@ pub(crate) fn causal_dots<S: Scalar>(
         let t_block = &mut scratch.transposed[..d * BLOCK];
         for (jj, bj) in b.chunks(w).take(n).enumerate() {
             for (f, &v) in bj[..d].iter().enumerate() {
-                t_block[f * BLOCK + jj] = v;
+                t_block[((jj / LANES) * d + f) * LANES + jj % LANES] = v;
             }
         }
         diagonal_dots(a, t_block, (n, w, d), &mut out[i0 * t + i0..], t);
@@ -368,10 +368,13 @@ fn finish_in_place<S: Scalar>(out: &mut [S], scale: S) {
     }
 }
 
+/// Pairs a diagonal triangle's loop computes side by side.
+const LANES: usize = 8;
+
 /// The triangle on a block's diagonal: `out[ii][jj] = a_ii . b_jj` for jj <= ii < n, with
-/// `bt` holding the block's rows of b transposed (feature f of row jj at `f * BLOCK + jj`),
-/// so that a row's sums advance side by side, a feature at a time. `out`'s rows are `t`
-/// apart.
+/// `bt` holding the block's rows of b transposed, `LANES` rows at a time (feature f of row
+/// jj at `((jj / LANES) * d + f) * LANES + jj % LANES`), so that a row's sums advance
+/// `LANES` side by side, a feature at a time. `out`'s rows are `t` apart.
 #[inline(never)]
 fn diagonal_dots<S: Scalar>(
     a: &[S],
@@ -380,19 +383,44 @@ fn diagonal_dots<S: Scalar>(
     out: &mut [S],
     t: usize,
 ) {
-    // Iterators only, zipped to the shorter side: nothing in the loops can panic, so the
-    // counters stay in registers (see `gemm`'s tiles).
+    // Iterators only, zipped to the shorter side: nothing in the inner loops can panic, so
+    // the counters stay in registers (see `gemm`'s tiles).
+    let (panels, _) = bt.as_chunks::<LANES>();
     for (ii, (ai, row)) in a.chunks(w).zip(out.chunks_mut(t)).take(n).enumerate() {
-        let sums = row.iter_mut().take(ii + 1);
-        let mut features = ai.iter().take(d).zip(bt.chunks_exact(BLOCK));
-        if let Some((&a0, b0)) = features.next() {
-            for (s, &bv) in sums.zip(b0) {
-                *s = a0 * bv;
+        let Some(sums) = row.get_mut(..=ii) else {
+            break;
+        };
+        let ai = ai.get(..d).unwrap_or(ai);
+        let (whole, rest) = sums.as_chunks_mut::<LANES>();
+        let mut panel = panels.chunks(d);
+        for (out, bp) in whole.iter_mut().zip(panel.by_ref()) {
+            let mut acc = [S::zero(); LANES];
+            let mut features = ai.iter().zip(bp);
+            if let Some((&a0, b0)) = features.next() {
+                for (s, &bv) in acc.iter_mut().zip(b0) {
+                    *s = a0 * bv;
+                }
             }
+            for (&af, bf) in features {
+                for (s, &bv) in acc.iter_mut().zip(bf) {
+                    *s = madd(*s, af, bv);
+                }
+            }
+            *out = acc;
         }
-        for (&af, bf) in features {
-            for (s, &bv) in row.iter_mut().take(ii + 1).zip(bf) {
-                *s = madd(*s, af, bv);
+        if let Some(bp) = panel.next()
+            && !rest.is_empty()
+        {
+            let mut features = ai.iter().zip(bp);
+            if let Some((&a0, b0)) = features.next() {
+                for (s, &bv) in rest.iter_mut().zip(b0) {
+                    *s = a0 * bv;
+                }
+            }
+            for (&af, bf) in features {
+                for (s, &bv) in rest.iter_mut().zip(bf) {
+                    *s = madd(*s, af, bv);
+                }
             }
         }
     }
