@@ -5,7 +5,8 @@
 //! gradients are matrix products (`gemm`: each sum from its first product, in ascending
 //! order, each product added with one fused multiply-add; on all cores when large).
 
-use super::gemm::{Start, Strided, gemm};
+use super::gemm::{Start, gemm};
+use super::matmul::{columns, rows};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::error::Result;
 use crate::estimate::{At, counts, q, when};
@@ -139,24 +140,6 @@ impl<S: Scalar> Kernel<S> for UnembedKernel {
         if let Some(dx) = dx[0].as_deref_mut() {
             input_grads(params[0], dy, dx, w, v);
         }
-    }
-}
-
-/// A row-major matrix of rows `width` long, as a matrix-product operand.
-pub(crate) fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
-    Strided {
-        data,
-        row_stride: width,
-        col_stride: 1,
-    }
-}
-
-/// The transpose of a row-major matrix of rows `width` long, as a matrix-product operand.
-pub(crate) fn columns<S>(data: &[S], width: usize) -> Strided<'_, S> {
-    Strided {
-        data,
-        row_stride: 1,
-        col_stride: width,
     }
 }
 
