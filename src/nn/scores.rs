@@ -364,7 +364,7 @@ fn finish<S: Scalar>(sums: &[S], out: &mut [S], scale: Option<S>) {
 #[inline(never)]
 fn finish_in_place<S: Scalar>(out: &mut [S], scale: S) {
     for o in out {
-        *o = *o / scale;
+        *o /= scale;
     }
 }
 
