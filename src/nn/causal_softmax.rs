@@ -5,7 +5,7 @@
 //! self-attention").
 
 use super::ops::{Backward, Kernel, Operation};
-use super::scores::causal_pairs;
+use super::scores::{causal_pairs, in_parallel};
 use crate::error::Result;
 use crate::estimate::{At, counts};
 use crate::phases::NodeCounts;
@@ -87,7 +87,10 @@ impl<S: Scalar> Kernel<S> for CausalSoftmaxKernel {
     /// # Shapes
     /// `x[0]`, `y`: batch x matrices x tokens x tokens.
     fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
-        forward(x[0], y, self.0);
+        let t = self.0;
+        let (per, work) = (matrices_per_part(y.len(), t), y.len() * WORK_PER_VALUE);
+        let tasks: Vec<_> = x[0].chunks(per).zip(y.chunks_mut(per)).collect();
+        in_parallel(tasks, work, |(z, y)| forward(z, y, t));
     }
 
     /// `dz = y (dy - sum y dy)` over each row's first i + 1 values; zero beyond.
@@ -97,9 +100,29 @@ impl<S: Scalar> Kernel<S> for CausalSoftmaxKernel {
     fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { y, dy, dx, .. } = grads;
         if let Some(dz) = dx[0].as_deref_mut() {
-            backward(y, dy, dz, self.0);
+            let t = self.0;
+            let per = matrices_per_part(y.len(), t);
+            let tasks: Vec<_> = y
+                .chunks(per)
+                .zip(dy.chunks(per))
+                .zip(dz.chunks_mut(per))
+                .collect();
+            in_parallel(tasks, y.len() * WORK_PER_VALUE, |((y, dy), dz)| {
+                backward(y, dy, dz, t);
+            });
         }
     }
+}
+
+/// Operations per value of a pass, roughly (an `exp` weighs several), to weigh it against a
+/// matrix product's multiply-adds when deciding whether to split it among threads.
+const WORK_PER_VALUE: usize = 8;
+
+/// Values per thread for `len` values of `t x t` matrices: whole matrices, so that each part's
+/// row i of a matrix is row i (at least one matrix).
+fn matrices_per_part(len: usize, t: usize) -> usize {
+    let matrices = len / (t * t);
+    matrices.div_ceil(rayon::current_num_threads()).max(1) * t * t
 }
 
 /// Row i of each matrix: a softmax of its first i + 1 values, shifted by their maximum so
@@ -181,5 +204,44 @@ mod tests {
             act: 6,
             ..Counts::ZERO
         });
+    }
+
+    /// Matrices shared among threads: the same bits and counts on 1, 2 and 3 threads.
+    #[test]
+    fn threads_change_no_bit_and_no_count() {
+        use crate::nn::ops::Backward;
+        let (matrices, t) = (7, 40);
+        let n = matrices * t * t;
+        let z: Vec<f64> = (0..n).map(|i| ((i * 7) % 41) as f64 * 0.11 - 2.0).collect();
+        let dy: Vec<f64> = (0..n).map(|i| ((i * 5) % 37) as f64 * 0.07 - 1.0).collect();
+        let run = || {
+            let (cz, cdy) = (Counted::vec(&z), Counted::vec(&dy));
+            let (mut y, mut dz) = (vec![Counted::new(0.0); n], vec![Counted::new(0.0); n]);
+            let shape = Shape::new(&[matrices, t, t]).unwrap();
+            let mut kernel = CausalSoftmax::resolve(shape).unwrap().kernel();
+            let ((), counts) = tally::measure(|| {
+                kernel.forward(&[&cz], &[], &mut y);
+                kernel.backward(Backward {
+                    x: &[&cz],
+                    y: &y,
+                    dy: &cdy,
+                    params: &[],
+                    dparams: &mut [],
+                    dx: &mut [Some(&mut dz)],
+                });
+            });
+            let bits: Vec<u64> = y.iter().chain(&dz).map(|v| v.get().to_bits()).collect();
+            (bits, counts)
+        };
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(run)
+        };
+        let alone = on(1);
+        assert_eq!(on(2), alone);
+        assert_eq!(on(3), alone);
     }
 }

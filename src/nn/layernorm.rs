@@ -7,6 +7,7 @@
 
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use super::reduce::{constant, dot, sum};
+use super::scores::in_parallel;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, q, when};
 use crate::phases::NodeCounts;
@@ -125,18 +126,21 @@ impl<S: Scalar> Kernel<S> for LayerNormKernel<S> {
     /// # Shapes
     /// `x[0]`, `y`: batch x rows x D; `params`: gamma and beta, D each.
     fn forward(&mut self, x: &[&[S]], params: &[&[S]], y: &mut [S]) {
+        let d = self.width;
         self.normalized.resize(y.len(), S::zero());
-        self.inv.resize(y.len() / self.width, S::zero());
+        self.inv.resize(y.len() / d, S::zero());
         let (gamma, beta) = (params[0], params[1]);
-        forward(
-            x[0],
-            gamma,
-            beta,
-            y,
-            &mut self.normalized,
-            &mut self.inv,
-            self.width,
-        );
+        // A range of rows per thread.
+        let (per, work) = (rows_per_part(y.len() / d), y.len() * WORK_PER_VALUE);
+        let tasks: Vec<_> = x[0]
+            .chunks(per * d)
+            .zip(y.chunks_mut(per * d))
+            .zip(self.normalized.chunks_mut(per * d))
+            .zip(self.inv.chunks_mut(per))
+            .collect();
+        in_parallel(tasks, work, |(((x, y), h), inv)| {
+            forward(x, gamma, beta, y, h, inv, d);
+        });
     }
 
     /// # Shapes
@@ -149,12 +153,44 @@ impl<S: Scalar> Kernel<S> for LayerNormKernel<S> {
             dx,
             ..
         } = grads;
+        let d = self.width;
+        let work = dy.len() * WORK_PER_VALUE;
         let (dgamma, dbeta) = dparams.split_at_mut(1);
-        param_grads(dy, &self.normalized, dgamma[0], dbeta[0]);
+        // A range of features per thread, each sum over every row.
+        let per = d
+            .div_ceil(rayon::current_num_threads())
+            .next_multiple_of(16);
+        let tasks: Vec<_> = dgamma[0]
+            .chunks_mut(per)
+            .zip(dbeta[0].chunks_mut(per))
+            .enumerate()
+            .collect();
+        let normalized = &self.normalized;
+        in_parallel(tasks, work, |(p, (dg, db))| {
+            param_grads(&dy[p * per..], &normalized[p * per..], d, dg, db);
+        });
         if let Some(dx) = dx[0].as_deref_mut() {
-            input_grads(dy, &self.normalized, &self.inv, params[0], dx, self.width);
+            let per = rows_per_part(dy.len() / d);
+            let tasks: Vec<_> = dy
+                .chunks(per * d)
+                .zip(self.normalized.chunks(per * d))
+                .zip(self.inv.chunks(per))
+                .zip(dx.chunks_mut(per * d))
+                .collect();
+            in_parallel(tasks, work, |(((dy, h), inv), dx)| {
+                input_grads(dy, h, inv, params[0], dx, d);
+            });
         }
     }
+}
+
+/// Operations per value of a LayerNorm pass, roughly, to weigh it against a matrix product's
+/// multiply-adds when deciding whether to split it among threads.
+const WORK_PER_VALUE: usize = 8;
+
+/// Rows per thread for `rows` rows (at least one).
+fn rows_per_part(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads()).max(1)
 }
 
 /// Per row: mean and variance, `xhat = (x - mean) inv` into `normalized`, `inv = 1 /
@@ -190,11 +226,11 @@ fn forward<S: Scalar>(
 }
 
 /// `dgamma_i = sum over rows of dy xhat`, `dbeta_i = sum over rows of dy`, each from the
-/// first row.
+/// first row, for the features of `dgamma` and `dbeta`: `dy` and `normalized` start at the
+/// first of them, rows `d` apart.
 #[inline(never)]
-fn param_grads<S: Scalar>(dy: &[S], normalized: &[S], dgamma: &mut [S], dbeta: &mut [S]) {
-    let d = dgamma.len();
-    let mut rows = dy.chunks_exact(d).zip(normalized.chunks_exact(d));
+fn param_grads<S: Scalar>(dy: &[S], normalized: &[S], d: usize, dgamma: &mut [S], dbeta: &mut [S]) {
+    let mut rows = dy.chunks(d).zip(normalized.chunks(d));
     if let Some((g, h)) = rows.next() {
         for (((dg, db), &g), &h) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(g).zip(h) {
             *dg = g * h;
@@ -285,5 +321,56 @@ mod tests {
         assert_eq!((ln.rows(), ln.width()), (5, 8));
         assert_eq!(ln.params()[0].start, 1.0);
         assert_eq!(LayerNorm::resolve(Shape::flat(6)).rows(), 1);
+    }
+
+    /// Rows (forward, input gradient) and features (parameter gradients) shared among
+    /// threads: the same bits and counts on 1, 2 and 3 threads.
+    #[test]
+    fn threads_change_no_bit_and_no_count() {
+        use crate::nn::ops::Backward;
+        let (rows, d) = (130, 96);
+        let x: Vec<f64> = (0..rows * d)
+            .map(|i| ((i * 7) % 41) as f64 * 0.11 - 2.0)
+            .collect();
+        let dy: Vec<f64> = (0..rows * d)
+            .map(|i| ((i * 5) % 37) as f64 * 0.07 - 1.0)
+            .collect();
+        let gamma: Vec<f64> = (0..d).map(|i| 1.0 + i as f64 * 0.01).collect();
+        let beta: Vec<f64> = (0..d).map(|i| i as f64 * 0.02).collect();
+        let run = || {
+            let (cx, cdy) = (Counted::vec(&x), Counted::vec(&dy));
+            let (g, b) = (Counted::vec(&gamma), Counted::vec(&beta));
+            let mut y = vec![Counted::new(0.0); rows * d];
+            let mut dx = vec![Counted::new(0.0); rows * d];
+            let (mut dg, mut db) = (vec![Counted::new(0.0); d], vec![Counted::new(0.0); d]);
+            let mut kernel = LayerNorm::resolve(Shape::new(&[rows, d]).unwrap()).kernel();
+            let ((), counts) = tally::measure(|| {
+                kernel.forward(&[&cx], &[&g, &b], &mut y);
+                kernel.backward(Backward {
+                    x: &[&cx],
+                    y: &y,
+                    dy: &cdy,
+                    params: &[&g, &b],
+                    dparams: &mut [&mut dg, &mut db],
+                    dx: &mut [Some(&mut dx)],
+                });
+            });
+            let bits: Vec<u64> = [y, dx, dg, db]
+                .iter()
+                .flatten()
+                .map(|v| v.get().to_bits())
+                .collect();
+            (bits, counts)
+        };
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(run)
+        };
+        let alone = on(1);
+        assert_eq!(on(2), alone);
+        assert_eq!(on(3), alone);
     }
 }

@@ -2,10 +2,13 @@
 //! one product per matrix of the leading axes (which both share): attention written out,
 //! `q kᵀ` and `p v`. Every sum starts from its first product: forward, per output, k mul and
 //! k - 1 add; backward `da = dc bᵀ` (per value of a, n mul, n - 1 add) and `db = aᵀ dc` (per
-//! value of b, t mul, t - 1 add), each only if wanted. No parameters. The loops index
-//! plainly, for reading: attention written out is small next to the dense layers around it.
+//! value of b, t mul, t - 1 add), each only if wanted. No parameters. Each product is a
+//! `gemm` (each sum in ascending order from its first product, later ones fused), one matrix
+//! per task on all cores when there are many.
 
+use super::gemm::{Start, Strided, gemm};
 use super::ops::{Backward, Kernel, Operation};
+use super::scores::in_parallel;
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, counts};
@@ -102,14 +105,27 @@ impl Operation for MatMul {
 pub(crate) struct MatMulKernel(MatMul);
 
 impl<S: Scalar> Kernel<S> for MatMulKernel {
+    /// # Shapes
+    /// `x[0]`: batch x m x t x k; `x[1]`: batch x m x k x n; `y`: batch x m x t x n.
     fn forward(&mut self, x: &[&[S]], _: &[&[S]], y: &mut [S]) {
         let MatMul { t, k, n, .. } = self.0;
-        let pairs = x[0].chunks_exact(t * k).zip(x[1].chunks_exact(k * n));
-        for ((a, b), c) in pairs.zip(y.chunks_exact_mut(t * n)) {
-            product(a, b, c, k, n);
-        }
+        let work = y.len() * k;
+        let tasks: Vec<_> = y.chunks_exact_mut(t * n).enumerate().collect();
+        in_parallel(tasks, work, |(i, c)| {
+            product(
+                &x[0][i * t * k..][..t * k],
+                &x[1][i * k * n..][..k * n],
+                c,
+                k,
+                n,
+            );
+        });
     }
 
+    /// `da = dc b^T`, `db = a^T dc`, each if wanted.
+    ///
+    /// # Shapes
+    /// As the forward's; `dy` as `y`, `dx` as `x`.
     fn backward(&mut self, grads: Backward<'_, S>) {
         let Backward { x, dy, dx, .. } = grads;
         let MatMul { t, k, n, .. } = self.0;
@@ -119,65 +135,84 @@ impl<S: Scalar> Kernel<S> for MatMulKernel {
             _ => return,
         };
         if let Some(da) = da.as_deref_mut() {
-            let parts = dy.chunks_exact(t * n).zip(b.chunks_exact(k * n));
-            for ((dc, b), da) in parts.zip(da.chunks_exact_mut(t * k)) {
-                times_transposed(dc, b, da, n, k);
-            }
+            let tasks: Vec<_> = da.chunks_exact_mut(t * k).enumerate().collect();
+            in_parallel(tasks, dy.len() * k, |(i, da)| {
+                times_transposed(
+                    &dy[i * t * n..][..t * n],
+                    &b[i * k * n..][..k * n],
+                    da,
+                    n,
+                    k,
+                );
+            });
         }
         if let Some(db) = db.as_deref_mut() {
-            let parts = a.chunks_exact(t * k).zip(dy.chunks_exact(t * n));
-            for ((a, dc), db) in parts.zip(db.chunks_exact_mut(k * n)) {
-                transposed_times(a, dc, db, t, k, n);
-            }
+            let tasks: Vec<_> = db.chunks_exact_mut(k * n).enumerate().collect();
+            in_parallel(tasks, dy.len() * k, |(i, db)| {
+                transposed_times(
+                    &a[i * t * k..][..t * k],
+                    &dy[i * t * n..][..t * n],
+                    db,
+                    t,
+                    k,
+                    n,
+                );
+            });
         }
     }
 }
 
-/// `c = a b` for one `[t, k]` a and `[k, n]` b: each sum from its first product.
-#[inline(never)]
+/// A row-major matrix of rows `width` long, as a matrix-product operand.
+pub(crate) fn rows<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: width,
+        col_stride: 1,
+    }
+}
+
+/// The transpose of a row-major matrix of rows `width` long, as a matrix-product operand.
+pub(crate) fn columns<S>(data: &[S], width: usize) -> Strided<'_, S> {
+    Strided {
+        data,
+        row_stride: 1,
+        col_stride: width,
+    }
+}
+
+/// `c = a b` (`a` t x k, `b` k x n): k mul and k - 1 add per value.
 fn product<S: Scalar>(a: &[S], b: &[S], c: &mut [S], k: usize, n: usize) {
-    for (row, c_row) in a.chunks_exact(k).zip(c.chunks_exact_mut(n)) {
-        for (j, c) in c_row.iter_mut().enumerate() {
-            let mut sum = row[0] * b[j];
-            for p in 1..k {
-                sum += row[p] * b[p * n + j];
-            }
-            *c = sum;
-        }
-    }
+    let t = c.len() / n;
+    gemm((t, n, k), &rows(a, k), &rows(b, n), Start::FirstProduct, c);
 }
 
-/// `da = dc bᵀ` for one `[t, n]` dc and `[k, n]` b: da is `[t, k]`.
-#[inline(never)]
+/// `da = dc b^T` (`dc` t x n, `b` k x n): n mul and n - 1 add per value.
 fn times_transposed<S: Scalar>(dc: &[S], b: &[S], da: &mut [S], n: usize, k: usize) {
-    for (dc_row, da_row) in dc.chunks_exact(n).zip(da.chunks_exact_mut(k)) {
-        for (da, b_row) in da_row.iter_mut().zip(b.chunks_exact(n)) {
-            let mut sum = dc_row[0] * b_row[0];
-            for j in 1..n {
-                sum += dc_row[j] * b_row[j];
-            }
-            *da = sum;
-        }
-    }
+    let t = da.len() / k;
+    gemm(
+        (t, k, n),
+        &rows(dc, n),
+        &columns(b, n),
+        Start::FirstProduct,
+        da,
+    );
 }
 
-/// `db = aᵀ dc` for one `[t, k]` a and `[t, n]` dc: db is `[k, n]`.
-#[inline(never)]
+/// `db = a^T dc` (`a` t x k, `dc` t x n): t mul and t - 1 add per value.
 fn transposed_times<S: Scalar>(a: &[S], dc: &[S], db: &mut [S], t: usize, k: usize, n: usize) {
-    for p in 0..k {
-        for j in 0..n {
-            let mut sum = a[p] * dc[j];
-            for i in 1..t {
-                sum += a[i * k + p] * dc[i * n + j];
-            }
-            db[p * n + j] = sum;
-        }
-    }
+    gemm(
+        (k, n, t),
+        &columns(a, k),
+        &rows(dc, n),
+        Start::FirstProduct,
+        db,
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::ops::Backward;
     use crate::{Counted, Op, tally};
 
     #[test]
@@ -203,5 +238,92 @@ mod tests {
         let ok = MatMul::resolve(&[s(&[2, 4, 3]), s(&[2, 3, 5])]).unwrap();
         assert_eq!((ok.m, ok.t, ok.k, ok.n), (2, 4, 3, 5));
         assert_eq!(ok.shape, s(&[2, 4, 5]));
+    }
+
+    /// Forward and both gradients of 5 matrices against the definition (each sum from its
+    /// first product in ascending order, later ones fused as `gemm` does here), bit for bit,
+    /// with k, n and t products per value; on 1 and 2 threads alike.
+    #[test]
+    fn products_match_the_definition_bit_for_bit() {
+        let (m, t, k, n) = (5, 7, 300, 9);
+        let fused = crate::nn::gemm::fuses();
+        let sum = |len: usize, f: &dyn Fn(usize) -> (f64, f64)| {
+            let (x, y) = f(0);
+            (1..len).fold(x * y, |acc, i| {
+                let (x, y) = f(i);
+                if fused {
+                    x.mul_add(y, acc)
+                } else {
+                    acc + x * y
+                }
+            })
+        };
+        let a: Vec<f64> = (0..m * t * k)
+            .map(|i| (i % 13) as f64 * 0.29 - 1.7)
+            .collect();
+        let b: Vec<f64> = (0..m * k * n)
+            .map(|i| (i % 11) as f64 * 0.37 - 1.1)
+            .collect();
+        let dc: Vec<f64> = (0..m * t * n)
+            .map(|i| (i % 7) as f64 * 0.53 - 1.3)
+            .collect();
+        let op = MatMul::resolve(&[
+            Shape::new(&[m, t, k]).unwrap(),
+            Shape::new(&[m, k, n]).unwrap(),
+        ])
+        .unwrap();
+        let run = || {
+            let (ca, cb, cdc) = (Counted::vec(&a), Counted::vec(&b), Counted::vec(&dc));
+            let mut c = vec![Counted::new(0.0); m * t * n];
+            let (mut da, mut db) = (
+                vec![Counted::new(0.0); m * t * k],
+                vec![Counted::new(0.0); m * k * n],
+            );
+            let mut kernel = op.kernel();
+            let ((), counts) = tally::measure(|| {
+                kernel.forward(&[&ca, &cb], &[], &mut c);
+                kernel.backward(Backward {
+                    x: &[&ca, &cb],
+                    y: &c,
+                    dy: &cdc,
+                    params: &[],
+                    dparams: &mut [],
+                    dx: &mut [Some(&mut da), Some(&mut db)],
+                });
+            });
+            let bits = [c, da, db].map(|v| v.iter().map(|v| v.get().to_bits()).collect::<Vec<_>>());
+            (bits, counts)
+        };
+        let (got, counts) = run();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(run), (got.clone(), counts));
+        for i in 0..m {
+            let (a, b, dc) = (&a[i * t * k..], &b[i * k * n..], &dc[i * t * n..]);
+            for r in 0..t {
+                for j in 0..n {
+                    let want = sum(k, &|p| (a[r * k + p], b[p * n + j]));
+                    assert_eq!(got[0][i * t * n + r * n + j], want.to_bits());
+                }
+                for p in 0..k {
+                    let want = sum(n, &|j| (dc[r * n + j], b[p * n + j]));
+                    assert_eq!(got[1][i * t * k + r * k + p], want.to_bits());
+                }
+            }
+            for p in 0..k {
+                for j in 0..n {
+                    let want = sum(t, &|r| (a[r * k + p], dc[r * n + j]));
+                    assert_eq!(got[2][i * k * n + p * n + j], want.to_bits());
+                }
+            }
+        }
+        let (m, t, k, n) = (m as u128, t as u128, k as u128, n as u128);
+        assert_eq!(counts[Op::Mul], 3 * m * t * k * n);
+        assert_eq!(
+            counts[Op::Add],
+            m * (t * n * (k - 1) + t * k * (n - 1) + k * n * (t - 1))
+        );
     }
 }

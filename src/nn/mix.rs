@@ -6,7 +6,9 @@
 //! and backward (docs/counting.md, "Causal self-attention").
 
 use super::ops::{Backward, Kernel, Operation};
-use super::scores::causal_pairs;
+use super::scores::{
+    Head, Scratch, causal_columns, causal_dots, causal_pairs, causal_rows, in_parallel, mask,
+};
 use crate::error::Result;
 use crate::estimate::{At, Q, counts, when};
 use crate::phases::NodeCounts;
@@ -111,15 +113,16 @@ impl<S: Scalar> Kernel<S> for MixKernel {
             width,
         } = self.0;
         let (t, w, d) = (tokens, width, width / heads);
-        let examples = x[0]
-            .chunks_exact(heads * t * t)
-            .zip(x[1].chunks_exact(t * w))
-            .zip(o.chunks_exact_mut(t * w));
-        for ((pe, ve), oe) in examples {
-            for (h, ph) in pe.chunks_exact(t * t).enumerate() {
-                forward(ph, ve, oe, t, w, h * d..(h + 1) * d);
+        // One example per task: each writes its own rows of the output.
+        let tasks: Vec<_> = o.chunks_exact_mut(t * w).enumerate().collect();
+        let work = tasks.len() * heads * t * t * d;
+        in_parallel(tasks, work, |(e, oe)| {
+            let (pe, ve) = (&x[0][e * heads * t * t..], &x[1][e * t * w..][..t * w]);
+            let mut scratch = Scratch::new(t, d);
+            for (h, ph) in pe.chunks_exact(t * t).take(heads).enumerate() {
+                causal_rows(ph, ve, Head::of(h, t, w, d), oe, &mut scratch);
             }
-        }
+        });
     }
 
     /// `dp_ij = do_i . v_j` for j <= i, zero beyond; `dv_j = sum over i >= j of p_ij do_i`.
@@ -139,32 +142,34 @@ impl<S: Scalar> Kernel<S> for MixKernel {
         let (t, w, d) = (tokens, width, width / heads);
         let (dp, dv) = dx.split_at_mut(1);
         if let Some(dp) = dp[0].as_deref_mut() {
-            let examples = x[1]
-                .chunks_exact(t * w)
-                .zip(dout.chunks_exact(t * w))
-                .zip(dp.chunks_exact_mut(heads * t * t));
-            for ((ve, doe), dpe) in examples {
-                for (h, dph) in dpe.chunks_exact_mut(t * t).enumerate() {
-                    prob_grads(doe, ve, dph, t, w, h * d..(h + 1) * d);
-                }
-            }
+            // One head of one example per task.
+            let tasks: Vec<_> = dp.chunks_exact_mut(t * t).enumerate().collect();
+            let work = tasks.len() * t * t * d;
+            in_parallel(tasks, work, |(at, dph)| {
+                let (e, h) = (at / heads, at % heads);
+                let (ve, doe) = (&x[1][e * t * w..][..t * w], &dout[e * t * w..][..t * w]);
+                let head = Head::of(h, t, w, d);
+                causal_dots(doe, ve, head, None, dph, &mut Scratch::new(t, d));
+                mask(dph, t, S::zero());
+            });
         }
         if let Some(dv) = dv[0].as_deref_mut() {
-            let examples = x[0]
-                .chunks_exact(heads * t * t)
-                .zip(dout.chunks_exact(t * w))
-                .zip(dv.chunks_exact_mut(t * w));
-            for ((pe, doe), dve) in examples {
-                for (h, ph) in pe.chunks_exact(t * t).enumerate() {
-                    value_grads(ph, doe, dve, t, w, h * d..(h + 1) * d);
+            // One example per task.
+            let tasks: Vec<_> = dv.chunks_exact_mut(t * w).enumerate().collect();
+            let work = tasks.len() * heads * t * t * d;
+            in_parallel(tasks, work, |(e, dve)| {
+                let (pe, doe) = (&x[0][e * heads * t * t..], &dout[e * t * w..][..t * w]);
+                let mut scratch = Scratch::new(t, d);
+                for (h, ph) in pe.chunks_exact(t * t).take(heads).enumerate() {
+                    causal_columns(ph, doe, Head::of(h, t, w, d), dve, &mut scratch);
                 }
-            }
+            });
         }
     }
 }
 
 /// One head: `o_i = sum over j <= i of p_ij v_j`, from j = 0, into columns `cols`.
-#[inline(never)]
+#[cfg(test)]
 fn forward<S: Scalar>(
     p: &[S],
     v: &[S],
@@ -173,73 +178,8 @@ fn forward<S: Scalar>(
     w: usize,
     cols: std::ops::Range<usize>,
 ) {
-    for (i, (prow, oi)) in p.chunks_exact(t).zip(o.chunks_exact_mut(w)).enumerate() {
-        let out = &mut oi[cols.clone()];
-        let mut terms = prow[..=i].iter().zip(v.chunks_exact(w));
-        if let Some((&p0, v0)) = terms.next() {
-            for (o, &x) in out.iter_mut().zip(&v0[cols.clone()]) {
-                *o = p0 * x;
-            }
-        }
-        for (&pij, vj) in terms {
-            for (o, &x) in out.iter_mut().zip(&vj[cols.clone()]) {
-                *o += pij * x;
-            }
-        }
-    }
-}
-
-/// One head: `dp_ij = do_i . v_j` over columns `cols` for j <= i, zero for j > i.
-#[inline(never)]
-fn prob_grads<S: Scalar>(
-    dout: &[S],
-    v: &[S],
-    dp: &mut [S],
-    t: usize,
-    w: usize,
-    cols: std::ops::Range<usize>,
-) {
-    for (i, (row, doi)) in dp.chunks_exact_mut(t).zip(dout.chunks_exact(w)).enumerate() {
-        let doi = &doi[cols.clone()];
-        let (seen, masked) = row.split_at_mut(i + 1);
-        for (out, vj) in seen.iter_mut().zip(v.chunks_exact(w)) {
-            let vj = &vj[cols.clone()];
-            let mut acc = doi[0] * vj[0];
-            for (&a, &b) in doi[1..].iter().zip(&vj[1..]) {
-                acc += a * b;
-            }
-            *out = acc;
-        }
-        masked.fill(S::zero());
-    }
-}
-
-/// One head: `dv_j = sum over i >= j of p_ij do_i`, from i = j, into columns `cols`.
-#[inline(never)]
-fn value_grads<S: Scalar>(
-    p: &[S],
-    dout: &[S],
-    dv: &mut [S],
-    t: usize,
-    w: usize,
-    cols: std::ops::Range<usize>,
-) {
-    for (j, dvj) in dv.chunks_exact_mut(w).enumerate() {
-        let out = &mut dvj[cols.clone()];
-        let mut terms = p.chunks_exact(t).zip(dout.chunks_exact(w)).skip(j);
-        if let Some((prow, doi)) = terms.next() {
-            let pij = prow[j];
-            for (o, &g) in out.iter_mut().zip(&doi[cols.clone()]) {
-                *o = pij * g;
-            }
-        }
-        for (prow, doi) in terms {
-            let pij = prow[j];
-            for (o, &g) in out.iter_mut().zip(&doi[cols.clone()]) {
-                *o += pij * g;
-            }
-        }
-    }
+    let head = Head::of(cols.start / cols.len(), t, w, cols.len());
+    causal_rows(p, v, head, o, &mut Scratch::new(t, cols.len()));
 }
 
 #[cfg(test)]
