@@ -351,9 +351,14 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--batch and --rounds must be at least 1");
     }
     let mut loaded = load(&args.model, &args.run)?;
-    charge_run(&mut loaded, args.batch, 2)?;
+    // Three networks (plain, counted, counted with attribution) where the budget holds
+    // them; else the two counted sides share one.
+    let share = loaded.charge_run(args.batch, 3).is_err();
+    if share {
+        charge_run(&mut loaded, args.batch, 2)?;
+    }
     let data = loaded.data_or_synthetic(args.batch)?;
-    let (step, timings) = measure::bench(loaded.plan(), &data, args)?;
+    let (step, timings) = measure::bench(loaded.plan(), &data, args, share)?;
     let forward_only = measure::forward_only(loaded.plan(), args);
     let summary = BenchSummary::new(loaded.plan(), args.batch, forward_only, &step, timings);
     match args.format {

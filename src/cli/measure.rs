@@ -21,12 +21,14 @@ pub fn forward_only(plan: &Plan, args: &BenchArgs) -> bool {
 
 /// Times a step (or the forward pass) of `plan` on the first `args.batch` examples of
 /// `data` with `f32` and with `Counted<f32>`, interleaved, and the kernel nodes' share of
-/// the plain step; returns the counted step's counts and the times. An error if counting
-/// changed a bit of the output.
+/// the plain step; returns the counted step's counts and the times. With `share`, the two
+/// counted sides are one network (for a model whose three networks do not fit in memory).
+/// An error if counting changed a bit of the output.
 pub fn bench(
     plan: &Plan,
     data: &Dataset,
     args: &BenchArgs,
+    share: bool,
 ) -> anyhow::Result<(StepCounts, BenchTimings)> {
     // A model without a loss (`--loss none`) has nothing to time but its forward pass.
     let (batch, forward_only) = (args.batch, forward_only(plan, args));
@@ -88,25 +90,32 @@ pub fn bench(
     let bar = progress_bar(rounds as u64, args.run.quiet || expected_s < 1.0);
     // Three sides, interleaved: plain f32; Counted<f32>, every operation counted in the
     // thread's tally (what counting costs); and Counted<f32> as `opcount count` runs it,
-    // with a snapshot of the tally between nodes to attribute the counts to them. The two
-    // counted sides are one network with attribution switched off and on (a flag read at
-    // each node), so that a large model needs two networks' memory, not three.
-    let counted = RefCell::new(counted);
+    // with a snapshot of the tally between nodes to attribute the counts to them. Shared,
+    // the two counted sides are one network with attribution switched off and on (a flag
+    // read at each node), two networks' memory instead of three; the switch costs a tiny
+    // model's counted step a few nanoseconds, so it is kept for models that need it.
+    let mut attributed = counted;
+    let mut counting = (!share).then(|| {
+        let mut net = Network::<Counted<f32>>::new(plan);
+        net.set_attribution(false);
+        net
+    });
+    let counted = RefCell::new(&mut attributed);
     let medians = timing::interleave(
         rounds,
         Duration::from_millis(40),
         &mut [
             &mut || run_plain(&mut plain),
-            &mut || {
-                let mut net = counted.borrow_mut();
-                net.set_attribution(false);
-                run_counted(&mut net);
+            &mut || match counting.as_mut() {
+                Some(net) => run_counted(net),
+                None => {
+                    let mut net = counted.borrow_mut();
+                    net.set_attribution(false);
+                    run_counted(&mut net);
+                    net.set_attribution(true);
+                }
             },
-            &mut || {
-                let mut net = counted.borrow_mut();
-                net.set_attribution(true);
-                run_counted(&mut net);
-            },
+            &mut || run_counted(&mut counted.borrow_mut()),
         ],
         |round| bar.set_position(round as u64),
     );
