@@ -187,6 +187,25 @@ fn set_raw(values: [u64; Op::COUNT]) {
     });
 }
 
+/// Runs `run` in pools of 1, 2 and 3 threads and asserts the three results are equal: for
+/// kernels' tests that their bits and counts do not depend on the thread count.
+#[cfg(test)]
+pub(crate) fn assert_same_on_1_2_3_threads<R>(run: impl Fn() -> R + Send + Sync)
+where
+    R: PartialEq + std::fmt::Debug + Send,
+{
+    let on = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(&run)
+    };
+    let alone = on(1);
+    assert_eq!(on(2), alone);
+    assert_eq!(on(3), alone);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,15 +233,6 @@ mod tests {
             let bits: Vec<u64> = y.iter().chain(&dz).map(|v| v.get().to_bits()).collect();
             (bits, counts)
         };
-        let on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(run)
-        };
-        let alone = on(1);
-        assert_eq!(on(2), alone);
-        assert_eq!(on(3), alone);
+        tally::assert_same_on_1_2_3_threads(run);
     }
 }

@@ -362,15 +362,6 @@ mod tests {
                 .collect();
             (bits, counts)
         };
-        let on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(run)
-        };
-        let alone = on(1);
-        assert_eq!(on(2), alone);
-        assert_eq!(on(3), alone);
+        tally::assert_same_on_1_2_3_threads(run);
     }
 }
