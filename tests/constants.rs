@@ -5,6 +5,8 @@
 
 #[path = "support/counts.rs"]
 mod counts;
+#[path = "support/fixed.rs"]
+mod fixed;
 #[path = "support/gradient.rs"]
 mod gradient;
 #[path = "support/rng.rs"]
@@ -19,11 +21,7 @@ const OPS: [&str; 5] = ["Add", "Sub", "SubFrom", "Mul", "Div"];
 /// A `ConstOp` over `dims`: a random operation and a constant of random rank whose sizes are
 /// each 1 or the input's, values in [0.5, 2) with a random sign (never zero).
 fn const_op(rng: &mut Rng, dims: &[usize]) -> String {
-    let rank = 1 + rng.below(dims.len());
-    let shape: Vec<usize> = dims[dims.len() - rank..]
-        .iter()
-        .map(|&d| if rng.below(2) == 0 { 1 } else { d })
-        .collect();
+    let shape = fixed::spread_shape(rng, dims);
     let values: Vec<String> = (0..shape.iter().product::<usize>())
         .map(|_| {
             let v = 0.5 + 1.5 * (rng.below(1000) as f64 / 1000.0);
@@ -37,53 +35,8 @@ fn const_op(rng: &mut Rng, dims: &[usize]) -> String {
     )
 }
 
-/// A random model with a `ConstOp` on its input (no gradient wanted there) and one after a
-/// layer with parameters (its gradient wanted): a flat input, `[tokens, width]` or an
-/// image; and a batch.
 fn random_model(rng: &mut Rng) -> (String, usize) {
-    let d = |rng: &mut Rng| 1 + rng.below(4);
-    let (input, layers) = match rng.below(3) {
-        0 => {
-            let (n, m) = (d(rng), d(rng));
-            let layers = [
-                const_op(rng, &[n]),
-                format!("Dense(units: {m})"),
-                const_op(rng, &[m]),
-                "Tanh".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![n], layers)
-        }
-        1 => {
-            let (t, w, m) = (d(rng), d(rng), d(rng));
-            let layers = [
-                const_op(rng, &[t, w]),
-                format!("Dense(units: {m})"),
-                const_op(rng, &[t, m]),
-                "Tanh".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![t, w], layers)
-        }
-        _ => {
-            let (c, h, w, k) = (d(rng), 1 + d(rng), 1 + d(rng), d(rng));
-            let layers = [
-                const_op(rng, &[c, h, w]),
-                format!("Conv2d(out_channels: {k}, kernel: 2)"),
-                const_op(rng, &[k, h - 1, w - 1]),
-                "Flatten".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![c, h, w], layers)
-        }
-    };
-    let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
-    let text = format!(
-        "(name: \"c\", input: {input:?}, loss: {loss}, init: Xavier(seed: {}), layers: [{}])",
-        rng.below(1000),
-        layers.join(", ")
-    );
-    (text, 1 + rng.below(4))
+    fixed::random_model(rng, const_op, "Tanh")
 }
 
 proptest! {

@@ -6,6 +6,8 @@
 
 #[path = "support/counts.rs"]
 mod counts;
+#[path = "support/fixed.rs"]
+mod fixed;
 #[path = "support/gradient.rs"]
 mod gradient;
 #[path = "support/rng.rs"]
@@ -18,11 +20,7 @@ use rng::Rng;
 /// A `MaskFill` over `dims`: a mask of random rank whose sizes are each 1 or the input's,
 /// each position set with probability one half, and a finite fill.
 fn mask_fill(rng: &mut Rng, dims: &[usize]) -> String {
-    let rank = 1 + rng.below(dims.len());
-    let shape: Vec<usize> = dims[dims.len() - rank..]
-        .iter()
-        .map(|&d| if rng.below(2) == 0 { 1 } else { d })
-        .collect();
+    let shape = fixed::spread_shape(rng, dims);
     let masked: Vec<&str> = (0..shape.iter().product::<usize>())
         .map(|_| ["false", "true"][rng.below(2)])
         .collect();
@@ -33,53 +31,8 @@ fn mask_fill(rng: &mut Rng, dims: &[usize]) -> String {
     )
 }
 
-/// A random model with a `MaskFill` on its input (no gradient wanted there) and one after
-/// a layer with parameters (its gradient wanted): a flat input, `[tokens, width]` or an
-/// image; and a batch.
 fn random_model(rng: &mut Rng) -> (String, usize) {
-    let d = |rng: &mut Rng| 1 + rng.below(4);
-    let (input, layers) = match rng.below(3) {
-        0 => {
-            let (n, m) = (d(rng), d(rng));
-            let layers = [
-                mask_fill(rng, &[n]),
-                format!("Dense(units: {m})"),
-                mask_fill(rng, &[m]),
-                "Tanh".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![n], layers)
-        }
-        1 => {
-            let (t, w, m) = (d(rng), d(rng), d(rng));
-            let layers = [
-                mask_fill(rng, &[t, w]),
-                format!("Dense(units: {m})"),
-                mask_fill(rng, &[t, m]),
-                "Softmax".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![t, w], layers)
-        }
-        _ => {
-            let (c, h, w, k) = (d(rng), 1 + d(rng), 1 + d(rng), d(rng));
-            let layers = [
-                mask_fill(rng, &[c, h, w]),
-                format!("Conv2d(out_channels: {k}, kernel: 2)"),
-                mask_fill(rng, &[k, h - 1, w - 1]),
-                "Flatten".into(),
-                "Dense(units: 2)".into(),
-            ];
-            (vec![c, h, w], layers)
-        }
-    };
-    let loss = ["Mse", "SoftmaxCrossEntropy"][rng.below(2)];
-    let text = format!(
-        "(name: \"m\", input: {input:?}, loss: {loss}, init: Xavier(seed: {}), layers: [{}])",
-        rng.below(1000),
-        layers.join(", ")
-    );
-    (text, 1 + rng.below(4))
+    fixed::random_model(rng, mask_fill, "Softmax")
 }
 
 proptest! {
