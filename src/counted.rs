@@ -116,8 +116,20 @@ impl<T, const Z: bool> From<T> for CountedNumber<T, Z> {
     }
 }
 
-impl<T, const Z: bool> Counting for CountedNumber<T, Z> {
+impl<T: Float + Counting, const Z: bool> Counting for CountedNumber<T, Z> {
     const IS_COUNTED: bool = true;
+
+    #[inline]
+    fn exp_kernel(self) -> Self {
+        bump(Op::Exp);
+        CountedNumber(self.0.exp_kernel())
+    }
+
+    #[inline]
+    fn tanh_kernel(self) -> Self {
+        bump(Op::Tanh);
+        CountedNumber(self.0.tanh_kernel())
+    }
 
     #[inline]
     fn record_act() {

@@ -16,7 +16,7 @@ use crate::counts::Counts;
 use crate::error::Result;
 use crate::estimate::{At, Q, counts};
 use crate::phases::NodeCounts;
-use crate::scalar::{Scalar, erf};
+use crate::scalar::{Scalar, erf, exp, tanh};
 use crate::shape::Shape;
 use crate::tally;
 
@@ -205,8 +205,10 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
     let one = S::one();
     match f {
         Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => map_on_all_cores(z, y, PARALLEL_CALLS, |v| one / (one + (-v).exp())),
-        Activation::Tanh => map_on_all_cores(z, y, PARALLEL_CALLS, |v| v.tanh()),
+        Activation::Sigmoid => {
+            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| one / (one + exp(-v)))
+        }
+        Activation::Tanh => map_on_all_cores(z, y, PARALLEL_CALLS, tanh),
         Activation::Relu => map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero())),
         Activation::Softmax => {
             for (ze, ye) in z.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
@@ -215,19 +217,19 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero()).min(six))
+            map_on_all_cores(z, y, PARALLEL_VALUES, move |v| v.max(S::zero()).min(six))
         }
         Activation::Gelu => {
             let [s, c, h] = [GELU_S, GELU_C, 0.5].map(constant::<S>);
-            map(z, y, |v| {
+            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| {
                 let u = v * v;
-                let t = (s * (v + c * (u * v))).tanh();
+                let t = tanh(s * (v + c * (u * v)));
                 h * v * (one + t)
             })
         }
         Activation::GeluErf => {
             let [r, h] = [FRAC_1_SQRT_2, 0.5].map(constant::<S>);
-            map_on_all_cores(z, y, PARALLEL_CALLS, |v| h * v * (one + erf(v * r)))
+            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| h * v * (one + erf(v * r)))
         }
     }
 }
@@ -259,11 +261,14 @@ pub(crate) fn backward<S: Scalar>(
     let one = S::one();
     match f {
         Activation::Identity => dz.copy_from_slice(dy),
-        Activation::Sigmoid => map2_on_all_cores(y, dy, dz, |y, d| d * (y * (one - y))),
-        Activation::Tanh => map2_on_all_cores(y, dy, dz, |y, d| d * (one - y * y)),
-        Activation::Relu => {
-            map2_on_all_cores(y, dy, dz, |y, d| if y > S::zero() { d } else { S::zero() })
-        }
+        Activation::Sigmoid => map2_on_all_cores(y, dy, dz, move |y, d| d * (y * (one - y))),
+        Activation::Tanh => map2_on_all_cores(y, dy, dz, move |y, d| d * (one - y * y)),
+        Activation::Relu => map2_on_all_cores(
+            y,
+            dy,
+            dz,
+            move |y, d| if y > S::zero() { d } else { S::zero() },
+        ),
         Activation::Softmax => {
             let rows = y.chunks_exact(width).zip(dy.chunks_exact(width));
             for ((ye, dye), dze) in rows.zip(dz.chunks_exact_mut(width)) {
@@ -276,7 +281,7 @@ pub(crate) fn backward<S: Scalar>(
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map2_on_all_cores(y, dy, dz, |y, d| {
+            map2_on_all_cores(y, dy, dz, move |y, d| {
                 // Both comparisons, whatever the first says (docs/counting.md, principle 2).
                 if (y > S::zero()) & (y < six) {
                     d
@@ -287,9 +292,9 @@ pub(crate) fn backward<S: Scalar>(
         }
         Activation::Gelu => {
             let [s, c, h, c3] = [GELU_S, GELU_C, 0.5, 3.0 * GELU_C].map(constant::<S>);
-            map2(z, dy, dz, |v, d| {
+            map2_on_all_cores(z, dy, dz, move |v, d| {
                 let u = v * v;
-                let t = (s * (v + c * (u * v))).tanh();
+                let t = tanh(s * (v + c * (u * v)));
                 let a = h * (one + t);
                 let b = h * v * (one - t * t) * s * (one + c3 * u);
                 d * (a + b)
@@ -297,9 +302,9 @@ pub(crate) fn backward<S: Scalar>(
         }
         Activation::GeluErf => {
             let [r, h, k] = [FRAC_1_SQRT_2, 0.5, FRAC_1_SQRT_2PI].map(constant::<S>);
-            map2(z, dy, dz, |v, d| {
+            map2_on_all_cores(z, dy, dz, move |v, d| {
                 let a = h * (one + erf(v * r));
-                let p = (-(v * v * h)).exp() * k;
+                let p = exp(-(v * v * h)) * k;
                 d * (a + v * p)
             })
         }
@@ -310,7 +315,7 @@ pub(crate) fn backward<S: Scalar>(
 fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
     let max = z[1..].iter().fold(z[0], |m, &v| m.max(v));
     for (yj, &zj) in y.iter_mut().zip(z) {
-        *yj = (zj - max).exp();
+        *yj = exp(zj - max);
     }
     let mut sum = y[0];
     for &e in &y[1..] {

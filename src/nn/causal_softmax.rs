@@ -9,7 +9,7 @@ use super::scores::{causal_pairs, in_parallel};
 use crate::error::Result;
 use crate::estimate::{At, counts};
 use crate::phases::NodeCounts;
-use crate::scalar::Scalar;
+use crate::scalar::{Scalar, exp};
 use crate::shape::Shape;
 
 /// A causal softmax over matrices of `tokens x tokens`, resolved.
@@ -135,7 +135,7 @@ fn forward<S: Scalar>(z: &[S], y: &mut [S], t: usize) {
         let zs = &zr[..=i];
         let max = zs[1..].iter().fold(zs[0], |m, &v| m.max(v));
         for (out, &v) in seen.iter_mut().zip(zs) {
-            *out = (v - max).exp();
+            *out = exp(v - max);
         }
         let mut sum = seen[0];
         for &e in &seen[1..] {

@@ -2,7 +2,7 @@
 //! respect to the network's outputs. Both average over the batch, so the gradients the
 //! backward pass produces are already the batch means SGD needs.
 
-use crate::scalar::Scalar;
+use crate::scalar::{Scalar, exp};
 
 /// Mean squared error over all `n = batch x outputs` values, `L = sum (y - t)^2 / n`, and
 /// `dL/dy = (y - t) * (2 / n)`. Counts: n sub, 2n mul, n-1 add, 2 div.
@@ -46,7 +46,7 @@ pub(crate) fn softmax_cross_entropy<S: Scalar>(
     for ((z, g), &class) in rows.zip(classes) {
         let max = z[1..].iter().fold(z[0], |m, &v| m.max(v));
         for (gj, &zj) in g.iter_mut().zip(z) {
-            *gj = (zj - max).exp();
+            *gj = exp(zj - max);
         }
         let mut sum = g[0];
         for &e in &g[1..] {
