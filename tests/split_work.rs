@@ -1,6 +1,6 @@
-//! The operations on each value or plane (BatchNorm, Add, the activations, pooling) split
-//! their work among the pool's threads once a layer is large enough. Here every one of them
-//! is large enough: measured equals closed form for every node, phase and kind,
+//! The operations on each value or plane (BatchNorm, Add, the activations and the GELUs,
+//! pooling) split their work among the pool's threads once a layer is large enough, forward
+//! and backward. Here every one of them is large enough: measured equals closed form for every node, phase and kind,
 //! `Counted<f32>` gives plain `f32`'s bits, and a step gives the same bits on 1, 2 and 3
 //! threads (each value's sums in the same order whatever thread computes it).
 
@@ -26,6 +26,8 @@ const MODEL: &str = "(name: \"split\", input: [8, 128, 128], loss: SoftmaxCrossE
         (name: \"relu6\", op: Relu6),
         (name: \"max\", op: MaxPool2d(size: 2)),
         (name: \"tanh\", op: Tanh),
+        (name: \"gelu\", op: Gelu),
+        (name: \"gelu_erf\", op: GeluErf),
         (name: \"max.overlapping\", op: MaxPool2d(size: 3, stride: 1, padding: 1)),
         (name: \"gap\", op: GlobalAvgPool2d),
         (name: \"fc\", op: Dense(units: 10)),

@@ -2,8 +2,9 @@
 //! Their shape rule, closed forms, and forward/backward pairs over a batch. Each forward
 //! records one activation call where it computes each output value (docs/counting.md,
 //! "Activation calls"); each backward is computed from the forward's output `y`. A long
-//! forward of an expensive function (sigmoid, tanh: a library call per value) is split among
-//! the cores; each value is computed alone, so the split changes no bit and no count.
+//! forward or backward (sigmoid, tanh and the GELUs: an `exp`, `tanh` or `erf` per value) is
+//! split among the cores; each value is computed alone, so the split changes no bit and no
+//! count.
 
 use std::f64::consts::FRAC_1_SQRT_2;
 
@@ -20,7 +21,8 @@ use crate::scalar::{Scalar, erf, exp, tanh};
 use crate::shape::Shape;
 use crate::tally;
 
-/// From this many values on, sigmoid and tanh (a library call per value) run on all cores.
+/// From this many values on, sigmoid, tanh and the GELUs (an `exp`, `tanh` or `erf` per value)
+/// run on all cores.
 const PARALLEL_CALLS: usize = 1 << 13;
 
 /// An activation function, as model files name it.
