@@ -137,8 +137,9 @@ impl<T: Float + Counting, const Z: bool> Counting for CountedNumber<T, Z> {
     }
 
     #[inline]
-    fn record_trans() {
+    fn erf_kernel(self) -> Self {
         bump(Op::Trans);
+        CountedNumber(self.0.erf_kernel())
     }
 }
 

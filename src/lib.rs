@@ -58,7 +58,7 @@ pub use loaded::Loaded;
 pub use model::{Model, Node, Plan};
 pub use nn::{Event, Network, measure_step, measure_step_watched};
 pub use phases::{NodeCounts, Phase, StepCounts, Totals};
-pub use scalar::{Counting, Scalar, erf, exp, exp_f32, tanh, tanh_f32};
+pub use scalar::{Counting, Scalar, erf, erf_f32, exp, exp_f32, tanh, tanh_f32};
 pub use shape::Shape;
 
 /// The README's examples run as doctests, so they cannot go stale.
