@@ -119,13 +119,13 @@ impl<T, const Z: bool> From<T> for CountedNumber<T, Z> {
 impl<T: Float + Counting, const Z: bool> Counting for CountedNumber<T, Z> {
     const IS_COUNTED: bool = true;
 
-    #[inline]
+    #[inline(always)]
     fn exp_kernel(self) -> Self {
         bump(Op::Exp);
         CountedNumber(self.0.exp_kernel())
     }
 
-    #[inline]
+    #[inline(always)]
     fn tanh_kernel(self) -> Self {
         bump(Op::Tanh);
         CountedNumber(self.0.tanh_kernel())
@@ -136,7 +136,7 @@ impl<T: Float + Counting, const Z: bool> Counting for CountedNumber<T, Z> {
         bump(Op::Act);
     }
 
-    #[inline]
+    #[inline(always)]
     fn erf_kernel(self) -> Self {
         bump(Op::Trans);
         CountedNumber(self.0.erf_kernel())

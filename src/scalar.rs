@@ -69,17 +69,17 @@ pub trait Counting {
 }
 
 impl Counting for f32 {
-    #[inline]
+    #[inline(always)]
     fn exp_kernel(self) -> f32 {
         exp_f32(self)
     }
 
-    #[inline]
+    #[inline(always)]
     fn tanh_kernel(self) -> f32 {
         tanh_f32(self)
     }
 
-    #[inline]
+    #[inline(always)]
     fn erf_kernel(self) -> f32 {
         erf_f32(self)
     }
@@ -144,7 +144,7 @@ impl<T> Scalar for T where
 /// [`Scalar`], counted as one `trans`: as [`exp`], through [`Counting::erf_kernel`]
 /// ([`erf_f32`] for `f32` and `Counted<f32>`; the `libm` crate's `erf` in `f64` for the
 /// others, as `num_traits::Float` has none).
-#[inline]
+#[inline(always)]
 pub fn erf<S: Scalar>(x: S) -> S {
     x.erf_kernel()
 }
@@ -152,14 +152,14 @@ pub fn erf<S: Scalar>(x: S) -> S {
 /// `exp(x)` for any [`Scalar`], counted as one `exp`. What the kernels call instead of
 /// [`Float::exp`]: the same function, but through [`Counting::exp_kernel`], so that `f32` (and
 /// `Counted<f32>`, bit for bit) use [`exp_f32`], which vectorises.
-#[inline]
+#[inline(always)]
 pub fn exp<S: Scalar>(x: S) -> S {
     x.exp_kernel()
 }
 
 /// `tanh(x)` for any [`Scalar`], counted as one `tanh`: as [`exp`], through
 /// [`Counting::tanh_kernel`] ([`tanh_f32`] for `f32` and `Counted<f32>`).
-#[inline]
+#[inline(always)]
 pub fn tanh<S: Scalar>(x: S) -> S {
     x.tanh_kernel()
 }
@@ -184,7 +184,7 @@ const ROUND: f64 = 6_755_399_441_055_744.0;
 /// `exp(x)` for `|x| <= 708` (NaN stays NaN): x = k ln 2 + r with `|r| <= ln 2 / 2`, exp(r) by
 /// its Taylor polynomial to r^10 (the next term is below 3e-13 relative), and 2^k built
 /// from its bits.
-#[inline]
+#[inline(always)]
 fn exp_reduced(x: f64) -> f64 {
     let t = x * std::f64::consts::LOG2_E + ROUND;
     let k = t - ROUND;
@@ -211,7 +211,7 @@ fn exp_reduced(x: f64) -> f64 {
 
 /// `exp(x)` of an `f32`, computed in `f64` and rounded once (within 1 ulp, almost always
 /// the correctly rounded value): overflow gives infinity and underflow zero, as `expf`.
-#[inline]
+#[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = f64::from(x);
     // Beyond +-200, exp overflows or underflows f32 anyway; NaN stays NaN.
@@ -222,7 +222,7 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `tanh(x)` of an `f32`, computed in `f64` and rounded once, as [`exp_f32`]: `1 - 2 /
 /// (exp(2|x|) + 1)` with x's sign, and below `|x| = 1/16`, where that difference would lose
 /// digits, its odd Taylor polynomial to x^9 (the next term is below 1e-14 relative).
-#[inline]
+#[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     let x = f64::from(x);
     // From |x| = 9.1 on, tanh rounds to 1 in f32; NaN fails the test and stays.
@@ -275,7 +275,7 @@ const ERF_FAR: [f64; 15] = [
 ];
 
 /// `p(t)` by Horner's rule, `p` highest power first.
-#[inline]
+#[inline(always)]
 fn polynomial<const N: usize>(p: &[f64; N], t: f64) -> f64 {
     p[1..].iter().fold(p[0], |sum, &c| sum * t + c)
 }
@@ -283,7 +283,7 @@ fn polynomial<const N: usize>(p: &[f64; N], t: f64) -> f64 {
 /// `erf(x)` of an `f32`, computed in `f64` and rounded once, as [`exp_f32`]: `x` times a
 /// polynomial in `x^2` below `|x| = 1.5`, `1 - exp(-x^2)` times a polynomial in `|x|` above
 /// (with x's sign); from `|x| = 4` on, erf rounds to 1 in f32.
-#[inline]
+#[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
     let x = f64::from(x);
     // NaN fails the test and stays.

@@ -204,14 +204,11 @@ impl<S: Scalar> Kernel<S> for ActKernel {
 /// `z`, `y`: batch x width.
 #[inline(never)]
 pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usize) {
-    let one = S::one();
     match f {
-        Activation::Identity => map(z, y, |v| v),
-        Activation::Sigmoid => {
-            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| one / (one + exp(-v)))
-        }
+        Activation::Identity => map(z, y, |v: S| v),
+        Activation::Sigmoid => map_on_all_cores(z, y, PARALLEL_CALLS, SigmoidOf),
         Activation::Tanh => map_on_all_cores(z, y, PARALLEL_CALLS, tanh),
-        Activation::Relu => map_on_all_cores(z, y, PARALLEL_VALUES, |v| v.max(S::zero())),
+        Activation::Relu => map_on_all_cores(z, y, PARALLEL_VALUES, |v: S| v.max(S::zero())),
         Activation::Softmax => {
             for (ze, ye) in z.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
                 softmax(ze, ye);
@@ -219,20 +216,10 @@ pub(crate) fn forward<S: Scalar>(f: Activation, z: &[S], y: &mut [S], width: usi
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map_on_all_cores(z, y, PARALLEL_VALUES, move |v| v.max(S::zero()).min(six))
+            map_on_all_cores(z, y, PARALLEL_VALUES, move |v: S| v.max(S::zero()).min(six))
         }
-        Activation::Gelu => {
-            let [s, c, h] = [GELU_S, GELU_C, 0.5].map(constant::<S>);
-            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| {
-                let u = v * v;
-                let t = tanh(s * (v + c * (u * v)));
-                h * v * (one + t)
-            })
-        }
-        Activation::GeluErf => {
-            let [r, h] = [FRAC_1_SQRT_2, 0.5].map(constant::<S>);
-            map_on_all_cores(z, y, PARALLEL_CALLS, move |v| h * v * (one + erf(v * r)))
-        }
+        Activation::Gelu => map_on_all_cores(z, y, PARALLEL_CALLS, GeluOf),
+        Activation::GeluErf => map_on_all_cores(z, y, PARALLEL_CALLS, GeluErfOf),
     }
 }
 
@@ -263,13 +250,13 @@ pub(crate) fn backward<S: Scalar>(
     let one = S::one();
     match f {
         Activation::Identity => dz.copy_from_slice(dy),
-        Activation::Sigmoid => map2_on_all_cores(y, dy, dz, move |y, d| d * (y * (one - y))),
-        Activation::Tanh => map2_on_all_cores(y, dy, dz, move |y, d| d * (one - y * y)),
+        Activation::Sigmoid => map2_on_all_cores(y, dy, dz, move |y: S, d: S| d * (y * (one - y))),
+        Activation::Tanh => map2_on_all_cores(y, dy, dz, move |y: S, d: S| d * (one - y * y)),
         Activation::Relu => map2_on_all_cores(
             y,
             dy,
             dz,
-            move |y, d| if y > S::zero() { d } else { S::zero() },
+            move |y: S, d: S| if y > S::zero() { d } else { S::zero() },
         ),
         Activation::Softmax => {
             let rows = y.chunks_exact(width).zip(dy.chunks_exact(width));
@@ -278,12 +265,12 @@ pub(crate) fn backward<S: Scalar>(
                 for (&yk, &dk) in ye[1..].iter().zip(&dye[1..]) {
                     dot += yk * dk;
                 }
-                map2(ye, dye, dze, |yj, dj| yj * (dj - dot));
+                map2(ye, dye, dze, |yj: S, dj: S| yj * (dj - dot));
             }
         }
         Activation::Relu6 => {
             let six = constant::<S>(6.0);
-            map2_on_all_cores(y, dy, dz, move |y, d| {
+            map2_on_all_cores(y, dy, dz, move |y: S, d: S| {
                 // Both comparisons, whatever the first says (docs/counting.md, principle 2).
                 if (y > S::zero()) & (y < six) {
                     d
@@ -292,24 +279,104 @@ pub(crate) fn backward<S: Scalar>(
                 }
             })
         }
-        Activation::Gelu => {
-            let [s, c, h, c3] = [GELU_S, GELU_C, 0.5, 3.0 * GELU_C].map(constant::<S>);
-            map2_on_all_cores(z, dy, dz, move |v, d| {
-                let u = v * v;
-                let t = tanh(s * (v + c * (u * v)));
-                let a = h * (one + t);
-                let b = h * v * (one - t * t) * s * (one + c3 * u);
-                d * (a + b)
-            })
-        }
-        Activation::GeluErf => {
-            let [r, h, k] = [FRAC_1_SQRT_2, 0.5, FRAC_1_SQRT_2PI].map(constant::<S>);
-            map2_on_all_cores(z, dy, dz, move |v, d| {
-                let a = h * (one + erf(v * r));
-                let p = exp(-(v * v * h)) * k;
-                d * (a + v * p)
-            })
-        }
+        Activation::Gelu => map2_on_all_cores(z, dy, dz, GeluGrad),
+        Activation::GeluErf => map2_on_all_cores(z, dy, dz, GeluErfGrad),
+    }
+}
+
+/// A function of one value, as [`map`] applies it. Its `at` is always inlined into `map`'s
+/// loop: a function as long as GELU's, passed as a closure or a function, may stay a call
+/// per value, and then neither the plain nor the counted loop is vectorised. Short closures
+/// implement it too.
+trait Unary<S>: Copy + Sync {
+    fn at(self, v: S) -> S;
+}
+
+impl<S, F: Fn(S) -> S + Copy + Sync> Unary<S> for F {
+    #[inline(always)]
+    fn at(self, v: S) -> S {
+        self(v)
+    }
+}
+
+/// A function of two values, as [`map2`] applies it: [`Unary`]'s twin.
+trait Binary<S>: Copy + Sync {
+    fn at(self, a: S, b: S) -> S;
+}
+
+impl<S, F: Fn(S, S) -> S + Copy + Sync> Binary<S> for F {
+    #[inline(always)]
+    fn at(self, a: S, b: S) -> S {
+        self(a, b)
+    }
+}
+
+/// `1 / (1 + exp(-v))`.
+#[derive(Copy, Clone)]
+struct SigmoidOf;
+
+impl<S: Scalar> Unary<S> for SigmoidOf {
+    #[inline(always)]
+    fn at(self, v: S) -> S {
+        S::one() / (S::one() + exp(-v))
+    }
+}
+
+/// `u = v v`, `t = tanh(s (v + c (u v)))`, `(h v)(1 + t)`.
+#[derive(Copy, Clone)]
+struct GeluOf;
+
+impl<S: Scalar> Unary<S> for GeluOf {
+    #[inline(always)]
+    fn at(self, v: S) -> S {
+        let [s, c, h] = [GELU_S, GELU_C, 0.5].map(constant::<S>);
+        let u = v * v;
+        let t = tanh(s * (v + c * (u * v)));
+        h * v * (S::one() + t)
+    }
+}
+
+/// GELU's `dy f'(v)` from v and dy: u and t again, `dy (h (1 + t) + (h v)(1 - t t) s (1 +
+/// 3c u))`.
+#[derive(Copy, Clone)]
+struct GeluGrad;
+
+impl<S: Scalar> Binary<S> for GeluGrad {
+    #[inline(always)]
+    fn at(self, v: S, d: S) -> S {
+        let one = S::one();
+        let [s, c, h, c3] = [GELU_S, GELU_C, 0.5, 3.0 * GELU_C].map(constant::<S>);
+        let u = v * v;
+        let t = tanh(s * (v + c * (u * v)));
+        let a = h * (one + t);
+        let b = h * v * (one - t * t) * s * (one + c3 * u);
+        d * (a + b)
+    }
+}
+
+/// `(h v)(1 + erf(r v))`.
+#[derive(Copy, Clone)]
+struct GeluErfOf;
+
+impl<S: Scalar> Unary<S> for GeluErfOf {
+    #[inline(always)]
+    fn at(self, v: S) -> S {
+        let [r, h] = [FRAC_1_SQRT_2, 0.5].map(constant::<S>);
+        h * v * (S::one() + erf(v * r))
+    }
+}
+
+/// The exact GELU's `dy f'(v)` from v and dy: `dy (h (1 + erf(r v)) + v k exp(-(v v) h))`.
+#[derive(Copy, Clone)]
+struct GeluErfGrad;
+
+impl<S: Scalar> Binary<S> for GeluErfGrad {
+    #[inline(always)]
+    fn at(self, v: S, d: S) -> S {
+        let [r, h, k] = [FRAC_1_SQRT_2, 0.5, FRAC_1_SQRT_2PI].map(constant::<S>);
+        let a = h * (S::one() + erf(v * r));
+        let p = exp(-(v * v * h)) * k;
+        d * (a + v * p)
     }
 }
 
@@ -330,18 +397,18 @@ fn softmax<S: Scalar>(z: &[S], y: &mut [S]) {
 }
 
 /// `map`, in one part per thread when there are at least `threshold` values.
-fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], threshold: usize, f: impl Fn(S) -> S + Sync) {
+fn map_on_all_cores<S: Scalar>(z: &[S], y: &mut [S], threshold: usize, f: impl Unary<S>) {
     let part = part_len(z.len(), threshold, LINE);
     if part >= z.len() {
         map(z, y, f);
         return;
     }
     let parts: Vec<_> = y.chunks_mut(part).zip(z.chunks(part)).collect();
-    on_threads(parts, |(y, z)| map(z, y, &f));
+    on_threads(parts, |(y, z)| map(z, y, f));
 }
 
 /// `map2`, in one part per thread when there are at least [`PARALLEL_VALUES`] values.
-fn map2_on_all_cores<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Fn(S, S) -> S + Sync) {
+fn map2_on_all_cores<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Binary<S>) {
     let part = part_len(a.len(), PARALLEL_VALUES, LINE);
     if part >= a.len() {
         map2(a, b, out, f);
@@ -351,7 +418,7 @@ fn map2_on_all_cores<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Fn(S, S
         .chunks_mut(part)
         .zip(a.chunks(part).zip(b.chunks(part)))
         .collect();
-    on_threads(parts, |(out, (a, b))| map2(a, b, out, &f));
+    on_threads(parts, |(out, (a, b))| map2(a, b, out, f));
 }
 
 /// From this many values on, a cheap operation on each value alone (relu, an add, a copy)
@@ -394,16 +461,16 @@ pub(crate) fn on_threads<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
 
 /// `y = f(z)` value by value, one activation call each.
 #[inline(never)]
-fn map<S: Scalar>(z: &[S], y: &mut [S], f: impl Fn(S) -> S) {
+fn map<S: Scalar>(z: &[S], y: &mut [S], f: impl Unary<S>) {
     for (yj, &zj) in y.iter_mut().zip(z) {
         S::record_act();
-        *yj = f(zj);
+        *yj = f.at(zj);
     }
 }
 
-fn map2<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Fn(S, S) -> S) {
+fn map2<S: Scalar>(a: &[S], b: &[S], out: &mut [S], f: impl Binary<S>) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(x, y);
+        *o = f.at(x, y);
     }
 }
 
