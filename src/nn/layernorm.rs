@@ -194,7 +194,8 @@ fn rows_per_part(rows: usize) -> usize {
 }
 
 /// Per row: mean and variance, `xhat = (x - mean) inv` into `normalized`, `inv = 1 /
-/// sqrt(var + eps)` into `inv`, and `y = xhat gamma + beta`. Every sum from its first term.
+/// sqrt(var + eps)` into `inv`, and `y = xhat gamma + beta`. Every sum from its first term,
+/// the sums of [`SIDE`] rows side by side.
 #[inline(never)]
 fn forward<S: Scalar>(
     x: &[S],
@@ -206,23 +207,120 @@ fn forward<S: Scalar>(
     d: usize,
 ) {
     let (n, eps) = (constant::<S>(d as f64), constant::<S>(EPS));
-    let rows = x
-        .chunks_exact(d)
-        .zip(y.chunks_exact_mut(d))
-        .zip(normalized.chunks_exact_mut(d));
-    for (((xr, yr), hr), inv) in rows.zip(inv) {
-        let mean = sum(xr) / n;
-        for (h, &v) in hr.iter_mut().zip(xr) {
-            *h = v - mean;
+    let blocks = x
+        .chunks(SIDE * d)
+        .zip(y.chunks_mut(SIDE * d))
+        .zip(normalized.chunks_mut(SIDE * d))
+        .zip(inv.chunks_mut(SIDE));
+    for (((xb, yb), hb), ib) in blocks {
+        let sums = row_sums(xb, d);
+        for ((xr, hr), &total) in xb.chunks_exact(d).zip(hb.chunks_exact_mut(d)).zip(&sums) {
+            let mean = total / n;
+            for (h, &v) in hr.iter_mut().zip(xr) {
+                *h = v - mean;
+            }
         }
-        let var = sum_of_squares(hr) / n;
-        let r = S::one() / (var + eps).sqrt();
-        *inv = r;
-        for ((h, out), (&g, &b)) in hr.iter_mut().zip(yr).zip(gamma.iter().zip(beta)) {
-            *h *= r;
-            *out = *h * g + b;
+        let squares = row_dots(hb, hb, d);
+        let rows = hb.chunks_exact_mut(d).zip(yb.chunks_exact_mut(d));
+        for ((hr, yr), (inv, &square)) in rows.zip(ib.iter_mut().zip(&squares)) {
+            let var = square / n;
+            let r = S::one() / (var + eps).sqrt();
+            *inv = r;
+            for ((h, out), (&g, &b)) in hr.iter_mut().zip(yr).zip(gamma.iter().zip(beta)) {
+                *h *= r;
+                *out = *h * g + b;
+            }
         }
     }
+}
+
+/// Rows whose sums run side by side: one row's sum is a chain of dependent adds, which
+/// leaves the adders idle most of the time; several rows' chains at once keep them busy.
+/// Each sum still runs in its own order, from its first term.
+const SIDE: usize = 8;
+
+/// The sum of each row of `block` (rows of `d` values, at most [`SIDE`] of them), from its
+/// first value; entries past the last row are zero (not sums).
+fn row_sums<S: Scalar>(block: &[S], d: usize) -> [S; SIDE] {
+    if block.len() == SIDE * d {
+        return sums_side_by_side(block, d);
+    }
+    let mut sums = [S::zero(); SIDE];
+    for (s, row) in sums.iter_mut().zip(block.chunks_exact(d)) {
+        *s = sum(row);
+    }
+    sums
+}
+
+/// The dot product of each row of `a` with the same row of `b` (as [`row_sums`]), from the
+/// first product, each later one added after its own rounding (as `reduce::dot`).
+fn row_dots<S: Scalar>(a: &[S], b: &[S], d: usize) -> [S; SIDE] {
+    if a.len() == SIDE * d && b.len() == SIDE * d {
+        return dots_side_by_side(a, b, d);
+    }
+    let mut sums = [S::zero(); SIDE];
+    for (s, (ar, br)) in sums
+        .iter_mut()
+        .zip(a.chunks_exact(d).zip(b.chunks_exact(d)))
+    {
+        *s = dot(ar, br);
+    }
+    sums
+}
+
+/// [`SIDE`] rows of `d` values, one after another, as slices.
+fn split_rows<S>(block: &[S], d: usize) -> [&[S]; SIDE] {
+    let mut rows = block.chunks_exact(d);
+    std::array::from_fn(|_| rows.next().unwrap_or_default())
+}
+
+/// [`row_sums`] of exactly [`SIDE`] rows. The loop is zipped iterators, so it cannot panic
+/// and the counters stay in registers.
+#[inline(never)]
+fn sums_side_by_side<S: Scalar>(block: &[S], d: usize) -> [S; SIDE] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = split_rows(block, d);
+    let mut acc = [S::zero(); SIDE];
+    let columns = r0.iter().zip(r1).zip(r2).zip(r3);
+    let columns = columns.zip(r4.iter().zip(r5).zip(r6).zip(r7));
+    let mut columns = columns.map(|((((&v0, &v1), &v2), &v3), (((&v4, &v5), &v6), &v7))| {
+        [v0, v1, v2, v3, v4, v5, v6, v7]
+    });
+    if let Some(first) = columns.next() {
+        acc = first;
+    }
+    for column in columns {
+        for (s, v) in acc.iter_mut().zip(column) {
+            *s += v;
+        }
+    }
+    acc
+}
+
+/// [`row_dots`] of exactly [`SIDE`] rows, as [`sums_side_by_side`].
+#[inline(never)]
+fn dots_side_by_side<S: Scalar>(a: &[S], b: &[S], d: usize) -> [S; SIDE] {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = split_rows(a, d);
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = split_rows(b, d);
+    let mut acc = [S::zero(); SIDE];
+    let left = a0.iter().zip(a1).zip(a2).zip(a3);
+    let left = left.zip(a4.iter().zip(a5).zip(a6).zip(a7));
+    let right = b0.iter().zip(b1).zip(b2).zip(b3);
+    let right = right.zip(b4.iter().zip(b5).zip(b6).zip(b7));
+    let flat = |((((&v0, &v1), &v2), &v3), (((&v4, &v5), &v6), &v7)): (_, _)| {
+        [v0, v1, v2, v3, v4, v5, v6, v7]
+    };
+    let mut columns = left.map(flat).zip(right.map(flat));
+    if let Some((x, y)) = columns.next() {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s = x * y;
+        }
+    }
+    for (x, y) in columns {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc
 }
 
 /// `dgamma_i = sum over rows of dy xhat`, `dbeta_i = sum over rows of dy`, each from the
@@ -246,7 +344,8 @@ fn param_grads<S: Scalar>(dy: &[S], normalized: &[S], d: usize, dgamma: &mut [S]
 }
 
 /// Per row: `g = gamma dy`, `m1 = sum g / D`, `m2 = sum g xhat / D`, then
-/// `dx = inv ((g - m1) - xhat m2)`. `dx` holds `g` until it is overwritten.
+/// `dx = inv ((g - m1) - xhat m2)`. `dx` holds `g` until it is overwritten. The sums of
+/// [`SIDE`] rows side by side, each in its own order.
 #[inline(never)]
 fn input_grads<S: Scalar>(
     dy: &[S],
@@ -257,26 +356,26 @@ fn input_grads<S: Scalar>(
     d: usize,
 ) {
     let n = constant::<S>(d as f64);
-    let rows = dy
-        .chunks_exact(d)
-        .zip(normalized.chunks_exact(d))
-        .zip(dx.chunks_exact_mut(d));
-    for (((dyr, hr), dxr), &r) in rows.zip(inv) {
-        for ((g, &dyv), &gm) in dxr.iter_mut().zip(dyr).zip(gamma) {
-            *g = gm * dyv;
+    let blocks = dy
+        .chunks(SIDE * d)
+        .zip(normalized.chunks(SIDE * d))
+        .zip(dx.chunks_mut(SIDE * d))
+        .zip(inv.chunks(SIDE));
+    for (((dyb, hb), dxb), ib) in blocks {
+        for (dxr, dyr) in dxb.chunks_exact_mut(d).zip(dyb.chunks_exact(d)) {
+            for ((g, &dyv), &gm) in dxr.iter_mut().zip(dyr).zip(gamma) {
+                *g = gm * dyv;
+            }
         }
-        let m1 = sum(dxr) / n;
-        let m2 = dot(dxr, hr) / n;
-        for (g, &h) in dxr.iter_mut().zip(hr) {
-            *g = r * ((*g - m1) - h * m2);
+        let (m1, m2) = (row_sums(dxb, d), row_dots(dxb, hb, d));
+        let rows = dxb.chunks_exact_mut(d).zip(hb.chunks_exact(d));
+        for ((dxr, hr), ((&r, &m1), &m2)) in rows.zip(ib.iter().zip(&m1).zip(&m2)) {
+            let (m1, m2) = (m1 / n, m2 / n);
+            for (g, &h) in dxr.iter_mut().zip(hr) {
+                *g = r * ((*g - m1) - h * m2);
+            }
         }
     }
-}
-
-/// `v_0 v_0 + v_1 v_1 + ...`, from the first product: D mul, D - 1 adds.
-#[inline(always)]
-fn sum_of_squares<S: Scalar>(v: &[S]) -> S {
-    dot(v, v)
 }
 
 #[cfg(test)]
@@ -313,6 +412,55 @@ mod tests {
             sqrt: 1,
             ..Counts::ZERO
         });
+    }
+
+    /// Rows summed side by side give each row's own bits and counts: against one row at a
+    /// time (every sum from its first term, as `reduce` sums), for whole groups of rows and
+    /// a group cut short.
+    #[test]
+    fn rows_side_by_side_match_one_row_at_a_time() {
+        for (rows, d) in [(19, 5), (8, 1), (3, 7), (16, 128)] {
+            let value = |i: usize, m: usize| ((i * m) % 43) as f64 * 0.09 - 1.7;
+            let x: Vec<_> = (0..rows * d).map(|i| Counted::new(value(i, 7))).collect();
+            let dy: Vec<_> = (0..rows * d).map(|i| Counted::new(value(i, 5))).collect();
+            let gamma: Vec<_> = (0..d).map(|i| Counted::new(1.0 + value(i, 3))).collect();
+            let beta: Vec<_> = (0..d).map(|i| Counted::new(value(i, 11))).collect();
+            let zeros = |n: usize| vec![Counted::new(0.0f64); n];
+            let (mut y, mut h, mut inv, mut dx) = (
+                zeros(rows * d),
+                zeros(rows * d),
+                zeros(rows),
+                zeros(rows * d),
+            );
+            let ((), counts) = tally::measure(|| {
+                forward(&x, &gamma, &beta, &mut y, &mut h, &mut inv, d);
+                input_grads(&dy, &h, &inv, &gamma, &mut dx, d);
+            });
+            // One row at a time.
+            let (n, eps) = (Counted::new(d as f64), Counted::new(EPS));
+            let (mut want, mut want_dx) = (zeros(rows * d), zeros(rows * d));
+            let ((), want_counts) = tally::measure(|| {
+                for r in 0..rows {
+                    let xr = &x[r * d..][..d];
+                    let mean = sum(xr) / n;
+                    let hr: Vec<_> = xr.iter().map(|&v| v - mean).collect();
+                    let var = dot(&hr, &hr) / n;
+                    let inv = Counted::new(1.0) / num_traits::Float::sqrt(var + eps);
+                    let hr: Vec<_> = hr.iter().map(|&v| v * inv).collect();
+                    for f in 0..d {
+                        want[r * d + f] = hr[f] * gamma[f] + beta[f];
+                    }
+                    let g: Vec<_> = (0..d).map(|f| gamma[f] * dy[r * d + f]).collect();
+                    let (m1, m2) = (sum(&g) / n, dot(&g, &hr) / n);
+                    for f in 0..d {
+                        want_dx[r * d + f] = inv * ((g[f] - m1) - hr[f] * m2);
+                    }
+                }
+            });
+            assert_eq!(Counted::unwrap_slice(&y), Counted::unwrap_slice(&want));
+            assert_eq!(Counted::unwrap_slice(&dx), Counted::unwrap_slice(&want_dx));
+            counts.assert_eq(&want_counts);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{Start, Strided, gemm, madd};
+use super::gemm::madd;
 use super::ops::{Backward, Kernel, Operation};
 use super::reduce::constant;
 use crate::counts::Counts;
@@ -233,16 +233,21 @@ pub(crate) fn mask<S: Scalar>(m: &mut [S], t: usize, value: S) {
     }
 }
 
-// The causal products of one head, shared with `mix.rs`. A head's T x T matrix is done in
-// blocks of `BLOCK` rows: the part left of the block's diagonal square is a matrix product
-// (`gemm`), the triangle on the diagonal a loop. Every sum runs in ascending order from its
-// first product, each later product added with one fused multiply-add (`madd`, as `gemm`),
-// whichever part of a sum falls to which, so the counts are the closed forms' and the bits
-// do not depend on the blocking or on the threads.
+// The causal products of one head, shared with `mix.rs`. They run in register tiles of 4
+// sums of 16 values side by side (`tile`), over operands first laid out contiguously (16
+// features or columns of a head's rows, 4 sums' coefficients side by side), with the same
+// sums one at a time near the diagonal and at the edges. Every sum runs in ascending order
+// from its first product, each later product added with one fused multiply-add (`madd`, as
+// `gemm`), whichever part of a sum falls to which, so the counts are the closed forms' and
+// the bits do not depend on the tiling or on the threads. (These products are too small for
+// `gemm`: at 64 tokens and 32 features, packing a block costs more than computing it.)
 
-/// Rows of a causal matrix per block: the diagonal triangles, done by loops, are
-/// (BLOCK + 1) / (T + 1) of the pairs.
-const BLOCK: usize = 16;
+/// Values each sum of a tile holds side by side: two AVX2 vectors of `f32`.
+const WIDE: usize = 16;
+
+/// Sums a tile computes side by side (4 x 2 vector accumulators, enough to keep the fused
+/// multiply-adds' pipes busy).
+const TALL: usize = 4;
 
 /// Below this many multiply-adds the tasks of a causal operation run on the calling thread.
 const PARALLEL_WORK: usize = 1 << 16;
@@ -264,19 +269,19 @@ impl Head {
     }
 }
 
-/// Buffers for one head's causal products: a block of a product's output, and a block of
-/// rows transposed.
+/// Buffers for one head's causal products: an operand's rows laid out `WIDE` values at a
+/// time (`panels`), and the coefficients of `TALL` sums side by side (`coefficients`).
 pub(crate) struct Scratch<S> {
-    block: Vec<S>,
-    transposed: Vec<S>,
+    panels: Vec<[S; WIDE]>,
+    coefficients: Vec<[S; TALL]>,
 }
 
 impl<S: Scalar> Scratch<S> {
     /// For heads of `t` tokens and `d` features.
     pub(crate) fn new(t: usize, d: usize) -> Scratch<S> {
         Scratch {
-            block: vec![S::zero(); BLOCK * t.max(d)],
-            transposed: vec![S::zero(); BLOCK * d.max(BLOCK)],
+            panels: vec![[S::zero(); WIDE]; t.div_ceil(WIDE) * d],
+            coefficients: vec![[S::zero(); TALL]; t.max(d)],
         }
     }
 }
@@ -298,6 +303,83 @@ pub(crate) fn in_parallel<T: Send>(tasks: Vec<T>, work: usize, task: impl Fn(T) 
     });
 }
 
+/// The register tile: `acc[r][l] = sum over k of c[k][r] * v[k][l]`, in ascending k, from the
+/// first product if `fresh` (there is then at least one term), else continued from what is in
+/// `acc`. It writes only `acc`, through a local copy, and its loops cannot panic, so the sums
+/// and the counters stay in registers (as in `gemm`'s tiles).
+#[inline(never)]
+fn tile<S: Scalar, const R: usize>(
+    c: &[[S; R]],
+    v: &[[S; WIDE]],
+    fresh: bool,
+    acc: &mut [[S; WIDE]; R],
+) {
+    let mut sums = *acc;
+    let mut terms = c.iter().zip(v);
+    if fresh && let Some((ck, vk)) = terms.next() {
+        for (row, &cr) in sums.iter_mut().zip(ck) {
+            for (s, &vl) in row.iter_mut().zip(vk) {
+                *s = cr * vl;
+            }
+        }
+    }
+    for (ck, vk) in terms {
+        for (row, &cr) in sums.iter_mut().zip(ck) {
+            for (s, &vl) in row.iter_mut().zip(vk) {
+                *s = madd(*s, cr, vl);
+            }
+        }
+    }
+    *acc = sums;
+}
+
+/// One sum's coefficients as a tile's (`[c]` per term).
+fn single<S>(c: &[S]) -> &[[S; 1]] {
+    c.as_chunks::<1>().0
+}
+
+/// `sums[l] = sum over k of c_k x[k * w + l]`, from the first term, for fewer than `WIDE`
+/// values (what a row's tiles leave).
+#[inline(never)]
+fn partial_rows<'a, S: Scalar + 'a>(
+    c: impl Iterator<Item = &'a S>,
+    x: &[S],
+    w: usize,
+    sums: &mut [S],
+) {
+    let mut terms = c.zip(x.chunks(w));
+    if let Some((&c0, x0)) = terms.next() {
+        for (s, &v) in sums.iter_mut().zip(x0) {
+            *s = c0 * v;
+        }
+    }
+    for (&ck, xk) in terms {
+        for (s, &v) in sums.iter_mut().zip(xk) {
+            *s = madd(*s, ck, v);
+        }
+    }
+}
+
+/// Lays out the head's rows `WIDE` at a time, `d` features each: feature f of row j at
+/// `panels[(j / WIDE) * d + f][j % WIDE]` (the dot products' second operand).
+fn row_panels<S: Scalar>(x: &[S], Head { t, w, c0, d }: Head, panels: &mut [[S; WIDE]]) {
+    for (j, xj) in x[c0..].chunks(w).take(t).enumerate() {
+        for (f, &v) in xj[..d].iter().enumerate() {
+            panels[(j / WIDE) * d + f][j % WIDE] = v;
+        }
+    }
+}
+
+/// Lays out the head's features `WIDE` at a time, for the whole ones: features
+/// `k * WIDE..` of row j at `panels[k * t + j]`.
+fn feature_panels<S: Scalar>(x: &[S], Head { t, w, c0, d }: Head, panels: &mut [[S; WIDE]]) {
+    for (k, panel) in panels.chunks_mut(t).take(d / WIDE).enumerate() {
+        for (p, xj) in panel.iter_mut().zip(x[c0 + k * WIDE..].chunks(w)) {
+            *p = *xj.first_chunk::<WIDE>().expect("a head's features");
+        }
+    }
+}
+
 /// `out[i][j] = a_i . b_j` over the head's features for j <= i (`/ scale` if given), each a
 /// sum from its first product; `out` is `t x t`, its entries j > i left as they are.
 pub(crate) fn causal_dots<S: Scalar>(
@@ -309,55 +391,154 @@ pub(crate) fn causal_dots<S: Scalar>(
     scratch: &mut Scratch<S>,
 ) {
     let Head { t, w, c0, d } = head;
-    for i0 in (0..t).step_by(BLOCK) {
-        let n = BLOCK.min(t - i0);
-        if i0 > 0 {
-            // Rows i0.. against the columns j < i0: a_i . b_j as (A B^T)[i][j].
-            let block = &mut scratch.block[..n * i0];
-            let rows = Strided {
-                data: &a[i0 * w + c0..],
-                row_stride: w,
-                col_stride: 1,
-            };
-            let columns = Strided {
-                data: &b[c0..],
-                row_stride: 1,
-                col_stride: w,
-            };
-            gemm((n, i0, d), &rows, &columns, Start::FirstProduct, block);
-            for (row, sums) in out[i0 * t..]
-                .chunks_exact_mut(t)
-                .zip(block.chunks_exact(i0))
-            {
-                finish(sums, &mut row[..i0], scale);
+    let panels = &mut scratch.panels[..t.div_ceil(WIDE) * d];
+    row_panels(b, head, panels);
+    let panels = &*panels;
+    let row = |i: usize| &a[i * w + c0..][..d];
+    let mut i = 0;
+    while i + TALL <= t {
+        // The panels whose columns are all at or left of the first row's diagonal, for the
+        // four rows at once.
+        let coefficients = &mut scratch.coefficients[..d];
+        for (f, c) in coefficients.iter_mut().enumerate() {
+            *c = std::array::from_fn(|k| a[(i + k) * w + c0 + f]);
+        }
+        let full = (i + 1) / WIDE;
+        for (p, panel) in panels.chunks(d).take(full).enumerate() {
+            let mut acc = [[S::zero(); WIDE]; TALL];
+            tile(coefficients, panel, true, &mut acc);
+            for (k, sums) in acc.iter().enumerate() {
+                out[(i + k) * t + p * WIDE..][..WIDE].copy_from_slice(sums);
             }
         }
-        let (a, b) = (&a[i0 * w + c0..], &b[i0 * w + c0..]);
-        let t_block = &mut scratch.transposed[..d * BLOCK];
-        for (jj, bj) in b.chunks(w).take(n).enumerate() {
-            for (f, &v) in bj[..d].iter().enumerate() {
-                t_block[((jj / LANES) * d + f) * LANES + jj % LANES] = v;
+        // The panel on the diagonal: the columns up to the first row's diagonal for the
+        // four rows at once, in tiles 8, 4, 2 and 1 wide; then the later rows' last ones.
+        let panel = panels.chunks(d).nth(full).unwrap_or_default();
+        let (n, col) = (i % WIDE + 1, full * WIDE);
+        let mut j0 = 0;
+        let mut put = |j0: usize, sums: &[&[S]; TALL]| {
+            for (k, sums) in sums.iter().enumerate() {
+                out[(i + k) * t + col + j0..][..sums.len()].copy_from_slice(sums);
             }
+        };
+        if n - j0 >= 8 {
+            let acc = narrow_tile::<S, TALL, 8>(coefficients, panel, j0);
+            put(j0, &acc.each_ref().map(|s| &s[..]));
+            j0 += 8;
         }
-        diagonal_dots(a, t_block, (n, w, d), &mut out[i0 * t + i0..], t);
-        if let Some(scale) = scale {
-            for (ii, row) in out[i0 * t + i0..].chunks_mut(t).take(n).enumerate() {
-                finish_in_place(&mut row[..=ii], scale);
-            }
+        if n - j0 >= 4 {
+            let acc = narrow_tile::<S, TALL, 4>(coefficients, panel, j0);
+            put(j0, &acc.each_ref().map(|s| &s[..]));
+            j0 += 4;
+        }
+        if n - j0 >= 2 {
+            let acc = narrow_tile::<S, TALL, 2>(coefficients, panel, j0);
+            put(j0, &acc.each_ref().map(|s| &s[..]));
+            j0 += 2;
+        }
+        if n - j0 >= 1 {
+            let acc = narrow_tile::<S, TALL, 1>(coefficients, panel, j0);
+            put(j0, &acc.each_ref().map(|s| &s[..]));
+        }
+        let corner = corner(coefficients, panel, n);
+        for (sum, (k, m)) in corner.into_iter().zip(CORNER) {
+            out[(i + k) * t + col + n + m] = sum;
+        }
+        i += TALL;
+    }
+    for i in i..t {
+        dots_row(row(i), panels, d, 0, &mut out[i * t..][..=i]);
+    }
+    if let Some(scale) = scale {
+        for i in 0..t {
+            finish_in_place(&mut out[i * t..][..=i], scale);
         }
     }
 }
 
-/// `out = sums / scale` (or the sums themselves).
+/// `acc[r][l] = sum over k of c[k][r] * v[k][j0 + l]`, in ascending k from the first
+/// product: `W` columns of a panel from `j0`, for `R` sums. As [`tile`], it cannot panic in
+/// its loops.
 #[inline(never)]
-fn finish<S: Scalar>(sums: &[S], out: &mut [S], scale: Option<S>) {
-    match scale {
-        Some(scale) => {
-            for (o, &v) in out.iter_mut().zip(sums) {
-                *o = v / scale;
+fn narrow_tile<S: Scalar, const R: usize, const W: usize>(
+    c: &[[S; R]],
+    v: &[[S; WIDE]],
+    j0: usize,
+) -> [[S; W]; R] {
+    assert!(j0 + W <= WIDE);
+    let mut sums = [[S::zero(); W]; R];
+    let mut terms = c.iter().zip(v);
+    if let Some((ck, vk)) = terms.next() {
+        for (row, &cr) in sums.iter_mut().zip(ck) {
+            for (s, &vl) in row.iter_mut().zip(&vk[j0..j0 + W]) {
+                *s = cr * vl;
             }
         }
-        None => out.copy_from_slice(sums),
+    }
+    for (ck, vk) in terms {
+        for (row, &cr) in sums.iter_mut().zip(ck) {
+            for (s, &vl) in row.iter_mut().zip(&vk[j0..j0 + W]) {
+                *s = madd(*s, cr, vl);
+            }
+        }
+    }
+    sums
+}
+
+/// The pairs of a group of `TALL` rows past the first row's diagonal: (row in the group,
+/// column past that diagonal's).
+const CORNER: [(usize, usize); 6] = [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)];
+
+/// The [`CORNER`] pairs' dot products, side by side (each a chain of `d` multiply-adds,
+/// too long to run one after the other): `c` holds the group's rows side by side, the
+/// panel the columns, the first row's diagonal just before column `n`.
+#[inline(never)]
+fn corner<S: Scalar>(c: &[[S; TALL]], v: &[[S; WIDE]], n: usize) -> [S; 6] {
+    assert!(n + TALL - 1 <= WIDE);
+    let mut sums = [S::zero(); 6];
+    let mut terms = c.iter().zip(v);
+    if let Some((ck, vk)) = terms.next() {
+        for (s, (r, m)) in sums.iter_mut().zip(CORNER) {
+            *s = ck[r] * vk[n + m];
+        }
+    }
+    for (ck, vk) in terms {
+        for (s, (r, m)) in sums.iter_mut().zip(CORNER) {
+            *s = madd(*s, ck[r], vk[n + m]);
+        }
+    }
+    sums
+}
+
+/// `sums[j] = a . b_j` from panel `from` on (`panels` as [`row_panels`] lays them out).
+fn dots_row<S: Scalar>(a: &[S], panels: &[[S; WIDE]], d: usize, from: usize, sums: &mut [S]) {
+    let (whole, rest) = sums.as_chunks_mut::<WIDE>();
+    let mut panel = panels.chunks(d).skip(from);
+    for (out, bp) in whole.iter_mut().skip(from).zip(panel.by_ref()) {
+        let mut acc = [[S::zero(); WIDE]];
+        tile(single(a), bp, true, &mut acc);
+        *out = acc[0];
+    }
+    if !rest.is_empty()
+        && let Some(bp) = panel.next()
+    {
+        partial_dots(a, bp, rest);
+    }
+}
+
+/// `sums[l] = a . (column l of the panel)`, for the first `sums.len()` columns.
+#[inline(never)]
+fn partial_dots<S: Scalar>(a: &[S], panel: &[[S; WIDE]], sums: &mut [S]) {
+    let mut terms = a.iter().zip(panel);
+    if let Some((&a0, b0)) = terms.next() {
+        for (s, &bv) in sums.iter_mut().zip(b0) {
+            *s = a0 * bv;
+        }
+    }
+    for (&af, bf) in terms {
+        for (s, &bv) in sums.iter_mut().zip(bf) {
+            *s = madd(*s, af, bv);
+        }
     }
 }
 
@@ -365,64 +546,6 @@ fn finish<S: Scalar>(sums: &[S], out: &mut [S], scale: Option<S>) {
 fn finish_in_place<S: Scalar>(out: &mut [S], scale: S) {
     for o in out {
         *o /= scale;
-    }
-}
-
-/// Pairs a diagonal triangle's loop computes side by side.
-const LANES: usize = 8;
-
-/// The triangle on a block's diagonal: `out[ii][jj] = a_ii . b_jj` for jj <= ii < n, with
-/// `bt` holding the block's rows of b transposed, `LANES` rows at a time (feature f of row
-/// jj at `((jj / LANES) * d + f) * LANES + jj % LANES`), so that a row's sums advance
-/// `LANES` side by side, a feature at a time. `out`'s rows are `t` apart.
-#[inline(never)]
-fn diagonal_dots<S: Scalar>(
-    a: &[S],
-    bt: &[S],
-    (n, w, d): (usize, usize, usize),
-    out: &mut [S],
-    t: usize,
-) {
-    // Iterators only, zipped to the shorter side: nothing in the inner loops can panic, so
-    // the counters stay in registers (see `gemm`'s tiles).
-    let (panels, _) = bt.as_chunks::<LANES>();
-    for (ii, (ai, row)) in a.chunks(w).zip(out.chunks_mut(t)).take(n).enumerate() {
-        let Some(sums) = row.get_mut(..=ii) else {
-            break;
-        };
-        let ai = ai.get(..d).unwrap_or(ai);
-        let (whole, rest) = sums.as_chunks_mut::<LANES>();
-        let mut panel = panels.chunks(d);
-        for (out, bp) in whole.iter_mut().zip(panel.by_ref()) {
-            let mut acc = [S::zero(); LANES];
-            let mut features = ai.iter().zip(bp);
-            if let Some((&a0, b0)) = features.next() {
-                for (s, &bv) in acc.iter_mut().zip(b0) {
-                    *s = a0 * bv;
-                }
-            }
-            for (&af, bf) in features {
-                for (s, &bv) in acc.iter_mut().zip(bf) {
-                    *s = madd(*s, af, bv);
-                }
-            }
-            *out = acc;
-        }
-        if let Some(bp) = panel.next()
-            && !rest.is_empty()
-        {
-            let mut features = ai.iter().zip(bp);
-            if let Some((&a0, b0)) = features.next() {
-                for (s, &bv) in rest.iter_mut().zip(b0) {
-                    *s = a0 * bv;
-                }
-            }
-            for (&af, bf) in features {
-                for (s, &bv) in rest.iter_mut().zip(bf) {
-                    *s = madd(*s, af, bv);
-                }
-            }
-        }
     }
 }
 
@@ -436,57 +559,55 @@ pub(crate) fn causal_rows<S: Scalar>(
     scratch: &mut Scratch<S>,
 ) {
     let Head { t, w, c0, d } = head;
-    for i0 in (0..t).step_by(BLOCK) {
-        let n = BLOCK.min(t - i0);
-        let block = &mut scratch.block[..n * d];
-        if i0 > 0 {
-            // The terms j < i0: rows i0.. of l against the rows of x before them.
-            let rows = Strided {
-                data: &l[i0 * t..],
-                row_stride: t,
-                col_stride: 1,
-            };
-            let values = Strided {
-                data: &x[c0..],
-                row_stride: w,
-                col_stride: 1,
-            };
-            gemm((n, d, i0), &rows, &values, Start::FirstProduct, block);
+    let whole = d / WIDE;
+    let panels = &mut scratch.panels[..whole * t];
+    feature_panels(x, head, panels);
+    let panels = &*panels;
+    let lrow = |i: usize| &l[i * t..][..=i];
+    let mut i = 0;
+    while i + TALL <= t {
+        // The terms j <= i, shared by the four sums; then each later row's own.
+        let coefficients = &mut scratch.coefficients[..=i];
+        for (j, c) in coefficients.iter_mut().enumerate() {
+            *c = std::array::from_fn(|k| l[(i + k) * t + j]);
         }
-        let (l, x) = (&l[i0 * t + i0..], &x[i0 * w + c0..]);
-        diagonal_rows(l, x, (n, t, w, d), i0 == 0, block);
-        to_head(block, &mut out[i0 * w + c0..], w, d);
+        for (f, xp) in panels.chunks(t).enumerate() {
+            let mut acc = [[S::zero(); WIDE]; TALL];
+            tile(coefficients, xp, true, &mut acc);
+            for (k, sums) in acc.iter_mut().enumerate().skip(1) {
+                let mut one = [*sums];
+                let own = &lrow(i + k)[i + 1..];
+                tile(single(own), &xp[i + 1..], false, &mut one);
+                *sums = one[0];
+            }
+            for (k, sums) in acc.iter().enumerate() {
+                out[(i + k) * w + c0 + f * WIDE..][..WIDE].copy_from_slice(sums);
+            }
+        }
+        for k in 0..TALL {
+            let at = (i + k) * w + c0;
+            row_rest(lrow(i + k), x, head, &mut out[at..at + d]);
+        }
+        i += TALL;
+    }
+    for i in i..t {
+        let c = lrow(i);
+        let at = i * w + c0;
+        for (f, xp) in panels.chunks(t).enumerate() {
+            let mut acc = [[S::zero(); WIDE]];
+            tile(single(c), xp, true, &mut acc);
+            out[at + f * WIDE..][..WIDE].copy_from_slice(&acc[0]);
+        }
+        row_rest(c, x, head, &mut out[at..at + d]);
     }
 }
 
-/// Continues the sums `block[ii] += l[ii][jj] x[jj]` for jj <= ii < n (from the first term
-/// if `fresh`).
-#[inline(never)]
-fn diagonal_rows<S: Scalar>(
-    l: &[S],
-    x: &[S],
-    (n, t, w, d): (usize, usize, usize, usize),
-    fresh: bool,
-    block: &mut [S],
-) {
-    // As in `diagonal_dots`, nothing in the loops can panic.
-    for (ii, (sums, lrow)) in block
-        .chunks_exact_mut(d)
-        .zip(l.chunks(t))
-        .take(n)
-        .enumerate()
-    {
-        let mut terms = lrow.iter().take(ii + 1).zip(x.chunks(w));
-        if fresh && let Some((&l0, x0)) = terms.next() {
-            for (s, &v) in sums.iter_mut().zip(x0) {
-                *s = l0 * v;
-            }
-        }
-        for (&lj, xj) in terms {
-            for (s, &v) in sums.iter_mut().zip(xj) {
-                *s = madd(*s, lj, v);
-            }
-        }
+/// The features a head's whole `WIDE`s leave, of `sums = sum over k of c_k x_k` (`x` from
+/// the sum's first row).
+fn row_rest<S: Scalar>(c: &[S], x: &[S], Head { w, c0, d, .. }: Head, sums: &mut [S]) {
+    let from = d / WIDE * WIDE;
+    if from < d {
+        partial_rows(c.iter(), &x[c0 + from..], w, &mut sums[from..]);
     }
 }
 
@@ -500,70 +621,71 @@ pub(crate) fn causal_columns<S: Scalar>(
     scratch: &mut Scratch<S>,
 ) {
     let Head { t, w, c0, d } = head;
-    for j0 in (0..t).step_by(BLOCK) {
-        let (n, j1) = (BLOCK.min(t - j0), (j0 + BLOCK).min(t));
-        let lt = &mut scratch.transposed[..BLOCK * BLOCK];
-        for (ii, row) in l[j0 * t + j0..].chunks(t).take(n).enumerate() {
-            for (jj, &v) in row[..=ii].iter().enumerate() {
-                lt[jj * BLOCK + ii] = v;
+    let whole = d / WIDE;
+    let panels = &mut scratch.panels[..whole * t];
+    feature_panels(x, head, panels);
+    let panels = &*panels;
+    // Column j of l from row j down.
+    let column = |j: usize| l[j * t + j..].iter().step_by(t);
+    let mut j = 0;
+    while j + TALL <= t {
+        // Each sum's own first terms, rows j + k to j + TALL - 1; then the rows below,
+        // shared by the four sums.
+        let mut own = [[[S::zero(); 1]; TALL]; TALL];
+        for (k, own) in own.iter_mut().enumerate() {
+            for (o, &v) in own.iter_mut().zip(column(j + k)).take(TALL - k) {
+                *o = [v];
             }
         }
-        let block = &mut scratch.block[..n * d];
-        diagonal_columns(lt, &x[j0 * w + c0..], (n, w, d), block);
-        if j1 < t {
-            // The terms i >= j1: column j of l below the block, against those rows of x.
-            let columns = Strided {
-                data: &l[j1 * t + j0..],
-                row_stride: 1,
-                col_stride: t,
-            };
-            let values = Strided {
-                data: &x[j1 * w + c0..],
-                row_stride: w,
-                col_stride: 1,
-            };
-            gemm((n, d, t - j1), &columns, &values, Start::Existing, block);
+        let below = &mut scratch.coefficients[..t - j - TALL];
+        let rows = l.get((j + TALL) * t + j..).unwrap_or_default();
+        for (c, row) in below.iter_mut().zip(rows.chunks(t)) {
+            *c = *row.first_chunk::<TALL>().expect("a row of l");
         }
-        to_head(block, &mut out[j0 * w + c0..], w, d);
+        for (f, xp) in panels.chunks(t).enumerate() {
+            let mut acc = [[S::zero(); WIDE]; TALL];
+            for (k, (sums, own)) in acc.iter_mut().zip(&own).enumerate() {
+                let mut one = [[S::zero(); WIDE]];
+                tile(&own[..TALL - k], &xp[j + k..], true, &mut one);
+                *sums = one[0];
+            }
+            tile(below, &xp[j + TALL..], false, &mut acc);
+            for (k, sums) in acc.iter().enumerate() {
+                out[(j + k) * w + c0 + f * WIDE..][..WIDE].copy_from_slice(sums);
+            }
+        }
+        for k in 0..TALL {
+            let at = (j + k) * w + c0;
+            column_rest(column(j + k), &x[(j + k) * w..], head, &mut out[at..at + d]);
+        }
+        j += TALL;
+    }
+    for j in j..t {
+        let at = j * w + c0;
+        // Fewer than TALL terms: the rows from j to the last.
+        let mut c = [[S::zero(); 1]; TALL];
+        for (o, &v) in c.iter_mut().zip(column(j)) {
+            *o = [v];
+        }
+        for (f, xp) in panels.chunks(t).enumerate() {
+            let mut acc = [[S::zero(); WIDE]];
+            tile(&c[..t - j], &xp[j..], true, &mut acc);
+            out[at + f * WIDE..][..WIDE].copy_from_slice(&acc[0]);
+        }
+        column_rest(column(j), &x[j * w..], head, &mut out[at..at + d]);
     }
 }
 
-/// Starts the sums `block[jj] = sum over jj <= ii < n of l[ii][jj] x[ii]`, with `lt` holding
-/// the block's square of `l` transposed (`l[ii][jj]` at `jj * BLOCK + ii`).
-#[inline(never)]
-fn diagonal_columns<S: Scalar>(
-    lt: &[S],
+/// As [`row_rest`], for a column's coefficients.
+fn column_rest<'a, S: Scalar + 'a>(
+    c: impl Iterator<Item = &'a S>,
     x: &[S],
-    (n, w, d): (usize, usize, usize),
-    block: &mut [S],
+    Head { w, c0, d, .. }: Head,
+    sums: &mut [S],
 ) {
-    // As in `diagonal_dots`, nothing in the loops can panic.
-    for (jj, (sums, lcol)) in block
-        .chunks_exact_mut(d)
-        .zip(lt.chunks_exact(BLOCK))
-        .enumerate()
-    {
-        let (Some(lcol), Some(x)) = (lcol.get(jj..n), x.get(jj * w..)) else {
-            break;
-        };
-        let mut terms = lcol.iter().zip(x.chunks(w));
-        if let Some((&l0, x0)) = terms.next() {
-            for (s, &v) in sums.iter_mut().zip(x0) {
-                *s = l0 * v;
-            }
-        }
-        for (&li, xi) in terms {
-            for (s, &v) in sums.iter_mut().zip(xi) {
-                *s = madd(*s, li, v);
-            }
-        }
-    }
-}
-
-/// Copies a block of rows of `d` values into the head's columns of rows `w` apart.
-fn to_head<S: Copy>(block: &[S], out: &mut [S], w: usize, d: usize) {
-    for (row, sums) in out.chunks_mut(w).zip(block.chunks_exact(d)) {
-        row[..d].copy_from_slice(sums);
+    let from = d / WIDE * WIDE;
+    if from < d {
+        partial_rows(c, &x[c0 + from..], w, &mut sums[from..]);
     }
 }
 
@@ -633,11 +755,20 @@ mod tests {
 
     /// Scores and Mix forward and backward, through their kernels, on one thread and on all:
     /// against the definition (every sum from its first term, in ascending order), bit for
-    /// bit, with the closed forms' counts; tokens below, at and past a block of rows.
+    /// bit, with the closed forms' counts; tokens below, at and past a tile's rows and values,
+    /// features fewer than a tile's, a whole number of them and more.
     #[test]
     fn attention_products_match_the_definition_bit_for_bit_with_exact_counts() {
         use crate::nn::mix::Mix;
-        for (b, heads, t, d) in [(1, 1, 3, 4), (2, 3, 16, 5), (3, 2, 37, 8), (1, 2, 70, 3)] {
+        for (b, heads, t, d) in [
+            (1, 1, 3, 4),
+            (2, 3, 16, 5),
+            (3, 2, 37, 8),
+            (1, 2, 70, 3),
+            (2, 2, 64, 32),
+            (1, 1, 67, 35),
+            (1, 3, 19, 16),
+        ] {
             let w = heads * d;
             let (q, k) = (values(b * t * w, 1), values(b * t * w, 2));
             let (ds, dout) = (values(b * heads * t * t, 3), values(b * t * w, 4));
