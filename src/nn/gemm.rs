@@ -149,7 +149,6 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
         out: &mut [S],
     ) {
         if self.col_stride != 1 {
-            // A transposed view: its columns are runs in memory, so pack it as such.
             for (p, panel) in out
                 .chunks_mut(rows * width)
                 .take(cols.div_ceil(width))
@@ -157,21 +156,43 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
             {
                 let j0 = c0 + p * width;
                 let n = width.min(cols - p * width);
-                for (r, dst) in panel.chunks_mut(width).enumerate() {
-                    let base = (r0 + r) * self.row_stride + j0 * self.col_stride;
-                    for (v, &x) in dst[..n]
-                        .iter_mut()
-                        .zip(self.data[base..].iter().step_by(self.col_stride))
-                    {
-                        *v = x;
+                let first = r0 * self.row_stride + j0 * self.col_stride;
+                if self.row_stride == 1 {
+                    // A transposed view: each of the panel's columns is a run in memory.
+                    runs_across(
+                        &self.data[first..],
+                        self.col_stride,
+                        (n, rows),
+                        panel,
+                        width,
+                    );
+                } else {
+                    for (r, dst) in panel.chunks_mut(width).enumerate() {
+                        let base = first + r * self.row_stride;
+                        for (v, &x) in dst[..n]
+                            .iter_mut()
+                            .zip(self.data[base..].iter().step_by(self.col_stride))
+                        {
+                            *v = x;
+                        }
                     }
                 }
             }
             return;
         }
+        // Row-major: each row a run, a few panels' rows at a time, asking for the same part
+        // of the next row first (a prefetch: the hardware's stops at every page, and a
+        // large operand, read once per product, comes from memory).
+        let piece = 64usize.div_ceil(width) * width;
         for r in 0..rows {
             let start = (r0 + r) * self.row_stride + c0;
-            to_panels(&self.data[start..start + cols], (r, rows), 0, width, out);
+            let next = (r + 1 < rows).then(|| &self.data[start + self.row_stride..][..cols]);
+            for (p, values) in self.data[start..start + cols].chunks(piece).enumerate() {
+                if let Some(next) = next {
+                    prefetch(&next[p * piece..][..values.len()]);
+                }
+                to_panels(values, (r, rows), p * piece / width, width, out);
+            }
         }
     }
 
@@ -194,8 +215,21 @@ impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
                 {
                     let i0 = r0 + p * height;
                     let n = height.min(rows - p * height);
+                    let first = i0 * self.row_stride + c0 * self.col_stride;
+                    if self.col_stride == 1 {
+                        // Row-major (the inner operand of a `Transposed` one, packed
+                        // into panels of columns): each of the panel's rows is a run.
+                        runs_across(
+                            &self.data[first..],
+                            self.row_stride,
+                            (n, cols),
+                            panel,
+                            height,
+                        );
+                        continue;
+                    }
                     for (c, dst) in panel.chunks_mut(height).enumerate() {
-                        let base = i0 * self.row_stride + (c0 + c) * self.col_stride;
+                        let base = first + c * self.col_stride;
                         for (i, v) in dst[..n].iter_mut().enumerate() {
                             *v = self.data[base + i * self.row_stride];
                         }
@@ -216,25 +250,51 @@ impl<S: Copy> Strided<'_, S> {
         out: &mut [S],
     ) {
         let (columns, _) = out.as_chunks_mut::<H>();
+        if self.row_stride == 1 {
+            // A transposed view: each column of the block is a run in memory, read in one
+            // go and cut into the panels' columns, asking for the run a few columns on first
+            // (a prefetch: the runs are short, and a page apart after a few).
+            const AHEAD: usize = 4;
+            let (whole, rest) = (rows / H, rows % H);
+            for c in 0..cols {
+                let base = r0 + (c0 + c) * self.col_stride;
+                if c + AHEAD < cols {
+                    prefetch(&self.data[base + AHEAD * self.col_stride..][..rows]);
+                }
+                let (runs, last) = self.data[base..base + rows].as_chunks::<H>();
+                for (p, values) in runs.iter().enumerate() {
+                    columns[p * cols + c] = *values;
+                }
+                if rest > 0 {
+                    columns[whole * cols + c][..rest].copy_from_slice(last);
+                }
+            }
+            return;
+        }
         for (p, panel) in columns.chunks_mut(cols).take(rows.div_ceil(H)).enumerate() {
             let i0 = r0 + p * H;
             let n = H.min(rows - p * H);
-            if self.row_stride == 1 {
-                // A transposed view: each column of the panel is a run in memory.
-                for (c, dst) in panel.iter_mut().enumerate() {
-                    let base = i0 + (c0 + c) * self.col_stride;
-                    if n == H {
-                        dst.copy_from_slice(&self.data[base..base + H]);
-                    } else {
-                        dst[..n].copy_from_slice(&self.data[base..base + n]);
+            if self.col_stride == 1 {
+                // Row-major: each row read as a run, its values written `H` apart, a cache
+                // line's worth at a time, asking for the same line of the next panel's rows
+                // first (a prefetch: each row's piece is one block of K, too short for the
+                // hardware to see it coming from memory).
+                let line = (64 / std::mem::size_of::<S>()).max(1);
+                let next = i0 + H;
+                let ahead = next + H <= r0 + rows;
+                for c in (0..cols).step_by(line) {
+                    let w = line.min(cols - c);
+                    if ahead {
+                        for i in next..next + H {
+                            prefetch(&self.data[i * self.row_stride + c0 + c..][..1]);
+                        }
                     }
-                }
-            } else if self.col_stride == 1 {
-                // Row-major: each row read as a run, its values written `H` apart.
-                for i in 0..n {
-                    let base = (i0 + i) * self.row_stride + c0;
-                    for (dst, &v) in panel.iter_mut().zip(&self.data[base..base + cols]) {
-                        dst[i] = v;
+                    for i in 0..n {
+                        let base = (i0 + i) * self.row_stride + c0 + c;
+                        for (dst, &v) in panel[c..c + w].iter_mut().zip(&self.data[base..base + w])
+                        {
+                            dst[i] = v;
+                        }
                     }
                 }
             } else {
@@ -267,6 +327,74 @@ fn to_panels<S: Copy>(
             16 => dst[..16].copy_from_slice(&run[..16]),
             8 => dst[..8].copy_from_slice(&run[..8]),
             _ => dst.copy_from_slice(run),
+        }
+    }
+}
+
+/// `dst[r * width + j] = src[j * stride + r]` for `j < lines`, `r < len`: `lines` runs of `len`
+/// values, `stride` apart, written side by side as the first `lines` columns of `len` rows
+/// `width` apart (a transposed operand's runs into a panel). In square tiles of `TILE`
+/// runs by `TILE` values, each run's piece read in one go and each panel row's written in one
+/// go, so that both sides touch memory in order rather than one value per cache line; what the
+/// tiles leave (fewer than `TILE` runs, or the ends of the runs) a value at a time. A tile
+/// asks for the same place in the next `TILE` runs before it runs (a prefetch), since a large
+/// operand, read once per product, comes from memory.
+fn runs_across<S: Copy>(
+    src: &[S],
+    stride: usize,
+    (lines, len): (usize, usize),
+    dst: &mut [S],
+    width: usize,
+) {
+    const TILE: usize = 8;
+    let whole = len - len % TILE;
+    let mut j = 0;
+    while j + TILE <= lines {
+        let next = j + TILE;
+        for r in (0..whole).step_by(TILE) {
+            if next + TILE <= lines {
+                // The next tiles' runs, asked for a row of tiles ahead: each run is short
+                // (a block of K), too short for the hardware to see it coming.
+                for run in next..next + TILE {
+                    prefetch(&src[run * stride + r..][..1]);
+                }
+            }
+            transpose_tile::<S, TILE>(
+                &src[j * stride + r..],
+                stride,
+                &mut dst[r * width + j..],
+                width,
+            );
+        }
+        for jj in j..j + TILE {
+            for r in whole..len {
+                dst[r * width + jj] = src[jj * stride + r];
+            }
+        }
+        j += TILE;
+    }
+    for jj in j..lines {
+        for (r, &v) in src[jj * stride..][..len].iter().enumerate() {
+            dst[r * width + jj] = v;
+        }
+    }
+}
+
+/// `dst[r * width + j] = src[j * stride + r]` for `j, r < T`: one square tile of
+/// [`runs_across`]. Each run and each row is bounds-checked once, then `T * T` plain moves.
+#[inline(always)]
+fn transpose_tile<S: Copy, const T: usize>(src: &[S], stride: usize, dst: &mut [S], width: usize) {
+    let runs: [&[S; T]; T] = std::array::from_fn(|j| {
+        src[j * stride..]
+            .first_chunk::<T>()
+            .expect("a tile's run lies inside the operand")
+    });
+    for r in 0..T {
+        let row = dst[r * width..]
+            .first_chunk_mut::<T>()
+            .expect("a tile's row lies inside the panel");
+        for (v, run) in row.iter_mut().zip(&runs) {
+            *v = run[r];
         }
     }
 }
@@ -941,6 +1069,99 @@ mod tests {
                     ..Counts::ZERO
                 }
             );
+        }
+    }
+
+    /// [`Operand::pack_columns`]'s layout, a value at a time from the definition: element
+    /// (r, p * width + j) of the block at `out[(p * rows + r) * width + j]`.
+    fn columns_one_by_one(
+        value: impl Fn(usize, usize) -> f32,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [f32],
+    ) {
+        for r in 0..rows {
+            for c in 0..cols {
+                out[((c / width) * rows + r) * width + c % width] = value(r0 + r, c0 + c);
+            }
+        }
+    }
+
+    /// [`Operand::pack_rows`]'s layout, a value at a time: element (p * height + i, c) of the
+    /// block at `out[(p * cols + c) * height + i]`.
+    fn rows_one_by_one(
+        value: impl Fn(usize, usize) -> f32,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [f32],
+    ) {
+        for r in 0..rows {
+            for c in 0..cols {
+                out[((r / height) * cols + c) * height + r % height] = value(r0 + r, c0 + c);
+            }
+        }
+    }
+
+    #[test]
+    fn packing_in_tiles_puts_every_value_where_one_at_a_time_does() {
+        // Random blocks of random operands: transposed views, row-major matrices and neither,
+        // each plain and wrapped in `Transposed`, from random offsets, into panels of every
+        // width the tiles use and some they do not, with ragged ends on both sides of the
+        // tiles. The buffers start filled with a mark and must end the same bits, the
+        // untouched padding of a last, narrower panel (and the space after it) included.
+        let mut rng = crate::rng::Rng::new(15);
+        const MARK: f32 = -1.0;
+        for trial in 0..400 {
+            let (r0, c0) = (rng.below(5), rng.below(5));
+            let (rows, cols) = (1 + rng.below(70), 1 + rng.below(150));
+            let pad = rng.below(4);
+            // The matrix is (r0 + rows + pad) x (c0 + cols + pad), stored one of three ways.
+            let (height, width) = (r0 + rows + pad, c0 + cols + pad);
+            let (row_stride, col_stride) = match trial % 3 {
+                0 => (1, height + rng.below(3)),
+                1 => (width + rng.below(3), 1),
+                _ => (2, 2 * height + 1),
+            };
+            let len = (height - 1) * row_stride + (width - 1) * col_stride + 1;
+            let data: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            let strided = Strided {
+                data: &data,
+                row_stride,
+                col_stride,
+            };
+            let value = |r: usize, c: usize| data[r * row_stride + c * col_stride];
+            let across = [3, 4, 6, 8, 13, 16, 64][rng.below(7)];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let case = format!("{row_stride}x{col_stride} ({r0}, {rows}) ({c0}, {cols}) {across}");
+
+            let size = cols.div_ceil(across) * across * rows + 7;
+            let (mut got, mut want) = (vec![MARK; size], vec![MARK; size]);
+            strided.pack_columns((r0, rows), (c0, cols), across, &mut got);
+            columns_one_by_one(value, (r0, rows), (c0, cols), across, &mut want);
+            assert_eq!(bits(&got), bits(&want), "pack_columns {case}");
+
+            let size = rows.div_ceil(across) * across * cols + 7;
+            let (mut got, mut want) = (vec![MARK; size], vec![MARK; size]);
+            strided.pack_rows((r0, rows), (c0, cols), across, &mut got);
+            rows_one_by_one(value, (r0, rows), (c0, cols), across, &mut want);
+            assert_eq!(bits(&got), bits(&want), "pack_rows {case}");
+
+            // The same matrix read transposed: its block (c0, cols) x (r0, rows).
+            let transposed = Transposed(&strided);
+            let value_t = |r: usize, c: usize| value(c, r);
+            let size = rows.div_ceil(across) * across * cols + 7;
+            let (mut got, mut want) = (vec![MARK; size], vec![MARK; size]);
+            transposed.pack_columns((c0, cols), (r0, rows), across, &mut got);
+            columns_one_by_one(value_t, (c0, cols), (r0, rows), across, &mut want);
+            assert_eq!(bits(&got), bits(&want), "Transposed pack_columns {case}");
+
+            let size = cols.div_ceil(across) * across * rows + 7;
+            let (mut got, mut want) = (vec![MARK; size], vec![MARK; size]);
+            transposed.pack_rows((c0, cols), (r0, rows), across, &mut got);
+            rows_one_by_one(value_t, (c0, cols), (r0, rows), across, &mut want);
+            assert_eq!(bits(&got), bits(&want), "Transposed pack_rows {case}");
         }
     }
 
