@@ -123,7 +123,14 @@ pub fn bench(
     let (plain_s, counted_s, attributed_s) = (medians[0], medians[1], medians[2]);
 
     // The convolution and dense kernels alone: their share of plain steps' time, per node.
+    // Each sample is followed by three runs of the sgemm reference, so that the kernels and
+    // the machine's peak are measured at the same moments, under the same load (a step's
+    // kernels take long, a reference product milliseconds: timed apart, a burst of load on
+    // either side alone moved their ratio by 10 points here).
     let kernel_nodes: Vec<bool> = plan.nodes().iter().map(is_kernel).collect();
+    let mut reference = sgemm::Reference::new();
+    reference.flops_per_s(); // its buffers' first touch
+    let mut peaks = Vec::new();
     let mut samples: Vec<f64> = (0..rounds.min(9))
         .map(|_| {
             let mut seconds = 0.0;
@@ -137,6 +144,7 @@ pub fn bench(
                 }
                 last = now;
             });
+            peaks.extend((0..3).map(|_| reference.flops_per_s()));
             seconds
         })
         .collect();
@@ -146,7 +154,7 @@ pub fn bench(
         counted_s,
         attributed_s,
         kernel_s: timing::median(&mut samples),
-        sgemm_flops_per_s: sgemm::sgemm_flops(5),
+        sgemm_flops_per_s: timing::median(&mut peaks),
     };
     Ok((step_counts, timings))
 }
