@@ -238,24 +238,20 @@ pub(super) fn input_gradient<S: Scalar>(g: &Geometry, w: &[S], dout: &[S], dx: &
     let (window, p, plane) = (g.window(), g.positions(), g.height * g.width);
     let group_out = g.group_out();
     let planes = dx.par_chunks_mut(plane).enumerate();
-    let scratch = || (Vec::new(), Vec::new());
     each_counted(
         planes,
         dout.len() * window,
-        scratch,
-        |scratch, (index, dxp)| {
-            let (row, seen): &mut (Vec<S>, Vec<bool>) = scratch;
+        Vec::new,
+        |row: &mut Vec<S>, (index, dxp)| {
             let (e, c) = (index / g.in_channels, index % g.in_channels);
             row.resize(p, S::zero());
-            seen.clear();
-            seen.resize(plane, false);
             dxp.fill(S::zero());
             for ij in 0..window {
                 for o in c * group_out..(c + 1) * group_out {
                     let d = &dout[(e * g.out_channels + o) * p..][..p];
                     scale_or_add(row, w[o * window + ij], d, o == c * group_out);
                 }
-                col2im_channel(g, std::iter::once((ij, &row[..])), dxp, seen);
+                col2im_channel(g, std::iter::once((ij, &row[..])), dxp);
             }
         },
     );
