@@ -524,7 +524,21 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
             if g.group_in() == 1 {
                 // Depthwise: each output channel reads one input plane, and each input
                 // plane's gradient is computed whole, without the chunk's patch gradients.
-                depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
+                // A convolution of a single input channel (LeNet-5's first) has one group:
+                // its weight gradient is one product, as deep as the chunk's positions, which
+                // the matrix product's tile does faster than the loops (many output channels
+                // side by side in vectors rather than a few chains of single values).
+                if g.groups == 1 {
+                    let dout = Chunked {
+                        data: doutc,
+                        rows: g.out_channels,
+                        row0: 0,
+                        row_len: p,
+                    };
+                    gemm((group_out, k, n), &dout, &PatchesT::new(patches), start, dw);
+                } else {
+                    depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
+                }
                 if let Some(dxc) = dxc {
                     depthwise::input_gradient(&g, w, doutc, dxc);
                 }
@@ -1118,6 +1132,9 @@ mod tests {
             square((6, 6, 6), 3, 2, 1, (9, 8)),
             // Depthwise with two filters per channel; grouped; without padding.
             square((3, 6, 3), 3, 1, 0, (7, 7)),
+            // One input channel, one group (LeNet-5's first convolution, smaller).
+            square((1, 6, 1), 5, 1, 0, (9, 8)),
+            square((1, 4, 1), 3, 2, 1, (9, 8)),
             square((4, 6, 2), 2, 2, 1, (6, 9)),
             square((6, 4, 2), 1, 1, 0, (5, 5)),
         ];
