@@ -287,10 +287,17 @@ impl Operation for Conv2d {
     }
 
     /// The padded input and, backward, the patch gradients (every group's: C_in x window
-    /// rows).
+    /// rows). A convolution of one input channel per group (depthwise) never holds them: it
+    /// computes each input plane's gradient whole, one row of P patch gradients at a time
+    /// (a row for each thread at work), so it is charged one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
-        g.padded_len() + g.groups * g.patch() * g.positions()
+        let patch_gradients = if g.group_in() == 1 {
+            g.positions()
+        } else {
+            g.groups * g.patch() * g.positions()
+        };
+        g.padded_len() + patch_gradients
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
