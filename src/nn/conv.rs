@@ -853,15 +853,27 @@ fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], examples: usize, dx: &mut [S]
         }
         return;
     }
+    // Several small planes to a task, each task's counts taken once.
+    let planes = (TASK_PATCHES / (per_channel * p).max(1)).max(1);
     tally::parallel(|| {
         let parts: Vec<Counts> = dx
-            .par_chunks_mut(plane)
+            .par_chunks_mut(planes * plane)
             .enumerate()
-            .map(|(index, dxc)| tally::take(|| col2im_channel(g, rows_of(index), dxc)).1)
+            .map(|(task, part)| {
+                let run = || {
+                    for (i, dxc) in part.chunks_mut(plane).enumerate() {
+                        col2im_channel(g, rows_of(task * planes + i), dxc);
+                    }
+                };
+                tally::take(run).1
+            })
             .collect();
         ((), parts.into_iter().sum())
     });
 }
+
+/// A task of the parallel `col2im` takes at least this many patch gradients (whole planes).
+const TASK_PATCHES: usize = 1 << 13;
 
 /// Below this many patch gradients `col2im` runs on the calling thread alone: waking the
 /// other threads would cost more than it saves.
@@ -1181,6 +1193,67 @@ mod tests {
         // Rows longer than the pieces strided inputs are gathered in.
         for stride in [2, 3] {
             check_against_reference(square((2, 2, 2), 3, stride, 1, (7, 200)), 2, false);
+        }
+    }
+
+    /// The kernels that split their work among threads (`col2im` over planes, the depthwise
+    /// loops over channels and planes, several to a task) give the same bits and counts on
+    /// 1, 2 and 3 threads.
+    #[test]
+    fn same_bits_and_counts_on_1_2_3_threads() {
+        use crate::{Counted, tally};
+        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
+            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
+        };
+        for g in [
+            // Small planes, many to a task: col2im at stride 2, then depthwise at stride 2.
+            square((40, 24, 1), 3, 2, 1, (17, 17)),
+            square((48, 48, 48), 3, 2, 1, (16, 15)),
+            square((16, 16, 16), 3, 1, 1, (30, 30)),
+        ] {
+            let batch = 3;
+            let x = seq(batch * g.input_len(), 23, 0.09);
+            let w = seq(g.out_channels * g.patch(), 11, 0.17);
+            let b = seq(g.out_channels, 5, 0.3);
+            let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+            let run = || {
+                let (x, w, b, dout) = (
+                    Counted::vec(&x),
+                    Counted::vec(&w),
+                    Counted::vec(&b),
+                    Counted::vec(&dout),
+                );
+                let zero = Counted::new(0.0);
+                let mut out = vec![zero; dout.len()];
+                let (mut dw, mut db, mut dx) = (
+                    vec![zero; w.len()],
+                    vec![zero; b.len()],
+                    vec![zero; x.len()],
+                );
+                let mut conv = Conv2d {
+                    geometry: g,
+                    bias: true,
+                }
+                .kernel();
+                let ((), counts) = tally::measure(|| {
+                    conv.forward(&[&x], &[&w, &b], &mut out);
+                    conv.backward(Backward {
+                        x: &[&x],
+                        y: &out,
+                        dy: &dout,
+                        params: &[&w, &b],
+                        dparams: &mut [&mut dw, &mut db],
+                        dx: &mut [Some(&mut dx)],
+                    });
+                });
+                let bits: Vec<u64> = [out, dw, db, dx]
+                    .iter()
+                    .flatten()
+                    .map(|v| v.get().to_bits())
+                    .collect();
+                (bits, counts)
+            };
+            tally::assert_same_on_1_2_3_threads(run);
         }
     }
 
