@@ -441,8 +441,10 @@ fn sums<S: Scalar, const N: usize>(values: &[S], start: Option<[S; N]>) -> [S; N
 }
 
 /// For `N` planes side by side: `d = x - mean` of each value, and each plane's `start + sum
-/// of d d` (from its first square without a start).
-#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
+/// of d d` (from its first square without a start). The deviations are written first, plane
+/// by plane, and the squares summed from them after: a loop that both stores and indexes
+/// planes side by side keeps the counters of `Counted` in memory (a store before a possible
+/// panic must be seen with the counts up to it), one that only reads does not.
 #[inline(never)]
 fn deviations<S: Scalar, const N: usize>(
     x: &[S],
@@ -451,20 +453,27 @@ fn deviations<S: Scalar, const N: usize>(
     start: Option<[S; N]>,
 ) -> [S; N] {
     let x = split::<S, N>(x);
-    let plane = x[0].len();
-    let mut planes = d.chunks_exact_mut(plane);
-    let d: [&mut [S]; N] = std::array::from_fn(|_| planes.next().expect("N planes"));
-    let mut deviation = |j: usize, i: usize| {
-        d[j][i] = x[j][i] - mean[j];
-        d[j][i] * d[j][i]
-    };
+    for ((d, x), mean) in d.chunks_exact_mut(x[0].len()).zip(x).zip(mean) {
+        for (d, &x) in d.iter_mut().zip(x) {
+            *d = x - mean;
+        }
+    }
+    square_sums::<S, N>(d, start)
+}
+
+/// Each of `N` planes side by side: `start + sum of d d`, from its first square without a
+/// start.
+#[allow(clippy::needless_range_loop)] // value i of plane j, the planes side by side
+#[inline(never)]
+fn square_sums<S: Scalar, const N: usize>(d: &[S], start: Option<[S; N]>) -> [S; N] {
+    let d = split::<S, N>(d);
     let (mut acc, from) = match start {
         Some(acc) => (acc, 0),
-        None => (std::array::from_fn(|j| deviation(j, 0)), 1),
+        None => (std::array::from_fn(|j| d[j][0] * d[j][0]), 1),
     };
-    for i in from..plane {
+    for i in from..d[0].len() {
         for j in 0..N {
-            let sq = deviation(j, i);
+            let sq = d[j][i] * d[j][i];
             acc[j] += sq;
         }
     }

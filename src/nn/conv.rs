@@ -238,7 +238,6 @@ impl Conv2d {
             padded: Vec::new(),
             chunked: Vec::new(),
             scratch: Vec::new(),
-            touched: Vec::new(),
         }
     }
 }
@@ -288,10 +287,17 @@ impl Operation for Conv2d {
     }
 
     /// The padded input and, backward, the patch gradients (every group's: C_in x window
-    /// rows).
+    /// rows). A convolution of one input channel per group (depthwise) never holds them: it
+    /// computes each input plane's gradient whole, one row of P patch gradients at a time
+    /// (a row for each thread at work), so it is charged one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
-        g.padded_len() + g.groups * g.patch() * g.positions()
+        let patch_gradients = if g.group_in() == 1 {
+            g.positions()
+        } else {
+            g.groups * g.patch() * g.positions()
+        };
+        g.padded_len() + patch_gradients
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
@@ -394,14 +400,12 @@ fn overhang(n: u128, first: u128, stride: u128, kernel: u128) -> u128 {
 }
 
 /// The kernels of a convolution, with the buffers of one chunk of examples: its padded
-/// input, its output before it is put in batch order, its patch gradients and which input
-/// positions they reached.
+/// input, its output before it is put in batch order and its patch gradients.
 pub(crate) struct ConvKernel<S> {
     g: Geometry,
     padded: Vec<S>,
     chunked: Vec<S>,
     scratch: Vec<S>,
-    touched: Vec<bool>,
 }
 
 /// A chunk of examples holds at most this many values in each of its buffers (padded input,
@@ -491,7 +495,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let (x, w, mut dx) = (x[0], params[0], dx[0].as_deref_mut());
         let (dw, db) = dparams.split_at_mut(1);
         let (dw, mut db) = (&mut *dw[0], db.first_mut());
-        let (scratch, touched) = (&mut self.scratch, &mut self.touched);
+        let scratch = &mut self.scratch;
         let g = self.g;
         let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
@@ -527,7 +531,21 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
             if g.group_in() == 1 {
                 // Depthwise: each output channel reads one input plane, and each input
                 // plane's gradient is computed whole, without the chunk's patch gradients.
-                depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
+                // A convolution of a single input channel (LeNet-5's first) has one group:
+                // its weight gradient is one product, as deep as the chunk's positions, which
+                // the matrix product's tile does faster than the loops (many output channels
+                // side by side in vectors rather than a few chains of single values).
+                if g.groups == 1 {
+                    let dout = Chunked {
+                        data: doutc,
+                        rows: g.out_channels,
+                        row0: 0,
+                        row_len: p,
+                    };
+                    gemm((group_out, k, n), &dout, &PatchesT::new(patches), start, dw);
+                } else {
+                    depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
+                }
                 if let Some(dxc) = dxc {
                     depthwise::input_gradient(&g, w, doutc, dxc);
                 }
@@ -563,7 +581,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 }
             }
             if let Some(dxc) = dxc.filter(|_| !in_place) {
-                col2im(&g, scratch, examples, dxc, touched);
+                col2im(&g, scratch, examples, dxc);
             }
         }
     }
@@ -814,18 +832,10 @@ impl<S: Scalar> Operand<S> for Chunked<'_, S> {
 /// examples*P columns. Each position's sum starts from its first contribution (in the order
 /// `(i, j, y, x)`), so it costs one add less than it has contributions; positions no patch
 /// reaches get zero.
-fn col2im<S: Scalar>(
-    g: &Geometry,
-    dpatches: &[S],
-    examples: usize,
-    dx: &mut [S],
-    touched: &mut Vec<bool>,
-) {
+fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], examples: usize, dx: &mut [S]) {
     let plane = g.height * g.width;
     let per_channel = g.window();
     let p = g.positions();
-    touched.clear();
-    touched.resize(examples * g.input_len(), false);
     dx.fill(S::zero());
     // Plane `e * C_in + c` reads rows `c * window..(c + 1) * window` of the patch gradient,
     // columns `e * P..(e + 1) * P`.
@@ -838,44 +848,54 @@ fn col2im<S: Scalar>(
         })
     };
     if dpatches.len() < PARALLEL_COL2IM {
-        let planes = dx.chunks_mut(plane).zip(touched.chunks_mut(plane));
-        for (index, (dxc, seen)) in planes.enumerate() {
-            col2im_channel(g, rows_of(index), dxc, seen);
+        for (index, dxc) in dx.chunks_mut(plane).enumerate() {
+            col2im_channel(g, rows_of(index), dxc);
         }
         return;
     }
+    // Several small planes to a task, each task's counts taken once.
+    let planes = (TASK_PATCHES / (per_channel * p).max(1)).max(1);
     tally::parallel(|| {
         let parts: Vec<Counts> = dx
-            .par_chunks_mut(plane)
-            .zip(touched.par_chunks_mut(plane))
+            .par_chunks_mut(planes * plane)
             .enumerate()
-            .map(|(index, (dxc, seen))| {
-                tally::take(|| col2im_channel(g, rows_of(index), dxc, seen)).1
+            .map(|(task, part)| {
+                let run = || {
+                    for (i, dxc) in part.chunks_mut(plane).enumerate() {
+                        col2im_channel(g, rows_of(task * planes + i), dxc);
+                    }
+                };
+                tally::take(run).1
             })
             .collect();
         ((), parts.into_iter().sum())
     });
 }
 
+/// A task of the parallel `col2im` takes at least this many patch gradients (whole planes).
+const TASK_PATCHES: usize = 1 << 13;
+
 /// Below this many patch gradients `col2im` runs on the calling thread alone: waking the
 /// other threads would cost more than it saves.
 const PARALLEL_COL2IM: usize = 1 << 16;
 
 /// `col2im` for one input channel of one example: `rows` are its window's patch rows
-/// `(i, j)`. The inner loop walks zipped iterators (no indexing, so no panic path that would
-/// pin the counters to memory on every iteration).
+/// `(i, j)`, each added to the input positions it lies on, without flags: the first
+/// contribution to input position `(yy, xx)` in the order `(i, j, y, x)` comes from the
+/// smallest window row `i` that reaches row `yy` and, among its cells, the smallest `j` that
+/// reaches column `xx`. A smaller row `i - sh` reaches the same `yy` from output row `y + 1`,
+/// so row `i` of output row `y` comes first unless `i >= sh` and `y + 1 < H_out`; likewise
+/// cell `j` comes first unless `j >= sw` and `x + 1 < W_out`. So along one row of a patch
+/// gradient the first contributions are all of it, its last output column or none, and the
+/// rest are adds.
 #[inline(never)]
 fn col2im_channel<'a, S: Scalar>(
     g: &Geometry,
     rows: impl Iterator<Item = (usize, &'a [S])>,
     dx: &mut [S],
-    seen: &mut [bool],
 ) {
-    let (_, wo) = g.output();
+    let (ho, wo) = g.output();
     let (kw, (sh, sw), (ph, pw)) = (g.kernel.1, g.stride, g.padding);
-    if (sh, sw) == (1, 1) {
-        return col2im_stride_1(g, rows, dx);
-    }
     for (ij, row) in rows {
         let (i, j) = (ij / kw, ij % kw);
         // Output columns x whose input column x*sw + j - pw lies in 0..width.
@@ -884,70 +904,37 @@ fn col2im_channel<'a, S: Scalar>(
         if x_lo >= x_hi {
             continue;
         }
-        let first_column = x_lo * sw + j - pw;
+        let (first_column, len) = (x_lo * sw + j - pw, x_hi - x_lo);
+        // Of a row whose window row `i` comes first, the columns whose cell `j` does.
+        let first_columns = if j < sw {
+            0..len
+        } else if x_hi == wo {
+            len - 1..len
+        } else {
+            0..0
+        };
         for (y, values) in row.chunks_exact(wo).enumerate() {
             let Some(yy) = (y * sh + i).checked_sub(ph).filter(|&yy| yy < g.height) else {
                 continue;
             };
-            let line = yy * g.width..(yy + 1) * g.width;
-            let targets = dx[line.clone()][first_column..].iter_mut().step_by(sw);
-            let flags = seen[line][first_column..].iter_mut().step_by(sw);
-            for ((d, seen), &v) in targets.zip(flags).zip(&values[x_lo..x_hi]) {
-                if *seen {
-                    *d += v;
-                } else {
-                    *d = v;
-                    *seen = true;
-                }
+            let firsts = if i < sh || y + 1 == ho {
+                first_columns.clone()
+            } else {
+                0..0
+            };
+            let targets = &mut dx[yy * g.width + first_column..][..(len - 1) * sw + 1];
+            let values = &values[x_lo..x_hi];
+            if sw == 1 {
+                add_or_set(targets, values, firsts);
+            } else {
+                add_or_set_strided(targets, sw, values, firsts);
             }
         }
     }
 }
 
-/// `col2im_channel` for stride 1, without flags: the first contribution to input position
-/// `(yy, xx)` in the order `(i, j, y, x)` comes from the smallest `i` that reaches row `yy`,
-/// `max(0, yy + ph + 1 - H_out)`, and among those from the smallest `j` that reaches column
-/// `xx`, `max(0, xx + pw + 1 - W_out)`. So along one row of a patch gradient the first
-/// contributions form one run (none, a prefix or a single value), and the rest are adds.
-fn col2im_stride_1<'a, S: Scalar>(
-    g: &Geometry,
-    rows: impl Iterator<Item = (usize, &'a [S])>,
-    dx: &mut [S],
-) {
-    let (ho, wo) = g.output();
-    let (kw, (ph, pw)) = (g.kernel.1, g.padding);
-    for (ij, row) in rows {
-        let (i, j) = (ij / kw, ij % kw);
-        // Output columns x whose input column x + j - pw lies in 0..width.
-        let x_lo = pw.saturating_sub(j);
-        let x_hi = (g.width + pw).saturating_sub(j).min(wo);
-        if x_lo >= x_hi {
-            continue;
-        }
-        let (first_column, len) = (x_lo + j - pw, x_hi - x_lo);
-        for (y, values) in row.chunks_exact(wo).enumerate() {
-            let Some(yy) = (y + i).checked_sub(ph).filter(|&yy| yy < g.height) else {
-                continue;
-            };
-            let firsts = if i != (yy + ph + 1).saturating_sub(ho) {
-                0..0
-            } else if j == 0 {
-                // Columns xx with xx + pw + 1 <= W_out.
-                0..(wo - pw.min(wo)).saturating_sub(first_column).min(len)
-            } else {
-                // The one column with xx + pw + 1 - W_out = j.
-                match (j + wo - 1).checked_sub(pw + first_column) {
-                    Some(t) if t < len => t..t + 1,
-                    _ => 0..0,
-                }
-            };
-            let targets = &mut dx[yy * g.width + first_column..][..len];
-            add_or_set(targets, &values[x_lo..x_hi], firsts);
-        }
-    }
-}
-
 /// `d += v` element by element, except `d = v` on `set`.
+#[inline(never)]
 fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
     let (head, rest) = d.split_at_mut(set.start);
     let (middle, tail) = rest.split_at_mut(set.len());
@@ -956,6 +943,23 @@ fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
     }
     middle.copy_from_slice(&v[set.clone()]);
     for (d, &v) in tail.iter_mut().zip(&v[set.end..]) {
+        *d += v;
+    }
+}
+
+/// `add_or_set` on every `stride`-th value of `d`: `d[t * stride] += v[t]`, except
+/// `d[t * stride] = v[t]` for `t` in `set`.
+#[inline(never)]
+fn add_or_set_strided<S: Scalar>(d: &mut [S], stride: usize, v: &[S], set: std::ops::Range<usize>) {
+    let mut targets = d.iter_mut().step_by(stride);
+    let mut values = v.iter();
+    for (d, &v) in targets.by_ref().zip(values.by_ref()).take(set.start) {
+        *d += v;
+    }
+    for (d, &v) in targets.by_ref().zip(values.by_ref()).take(set.len()) {
+        *d = v;
+    }
+    for (d, &v) in targets.zip(values) {
         *d += v;
     }
 }
@@ -1147,6 +1151,9 @@ mod tests {
             square((6, 6, 6), 3, 2, 1, (9, 8)),
             // Depthwise with two filters per channel; grouped; without padding.
             square((3, 6, 3), 3, 1, 0, (7, 7)),
+            // One input channel, one group (LeNet-5's first convolution, smaller).
+            square((1, 6, 1), 5, 1, 0, (9, 8)),
+            square((1, 4, 1), 3, 2, 1, (9, 8)),
             square((4, 6, 2), 2, 2, 1, (6, 9)),
             square((6, 4, 2), 1, 1, 0, (5, 5)),
         ];
@@ -1186,6 +1193,67 @@ mod tests {
         // Rows longer than the pieces strided inputs are gathered in.
         for stride in [2, 3] {
             check_against_reference(square((2, 2, 2), 3, stride, 1, (7, 200)), 2, false);
+        }
+    }
+
+    /// The kernels that split their work among threads (`col2im` over planes, the depthwise
+    /// loops over channels and planes, several to a task) give the same bits and counts on
+    /// 1, 2 and 3 threads.
+    #[test]
+    fn same_bits_and_counts_on_1_2_3_threads() {
+        use crate::{Counted, tally};
+        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
+            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
+        };
+        for g in [
+            // Small planes, many to a task: col2im at stride 2, then depthwise at stride 2.
+            square((40, 24, 1), 3, 2, 1, (17, 17)),
+            square((48, 48, 48), 3, 2, 1, (16, 15)),
+            square((16, 16, 16), 3, 1, 1, (30, 30)),
+        ] {
+            let batch = 3;
+            let x = seq(batch * g.input_len(), 23, 0.09);
+            let w = seq(g.out_channels * g.patch(), 11, 0.17);
+            let b = seq(g.out_channels, 5, 0.3);
+            let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+            let run = || {
+                let (x, w, b, dout) = (
+                    Counted::vec(&x),
+                    Counted::vec(&w),
+                    Counted::vec(&b),
+                    Counted::vec(&dout),
+                );
+                let zero = Counted::new(0.0);
+                let mut out = vec![zero; dout.len()];
+                let (mut dw, mut db, mut dx) = (
+                    vec![zero; w.len()],
+                    vec![zero; b.len()],
+                    vec![zero; x.len()],
+                );
+                let mut conv = Conv2d {
+                    geometry: g,
+                    bias: true,
+                }
+                .kernel();
+                let ((), counts) = tally::measure(|| {
+                    conv.forward(&[&x], &[&w, &b], &mut out);
+                    conv.backward(Backward {
+                        x: &[&x],
+                        y: &out,
+                        dy: &dout,
+                        params: &[&w, &b],
+                        dparams: &mut [&mut dw, &mut db],
+                        dx: &mut [Some(&mut dx)],
+                    });
+                });
+                let bits: Vec<u64> = [out, dw, db, dx]
+                    .iter()
+                    .flatten()
+                    .map(|v| v.get().to_bits())
+                    .collect();
+                (bits, counts)
+            };
+            tally::assert_same_on_1_2_3_threads(run);
         }
     }
 

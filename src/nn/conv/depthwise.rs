@@ -43,16 +43,29 @@ fn each_counted<I, T>(
 ) where
     I: IndexedParallelIterator,
 {
-    // One part, run right here, when the work is small.
+    // One part, run right here, when the work is small; else items in groups of at least
+    // `TASK_WORK` multiply-adds, each group's counts taken once.
     let min_len = if work < PARALLEL_WORK { usize::MAX } else { 1 };
+    let group = (TASK_WORK / (work / items.len().max(1)).max(1)).max(1);
     tally::parallel(|| {
         let counts = items
+            .chunks(group)
             .with_min_len(min_len)
-            .map_init(init, |scratch, item| tally::take(|| f(scratch, item)).1)
+            .map_init(init, |scratch, items| {
+                tally::take(|| {
+                    for item in items {
+                        f(scratch, item);
+                    }
+                })
+                .1
+            })
             .reduce(|| Counts::ZERO, |a, b| a + b);
         ((), counts)
     });
 }
+
+/// A task of `each_counted` takes items of at least this many multiply-adds in all.
+const TASK_WORK: usize = 1 << 13;
 
 /// The forward of a chunk of examples: `out[e][o][y][x] = b[o] + sum over (i, j) of
 /// W[o][i][j] image_(e, c)[y*sh + i][x*sw + j]`, with `c = o / (C_out / G)`, summed in
@@ -238,24 +251,20 @@ pub(super) fn input_gradient<S: Scalar>(g: &Geometry, w: &[S], dout: &[S], dx: &
     let (window, p, plane) = (g.window(), g.positions(), g.height * g.width);
     let group_out = g.group_out();
     let planes = dx.par_chunks_mut(plane).enumerate();
-    let scratch = || (Vec::new(), Vec::new());
     each_counted(
         planes,
         dout.len() * window,
-        scratch,
-        |scratch, (index, dxp)| {
-            let (row, seen): &mut (Vec<S>, Vec<bool>) = scratch;
+        Vec::new,
+        |row: &mut Vec<S>, (index, dxp)| {
             let (e, c) = (index / g.in_channels, index % g.in_channels);
             row.resize(p, S::zero());
-            seen.clear();
-            seen.resize(plane, false);
             dxp.fill(S::zero());
             for ij in 0..window {
                 for o in c * group_out..(c + 1) * group_out {
                     let d = &dout[(e * g.out_channels + o) * p..][..p];
                     scale_or_add(row, w[o * window + ij], d, o == c * group_out);
                 }
-                col2im_channel(g, std::iter::once((ij, &row[..])), dxp, seen);
+                col2im_channel(g, std::iter::once((ij, &row[..])), dxp);
             }
         },
     );
