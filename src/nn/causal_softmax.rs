@@ -209,29 +209,15 @@ mod tests {
     /// Matrices shared among threads: the same bits and counts on 1, 2 and 3 threads.
     #[test]
     fn threads_change_no_bit_and_no_count() {
-        use crate::nn::ops::Backward;
+        use crate::nn::ops::step_bits;
         let (matrices, t) = (7, 40);
         let n = matrices * t * t;
         let z: Vec<f64> = (0..n).map(|i| ((i * 7) % 41) as f64 * 0.11 - 2.0).collect();
         let dy: Vec<f64> = (0..n).map(|i| ((i * 5) % 37) as f64 * 0.07 - 1.0).collect();
         let run = || {
-            let (cz, cdy) = (Counted::vec(&z), Counted::vec(&dy));
-            let (mut y, mut dz) = (vec![Counted::new(0.0); n], vec![Counted::new(0.0); n]);
             let shape = Shape::new(&[matrices, t, t]).unwrap();
             let mut kernel = CausalSoftmax::resolve(shape).unwrap().kernel();
-            let ((), counts) = tally::measure(|| {
-                kernel.forward(&[&cz], &[], &mut y);
-                kernel.backward(Backward {
-                    x: &[&cz],
-                    y: &y,
-                    dy: &cdy,
-                    params: &[],
-                    dparams: &mut [],
-                    dx: &mut [Some(&mut dz)],
-                });
-            });
-            let bits: Vec<u64> = y.iter().chain(&dz).map(|v| v.get().to_bits()).collect();
-            (bits, counts)
+            step_bits(&mut kernel, &z, &[], &dy)
         };
         tally::assert_same_on_1_2_3_threads(run);
     }

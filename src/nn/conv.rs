@@ -1201,7 +1201,8 @@ mod tests {
     /// 1, 2 and 3 threads.
     #[test]
     fn same_bits_and_counts_on_1_2_3_threads() {
-        use crate::{Counted, tally};
+        use crate::nn::ops::step_bits;
+        use crate::tally;
         let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
             (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
         };
@@ -1217,41 +1218,12 @@ mod tests {
             let b = seq(g.out_channels, 5, 0.3);
             let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
             let run = || {
-                let (x, w, b, dout) = (
-                    Counted::vec(&x),
-                    Counted::vec(&w),
-                    Counted::vec(&b),
-                    Counted::vec(&dout),
-                );
-                let zero = Counted::new(0.0);
-                let mut out = vec![zero; dout.len()];
-                let (mut dw, mut db, mut dx) = (
-                    vec![zero; w.len()],
-                    vec![zero; b.len()],
-                    vec![zero; x.len()],
-                );
                 let mut conv = Conv2d {
                     geometry: g,
                     bias: true,
                 }
                 .kernel();
-                let ((), counts) = tally::measure(|| {
-                    conv.forward(&[&x], &[&w, &b], &mut out);
-                    conv.backward(Backward {
-                        x: &[&x],
-                        y: &out,
-                        dy: &dout,
-                        params: &[&w, &b],
-                        dparams: &mut [&mut dw, &mut db],
-                        dx: &mut [Some(&mut dx)],
-                    });
-                });
-                let bits: Vec<u64> = [out, dw, db, dx]
-                    .iter()
-                    .flatten()
-                    .map(|v| v.get().to_bits())
-                    .collect();
-                (bits, counts)
+                step_bits(&mut conv, &x, &[&w, &b], &dout)
             };
             tally::assert_same_on_1_2_3_threads(run);
         }

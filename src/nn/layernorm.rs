@@ -475,7 +475,7 @@ mod tests {
     /// threads: the same bits and counts on 1, 2 and 3 threads.
     #[test]
     fn threads_change_no_bit_and_no_count() {
-        use crate::nn::ops::Backward;
+        use crate::nn::ops::step_bits;
         let (rows, d) = (130, 96);
         let x: Vec<f64> = (0..rows * d)
             .map(|i| ((i * 7) % 41) as f64 * 0.11 - 2.0)
@@ -486,29 +486,8 @@ mod tests {
         let gamma: Vec<f64> = (0..d).map(|i| 1.0 + i as f64 * 0.01).collect();
         let beta: Vec<f64> = (0..d).map(|i| i as f64 * 0.02).collect();
         let run = || {
-            let (cx, cdy) = (Counted::vec(&x), Counted::vec(&dy));
-            let (g, b) = (Counted::vec(&gamma), Counted::vec(&beta));
-            let mut y = vec![Counted::new(0.0); rows * d];
-            let mut dx = vec![Counted::new(0.0); rows * d];
-            let (mut dg, mut db) = (vec![Counted::new(0.0); d], vec![Counted::new(0.0); d]);
             let mut kernel = LayerNorm::resolve(Shape::new(&[rows, d]).unwrap()).kernel();
-            let ((), counts) = tally::measure(|| {
-                kernel.forward(&[&cx], &[&g, &b], &mut y);
-                kernel.backward(Backward {
-                    x: &[&cx],
-                    y: &y,
-                    dy: &cdy,
-                    params: &[&g, &b],
-                    dparams: &mut [&mut dg, &mut db],
-                    dx: &mut [Some(&mut dx)],
-                });
-            });
-            let bits: Vec<u64> = [y, dx, dg, db]
-                .iter()
-                .flatten()
-                .map(|v| v.get().to_bits())
-                .collect();
-            (bits, counts)
+            step_bits(&mut kernel, &x, &[&gamma, &beta], &dy)
         };
         tally::assert_same_on_1_2_3_threads(run);
     }

@@ -416,3 +416,43 @@ pub(crate) fn resolve(layer: &Layer, inputs: &[Shape]) -> std::result::Result<No
         }
     })
 }
+
+/// A one-input kernel's forward and backward pass in `Counted<f64>` on `x` and `params`
+/// (given in `f64`), every gradient wanted: the bits of the output, the input gradient and
+/// the parameters' gradients, and the counts. For kernels' tests, with
+/// `tally::assert_same_on_1_2_3_threads`.
+#[cfg(test)]
+pub(crate) fn step_bits(
+    kernel: &mut impl Kernel<crate::Counted<f64>>,
+    x: &[f64],
+    params: &[&[f64]],
+    dy: &[f64],
+) -> (Vec<u64>, crate::Counts) {
+    use crate::{Counted, tally};
+    let (x, dy) = (Counted::vec(x), Counted::vec(dy));
+    let params: Vec<Vec<Counted<f64>>> = params.iter().map(|p| Counted::vec(p)).collect();
+    let params: Vec<&[Counted<f64>]> = params.iter().map(Vec::as_slice).collect();
+    let zero = Counted::new(0.0);
+    let mut y = vec![zero; dy.len()];
+    let mut dx = vec![zero; x.len()];
+    let mut dparams: Vec<Vec<Counted<f64>>> = params.iter().map(|p| vec![zero; p.len()]).collect();
+    let ((), counts) = tally::measure(|| {
+        kernel.forward(&[&x], &params, &mut y);
+        let mut dp: Vec<&mut [Counted<f64>]> = dparams.iter_mut().map(Vec::as_mut_slice).collect();
+        kernel.backward(Backward {
+            x: &[&x],
+            y: &y,
+            dy: &dy,
+            params: &params,
+            dparams: &mut dp,
+            dx: &mut [Some(&mut dx)],
+        });
+    });
+    let bits = [y, dx]
+        .iter()
+        .chain(&dparams)
+        .flatten()
+        .map(|v| v.get().to_bits())
+        .collect();
+    (bits, counts)
+}
