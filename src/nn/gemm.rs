@@ -24,9 +24,10 @@
 //! which would be counted.
 //!
 //! Each tile asks for the next tile's part of C before it runs (a prefetch, no arithmetic),
-//! since a sum continued from C finds it out of the cache otherwise. A C narrower than a
-//! whole number of vectors and taller than wide, with long sums, is computed as its
-//! transpose, `C^T = B^T A^T`: the same products in the same order for every element.
+//! since a sum continued from C finds it out of the cache otherwise. A C a few values past a
+//! whole number of vectors wide, or only a few vectors wide, is computed as its transpose,
+//! `C^T = B^T A^T`, when the register tiles fit that better (`transposing_pays`): the same
+//! products in the same order for every element.
 //!
 //! C is split among threads along its longer side, on tile boundaries (each part packs all of
 //! the other operand, so that the repeated packing is the smaller). Work split among threads
@@ -420,7 +421,7 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     let isa = Isa::detect();
-    if transposing_pays((m, n, k), isa.lanes()) {
+    if transposing_pays((m, n, k), isa.lanes(), matches!(start, Start::Existing)) {
         // C^T = B^T A^T: every element is the same products added in the same order of k
         // (each product's two factors swapped, which changes no bit), so the same bits and
         // counts; C is copied in (if the sums start from it) and out, free.
@@ -512,20 +513,46 @@ fn column_parts(n: usize, threads: usize, lanes: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Whether C (m x n) is better computed as its transpose: when it is narrower than it is
-/// tall by a part of a vector (the register tiles would leave a column edge on every row, done
-/// a value at a time) and its sums are long enough that copying C out (and in) is a small part
-/// of the work. The first convolution of an RGB model has such a weight gradient: 27 columns
-/// (3 channels x 3 x 3) by 64 rows, each a sum over every position of the image.
-fn transposing_pays((m, n, k): (usize, usize, usize), lanes: usize) -> bool {
-    n < m && n % lanes != 0 && k >= 1024 && m * n <= 1 << 16
+/// Whether C (m x n) is better computed as its transpose, `C^T = B^T A^T`: when the
+/// transpose's estimated cost, plus copying C out (and in, if the sums continue from it), is
+/// the smaller by a margin. A C whose width is a few values past a whole number of vectors
+/// leaves a column edge on every row, done a value at a time, and a narrow C packs all of A
+/// for a few columns: the convolutions of small images have such products (49 columns for
+/// one 7 x 7 example's patch gradients, 4608 rows), and so has the weight gradient of the
+/// first convolution of an RGB model (147 columns: 3 channels x 7 x 7).
+fn transposing_pays((m, n, k): (usize, usize, usize), lanes: usize, continues: bool) -> bool {
+    let copies = if continues { 4.0 } else { 2.0 } * m as f64 * n as f64;
+    let transposed = tile_cost((n, m, k), lanes) + copies;
+    transposed < 0.9 * tile_cost((m, n, k), lanes)
 }
 
-/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major.
+/// A rough cost of the register tiles and packing for C (m x n) with sums of k, in vector
+/// multiply-adds: each row takes a vector per whole vector of its width, one per narrower
+/// register tile (8 and 4 wide), two per value left to the edge; a 1-row tile keeps too few
+/// sums in flight to run at full speed, so an odd row costs its vectors twice; packing A
+/// moves a value at a time, B a vector at a time.
+fn tile_cost((m, n, k): (usize, usize, usize), lanes: usize) -> f64 {
+    let vectors = n / lanes + usize::from(lanes > 8 && n % lanes >= 8) + usize::from(n % 8 >= 4);
+    let per_row = vectors + 2 * (n % 4);
+    let per_k = m * per_row + (m % 2) * vectors;
+    k as f64 * (per_k as f64 + 0.5 * m as f64 + (n / lanes) as f64)
+}
+
+/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major: in square tiles, each
+/// tile's rows read in one go and its columns written in one go, then the edges a value at a
+/// time.
 fn transpose<S: Copy>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
-    for (r, row) in from.chunks_exact(cols).take(rows).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            to[c * rows + r] = v;
+    const TILE: usize = 8;
+    let (whole_rows, whole_cols) = (rows - rows % TILE, cols - cols % TILE);
+    for r in (0..whole_rows).step_by(TILE) {
+        for c in (0..whole_cols).step_by(TILE) {
+            transpose_tile::<S, TILE>(&from[r * cols + c..], cols, &mut to[c * rows + r..], rows);
+        }
+    }
+    for r in 0..rows {
+        let first = if r < whole_rows { whole_cols } else { 0 };
+        for c in first..cols {
+            to[c * rows + r] = from[r * cols + c];
         }
     }
 }
@@ -656,35 +683,47 @@ fn tile_baseline<S: Scalar>(
     acc: &mut [[S; 8]; 4],
     size: (usize, usize),
 ) {
-    tile_of_widths!(BASELINE_FUSES, 4, 8, [4, 2], [8, 4], a, b, first, acc, size);
+    tile_of_widths!(
+        BASELINE_FUSES,
+        4,
+        8,
+        [4, 2, 1],
+        [8, 4],
+        a,
+        b,
+        first,
+        acc,
+        size
+    );
 }
 
-/// A tile of `mr x nr` elements (`mr <= MR`, `nr <= NR`): the tallest of the listed row
-/// counts that fits, in register tiles of the listed widths (whole vectors; from the widest,
-/// each width once if it fits in what is left); what that leaves (columns to the right, rows
-/// below) by `edge_tile`.
+/// A tile of `mr x nr` elements (`mr <= MR`, `nr <= NR`): rows in register tiles of the listed
+/// heights, from the tallest, each height once if it fits in the rows left; each such band of
+/// rows in register tiles of the listed widths (whole vectors; from the widest, each width
+/// once if it fits in what is left); what that leaves (columns to the right, rows below) by
+/// `edge_tile`.
 macro_rules! tile_of_widths {
     ($fuse:expr, $mr:expr, $nr:expr, [$($r:literal),*], $widths:tt, $a:ident, $b:ident, $first:ident, $acc:ident, $size:ident) => {{
         let (mr, nr) = $size;
-        let (mut rows, mut columns) = (0, 0);
+        let mut rows = 0;
         $(
-            if rows == 0 && mr >= $r {
-                rows = $r;
-                columns = tile_of_widths!(@widths $fuse, $mr, $nr, $r, $widths, $a, $b, $first, $acc, nr);
+            if mr - rows >= $r {
+                let columns = tile_of_widths!(@widths $fuse, $mr, $nr, $r, $widths, $a, $b, $first, $acc, rows, nr);
+                if columns < nr {
+                    edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (rows, rows + $r), (columns, nr));
+                }
+                rows += $r;
             }
         )*
-        if columns < nr {
-            edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (0, rows), (columns, nr));
-        }
         if rows < mr {
             edge_tile::<S, { $mr }, { $nr }, { $fuse }>($a, $b, $first, $acc, (rows, mr), (0, nr));
         }
     }};
-    (@widths $fuse:expr, $mr:expr, $nr:expr, $r:literal, [$($w:literal),*], $a:ident, $b:ident, $first:ident, $acc:ident, $n:ident) => {{
+    (@widths $fuse:expr, $mr:expr, $nr:expr, $r:literal, [$($w:literal),*], $a:ident, $b:ident, $first:ident, $acc:ident, $i0:ident, $n:ident) => {{
         let mut columns = 0;
         $(
             if $n - columns >= $w {
-                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc, columns);
+                full_tile::<S, { $mr }, { $nr }, $r, $w, { $fuse }>($a, $b, $first, $acc, ($i0, columns));
                 columns += $w;
             }
         )*
@@ -738,7 +777,7 @@ kernels_for!(
     "avx2,fma",
     AVX2_TILE.0,
     AVX2_TILE.1,
-    [6, 4, 2],
+    [6, 4, 2, 1],
     [16, 8, 4]
 );
 kernels_for!(
@@ -747,7 +786,7 @@ kernels_for!(
     "avx512f,avx2,fma",
     AVX512_TILE.0,
     AVX512_TILE.1,
-    [6, 4, 2],
+    [6, 4, 2, 1],
     [64, 48, 32, 16, 8, 4]
 );
 
@@ -895,7 +934,7 @@ fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
     });
 }
 
-/// A tile of the first `R` of the `MR` rows and `W` of the `NR` columns from `j0`: the sums,
+/// A tile of `R` of the `MR` rows from `i0` and `W` of the `NR` columns from `j0`: the sums,
 /// started in `acc` (or from the first product if `first`), stay in registers while the
 /// panel of K streams through. The loop over K cannot panic (iterators, and slices whose
 /// bounds are checked once before it), so the counters stay in registers too.
@@ -912,29 +951,29 @@ fn full_tile<
     b: &[[S; NR]],
     first: bool,
     acc: &mut [[S; NR]; MR],
-    j0: usize,
+    (i0, j0): (usize, usize),
 ) {
-    assert!(j0 + W <= NR);
+    assert!(i0 + R <= MR && j0 + W <= NR);
     let mut sums = [[S::zero(); W]; R];
-    for (row, all) in sums.iter_mut().zip(acc.iter()) {
+    for (row, all) in sums.iter_mut().zip(&acc[i0..]) {
         row.copy_from_slice(&all[j0..j0 + W]);
     }
     let rest = usize::from(first);
     if first {
-        for (row, &ai) in sums.iter_mut().zip(&a[0]) {
+        for (row, &ai) in sums.iter_mut().zip(&a[0][i0..]) {
             for (v, &bj) in row.iter_mut().zip(&b[0][j0..j0 + W]) {
                 *v = ai * bj;
             }
         }
     }
     for (ak, bk) in a[rest..].iter().zip(&b[rest..]) {
-        for (row, &ai) in sums.iter_mut().zip(ak) {
+        for (row, &ai) in sums.iter_mut().zip(&ak[i0..i0 + R]) {
             for (v, &bj) in row.iter_mut().zip(&bk[j0..j0 + W]) {
                 *v = fused_or_not::<S, FUSE>(*v, ai, bj);
             }
         }
     }
-    for (row, all) in sums.iter().zip(acc.iter_mut()) {
+    for (row, all) in sums.iter().zip(&mut acc[i0..]) {
         all[j0..j0 + W].copy_from_slice(row);
     }
 }
@@ -1027,6 +1066,10 @@ mod tests {
             (70, 90, 513),
             // Narrow and deep: computed as its transpose.
             (64, 27, 1100),
+            // Narrow and tall: computed as its transpose, whose 49 rows end in a 1-row tile.
+            (400, 49, 256),
+            // 5 rows: a 4-row tile, then a 1-row tile, each with a column edge.
+            (5, 147, 300),
         ] {
             let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
             let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
@@ -1178,10 +1221,29 @@ mod tests {
     }
 
     #[test]
+    fn products_with_a_column_edge_on_every_row_are_computed_transposed() {
+        let lanes = Isa::detect().lanes();
+        // A 7 x 7 output's patch gradients, 4 examples; the weight gradient of a first
+        // convolution of 3 channels with 7 x 7 windows; the product above.
+        for shape in [(4608, 196 + 1, 512), (64, 147, 12_544), (400, 49, 256)] {
+            assert!(transposing_pays(shape, lanes, false), "{shape:?}");
+        }
+        // Whole vectors wide, or too short a sum to pay for the copies.
+        for shape in [
+            (1024, 1024, 1024),
+            (64, 3136, 576),
+            (5, 147, 300),
+            (4608, 49, 1),
+        ] {
+            assert!(!transposing_pays(shape, lanes, false), "{shape:?}");
+        }
+    }
+
+    #[test]
     fn a_product_computed_transposed_continues_the_sums_in_c() {
         // 27 columns of 1100-term sums: computed as C^T = B^T A^T (see `transposing_pays`).
         let (m, n, k) = (40, 27, 1100);
-        assert!(transposing_pays((m, n, k), Isa::detect().lanes()));
+        assert!(transposing_pays((m, n, k), Isa::detect().lanes(), true));
         let a: Vec<f64> = (0..m * k).map(|v| (v % 11) as f64 * 0.3 - 1.5).collect();
         let b: Vec<f64> = (0..k * n).map(|v| (v % 7) as f64 * 0.9 - 2.0).collect();
         let start: Vec<f64> = (0..m * n).map(|v| v as f64 * 0.01).collect();
