@@ -122,13 +122,21 @@ impl Geometry {
 
     /// How many examples to take at once (a chunk), given what one example puts in each
     /// chunk buffer besides the padded input: as many as keep every buffer within
-    /// `CHUNK_VALUES`, at least one.
+    /// `CHUNK_VALUES`, and at least as many as make the products `CHUNK_COLUMNS` wide.
     fn chunk(&self, per_example: &[usize]) -> usize {
         let largest = per_example
             .iter()
             .fold(self.padded_len(), |m, &v| m.max(v))
             .max(1);
-        (CHUNK_VALUES / largest).max(1)
+        (CHUNK_VALUES / largest).max(self.narrow_chunk())
+    }
+
+    /// The fewest examples a chunk takes: enough that the products are at least
+    /// `CHUNK_COLUMNS` wide (one example's columns are its positions). A product a few
+    /// positions wide (49 for a 7 x 7 output) would pack its weights again for every
+    /// example and spend more time packing than multiplying.
+    fn narrow_chunk(&self) -> usize {
+        CHUNK_COLUMNS.div_ceil(self.positions().max(1))
     }
 }
 
@@ -287,17 +295,18 @@ impl Operation for Conv2d {
     }
 
     /// The padded input and, backward, the patch gradients (every group's: C_in x window
-    /// rows). A convolution of one input channel per group (depthwise) never holds them: it
-    /// computes each input plane's gradient whole, one row of P patch gradients at a time
-    /// (a row for each thread at work), so it is charged one row.
+    /// rows) of the fewest examples a chunk takes (one, unless the output is small: see
+    /// `Geometry::narrow_chunk`). A convolution of one input channel per group (depthwise)
+    /// never holds the patch gradients: it computes each input plane's gradient whole, one
+    /// row of P patch gradients at a time (a row for each thread at work), so it is charged
+    /// one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
-        let patch_gradients = if g.group_in() == 1 {
-            g.positions()
+        if g.group_in() == 1 {
+            g.narrow_chunk() * g.padded_len() + g.positions()
         } else {
-            g.groups * g.patch() * g.positions()
-        };
-        g.padded_len() + patch_gradients
+            g.narrow_chunk() * (g.padded_len() + g.groups * g.patch() * g.positions())
+        }
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
@@ -410,8 +419,13 @@ pub(crate) struct ConvKernel<S> {
 
 /// A chunk of examples holds at most this many values in each of its buffers (padded input,
 /// output, patch gradients), unless one example alone needs more: 1 MiB of `f32`. Large
-/// convolutions go one example at a time, with no more memory than that example needs.
+/// convolutions go one example at a time, with no more memory than that example needs,
+/// unless their outputs are small (`CHUNK_COLUMNS`).
 const CHUNK_VALUES: usize = 1 << 18;
+
+/// A chunk's products are at least this many columns (positions of its examples) wide,
+/// whatever its buffers hold: 4 examples of a 7 x 7 output.
+const CHUNK_COLUMNS: usize = 192;
 
 impl<S: Scalar> Kernel<S> for ConvKernel<S> {
     /// `out[o][p] = b[o] + sum_k W[o][k] patches_g[k][p]` for every example, over the patch
