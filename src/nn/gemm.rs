@@ -41,6 +41,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use super::moves::transpose_8x8;
 use crate::counts::Counts;
 use crate::scalar::Scalar;
 use crate::tally;
@@ -128,7 +129,7 @@ pub(crate) struct Strided<'a, S> {
     pub col_stride: usize,
 }
 
-impl<S: Copy + Sync> Operand<S> for Strided<'_, S> {
+impl<S: Copy + Sync + 'static> Operand<S> for Strided<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         for (r, row) in out.chunks_exact_mut(cols).take(rows).enumerate() {
             let base = (r0 + r) * self.row_stride + c0 * self.col_stride;
@@ -340,7 +341,7 @@ fn to_panels<S: Copy>(
 /// tiles leave (fewer than `TILE` runs, or the ends of the runs) a value at a time. A tile
 /// asks for the same place in the next `TILE` runs before it runs (a prefetch), since a large
 /// operand, read once per product, comes from memory.
-fn runs_across<S: Copy>(
+fn runs_across<S: Copy + 'static>(
     src: &[S],
     stride: usize,
     (lines, len): (usize, usize),
@@ -360,7 +361,7 @@ fn runs_across<S: Copy>(
                     prefetch(&src[run * stride + r..][..1]);
                 }
             }
-            transpose_tile::<S, TILE>(
+            transpose_tile(
                 &src[j * stride + r..],
                 stride,
                 &mut dst[r * width + j..],
@@ -381,23 +382,17 @@ fn runs_across<S: Copy>(
     }
 }
 
-/// `dst[r * width + j] = src[j * stride + r]` for `j, r < T`: one square tile of
-/// [`runs_across`]. Each run and each row is bounds-checked once, then `T * T` plain moves.
+/// `dst[r * width + j] = src[j * stride + r]` for `j, r < 8`: one square tile of
+/// [`runs_across`], each run bounds-checked once, moved in vector registers where the type
+/// allows (see `moves`).
 #[inline(always)]
-fn transpose_tile<S: Copy, const T: usize>(src: &[S], stride: usize, dst: &mut [S], width: usize) {
-    let runs: [&[S; T]; T] = std::array::from_fn(|j| {
+fn transpose_tile<S: Copy + 'static>(src: &[S], stride: usize, dst: &mut [S], width: usize) {
+    let runs: [&[S; 8]; 8] = std::array::from_fn(|j| {
         src[j * stride..]
-            .first_chunk::<T>()
+            .first_chunk::<8>()
             .expect("a tile's run lies inside the operand")
     });
-    for r in 0..T {
-        let row = dst[r * width..]
-            .first_chunk_mut::<T>()
-            .expect("a tile's row lies inside the panel");
-        for (v, run) in row.iter_mut().zip(&runs) {
-            *v = run[r];
-        }
-    }
+    transpose_8x8(runs, dst, width);
 }
 
 /// Panel sizes: a packed block of A is `MC x KC`, of B `KC x NC`.
@@ -541,12 +536,12 @@ fn tile_cost((m, n, k): (usize, usize, usize), lanes: usize) -> f64 {
 /// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major: in square tiles, each
 /// tile's rows read in one go and its columns written in one go, then the edges a value at a
 /// time.
-fn transpose<S: Copy>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
+fn transpose<S: Copy + 'static>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
     const TILE: usize = 8;
     let (whole_rows, whole_cols) = (rows - rows % TILE, cols - cols % TILE);
     for r in (0..whole_rows).step_by(TILE) {
         for c in (0..whole_cols).step_by(TILE) {
-            transpose_tile::<S, TILE>(&from[r * cols + c..], cols, &mut to[c * rows + r..], rows);
+            transpose_tile(&from[r * cols + c..], cols, &mut to[c * rows + r..], rows);
         }
     }
     for r in 0..rows {

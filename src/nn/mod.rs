@@ -25,6 +25,7 @@ mod loss;
 mod mask_fill;
 mod matmul;
 pub(crate) mod mix;
+mod moves;
 mod mul;
 pub(crate) mod ops;
 pub(crate) mod optimizer;

@@ -1,0 +1,132 @@
+//! Moving values between layouts: square tiles transposed in vector registers.
+//!
+//! Packing a matrix product's operands is mostly transposing small tiles, and the compiler
+//! does not turn a generic tile's moves into vector shuffles: it moves one value at a time.
+//! Values stored as an `f32` is (`f32` and the counted `f32`s, which wrap one and nothing
+//! else) are moved here as 4-byte lanes of AVX registers instead. This is data movement
+//! only, never arithmetic, and `f32` and `Counted<f32>` take the same path, so what is
+//! measured is still the program that runs; other types take the generic moves.
+
+use std::any::TypeId;
+
+use crate::{Counted, CountedZeros};
+
+/// Whether `S` is stored exactly as an `f32` is, so that its values may be moved as the 4
+/// bytes of one.
+#[inline(always)]
+fn stored_as_f32<S: 'static>() -> bool {
+    let id = TypeId::of::<S>();
+    id == TypeId::of::<f32>()
+        || id == TypeId::of::<Counted<f32>>()
+        || id == TypeId::of::<CountedZeros<f32>>()
+}
+
+/// `dst[r * width + j] = runs[j][r]` for `j, r < 8`: eight runs of eight values written side
+/// by side as the first eight columns of eight rows `width` apart.
+///
+/// # Panics
+/// If `dst` is shorter than `7 * width + 8`.
+#[inline(always)]
+pub(crate) fn transpose_8x8<S: Copy + 'static>(runs: [&[S; 8]; 8], dst: &mut [S], width: usize) {
+    assert!(
+        dst.len() >= 7 * width + 8,
+        "a tile's rows lie inside the panel"
+    );
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    if stored_as_f32::<S>() {
+        let runs = runs.map(|run| run.as_ptr().cast::<f32>());
+        // SAFETY: `S` is `f32` or a transparent wrapper of one, so each run is eight
+        // readable `f32`s and `dst` holds eight rows of eight writable `f32`s `width` apart
+        // (checked above); AVX is enabled at compile time.
+        unsafe { transpose_8x8_avx(runs, dst.as_mut_ptr().cast::<f32>(), width) };
+        return;
+    }
+    for r in 0..8 {
+        let row = dst[r * width..]
+            .first_chunk_mut::<8>()
+            .expect("checked above");
+        for (v, run) in row.iter_mut().zip(&runs) {
+            *v = run[r];
+        }
+    }
+}
+
+/// [`transpose_8x8`] for `f32`s in AVX registers: the rows are interleaved in pairs, then
+/// in pairs of pairs, then the 128-bit halves are swapped across.
+///
+/// # Safety
+/// Each of `runs` points to 8 readable `f32`s; `dst + r * width` to 8 writable ones for
+/// every `r < 8`, not overlapping the runs.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[inline(always)]
+unsafe fn transpose_8x8_avx(runs: [*const f32; 8], dst: *mut f32, width: usize) {
+    use std::arch::x86_64::{
+        _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+    };
+    // SAFETY: the caller's promise covers every load and store.
+    unsafe {
+        let v = runs.map(|run| _mm256_loadu_ps(run));
+        // Pairs of runs, value by value: (a0 b0 a1 b1 | a4 b4 a5 b5) and the 2, 3, 6, 7s.
+        let low = [0, 2, 4, 6].map(|j| _mm256_unpacklo_ps(v[j], v[j + 1]));
+        let high = [0, 2, 4, 6].map(|j| _mm256_unpackhi_ps(v[j], v[j + 1]));
+        // Four runs, value by value: (a0 b0 c0 d0 | a4 b4 c4 d4), then values 1, 2, 3.
+        let quads = |pairs: [_; 4], half: usize| {
+            [
+                _mm256_shuffle_ps::<0x44>(pairs[2 * half], pairs[2 * half + 1]),
+                _mm256_shuffle_ps::<0xEE>(pairs[2 * half], pairs[2 * half + 1]),
+            ]
+        };
+        let [q0, q1] = quads(low, 0);
+        let [q2, q3] = quads(high, 0);
+        let [q4, q5] = quads(low, 1);
+        let [q6, q7] = quads(high, 1);
+        let rows = [
+            _mm256_permute2f128_ps::<0x20>(q0, q4),
+            _mm256_permute2f128_ps::<0x20>(q1, q5),
+            _mm256_permute2f128_ps::<0x20>(q2, q6),
+            _mm256_permute2f128_ps::<0x20>(q3, q7),
+            _mm256_permute2f128_ps::<0x31>(q0, q4),
+            _mm256_permute2f128_ps::<0x31>(q1, q5),
+            _mm256_permute2f128_ps::<0x31>(q2, q6),
+            _mm256_permute2f128_ps::<0x31>(q3, q7),
+        ];
+        for (r, row) in rows.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(r * width), row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<S: Copy + 'static + PartialEq + std::fmt::Debug>(make: impl Fn(usize) -> S) {
+        let width = 11;
+        let source: Vec<S> = (0..8 * 13).map(&make).collect();
+        let runs: [&[S; 8]; 8] =
+            std::array::from_fn(|j| source[j * 13 + 2..].first_chunk::<8>().unwrap());
+        let untouched = make(999);
+        let mut dst = vec![untouched; 8 * width + 3];
+        transpose_8x8(runs, &mut dst[1..], width);
+        for (at, &v) in dst.iter().enumerate() {
+            let written = at >= 1 && (at - 1) % width < 8 && (at - 1) / width < 8;
+            let want = if written {
+                let (r, j) = ((at - 1) / width, (at - 1) % width);
+                make(j * 13 + 2 + r)
+            } else {
+                untouched
+            };
+            assert_eq!(v, want, "at {at}");
+        }
+    }
+
+    #[test]
+    fn every_value_lands_in_its_transposed_place_and_nothing_else_is_written() {
+        check(|i| i as f32);
+        check(|i| Counted::new(i as f32 + 0.5));
+        check(|i| CountedZeros::new(-(i as f32)));
+        check(|i| i as f64);
+        check(|i| i as u16);
+    }
+}
