@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::dense::check_size;
 use super::gemm::{Operand, Start, Strided, gemm};
+use super::moves::transpose_8x8;
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -770,7 +771,10 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
 
     /// Row by row (each a position), straight into every panel: the position's place in the
     /// image is worked out once for all its columns, and the columns of one window row (`kw`
-    /// values side by side in the image) are copied a few at a time, not one by one.
+    /// values side by side in the image) are copied a few at a time, not one by one. At stride
+    /// 1, eight positions along one output row are eight values side by side in the image
+    /// for every column: eight such runs, for eight columns of one panel, are one square
+    /// tile moved in vector registers (`moves::transpose_8x8`).
     fn pack_columns(
         &self,
         (r0, rows): (usize, usize),
@@ -781,33 +785,68 @@ impl<S: Scalar> Operand<S> for PatchesT<'_, S> {
         let offsets = &self.offsets[c0..c0 + cols];
         // Columns whose offsets follow one another (a window's row), up to 4 and never across
         // a panel, are copied together: (place in a row of the output, offset, length).
+        // `pieces` covers every column, `rest` those outside the tiles' groups of 8.
         let mut pieces = Vec::with_capacity(cols);
+        let mut rest = Vec::with_capacity(cols);
+        let mut groups = Vec::with_capacity(cols / 8);
+        let s = self.patches.g.stride.1;
         for (p, panel) in offsets.chunks(width).enumerate() {
+            let tiled = if s == 1 { panel.len() / 8 * 8 } else { 0 };
+            for j in (0..tiled).step_by(8) {
+                groups.push((p * rows * width + j, p * width + j));
+            }
             let mut j = 0;
             while j < panel.len() {
                 let mut len = 1;
-                while len < 4 && j + len < panel.len() && panel[j + len] == panel[j] + len {
+                while len < 4
+                    && j + len < panel.len()
+                    && j + len != tiled
+                    && panel[j + len] == panel[j] + len
+                {
                     len += 1;
                 }
                 pieces.push((p * rows * width + j, panel[j], len));
+                if j >= tiled {
+                    rest.push((p * rows * width + j, panel[j], len));
+                }
                 j += len;
             }
         }
-        let s = self.patches.g.stride.1;
+        let copy = |row: &mut [S], image: &[S], pieces: &[(usize, usize, usize)]| {
+            for &(at, off, len) in pieces {
+                let (dst, src) = (&mut row[at..], &image[off..]);
+                match len {
+                    4 => dst[..4].copy_from_slice(&src[..4]),
+                    3 => dst[..3].copy_from_slice(&src[..3]),
+                    2 => dst[..2].copy_from_slice(&src[..2]),
+                    _ => dst[0] = src[0],
+                }
+            }
+        };
         let mut r = 0;
         self.patches.runs(r0, rows, |start, run| {
-            for t in 0..run {
-                let image = &self.patches.images[start + t * s..];
-                let row = &mut out[(r + t) * width..];
-                for &(at, off, len) in &pieces {
-                    let (dst, src) = (&mut row[at..], &image[off..]);
-                    match len {
-                        4 => dst[..4].copy_from_slice(&src[..4]),
-                        3 => dst[..3].copy_from_slice(&src[..3]),
-                        2 => dst[..2].copy_from_slice(&src[..2]),
-                        _ => dst[0] = src[0],
+            let mut t = 0;
+            if !groups.is_empty() {
+                while t + 8 <= run {
+                    let image = &self.patches.images[start + t..];
+                    let block = &mut out[(r + t) * width..];
+                    for &(at, column) in &groups {
+                        let runs = std::array::from_fn(|j| {
+                            image[offsets[column + j]..]
+                                .first_chunk::<8>()
+                                .expect("a window lies inside the padded image")
+                        });
+                        transpose_8x8(runs, &mut block[at..], width);
                     }
+                    for q in 0..8 {
+                        copy(&mut block[q * width..], &image[q..], &rest);
+                    }
+                    t += 8;
                 }
+            }
+            for t in t..run {
+                let image = &self.patches.images[start + t * s..];
+                copy(&mut out[(r + t) * width..], image, &pieces);
             }
             r += run;
         });
@@ -1122,6 +1161,58 @@ mod tests {
             padding: (padding, padding),
             height,
             width,
+        }
+    }
+
+    #[test]
+    fn transposed_patches_pack_in_tiles_where_one_at_a_time_puts_them() {
+        // Stride 1 (tiles of 8 positions by 8 columns where a run allows) and 2 (none),
+        // runs of positions shorter and longer than 8, several examples, random blocks and
+        // panel widths; f32 and the counted f32 move through vector registers, f64 does not.
+        fn check<S: Scalar>(rng: &mut crate::rng::Rng, value: impl Fn(usize) -> S) {
+            let stride = 1 + rng.below(2);
+            let (side, padding, kernel) = (3 + rng.below(20), rng.below(2), 1 + rng.below(3));
+            let g = square(
+                (1 + rng.below(5), 2, 1),
+                kernel,
+                stride,
+                padding,
+                (side, side + 2),
+            );
+            let examples = 1 + rng.below(3);
+            let x: Vec<S> = (0..examples * g.input_len()).map(&value).collect();
+            let mut padded = Vec::new();
+            let patches_t = PatchesT::new(Patches::new(&g, &x, &mut padded));
+            let (n, k) = (examples * g.positions(), g.patch());
+            let (r0, c0) = (rng.below(n), rng.below(k));
+            let (rows, cols) = (1 + rng.below(n - r0), 1 + rng.below(k - c0));
+            let width = [8, 16, 64][rng.below(3)];
+            let mark = value(usize::MAX / 2);
+            let size = cols.div_ceil(width) * width * rows + 5;
+            let (mut got, mut want) = (vec![mark; size], vec![mark; size]);
+            patches_t.pack_columns((r0, rows), (c0, cols), width, &mut got);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let at = ((c / width) * rows + r) * width + c % width;
+                    patches_t.copy_block(r0 + r, 1, c0 + c, 1, &mut want[at..at + 1]);
+                }
+            }
+            let bits = |v: &[S]| {
+                v.iter()
+                    .map(|x| x.to_f64().unwrap().to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{g:?} ({r0}, {rows}) ({c0}, {cols}) {width}"
+            );
+        }
+        let mut rng = crate::rng::Rng::new(8);
+        for _ in 0..100 {
+            check(&mut rng, |v| (v % 1009) as f32);
+            check(&mut rng, |v| crate::Counted::new((v % 1009) as f32));
+            check(&mut rng, |v| (v % 1009) as f64);
         }
     }
 
