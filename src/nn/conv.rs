@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::dense::check_size;
 use super::gemm::{Operand, Start, Strided, gemm};
-use super::moves::transpose_8x8;
+use super::moves::{every_other, transpose_8x8};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -713,22 +713,56 @@ impl<S: Scalar> Patches<'_, S> {
     }
 }
 
+impl<S: Scalar> Patches<'_, S> {
+    /// `dst[t] = image[start + t * stride]`: a run of positions along one output row reads
+    /// every `stride`-th value of one input row.
+    #[inline(always)]
+    fn read_run(&self, image: &[S], start: usize, dst: &mut [S]) {
+        match self.g.stride.1 {
+            1 => dst.copy_from_slice(&image[start..start + dst.len()]),
+            2 => every_other(&image[start..], dst),
+            s => {
+                for (v, &x) in dst.iter_mut().zip(image[start..].iter().step_by(s)) {
+                    *v = x;
+                }
+            }
+        }
+    }
+}
+
 impl<S: Scalar> Operand<S> for Patches<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
-        let s = self.g.stride.1;
         for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
             let image = &self.images[self.row_offset(r0 + r)..];
             let mut filled = 0;
-            // A run of positions along one output row reads every `stride`-th value of one
-            // input row.
             self.runs(c0, cols, |start, run| {
-                let dst = &mut dst[filled..filled + run];
-                if s == 1 {
-                    dst.copy_from_slice(&image[start..start + run]);
-                } else {
-                    for (v, &x) in dst.iter_mut().zip(image[start..].iter().step_by(s)) {
-                        *v = x;
-                    }
+                self.read_run(image, start, &mut dst[filled..filled + run]);
+                filled += run;
+            });
+        }
+    }
+
+    /// Row by row (each a window cell of one channel), each run of positions read straight
+    /// into the panels it falls in, cut at the panels' edges.
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        let s = self.g.stride.1;
+        for r in 0..rows {
+            let image = &self.images[self.row_offset(r0 + r)..];
+            let mut filled = 0;
+            self.runs(c0, cols, |start, run| {
+                let mut done = 0;
+                while done < run {
+                    let (p, j) = ((filled + done) / width, (filled + done) % width);
+                    let n = (width - j).min(run - done);
+                    let dst = &mut out[(p * rows + r) * width + j..][..n];
+                    self.read_run(image, start + done * s, dst);
+                    done += n;
                 }
                 filled += run;
             });
@@ -1165,10 +1199,11 @@ mod tests {
     }
 
     #[test]
-    fn transposed_patches_pack_in_tiles_where_one_at_a_time_puts_them() {
-        // Stride 1 (tiles of 8 positions by 8 columns where a run allows) and 2 (none),
-        // runs of positions shorter and longer than 8, several examples, random blocks and
-        // panel widths; f32 and the counted f32 move through vector registers, f64 does not.
+    fn patches_pack_in_tiles_where_one_at_a_time_puts_them() {
+        // The transposed patches and the patches: stride 1 (tiles of 8 positions by 8
+        // columns where a run allows) and 2 (every other value), runs of positions shorter
+        // and longer than 8, several examples, random blocks and panel widths; f32 and the
+        // counted f32 move through vector registers, f64 does not.
         fn check<S: Scalar>(rng: &mut crate::rng::Rng, value: impl Fn(usize) -> S) {
             let stride = 1 + rng.below(2);
             let (side, padding, kernel) = (3 + rng.below(20), rng.below(2), 1 + rng.below(3));
@@ -1206,6 +1241,22 @@ mod tests {
                 bits(&got),
                 bits(&want),
                 "{g:?} ({r0}, {rows}) ({c0}, {cols}) {width}"
+            );
+            // The patches themselves, the same block transposed.
+            let patches = &patches_t.patches;
+            let size = rows.div_ceil(width) * width * cols + 5;
+            let (mut got, mut want) = (vec![mark; size], vec![mark; size]);
+            patches.pack_columns((c0, cols), (r0, rows), width, &mut got);
+            for c in 0..cols {
+                for r in 0..rows {
+                    let at = ((r / width) * cols + c) * width + r % width;
+                    patches.copy_block(c0 + c, 1, r0 + r, 1, &mut want[at..at + 1]);
+                }
+            }
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{g:?} patches ({c0}, {cols}) ({r0}, {rows}) {width}"
             );
         }
         let mut rng = crate::rng::Rng::new(8);

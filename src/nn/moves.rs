@@ -1,7 +1,9 @@
-//! Moving values between layouts: square tiles transposed in vector registers.
+//! Moving values between layouts in vector registers: square tiles transposed, every other
+//! value taken.
 //!
-//! Packing a matrix product's operands is mostly transposing small tiles, and the compiler
-//! does not turn a generic tile's moves into vector shuffles: it moves one value at a time.
+//! Packing a matrix product's operands is mostly transposing small tiles, or reading a
+//! strided convolution's windows, and the compiler does not turn a generic tile's moves or a
+//! stride into vector shuffles: it moves one value at a time.
 //! Values stored as an `f32` is (`f32` and the counted `f32`s, which wrap one and nothing
 //! else) are moved here as 4-byte lanes of AVX registers instead. This is data movement
 //! only, never arithmetic, and `f32` and `Counted<f32>` take the same path, so what is
@@ -97,6 +99,45 @@ unsafe fn transpose_8x8_avx(runs: [*const f32; 8], dst: *mut f32, width: usize) 
     }
 }
 
+/// `dst[t] = src[2 * t]`: every other value, eight at a time from sixteen in vector
+/// registers where the type allows.
+///
+/// # Panics
+/// If `src` is shorter than `2 * dst.len() - 1`.
+#[inline(always)]
+pub(crate) fn every_other<S: Copy + 'static>(src: &[S], dst: &mut [S]) {
+    let n = dst.len();
+    assert!(src.len() + 1 >= 2 * n, "every other value of src fills dst");
+    let mut t = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if stored_as_f32::<S>() {
+        use std::arch::x86_64::{
+            _mm256_castpd_ps, _mm256_castps_pd, _mm256_loadu_ps, _mm256_permute4x64_pd,
+            _mm256_shuffle_ps, _mm256_storeu_ps,
+        };
+        let (from, to) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
+        while t + 8 <= n && 2 * t + 16 <= src.len() {
+            // SAFETY: `S` is `f32` or a transparent wrapper of one; values 2t..2t+16 of src
+            // and t..t+8 of dst are in bounds (the loop's condition); AVX2 is enabled at
+            // compile time.
+            unsafe {
+                let (a, b) = (
+                    _mm256_loadu_ps(from.add(2 * t)),
+                    _mm256_loadu_ps(from.add(2 * t + 8)),
+                );
+                // (a0 a2 b0 b2 | a4 a6 b4 b6), then its pairs reordered to a0 a2 a4 a6 b0 ...
+                let evens = _mm256_shuffle_ps::<0x88>(a, b);
+                let ordered = _mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(evens));
+                _mm256_storeu_ps(to.add(t), _mm256_castpd_ps(ordered));
+            }
+            t += 8;
+        }
+    }
+    for (v, &x) in dst[t..].iter_mut().zip(src[2 * t..].iter().step_by(2)) {
+        *v = x;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +160,32 @@ mod tests {
             };
             assert_eq!(v, want, "at {at}");
         }
+    }
+
+    fn check_every_other<S: Copy + 'static + PartialEq + std::fmt::Debug>(
+        make: impl Fn(usize) -> S,
+    ) {
+        for n in 0..40usize {
+            for extra in 0..3 {
+                let len = (2 * n).saturating_sub(1) + extra;
+                let src: Vec<S> = (0..len).map(&make).collect();
+                let untouched = make(999);
+                let mut dst = vec![untouched; n + 2];
+                every_other(&src, &mut dst[1..n + 1]);
+                let want: Vec<S> = std::iter::once(untouched)
+                    .chain((0..n).map(|t| make(2 * t)))
+                    .chain([untouched])
+                    .collect();
+                assert_eq!(dst, want, "{n} from {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_other_value_is_taken_in_order() {
+        check_every_other(|i| i as f32);
+        check_every_other(|i| Counted::new(i as f32 - 0.25));
+        check_every_other(|i| i as f64);
     }
 
     #[test]
