@@ -62,8 +62,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_exit(&err),
     };
+    // The command runs on a thread of the pool that the kernels split their work over, so
+    // that a kernel's parallel parts are shared out within the pool rather than handed to it
+    // by a thread outside that then sleeps until they are done (two thread switches per
+    // kernel). The thread's stack is as large as the main thread's usually is.
+    let pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build();
+    let run = match pool {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
+    };
     // What is still buffered for standard output must get there too, or be an error.
-    let run = run(cli).and_then(|code| {
+    let run = run.and_then(|code| {
         use std::io::Write as _;
         std::io::stdout().flush().map_err(stdout_error)?;
         Ok(code)
