@@ -41,7 +41,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::moves::transpose_8x8;
+use super::moves::{transpose_6x8, transpose_8x8};
 use crate::counts::Counts;
 use crate::scalar::Scalar;
 use crate::tally;
@@ -242,7 +242,7 @@ impl<S: Copy + Sync + 'static> Operand<S> for Strided<'_, S> {
     }
 }
 
-impl<S: Copy> Strided<'_, S> {
+impl<S: Copy + 'static> Strided<'_, S> {
     /// [`Operand::pack_rows`] into panels `H` rows high.
     #[inline(always)]
     fn pack_rows_of<const H: usize>(
@@ -291,10 +291,29 @@ impl<S: Copy> Strided<'_, S> {
                             prefetch(&self.data[i * self.row_stride + c0 + c..][..1]);
                         }
                     }
+                    // Six whole rows, eight columns at a time: one 6 x 8 tile moved in
+                    // vector registers where the type allows (`moves`).
+                    let mut tiled = 0;
+                    if H == 6 && n == 6 {
+                        while tiled + 8 <= w {
+                            let at = c0 + c + tiled;
+                            let runs = std::array::from_fn(|i| {
+                                self.data[(i0 + i) * self.row_stride + at..]
+                                    .first_chunk::<8>()
+                                    .expect("a tile's run lies inside the operand")
+                            });
+                            let groups = panel[c + tiled..c + tiled + 8]
+                                .as_flattened_mut()
+                                .first_chunk_mut::<48>()
+                                .expect("six rows by eight columns");
+                            transpose_6x8(runs, groups);
+                            tiled += 8;
+                        }
+                    }
                     for i in 0..n {
-                        let base = (i0 + i) * self.row_stride + c0 + c;
-                        for (dst, &v) in panel[c..c + w].iter_mut().zip(&self.data[base..base + w])
-                        {
+                        let base = (i0 + i) * self.row_stride + c0 + c + tiled;
+                        let values = &self.data[base..base + w - tiled];
+                        for (dst, &v) in panel[c + tiled..c + w].iter_mut().zip(values) {
                             dst[i] = v;
                         }
                     }

@@ -53,6 +53,38 @@ pub(crate) fn transpose_8x8<S: Copy + 'static>(runs: [&[S; 8]; 8], dst: &mut [S]
     }
 }
 
+/// `dst[c * 6 + i] = runs[i][c]` for `i < 6`, `c < 8`: six runs of eight values interleaved
+/// into eight groups of six, one after the other (a 6-row panel's eight columns).
+#[inline(always)]
+pub(crate) fn transpose_6x8<S: Copy + 'static>(runs: [&[S; 8]; 6], dst: &mut [S; 48]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    if stored_as_f32::<S>() {
+        use std::arch::x86_64::{_mm256_maskstore_ps, _mm256_set_epi32, _mm256_storeu_ps};
+        let [a, b, c, d, e, f] = runs.map(|run| run.as_ptr().cast::<f32>());
+        // Two more runs, never stored: the last two lanes of each group.
+        let rows = [a, b, c, d, e, f, f, f];
+        let dst = dst.as_mut_ptr().cast::<f32>();
+        // SAFETY: `S` is `f32` or a transparent wrapper of one, so each run is eight
+        // readable `f32`s and `dst` 48 writable ones; AVX is enabled at compile time. Group
+        // `c` is stored eight lanes wide at `6 c`: its last two lanes land on the next
+        // group's first two, stored right after, and the last group stores six lanes only.
+        unsafe {
+            let groups = transpose_8x8_avx_registers(rows);
+            for (c, group) in groups.into_iter().enumerate().take(7) {
+                _mm256_storeu_ps(dst.add(6 * c), group);
+            }
+            let six = _mm256_set_epi32(0, 0, -1, -1, -1, -1, -1, -1);
+            _mm256_maskstore_ps(dst.add(42), six, groups[7]);
+        }
+        return;
+    }
+    for (c, group) in dst.chunks_exact_mut(6).enumerate() {
+        for (v, run) in group.iter_mut().zip(&runs) {
+            *v = run[c];
+        }
+    }
+}
+
 /// [`transpose_8x8`] for `f32`s in AVX registers: the rows are interleaved in pairs, then
 /// in pairs of pairs, then the 128-bit halves are swapped across.
 ///
@@ -62,11 +94,29 @@ pub(crate) fn transpose_8x8<S: Copy + 'static>(runs: [&[S; 8]; 8], dst: &mut [S]
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 #[inline(always)]
 unsafe fn transpose_8x8_avx(runs: [*const f32; 8], dst: *mut f32, width: usize) {
-    use std::arch::x86_64::{
-        _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
-        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
-    };
+    use std::arch::x86_64::_mm256_storeu_ps;
     // SAFETY: the caller's promise covers every load and store.
+    unsafe {
+        let rows = transpose_8x8_avx_registers(runs);
+        for (r, row) in rows.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(r * width), row);
+        }
+    }
+}
+
+/// The eight runs of `f32`s, loaded, as the eight rows of their transpose: row `r` holds
+/// value `r` of every run.
+///
+/// # Safety
+/// Each of `runs` points to 8 readable `f32`s.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[inline(always)]
+unsafe fn transpose_8x8_avx_registers(runs: [*const f32; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::{
+        _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_unpackhi_ps,
+        _mm256_unpacklo_ps,
+    };
+    // SAFETY: the caller's promise covers every load.
     unsafe {
         let v = runs.map(|run| _mm256_loadu_ps(run));
         // Pairs of runs, value by value: (a0 b0 a1 b1 | a4 b4 a5 b5) and the 2, 3, 6, 7s.
@@ -83,7 +133,7 @@ unsafe fn transpose_8x8_avx(runs: [*const f32; 8], dst: *mut f32, width: usize) 
         let [q2, q3] = quads(high, 0);
         let [q4, q5] = quads(low, 1);
         let [q6, q7] = quads(high, 1);
-        let rows = [
+        [
             _mm256_permute2f128_ps::<0x20>(q0, q4),
             _mm256_permute2f128_ps::<0x20>(q1, q5),
             _mm256_permute2f128_ps::<0x20>(q2, q6),
@@ -92,10 +142,7 @@ unsafe fn transpose_8x8_avx(runs: [*const f32; 8], dst: *mut f32, width: usize) 
             _mm256_permute2f128_ps::<0x31>(q1, q5),
             _mm256_permute2f128_ps::<0x31>(q2, q6),
             _mm256_permute2f128_ps::<0x31>(q3, q7),
-        ];
-        for (r, row) in rows.into_iter().enumerate() {
-            _mm256_storeu_ps(dst.add(r * width), row);
-        }
+        ]
     }
 }
 
@@ -179,6 +226,28 @@ mod tests {
                 assert_eq!(dst, want, "{n} from {len}");
             }
         }
+    }
+
+    fn check_6x8<S: Copy + 'static + PartialEq + std::fmt::Debug>(make: impl Fn(usize) -> S) {
+        let source: Vec<S> = (0..6 * 9 + 8).map(&make).collect();
+        let runs: [&[S; 8]; 6] =
+            std::array::from_fn(|i| source[i * 9 + 1..].first_chunk::<8>().unwrap());
+        let untouched = make(999);
+        let mut dst = [untouched; 50];
+        let (_, middle) = dst.split_at_mut(1);
+        transpose_6x8(runs, middle.first_chunk_mut::<48>().unwrap());
+        let want: Vec<S> = std::iter::once(untouched)
+            .chain((0..48).map(|at| make((at % 6) * 9 + 1 + at / 6)))
+            .chain([untouched])
+            .collect();
+        assert_eq!(dst.to_vec(), want);
+    }
+
+    #[test]
+    fn six_runs_interleave_into_groups_of_six() {
+        check_6x8(|i| i as f32);
+        check_6x8(|i| Counted::new(i as f32 * 2.0));
+        check_6x8(|i| i as f64);
     }
 
     #[test]
