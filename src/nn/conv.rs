@@ -754,17 +754,20 @@ impl<S: Scalar> Operand<S> for Patches<'_, S> {
         let s = self.g.stride.1;
         for r in 0..rows {
             let image = &self.images[self.row_offset(r0 + r)..];
-            let mut filled = 0;
+            // Where the next value goes: panel `p`, column `j` of its row `r`.
+            let (mut p, mut j) = (0, 0);
             self.runs(c0, cols, |start, run| {
                 let mut done = 0;
                 while done < run {
-                    let (p, j) = ((filled + done) / width, (filled + done) % width);
                     let n = (width - j).min(run - done);
                     let dst = &mut out[(p * rows + r) * width + j..][..n];
                     self.read_run(image, start + done * s, dst);
                     done += n;
+                    j += n;
+                    if j == width {
+                        (p, j) = (p + 1, 0);
+                    }
                 }
-                filled += run;
             });
         }
     }
