@@ -552,23 +552,10 @@ fn tile_cost((m, n, k): (usize, usize, usize), lanes: usize) -> f64 {
     k as f64 * (per_k as f64 + 0.5 * m as f64 + (n / lanes) as f64)
 }
 
-/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major: in square tiles, each
-/// tile's rows read in one go and its columns written in one go, then the edges a value at a
-/// time.
+/// `to[c][r] = from[r][c]` for `from` of `rows x cols`, row-major: its rows are runs `cols`
+/// apart, written side by side as the columns of `to` ([`runs_across`]).
 fn transpose<S: Copy + 'static>((rows, cols): (usize, usize), from: &[S], to: &mut [S]) {
-    const TILE: usize = 8;
-    let (whole_rows, whole_cols) = (rows - rows % TILE, cols - cols % TILE);
-    for r in (0..whole_rows).step_by(TILE) {
-        for c in (0..whole_cols).step_by(TILE) {
-            transpose_tile(&from[r * cols + c..], cols, &mut to[c * rows + r..], rows);
-        }
-    }
-    for r in 0..rows {
-        let first = if r < whole_rows { whole_cols } else { 0 };
-        for c in first..cols {
-            to[c * rows + r] = from[r * cols + c];
-        }
-    }
+    runs_across(from, cols, (rows, cols), to, rows);
 }
 
 /// An operand read transposed: element (r, c) is the inner operand's (c, r). Packing it into
@@ -1039,7 +1026,7 @@ pub(crate) fn madd<S: Scalar>(acc: S, a: S, b: S) -> S {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Counted, Counts, Op};
 
@@ -1131,12 +1118,12 @@ mod tests {
 
     /// [`Operand::pack_columns`]'s layout, a value at a time from the definition: element
     /// (r, p * width + j) of the block at `out[(p * rows + r) * width + j]`.
-    fn columns_one_by_one(
-        value: impl Fn(usize, usize) -> f32,
+    pub(crate) fn columns_one_by_one<S>(
+        value: impl Fn(usize, usize) -> S,
         (r0, rows): (usize, usize),
         (c0, cols): (usize, usize),
         width: usize,
-        out: &mut [f32],
+        out: &mut [S],
     ) {
         for r in 0..rows {
             for c in 0..cols {
