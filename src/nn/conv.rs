@@ -303,10 +303,14 @@ impl Operation for Conv2d {
     /// one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
+        // Saturating: a size past `usize` is a charge no budget grants, never a wrapped one.
+        // (`resolve` checked that one example's patch gradients fit.)
+        let chunk = |values: usize| g.narrow_chunk().saturating_mul(values);
         if g.group_in() == 1 {
-            g.narrow_chunk() * g.padded_len() + g.positions()
+            chunk(g.padded_len()).saturating_add(g.positions())
         } else {
-            g.narrow_chunk() * (g.padded_len() + g.groups * g.patch() * g.positions())
+            let patch_gradients = g.groups * g.patch() * g.positions();
+            chunk(g.padded_len().saturating_add(patch_gradients))
         }
     }
 
@@ -1203,6 +1207,7 @@ mod tests {
 
     #[test]
     fn patches_pack_in_tiles_where_one_at_a_time_puts_them() {
+        use crate::nn::gemm::tests::columns_one_by_one;
         // The transposed patches and the patches: stride 1 (tiles of 8 positions by 8
         // columns where a run allows) and 2 (every other value), runs of positions shorter
         // and longer than 8, several examples, random blocks and panel widths; f32 and the
@@ -1228,13 +1233,15 @@ mod tests {
             let mark = value(usize::MAX / 2);
             let size = cols.div_ceil(width) * width * rows + 5;
             let (mut got, mut want) = (vec![mark; size], vec![mark; size]);
+            // Each value on its own, by `copy_block`.
+            let one = |operand: &dyn Operand<S>, r: usize, c: usize| {
+                let mut v = [mark];
+                operand.copy_block(r, 1, c, 1, &mut v);
+                v[0]
+            };
             patches_t.pack_columns((r0, rows), (c0, cols), width, &mut got);
-            for r in 0..rows {
-                for c in 0..cols {
-                    let at = ((c / width) * rows + r) * width + c % width;
-                    patches_t.copy_block(r0 + r, 1, c0 + c, 1, &mut want[at..at + 1]);
-                }
-            }
+            let value = |r, c| one(&patches_t, r, c);
+            columns_one_by_one(value, (r0, rows), (c0, cols), width, &mut want);
             let bits = |v: &[S]| {
                 v.iter()
                     .map(|x| x.to_f64().unwrap().to_bits())
@@ -1250,12 +1257,8 @@ mod tests {
             let size = rows.div_ceil(width) * width * cols + 5;
             let (mut got, mut want) = (vec![mark; size], vec![mark; size]);
             patches.pack_columns((c0, cols), (r0, rows), width, &mut got);
-            for c in 0..cols {
-                for r in 0..rows {
-                    let at = ((r / width) * cols + c) * width + r % width;
-                    patches.copy_block(c0 + c, 1, r0 + r, 1, &mut want[at..at + 1]);
-                }
-            }
+            let value = |r, c| one(patches, r, c);
+            columns_one_by_one(value, (c0, cols), (r0, rows), width, &mut want);
             assert_eq!(
                 bits(&got),
                 bits(&want),
