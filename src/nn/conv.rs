@@ -1007,28 +1007,70 @@ fn col2im_channel<'a, S: Scalar>(
         } else {
             0..0
         };
-        for (y, values) in row.chunks_exact(wo).enumerate() {
-            let Some(yy) = (y * sh + i).checked_sub(ph).filter(|&yy| yy < g.height) else {
+        // Output rows y whose input row y*sh + i - ph lies in 0..height: those before
+        // `y_first` have no first contributions; from it on, the rows whose window row `i`
+        // comes first (all of them if `i < sh`, else the last output row if it is reached).
+        let y_lo = ph.saturating_sub(i).div_ceil(sh);
+        let y_hi = (g.height + ph).saturating_sub(i).div_ceil(sh).min(ho);
+        if y_lo >= y_hi {
+            continue;
+        }
+        let y_first = if i < sh {
+            y_lo
+        } else if y_hi == ho {
+            y_hi - 1
+        } else {
+            y_hi
+        };
+        let target = |y: usize| (y * sh + i - ph) * g.width + first_column;
+        let span = (len - 1) * sw + 1;
+        // Whole rows of the input, one after the other (stride 1, as wide as the output):
+        // a block of output rows is one run of the patch gradient and one of the input.
+        let contiguous = sw == 1 && sh == 1 && len == g.width && len == wo;
+        if contiguous {
+            let plain = y_first - y_lo;
+            add(
+                &mut dx[target(y_lo)..][..plain * len],
+                &row[y_lo * wo..y_first * wo],
+            );
+            if j < sw {
+                let firsts = y_hi - y_first;
+                dx[target(y_first)..][..firsts * len]
+                    .copy_from_slice(&row[y_first * wo..y_hi * wo]);
                 continue;
-            };
-            let firsts = if i < sh || y + 1 == ho {
-                first_columns.clone()
-            } else {
-                0..0
-            };
-            let targets = &mut dx[yy * g.width + first_column..][..(len - 1) * sw + 1];
-            let values = &values[x_lo..x_hi];
+            }
+        } else {
+            for y in y_lo..y_first {
+                let values = &row[y * wo + x_lo..y * wo + x_hi];
+                if sw == 1 {
+                    add(&mut dx[target(y)..][..len], values);
+                } else {
+                    add_or_set_strided(&mut dx[target(y)..][..span], sw, values, 0..0);
+                }
+            }
+        }
+        for y in y_first..y_hi {
+            let values = &row[y * wo + x_lo..y * wo + x_hi];
+            let targets = &mut dx[target(y)..][..span];
             if sw == 1 {
-                add_or_set(targets, values, firsts);
+                add_or_set(targets, values, first_columns.clone());
             } else {
-                add_or_set_strided(targets, sw, values, firsts);
+                add_or_set_strided(targets, sw, values, first_columns.clone());
             }
         }
     }
 }
 
+/// `d += v` element by element.
+#[inline(always)]
+fn add<S: Scalar>(d: &mut [S], v: &[S]) {
+    for (d, &v) in d.iter_mut().zip(v) {
+        *d += v;
+    }
+}
+
 /// `d += v` element by element, except `d = v` on `set`.
-#[inline(never)]
+#[inline]
 fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
     let (head, rest) = d.split_at_mut(set.start);
     let (middle, tail) = rest.split_at_mut(set.len());
@@ -1320,9 +1362,11 @@ mod tests {
             square((6, 4, 2), 1, 1, 0, (5, 5)),
         ];
         // Non-square kernels, strides and padding, grouped or not, stride 1 (col2im's fast
-        // path) and not.
+        // path) and not; at stride 1 with "same" padding, col2im adds blocks of whole rows.
         for (groups, kernel, stride, padding) in [
             (1, (1, 3), (1, 1), (0, 1)),
+            (1, (5, 5), (1, 1), (2, 2)),
+            (2, (5, 3), (1, 1), (2, 1)),
             (2, (3, 1), (1, 1), (1, 0)),
             (1, (2, 5), (2, 1), (1, 2)),
             (3, (3, 2), (1, 3), (2, 0)),
