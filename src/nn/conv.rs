@@ -931,19 +931,20 @@ fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], examples: usize, dx: &mut [S]
     let per_channel = g.window();
     let p = g.positions();
     dx.fill(S::zero());
+    let cells: Vec<Cell> = (0..per_channel).filter_map(|ij| Cell::new(g, ij)).collect();
     // Plane `e * C_in + c` reads rows `c * window..(c + 1) * window` of the patch gradient,
     // columns `e * P..(e + 1) * P`.
     let rows_of = |index: usize| {
         let (e, c) = (index / g.in_channels, index % g.in_channels);
         let stride = examples * p;
-        (0..per_channel).map(move |ij| {
+        move |ij: usize| {
             let row = (c * per_channel + ij) * stride + e * p;
-            (ij, &dpatches[row..row + p])
-        })
+            &dpatches[row..row + p]
+        }
     };
     if dpatches.len() < PARALLEL_COL2IM {
         for (index, dxc) in dx.chunks_mut(plane).enumerate() {
-            col2im_channel(g, rows_of(index), dxc);
+            col2im_channel(g, &cells, rows_of(index), dxc);
         }
         return;
     }
@@ -956,7 +957,7 @@ fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], examples: usize, dx: &mut [S]
             .map(|(task, part)| {
                 let run = || {
                     for (i, dxc) in part.chunks_mut(plane).enumerate() {
-                        col2im_channel(g, rows_of(task * planes + i), dxc);
+                        col2im_channel(g, &cells, rows_of(task * planes + i), dxc);
                     }
                 };
                 tally::take(run).1
@@ -973,33 +974,48 @@ const TASK_PATCHES: usize = 1 << 13;
 /// other threads would cost more than it saves.
 const PARALLEL_COL2IM: usize = 1 << 16;
 
-/// `col2im` for one input channel of one example: `rows` are its window's patch rows
-/// `(i, j)`, each added to the input positions it lies on, without flags: the first
-/// contribution to input position `(yy, xx)` in the order `(i, j, y, x)` comes from the
-/// smallest window row `i` that reaches row `yy` and, among its cells, the smallest `j` that
-/// reaches column `xx`. A smaller row `i - sh` reaches the same `yy` from output row `y + 1`,
-/// so row `i` of output row `y` comes first unless `i >= sh` and `y + 1 < H_out`; likewise
-/// cell `j` comes first unless `j >= sw` and `x + 1 < W_out`. So along one row of a patch
-/// gradient the first contributions are all of it, its last output column or none, and the
-/// rest are adds.
-#[inline(never)]
-fn col2im_channel<'a, S: Scalar>(
-    g: &Geometry,
-    rows: impl Iterator<Item = (usize, &'a [S])>,
-    dx: &mut [S],
-) {
-    let (ho, wo) = g.output();
-    let (kw, (sh, sw), (ph, pw)) = (g.kernel.1, g.stride, g.padding);
-    for (ij, row) in rows {
+/// Where the patch-gradient row of window cell `(i, j)` lands in an input plane, worked out
+/// once for all planes. The first contribution to input position `(yy, xx)` in the order
+/// `(i, j, y, x)` comes from the smallest window row `i` that reaches row `yy` and, among its
+/// cells, the smallest `j` that reaches column `xx`. A smaller row `i - sh` reaches the same
+/// `yy` from output row `y + 1`, so row `i` of output row `y` comes first unless `i >= sh` and
+/// `y + 1 < H_out`; likewise cell `j` comes first unless `j >= sw` and `x + 1 < W_out`. So
+/// along one row of a patch gradient the first contributions are all of it, its last output
+/// column or none, and the rest are adds.
+struct Cell {
+    ij: usize,
+    /// The output columns `x_lo..x_lo + len` whose input column `x*sw + j - pw` lies in
+    /// `0..width`; the first of them lands on input column `first_column`.
+    x_lo: usize,
+    len: usize,
+    first_column: usize,
+    /// Of an output row whose window row `i` comes first, the columns (of the `len`) whose
+    /// cell `j` does.
+    first_columns: std::ops::Range<usize>,
+    /// The output rows `y_lo..y_hi` whose input row `y*sh + i - ph` lies in `0..height`:
+    /// those before `y_first` have no first contributions; from it on, window row `i` comes
+    /// first (all of them if `i < sh`, else the last output row if it is reached).
+    y_lo: usize,
+    y_first: usize,
+    y_hi: usize,
+    /// The window row.
+    i: usize,
+}
+
+impl Cell {
+    /// `None` if the cell lies in the padding for every output position.
+    fn new(g: &Geometry, ij: usize) -> Option<Cell> {
+        let (ho, wo) = g.output();
+        let (kw, (sh, sw), (ph, pw)) = (g.kernel.1, g.stride, g.padding);
         let (i, j) = (ij / kw, ij % kw);
-        // Output columns x whose input column x*sw + j - pw lies in 0..width.
         let x_lo = pw.saturating_sub(j).div_ceil(sw);
         let x_hi = (g.width + pw).saturating_sub(j).div_ceil(sw).min(wo);
-        if x_lo >= x_hi {
-            continue;
+        let y_lo = ph.saturating_sub(i).div_ceil(sh);
+        let y_hi = (g.height + ph).saturating_sub(i).div_ceil(sh).min(ho);
+        if x_lo >= x_hi || y_lo >= y_hi {
+            return None;
         }
-        let (first_column, len) = (x_lo * sw + j - pw, x_hi - x_lo);
-        // Of a row whose window row `i` comes first, the columns whose cell `j` does.
+        let len = x_hi - x_lo;
         let first_columns = if j < sw {
             0..len
         } else if x_hi == wo {
@@ -1007,14 +1023,6 @@ fn col2im_channel<'a, S: Scalar>(
         } else {
             0..0
         };
-        // Output rows y whose input row y*sh + i - ph lies in 0..height: those before
-        // `y_first` have no first contributions; from it on, the rows whose window row `i`
-        // comes first (all of them if `i < sh`, else the last output row if it is reached).
-        let y_lo = ph.saturating_sub(i).div_ceil(sh);
-        let y_hi = (g.height + ph).saturating_sub(i).div_ceil(sh).min(ho);
-        if y_lo >= y_hi {
-            continue;
-        }
         let y_first = if i < sh {
             y_lo
         } else if y_hi == ho {
@@ -1022,26 +1030,60 @@ fn col2im_channel<'a, S: Scalar>(
         } else {
             y_hi
         };
-        let target = |y: usize| (y * sh + i - ph) * g.width + first_column;
+        Some(Cell {
+            ij,
+            x_lo,
+            len,
+            first_column: x_lo * sw + j - pw,
+            first_columns,
+            y_lo,
+            y_first,
+            y_hi,
+            i,
+        })
+    }
+}
+
+/// `col2im` for one input channel of one example: `row(ij)` is the patch-gradient row of
+/// window cell `ij`, each added to the input positions it lies on (see `Cell`).
+#[inline(never)]
+fn col2im_channel<'a, S: Scalar>(
+    g: &Geometry,
+    cells: &[Cell],
+    row: impl Fn(usize) -> &'a [S],
+    dx: &mut [S],
+) {
+    let (_, wo) = g.output();
+    let ((sh, sw), ph) = (g.stride, g.padding.0);
+    // Whole rows of the input, one after the other (stride 1, as wide as the output): a
+    // block of output rows is one run of the patch gradient and one of the input.
+    let contiguous = (sh, sw) == (1, 1) && wo == g.width;
+    for cell in cells {
+        let row = row(cell.ij);
+        let Cell {
+            x_lo,
+            len,
+            first_column,
+            y_lo,
+            y_first,
+            y_hi,
+            ..
+        } = *cell;
+        let target = |y: usize| (y * sh + cell.i - ph) * g.width + first_column;
         let span = (len - 1) * sw + 1;
-        // Whole rows of the input, one after the other (stride 1, as wide as the output):
-        // a block of output rows is one run of the patch gradient and one of the input.
-        let contiguous = sw == 1 && sh == 1 && len == g.width && len == wo;
-        if contiguous {
-            let plain = y_first - y_lo;
+        if contiguous && len == wo {
             add(
-                &mut dx[target(y_lo)..][..plain * len],
+                &mut dx[target(y_lo)..][..(y_first - y_lo) * len],
                 &row[y_lo * wo..y_first * wo],
             );
-            if j < sw {
-                let firsts = y_hi - y_first;
-                dx[target(y_first)..][..firsts * len]
+            if cell.first_columns.len() == len {
+                dx[target(y_first)..][..(y_hi - y_first) * len]
                     .copy_from_slice(&row[y_first * wo..y_hi * wo]);
                 continue;
             }
         } else {
             for y in y_lo..y_first {
-                let values = &row[y * wo + x_lo..y * wo + x_hi];
+                let values = &row[y * wo + x_lo..][..len];
                 if sw == 1 {
                     add(&mut dx[target(y)..][..len], values);
                 } else {
@@ -1050,12 +1092,12 @@ fn col2im_channel<'a, S: Scalar>(
             }
         }
         for y in y_first..y_hi {
-            let values = &row[y * wo + x_lo..y * wo + x_hi];
+            let values = &row[y * wo + x_lo..][..len];
             let targets = &mut dx[target(y)..][..span];
             if sw == 1 {
-                add_or_set(targets, values, first_columns.clone());
+                add_or_set(targets, values, cell.first_columns.clone());
             } else {
-                add_or_set_strided(targets, sw, values, first_columns.clone());
+                add_or_set_strided(targets, sw, values, cell.first_columns.clone());
             }
         }
     }

@@ -18,7 +18,7 @@ use std::array::from_fn;
 use rayon::prelude::*;
 
 use super::super::gemm::madd;
-use super::{Geometry, col2im_channel};
+use super::{Cell, Geometry, col2im_channel};
 use crate::counts::Counts;
 use crate::scalar::Scalar;
 use crate::tally;
@@ -250,6 +250,7 @@ fn dot_onto<'a, S: Scalar, const N: usize>(
 pub(super) fn input_gradient<S: Scalar>(g: &Geometry, w: &[S], dout: &[S], dx: &mut [S]) {
     let (window, p, plane) = (g.window(), g.positions(), g.height * g.width);
     let group_out = g.group_out();
+    let cells: Vec<Option<Cell>> = (0..window).map(|ij| Cell::new(g, ij)).collect();
     let planes = dx.par_chunks_mut(plane).enumerate();
     each_counted(
         planes,
@@ -264,7 +265,9 @@ pub(super) fn input_gradient<S: Scalar>(g: &Geometry, w: &[S], dout: &[S], dx: &
                     let d = &dout[(e * g.out_channels + o) * p..][..p];
                     scale_or_add(row, w[o * window + ij], d, o == c * group_out);
                 }
-                col2im_channel(g, std::iter::once((ij, &row[..])), dxp);
+                if let Some(cell) = &cells[ij] {
+                    col2im_channel(g, std::slice::from_ref(cell), |_| &row[..], dxp);
+                }
             }
         },
     );
