@@ -918,6 +918,38 @@ impl<S: Scalar> Operand<S> for Chunked<'_, S> {
             }
         }
     }
+
+    /// Panel by panel, each example's run of columns packed as the row-major matrix it is
+    /// (in tiles moved in vector registers where the type allows): the weight gradient's
+    /// output-gradient operand, and its transpose when the product runs transposed.
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) {
+        let example_len = self.rows * self.row_len;
+        for (p, panel) in out
+            .chunks_mut(cols * height)
+            .take(rows.div_ceil(height))
+            .enumerate()
+        {
+            let panel_rows = (r0 + p * height, height.min(rows - p * height));
+            let mut c = 0;
+            while c < cols {
+                let (e, q) = ((c0 + c) / self.row_len, (c0 + c) % self.row_len);
+                let run = (self.row_len - q).min(cols - c);
+                let example = Strided {
+                    data: &self.data[e * example_len + self.row0 * self.row_len..],
+                    row_stride: self.row_len,
+                    col_stride: 1,
+                };
+                example.pack_rows(panel_rows, (q, run), height, &mut panel[c * height..]);
+                c += run;
+            }
+        }
+    }
 }
 
 /// Adds every patch gradient that lies inside the input to its input position, example by
