@@ -1136,7 +1136,7 @@ fn col2im_channel<'a, S: Scalar>(
 }
 
 /// `d += v` element by element.
-#[inline(always)]
+#[inline(never)]
 fn add<S: Scalar>(d: &mut [S], v: &[S]) {
     for (d, &v) in d.iter_mut().zip(v) {
         *d += v;
@@ -1144,7 +1144,7 @@ fn add<S: Scalar>(d: &mut [S], v: &[S]) {
 }
 
 /// `d += v` element by element, except `d = v` on `set`.
-#[inline]
+#[inline(never)]
 fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
     let (head, rest) = d.split_at_mut(set.start);
     let (middle, tail) = rest.split_at_mut(set.len());
