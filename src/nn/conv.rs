@@ -606,22 +606,33 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
     }
 }
 
-/// Copies each example into the middle of its padded image, whose border stays zero.
+/// Copies each example into the middle of its padded image, whose border stays zero: plane
+/// by plane on all cores when there are many values (moves only, nothing to count).
 fn pad<S: Scalar>(g: &Geometry, x: &[S], padded: &mut [S]) {
     let (hp, wp) = g.padded();
     let (ph, pw) = g.padding;
-    for (src, dst) in x
-        .chunks_exact(g.height * g.width)
-        .zip(padded.chunks_exact_mut(hp * wp))
-    {
+    let copy = |(src, dst): (&[S], &mut [S])| {
         for (row, dst_row) in src
             .chunks_exact(g.width)
             .zip(dst.chunks_exact_mut(wp).skip(ph))
         {
             dst_row[pw..pw + g.width].copy_from_slice(row);
         }
+    };
+    let (plane, padded_plane) = (g.height * g.width, hp * wp);
+    if x.len() < PARALLEL_PAD {
+        x.chunks_exact(plane)
+            .zip(padded.chunks_exact_mut(padded_plane))
+            .for_each(copy);
+    } else {
+        x.par_chunks_exact(plane)
+            .zip(padded.par_chunks_exact_mut(padded_plane))
+            .for_each(copy);
     }
 }
+
+/// From this many input values on, `pad` copies on all cores.
+const PARALLEL_PAD: usize = 1 << 16;
 
 /// `db[o] (+)= sum_p dout[o][p]`, from the first term if `first`, else onto `db`.
 #[inline(never)]
