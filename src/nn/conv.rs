@@ -23,7 +23,7 @@ mod depthwise;
 use rayon::prelude::*;
 
 use super::dense::check_size;
-use super::gemm::{Operand, Start, Strided, gemm};
+use super::gemm::{Operand, PackedRows, Start, Strided, gemm};
 use super::moves::{every_other, transpose_8x8};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
@@ -445,13 +445,27 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
         let chunk = g.chunk(&[out_len]);
+        let depthwise = g.group_in() == 1 && g.groups > 1;
+        let weights = |w| Strided {
+            data: w,
+            row_stride: k,
+            col_stride: 1,
+        };
+        // Each group's weights packed once for every chunk, when there are several.
+        let packed: Vec<PackedRows<S>> = if x.len() > chunk * g.input_len() && !depthwise {
+            w.chunks(group_out * k)
+                .map(|w| PackedRows::new(&weights(w), (group_out, k), chunk * p, false))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (xc, outc) in x
             .chunks(chunk * g.input_len())
             .zip(out.chunks_mut(chunk * out_len))
         {
             let examples = xc.len() / g.input_len();
             let patches = Patches::new(&g, xc, &mut self.padded);
-            if g.group_in() == 1 && g.groups > 1 {
+            if depthwise {
                 // Depthwise: each output channel reads one input plane. (A convolution of
                 // a single input channel, LeNet-5's first, is one product W (C_out x window)
                 // by the patches: the matrix product's tile does it faster than the loops.)
@@ -477,13 +491,13 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 } else {
                     Start::RowBias(&b[group * group_out..])
                 };
-                let weights = Strided {
-                    data: w,
-                    row_stride: k,
-                    col_stride: 1,
+                let strided = weights(w);
+                let weights: &dyn Operand<S> = match packed.get(group) {
+                    Some(packed) => packed,
+                    None => &strided,
                 };
                 let patches = patches.of_group(group);
-                gemm((group_out, n, k), &weights, &patches, start, rows);
+                gemm((group_out, n, k), weights, &patches, start, rows);
             }
             if examples > 1 {
                 for (o, row) in self.chunked.chunks_exact(n).enumerate() {
@@ -1415,6 +1429,10 @@ mod tests {
             }
             check_against_reference(g, 10, true);
         }
+        // Weights packed once for all chunks, more rows of them than one block of rows.
+        let g = square((2, 100, 1), 3, 1, 1, (40, 40));
+        assert_eq!(g.chunk(&[g.out_channels * g.positions()]), 1);
+        check_against_reference(g, 3, true);
     }
 
     #[test]

@@ -38,6 +38,7 @@
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -90,6 +91,41 @@ pub(crate) trait Operand<S>: Sync {
                 to_panels(&piece[..n], (r, rows), c / width, width, out);
             }
         }
+    }
+
+    /// The block's panels of `height` rows if the operand holds them packed already, laid
+    /// out as [`Operand::pack_rows`] would write them; `None` (the default) to have them
+    /// packed.
+    fn packed_rows(
+        &self,
+        _rows: (usize, usize),
+        _cols: (usize, usize),
+        _height: usize,
+    ) -> Option<&[S]> {
+        None
+    }
+
+    /// The block's panels of `width` columns if the operand holds them packed already, laid
+    /// out as [`Operand::pack_columns`] would write them; `None` (the default) to have them
+    /// packed.
+    fn packed_columns(
+        &self,
+        _rows: (usize, usize),
+        _cols: (usize, usize),
+        _width: usize,
+    ) -> Option<&[S]> {
+        None
+    }
+
+    /// The height of the row panels the operand holds packed already, if it does
+    /// ([`PackedRows`]).
+    fn packed_height(&self) -> Option<usize> {
+        None
+    }
+
+    /// The width of the column panels the operand holds packed already, if it does.
+    fn packed_width(&self) -> Option<usize> {
+        None
     }
 
     /// Packs the block into panels of `height` rows, each panel column by column with columns
@@ -435,29 +471,52 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     let isa = Isa::detect();
-    if transposing_pays((m, n, k), isa.lanes(), matches!(start, Start::Existing)) {
+    // An A packed already ([`PackedRows`]) was packed for one orientation: as A in panels of
+    // the tile's rows, or as the B of the transpose in panels of its columns.
+    let transposed_pays = match a.packed_height() {
+        Some(height) => height != isa.tile().0,
+        None => transposing_pays((m, n, k), isa.lanes(), matches!(start, Start::Existing)),
+    };
+    if transposed_pays {
         // C^T = B^T A^T: every element is the same products added in the same order of k
         // (each product's two factors swapped, which changes no bit), so the same bits and
         // counts; C is copied in (if the sums start from it) and out, free.
-        let mut transposed = vec![S::zero(); m * n];
+        // (The buffer is this thread's from the last time, unless it was too short: a fresh
+        // one costs a page fault per 4 KiB.)
+        let mut buffer = take_buffer::<S>(&TRANSPOSED, m * n);
+        let transposed = &mut buffer[..m * n];
         if let Start::Existing = start {
-            transpose((m, n), c, &mut transposed);
+            transpose((m, n), c, transposed);
         }
         let start = match start {
             Start::RowBias(bias) => Start::ColumnBias(bias),
             Start::ColumnBias(bias) => Start::RowBias(bias),
             other => other,
         };
-        gemm(
+        gemm_as_is(
+            isa,
             (n, m, k),
             &Transposed(b),
             &Transposed(a),
             start,
-            &mut transposed,
+            transposed,
         );
-        transpose((n, m), &transposed, c);
+        transpose((n, m), transposed, c);
+        give_back(&TRANSPOSED, buffer);
         return;
     }
+    gemm_as_is(isa, (m, n, k), a, b, start, c);
+}
+
+/// [`gemm`] computed as it is given, never transposed.
+fn gemm_as_is<S: Scalar>(
+    isa: Isa,
+    (m, n, k): (usize, usize, usize),
+    a: &dyn Operand<S>,
+    b: &dyn Operand<S>,
+    start: Start<'_, S>,
+    c: &mut [S],
+) {
     let threads = rayon::current_num_threads();
     let job = Job {
         rows: (0, m),
@@ -475,11 +534,24 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     // One part per thread, along the longer side of C: each part packs all of the other
-    // operand, so that side's packing is the one repeated. Parts are cut at whole vectors
+    // operand, so that side's packing is the one repeated; along the other side if that
+    // operand is packed already and the parts can share it. Parts are cut at whole vectors
     // (columns) or pairs of rows, which the smaller register tiles handle, rather than at
-    // whole tiles, so that the two cores get nearly the same work.
-    let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if n >= m {
-        let mut parts: Vec<_> = column_parts(n, threads, isa.lanes())
+    // whole tiles, so that the two cores get nearly the same work; at whole panels of an
+    // operand packed already.
+    let (row_align, column_align) = (
+        a.packed_height().unwrap_or(2),
+        b.packed_width().unwrap_or(isa.lanes()),
+    );
+    let split_columns = if a.packed_height().is_some() && n >= threads * column_align {
+        true
+    } else if b.packed_width().is_some() && m >= threads * row_align {
+        false
+    } else {
+        n >= m
+    };
+    let parts: Vec<(Job<'_, S>, Vec<&mut [S]>)> = if split_columns {
+        let mut parts: Vec<_> = column_parts(n, threads, column_align)
             .into_iter()
             .map(|columns| (Job { columns, ..job }, Vec::with_capacity(m)))
             .collect();
@@ -492,7 +564,7 @@ pub(crate) fn gemm<S: Scalar>(
         }
         parts
     } else {
-        let per = m.div_ceil(threads).next_multiple_of(2);
+        let per = m.div_ceil(threads).next_multiple_of(row_align);
         c[..m * n]
             .chunks_mut(per * n)
             .enumerate()
@@ -586,6 +658,126 @@ impl<S: Scalar> Operand<S> for Transposed<'_, S> {
     fn pack_rows(&self, rows: (usize, usize), cols: (usize, usize), height: usize, out: &mut [S]) {
         self.0.pack_columns(cols, rows, height, out);
     }
+
+    fn packed_rows(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        height: usize,
+    ) -> Option<&[S]> {
+        self.0.packed_columns(cols, rows, height)
+    }
+
+    fn packed_columns(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+    ) -> Option<&[S]> {
+        self.0.packed_rows(cols, rows, width)
+    }
+
+    fn packed_height(&self) -> Option<usize> {
+        self.0.packed_width()
+    }
+
+    fn packed_width(&self) -> Option<usize> {
+        self.0.packed_height()
+    }
+}
+
+/// A matrix packed once for products repeated with the same A and other B's (a convolution's
+/// weights, chunk of examples after chunk): they then pack none of it, and the threads of a
+/// product share the panels instead of each packing their own. It is packed as `gemm` would
+/// read it for products of a given width: as A, in panels of the register tile's rows, or,
+/// where the product is computed as its transpose (`transposing_pays`), as that product's B,
+/// in panels of the tile's columns (a row panel of A is a column panel of A^T); every
+/// product with it is then computed that way. The layout is what the blocking loops would
+/// pack, block of K after block of K: block `pc` holds the panels of every row,
+/// `KC.min(k - pc)` columns each. The buffer goes back to the thread that drops it, for the
+/// next one.
+pub(crate) struct PackedRows<S: Scalar> {
+    data: Vec<S>,
+    m: usize,
+    k: usize,
+    height: usize,
+}
+
+impl<S: Scalar> PackedRows<S> {
+    /// `a` (m x k) packed for this machine's tiles, for products `n` columns wide whose sums
+    /// start from C if `continues`; on all cores (moves only).
+    pub(crate) fn new(
+        a: &dyn Operand<S>,
+        (m, k): (usize, usize),
+        n: usize,
+        continues: bool,
+    ) -> PackedRows<S> {
+        let isa = Isa::detect();
+        let (rows, columns) = isa.tile();
+        let transposed = transposing_pays((m, n, k), isa.lanes(), continues);
+        let height = if transposed { columns } else { rows };
+        let len = m.next_multiple_of(height) * k;
+        let mut data = take_buffer::<S>(&PACKED, len);
+        // One part per block of K and of rows (whole panels).
+        let mut parts = Vec::new();
+        let mut rest = &mut data[..len];
+        let step = MC.next_multiple_of(height);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            for ic in (0..m).step_by(step) {
+                let mc = step.min(m - ic);
+                let (part, tail) = rest.split_at_mut(mc.next_multiple_of(height) * kc);
+                parts.push(((ic, mc), (pc, kc), part));
+                rest = tail;
+            }
+        }
+        parts
+            .into_par_iter()
+            .for_each(|(rows, cols, out)| a.pack_rows(rows, cols, height, out));
+        PackedRows { data, m, k, height }
+    }
+
+    /// Where element (r, c) is.
+    fn index(&self, r: usize, c: usize) -> usize {
+        let (pc, h) = (c / KC * KC, self.height);
+        let kc = KC.min(self.k - pc);
+        pc * self.m.next_multiple_of(h) + (r / h * kc + c - pc) * h + r % h
+    }
+}
+
+impl<S: Scalar> Operand<S> for PackedRows<S> {
+    /// A value at a time (the products read the panels themselves).
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        for (r, row) in out.chunks_exact_mut(cols).take(rows).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = self.data[self.index(r0 + r, c0 + c)];
+            }
+        }
+    }
+
+    fn packed_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        height: usize,
+    ) -> Option<&[S]> {
+        let whole_block = c0 % KC == 0 && cols == KC.min(self.k - c0);
+        if height != self.height || r0 % height != 0 || !whole_block || r0 + rows > self.m {
+            return None;
+        }
+        let start = self.index(r0, c0);
+        Some(&self.data[start..start + rows.next_multiple_of(height) * cols])
+    }
+
+    fn packed_height(&self) -> Option<usize> {
+        Some(self.height)
+    }
+}
+
+impl<S: Scalar> Drop for PackedRows<S> {
+    fn drop(&mut self) {
+        give_back(&PACKED, std::mem::take(&mut self.data));
+    }
 }
 
 /// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
@@ -635,6 +827,18 @@ impl Isa {
         }
     }
 
+    /// This path's register tile, rows x columns: the height of A's panels and the width of
+    /// B's.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Isa::Baseline => BASELINE_TILE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => AVX2_TILE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => AVX512_TILE,
+        }
+    }
+
     /// Whether this path's tiles fuse each multiply and add (see the module's notes).
     #[cfg(test)]
     fn fuses(self) -> bool {
@@ -648,7 +852,9 @@ impl Isa {
     /// Computes the job's block of C into `c`, one slice per row of the block.
     fn run<S: Scalar>(self, job: Job<'_, S>, c: &mut [&mut [S]]) {
         match self {
-            Isa::Baseline => rows::<S, 4, 8>(job, c, tile_baseline),
+            Isa::Baseline => {
+                rows::<S, { BASELINE_TILE.0 }, { BASELINE_TILE.1 }>(job, c, tile_baseline)
+            }
             // SAFETY: `detect` found the instruction set on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(job, c) },
@@ -742,6 +948,8 @@ const BASELINE_FUSES: bool = cfg!(any(target_feature = "fma", target_arch = "aar
 /// 4 vectors of B and one broadcast of A take the rest. AVX2: 6 x 16, 12 of 16 registers.
 #[cfg(target_arch = "x86_64")]
 const AVX512_TILE: (usize, usize) = (6, 64);
+/// The portable tile: 4 x 8.
+const BASELINE_TILE: (usize, usize) = (4, 8);
 #[cfg(target_arch = "x86_64")]
 const AVX2_TILE: (usize, usize) = (6, 16);
 
@@ -819,14 +1027,26 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
         let nc = NC.min(j1 - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            b.pack_columns((pc, kc), (jc, nc), NR, bpack);
+            let bpanels: &[S] = match b.packed_columns((pc, kc), (jc, nc), NR) {
+                Some(panels) => panels,
+                None => {
+                    b.pack_columns((pc, kc), (jc, nc), NR, bpack);
+                    bpack
+                }
+            };
             // Only the first block of K starts the sums; later blocks continue them.
             let block_start = if pc == 0 { start } else { Start::Existing };
             let first = matches!(block_start, Start::FirstProduct);
             for ic in (i0..i1).step_by(MC) {
                 let mc = MC.min(i1 - ic);
-                a.pack_rows((ic, mc), (pc, kc), MR, apack);
-                for (jr, bpanel) in bpack
+                let apanels: &[S] = match a.packed_rows((ic, mc), (pc, kc), MR) {
+                    Some(panels) => panels,
+                    None => {
+                        a.pack_rows((ic, mc), (pc, kc), MR, apack);
+                        apack
+                    }
+                };
+                for (jr, bpanel) in bpanels
                     .chunks_exact(kc * NR)
                     .take(nc.div_ceil(NR))
                     .enumerate()
@@ -834,7 +1054,7 @@ fn rows<S: Scalar, const MR: usize, const NR: usize>(
                     let j = jc + jr * NR;
                     let nr = NR.min(j1 - j);
                     let (bk, _) = bpanel.as_chunks::<NR>();
-                    for (ir, apanel) in apack
+                    for (ir, apanel) in apanels
                         .chunks_exact(kc * MR)
                         .take(mc.div_ceil(MR))
                         .enumerate()
@@ -910,15 +1130,31 @@ fn copy<S: Copy, const NR: usize>(from: &[S], to: &mut [S], n: usize) {
     }
 }
 
+/// A buffer per number type, kept by a thread between uses.
+type Pool = RefCell<HashMap<TypeId, Box<dyn Any>>>;
+
 thread_local! {
     /// Each thread's packing workspace, one per number type.
-    static WORKSPACES: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
+    static WORKSPACES: Pool = RefCell::new(HashMap::new());
+    /// Each thread's buffer for the last [`PackedRows`] it dropped, one per number type.
+    static PACKED: Pool = RefCell::new(HashMap::new());
+    /// Each thread's buffer for products computed as their transpose.
+    static TRANSPOSED: Pool = RefCell::new(HashMap::new());
 }
 
 /// This thread's workspace for `S`, at least `len` long (taken out of the cache, so that a
 /// nested product cannot find it borrowed).
 fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
-    let cached = WORKSPACES.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
+    take_buffer(&WORKSPACES, len)
+}
+
+fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
+    give_back(&WORKSPACES, buffer);
+}
+
+/// `pool`'s buffer for `S` on this thread, at least `len` long.
+fn take_buffer<S: Scalar>(pool: &'static LocalKey<Pool>, len: usize) -> Vec<S> {
+    let cached = pool.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
     let mut buffer = cached
         .and_then(|b| b.downcast::<Vec<S>>().ok())
         .map_or_else(Vec::new, |b| *b);
@@ -928,8 +1164,8 @@ fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
     buffer
 }
 
-fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
-    WORKSPACES.with(|w| {
+fn give_back<S: Scalar>(pool: &'static LocalKey<Pool>, buffer: Vec<S>) {
+    pool.with(|w| {
         w.borrow_mut()
             .insert(TypeId::of::<S>(), Box::new(buffer) as Box<dyn Any>)
     });
@@ -1114,6 +1350,56 @@ pub(crate) mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_a_packed_once_gives_the_same_bits_and_counts_in_either_orientation() {
+        let mut orientations = [false; 2];
+        // (m, k, the width it is packed for, the widths of the products with it)
+        for &(m, k, packed_for, widths) in &[
+            // As A: rows that end in a part panel, three blocks of K (the last one column).
+            (70, 513, 300, &[300, 41, 1][..]),
+            // As the B of the transpose (narrow products), split among threads by rows.
+            (512, 300, 49 * 6, &[294, 98, 7][..]),
+            (130, 600, 27, &[27, 300][..]),
+            // Several blocks of rows (as A), of columns (as the transpose's B).
+            (200, 40, 600, &[600, 2][..]),
+            (2100, 64, 49, &[49][..]),
+        ] {
+            let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
+            let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
+            let (ca, cbias) = (Counted::vec(&a), Counted::vec(&bias));
+            let strided = Strided {
+                data: &ca,
+                row_stride: k,
+                col_stride: 1,
+            };
+            let packed = PackedRows::new(&strided, (m, k), packed_for, false);
+            let transposed = transposing_pays((m, packed_for, k), Isa::detect().lanes(), false);
+            let (rows, columns) = Isa::detect().tile();
+            let height = if transposed { columns } else { rows };
+            assert_eq!(packed.packed_height(), Some(height));
+            orientations[usize::from(transposed)] = true;
+            for &n in widths {
+                let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
+                let cb = Counted::vec(&b);
+                let b = Strided {
+                    data: &cb,
+                    row_stride: n,
+                    col_stride: 1,
+                };
+                for start in [Start::RowBias(&cbias[..]), Start::FirstProduct] {
+                    let product = |a: &dyn Operand<Counted<f64>>| {
+                        let mut c = vec![Counted::new(0.0); m * n];
+                        let ((), counts) = tally::measure(|| gemm((m, n, k), a, &b, start, &mut c));
+                        let bits: Vec<u64> = c.iter().map(|v| v.get().to_bits()).collect();
+                        (bits, counts)
+                    };
+                    assert_eq!(product(&packed), product(&strided), "{m}x{n}x{k}");
+                }
+            }
+        }
+        assert_eq!(orientations, [true; 2]);
     }
 
     /// [`Operand::pack_columns`]'s layout, a value at a time from the definition: element
