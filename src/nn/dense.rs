@@ -384,38 +384,45 @@ fn bias_grads<S: Scalar>(dz: &[S], db: &mut [S]) {
 }
 
 /// `dx[e][i] = sum_j w[i][j] * dz[e][j]`, accumulated from the first product. Each sum runs
-/// along a row of `w`, so one sum alone is a chain of dependent adds: four rows are summed
-/// side by side to keep the adder busy, each still in ascending `j`.
+/// along a row of `w`, so one sum alone is a chain of dependent adds: eight rows are summed
+/// side by side (then four) to keep both of the core's multiply-add units busy through
+/// their latency, each still in ascending `j`.
 #[inline(never)]
 fn input_grads<S: Scalar>(w: &[S], dz: &[S], dx: &mut [S], n: usize, m: usize) {
     for (dxe, dze) in dx.chunks_exact_mut(n).zip(dz.chunks_exact(m)) {
-        let mut blocks = dxe.chunks_exact_mut(4).zip(w.chunks_exact(4 * m));
-        for (out, rows) in &mut blocks {
-            let (r0, rest) = rows.split_at(m);
-            let (r1, rest) = rest.split_at(m);
-            let (r2, r3) = rest.split_at(m);
-            out.copy_from_slice(&dots4([r0, r1, r2, r3], dze));
+        let mut done = 0;
+        for (out, rows) in dxe.chunks_exact_mut(8).zip(w.chunks_exact(8 * m)) {
+            out.copy_from_slice(&dots::<S, 8>(rows, dze));
+            done += 8;
         }
-        let done = n - n % 4;
+        let (dxe, w) = (&mut dxe[done..], &w[done * m..]);
+        let mut done = 0;
+        for (out, rows) in dxe.chunks_exact_mut(4).zip(w.chunks_exact(4 * m)) {
+            out.copy_from_slice(&dots::<S, 4>(rows, dze));
+            done += 4;
+        }
         for (out, row) in dxe[done..].iter_mut().zip(w[done * m..].chunks_exact(m)) {
             *out = dot(row, dze);
         }
     }
 }
 
-/// Four dot products with `v`, side by side; every row has `v.len()` values. The loop is
-/// written with zipped iterators, so it cannot panic: a loop with an exit to a panic must
-/// keep the thread's counters up to date on every iteration (the panic could be caught and
-/// the tally read), which would stop the compiler from keeping them in registers.
+/// `R` dot products with `v`, side by side, of the rows of `rows` (`R` rows of `v.len()`
+/// values). Every row is cut to exactly `v.len()` values first, so the loop's indexing
+/// cannot go out of bounds and the compiler drops the checks: a loop with an exit to a
+/// panic must keep the thread's counters up to date on every iteration (the panic could be
+/// caught and the tally read), which would stop the compiler from keeping them in registers.
 #[inline(always)]
-fn dots4<S: Scalar>([r0, r1, r2, r3]: [&[S]; 4], v: &[S]) -> [S; 4] {
-    let mut acc = [r0[0] * v[0], r1[0] * v[0], r2[0] * v[0], r3[0] * v[0]];
-    let rows = r0[1..].iter().zip(&r1[1..]).zip(&r2[1..]).zip(&r3[1..]);
-    for ((((&w0, &w1), &w2), &w3), &d) in rows.zip(&v[1..]) {
-        acc[0] = madd(acc[0], w0, d);
-        acc[1] = madd(acc[1], w1, d);
-        acc[2] = madd(acc[2], w2, d);
-        acc[3] = madd(acc[3], w3, d);
+#[allow(clippy::needless_range_loop)] // value j of row r, the rows side by side
+fn dots<S: Scalar, const R: usize>(rows: &[S], v: &[S]) -> [S; R] {
+    let m = v.len();
+    let rows: [&[S]; R] = std::array::from_fn(|r| &rows[r * m..][..m]);
+    let mut acc: [S; R] = std::array::from_fn(|r| rows[r][0] * v[0]);
+    for j in 1..m {
+        let d = v[j];
+        for r in 0..R {
+            acc[r] = madd(acc[r], rows[r][j], d);
+        }
     }
     acc
 }
