@@ -38,7 +38,6 @@
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -481,12 +480,9 @@ pub(crate) fn gemm<S: Scalar>(
         // C^T = B^T A^T: every element is the same products added in the same order of k
         // (each product's two factors swapped, which changes no bit), so the same bits and
         // counts; C is copied in (if the sums start from it) and out, free.
-        // (The buffer is this thread's from the last time, unless it was too short: a fresh
-        // one costs a page fault per 4 KiB.)
-        let mut buffer = take_buffer::<S>(&TRANSPOSED, m * n);
-        let transposed = &mut buffer[..m * n];
+        let mut transposed = vec![S::zero(); m * n];
         if let Start::Existing = start {
-            transpose((m, n), c, transposed);
+            transpose((m, n), c, &mut transposed);
         }
         let start = match start {
             Start::RowBias(bias) => Start::ColumnBias(bias),
@@ -499,10 +495,9 @@ pub(crate) fn gemm<S: Scalar>(
             &Transposed(b),
             &Transposed(a),
             start,
-            transposed,
+            &mut transposed,
         );
-        transpose((n, m), transposed, c);
-        give_back(&TRANSPOSED, buffer);
+        transpose((n, m), &transposed, c);
         return;
     }
     gemm_as_is(isa, (m, n, k), a, b, start, c);
@@ -694,8 +689,7 @@ impl<S: Scalar> Operand<S> for Transposed<'_, S> {
 /// in panels of the tile's columns (a row panel of A is a column panel of A^T); every
 /// product with it is then computed that way. The layout is what the blocking loops would
 /// pack, block of K after block of K: block `pc` holds the panels of every row,
-/// `KC.min(k - pc)` columns each. The buffer goes back to the thread that drops it, for the
-/// next one.
+/// `KC.min(k - pc)` columns each.
 pub(crate) struct PackedRows<S: Scalar> {
     data: Vec<S>,
     m: usize,
@@ -717,7 +711,9 @@ impl<S: Scalar> PackedRows<S> {
         let transposed = transposing_pays((m, n, k), isa.lanes(), continues);
         let height = if transposed { columns } else { rows };
         let len = m.next_multiple_of(height) * k;
-        let mut data = take_buffer::<S>(&PACKED, len);
+        // A fresh buffer, freed with the operand: a convolution's weights packed for one pass,
+        // not memory the network keeps (ResNet-18's largest is 9 MB).
+        let mut data = vec![S::zero(); len];
         // One part per block of K and of rows (whole panels).
         let mut parts = Vec::new();
         let mut rest = &mut data[..len];
@@ -771,12 +767,6 @@ impl<S: Scalar> Operand<S> for PackedRows<S> {
 
     fn packed_height(&self) -> Option<usize> {
         Some(self.height)
-    }
-}
-
-impl<S: Scalar> Drop for PackedRows<S> {
-    fn drop(&mut self) {
-        give_back(&PACKED, std::mem::take(&mut self.data));
     }
 }
 
@@ -1130,31 +1120,15 @@ fn copy<S: Copy, const NR: usize>(from: &[S], to: &mut [S], n: usize) {
     }
 }
 
-/// A buffer per number type, kept by a thread between uses.
-type Pool = RefCell<HashMap<TypeId, Box<dyn Any>>>;
-
 thread_local! {
     /// Each thread's packing workspace, one per number type.
-    static WORKSPACES: Pool = RefCell::new(HashMap::new());
-    /// Each thread's buffer for the last [`PackedRows`] it dropped, one per number type.
-    static PACKED: Pool = RefCell::new(HashMap::new());
-    /// Each thread's buffer for products computed as their transpose.
-    static TRANSPOSED: Pool = RefCell::new(HashMap::new());
+    static WORKSPACES: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
 }
 
 /// This thread's workspace for `S`, at least `len` long (taken out of the cache, so that a
 /// nested product cannot find it borrowed).
 fn take_workspace<S: Scalar>(len: usize) -> Vec<S> {
-    take_buffer(&WORKSPACES, len)
-}
-
-fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
-    give_back(&WORKSPACES, buffer);
-}
-
-/// `pool`'s buffer for `S` on this thread, at least `len` long.
-fn take_buffer<S: Scalar>(pool: &'static LocalKey<Pool>, len: usize) -> Vec<S> {
-    let cached = pool.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
+    let cached = WORKSPACES.with(|w| w.borrow_mut().remove(&TypeId::of::<S>()));
     let mut buffer = cached
         .and_then(|b| b.downcast::<Vec<S>>().ok())
         .map_or_else(Vec::new, |b| *b);
@@ -1164,8 +1138,8 @@ fn take_buffer<S: Scalar>(pool: &'static LocalKey<Pool>, len: usize) -> Vec<S> {
     buffer
 }
 
-fn give_back<S: Scalar>(pool: &'static LocalKey<Pool>, buffer: Vec<S>) {
-    pool.with(|w| {
+fn give_back_workspace<S: Scalar>(buffer: Vec<S>) {
+    WORKSPACES.with(|w| {
         w.borrow_mut()
             .insert(TypeId::of::<S>(), Box::new(buffer) as Box<dyn Any>)
     });
