@@ -217,7 +217,7 @@ impl Plan {
     /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
     /// value, the buffers the values' gradients share ([`Plan::gradient_slots`]), the scratch
     /// space for gradients that add up, the kernels' scratch space each node keeps for its
-    /// kernels, and max pooling's positions. Computed without allocating anything.
+    /// kernels, the largest node's buffers of one call, and max pooling's positions. Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();
@@ -230,6 +230,7 @@ impl Plan {
         values += b * gradients;
         let mut largest_value = 0u128;
         let mut workspace = 0u128;
+        let mut transient = 0u128;
         let mut positions = 0u128;
         let mut accumulates = false;
         for node in &self.nodes {
@@ -237,6 +238,7 @@ impl Plan {
             values += b * out + b * node.op.kept() as u128;
             largest_value = largest_value.max(out);
             workspace += node.op.workspace() as u128;
+            transient = transient.max(node.op.transient() as u128);
             accumulates |= node.accumulate.iter().any(|&a| a);
             if node.kind() == "maxpool2d" {
                 positions += b * out;
@@ -255,7 +257,7 @@ impl Plan {
                 .map(|(&p, _)| self.params[p].spec.len as u128)
         });
         scratch += shared.max().unwrap_or(0);
-        (values + workspace + scratch) * scalar_bytes as u128 + positions * 8
+        (values + workspace + transient + scratch) * scalar_bytes as u128 + positions * 8
     }
 }
 

@@ -301,6 +301,15 @@ impl Operation for Conv2d {
     /// never holds the patch gradients: it computes each input plane's gradient whole, one
     /// row of P patch gradients at a time (a row for each thread at work), so it is charged
     /// one row.
+    /// Weights packed once for the chunks of a forward pass ([`PackedRows`]).
+    fn transient(&self) -> usize {
+        let g = self.geometry;
+        if g.group_in() == 1 && g.groups > 1 {
+            return 0;
+        }
+        PackedRows::<f32>::most_values((g.group_out(), g.patch())).saturating_mul(g.groups)
+    }
+
     fn workspace(&self) -> usize {
         let g = self.geometry;
         // Saturating: a size past `usize` is a charge no budget grants, never a wrapped one.
@@ -454,7 +463,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         // Each group's weights packed once for every chunk, when there are several.
         let packed: Vec<PackedRows<S>> = if x.len() > chunk * g.input_len() && !depthwise {
             w.chunks(group_out * k)
-                .map(|w| PackedRows::new(&weights(w), (group_out, k), chunk * p, false))
+                .map(|w| PackedRows::new(&weights(w), (group_out, k), chunk * p))
                 .collect()
         } else {
             Vec::new()

@@ -699,16 +699,11 @@ pub(crate) struct PackedRows<S: Scalar> {
 
 impl<S: Scalar> PackedRows<S> {
     /// `a` (m x k) packed for this machine's tiles, for products `n` columns wide whose sums
-    /// start from C if `continues`; on all cores (moves only).
-    pub(crate) fn new(
-        a: &dyn Operand<S>,
-        (m, k): (usize, usize),
-        n: usize,
-        continues: bool,
-    ) -> PackedRows<S> {
+    /// start afresh (from a bias or their first product); on all cores (moves only).
+    pub(crate) fn new(a: &dyn Operand<S>, (m, k): (usize, usize), n: usize) -> PackedRows<S> {
         let isa = Isa::detect();
         let (rows, columns) = isa.tile();
-        let transposed = transposing_pays((m, n, k), isa.lanes(), continues);
+        let transposed = transposing_pays((m, n, k), isa.lanes(), false);
         let height = if transposed { columns } else { rows };
         let len = m.next_multiple_of(height) * k;
         // A fresh buffer, freed with the operand: a convolution's weights packed for one pass,
@@ -731,6 +726,14 @@ impl<S: Scalar> PackedRows<S> {
             .into_par_iter()
             .for_each(|(rows, cols, out)| a.pack_rows(rows, cols, height, out));
         PackedRows { data, m, k, height }
+    }
+
+    /// The most values a `PackedRows` of an m x k matrix holds on this machine, whichever
+    /// orientation it is packed in (saturating: a size past `usize` is a charge no memory
+    /// budget grants).
+    pub(crate) fn most_values((m, k): (usize, usize)) -> usize {
+        let (rows, columns) = Isa::detect().tile();
+        m.next_multiple_of(rows.max(columns)).saturating_mul(k)
     }
 
     /// Where element (r, c) is.
@@ -1348,11 +1351,13 @@ pub(crate) mod tests {
                 row_stride: k,
                 col_stride: 1,
             };
-            let packed = PackedRows::new(&strided, (m, k), packed_for, false);
+            let packed = PackedRows::new(&strided, (m, k), packed_for);
             let transposed = transposing_pays((m, packed_for, k), Isa::detect().lanes(), false);
             let (rows, columns) = Isa::detect().tile();
             let height = if transposed { columns } else { rows };
             assert_eq!(packed.packed_height(), Some(height));
+            // The memory budget's charge covers it.
+            assert!(packed.data.len() <= PackedRows::<f64>::most_values((m, k)));
             orientations[usize::from(transposed)] = true;
             for &n in widths {
                 let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();

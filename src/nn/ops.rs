@@ -99,6 +99,13 @@ pub(crate) trait Operation {
         0
     }
 
+    /// Values a kernel of this operation allocates within one call and frees before it
+    /// returns, at most, whatever the batch (a convolution's weights packed for its chunks).
+    /// Nodes run one at a time, so a step needs the largest node's, not their sum.
+    fn transient(&self) -> usize {
+        0
+    }
+
     /// Values per example a node of this operation keeps from the forward pass to the
     /// backward pass besides its input and output (batch normalisation's normalised input).
     fn kept(&self) -> usize {
@@ -318,6 +325,10 @@ impl NodeOp {
 
     pub(crate) fn workspace(&self) -> usize {
         self.op().workspace()
+    }
+
+    pub(crate) fn transient(&self) -> usize {
+        self.op().transient()
     }
 
     pub(crate) fn kept(&self) -> usize {
