@@ -1192,19 +1192,50 @@ fn add_or_set<S: Scalar>(d: &mut [S], v: &[S], set: std::ops::Range<usize>) {
 }
 
 /// `add_or_set` on every `stride`-th value of `d`: `d[t * stride] += v[t]`, except
-/// `d[t * stride] = v[t]` for `t` in `set`.
+/// `d[t * stride] = v[t]` for `t` in `set`. `d` is `(v.len() - 1) * stride + 1` long.
 #[inline(never)]
 fn add_or_set_strided<S: Scalar>(d: &mut [S], stride: usize, v: &[S], set: std::ops::Range<usize>) {
-    let mut targets = d.iter_mut().step_by(stride);
-    let mut values = v.iter();
-    for (d, &v) in targets.by_ref().zip(values.by_ref()).take(set.start) {
-        *d += v;
+    // Three runs: adds, sets, adds; each but the last ends a whole stride before the next.
+    let (head, rest) = d.split_at_mut((set.start * stride).min(d.len()));
+    let (middle, tail) = rest.split_at_mut((set.len() * stride).min(rest.len()));
+    let (v_head, rest) = v.split_at(set.start);
+    let (v_middle, v_tail) = rest.split_at(set.len());
+    if stride == 2 {
+        every::<S, 2, true>(head, v_head);
+        every::<S, 2, false>(middle, v_middle);
+        every::<S, 2, true>(tail, v_tail);
+    } else {
+        for (d, &v) in head.iter_mut().step_by(stride).zip(v_head) {
+            *d += v;
+        }
+        for (d, &v) in middle.iter_mut().step_by(stride).zip(v_middle) {
+            *d = v;
+        }
+        for (d, &v) in tail.iter_mut().step_by(stride).zip(v_tail) {
+            *d += v;
+        }
     }
-    for (d, &v) in targets.by_ref().zip(values.by_ref()).take(set.len()) {
-        *d = v;
+}
+
+/// `d[t * K] += v[t]` (with `ADD`, else `d[t * K] = v[t]`) for every `t`, in order: the
+/// stride a constant, so that the loop runs over whole strides of `d`.
+#[inline(always)]
+fn every<S: Scalar, const K: usize, const ADD: bool>(d: &mut [S], v: &[S]) {
+    let whole = (d.len() / K).min(v.len());
+    let (strides, rest) = d.split_at_mut(whole * K);
+    for (d, &v) in strides.chunks_exact_mut(K).zip(&v[..whole]) {
+        if ADD {
+            d[0] += v;
+        } else {
+            d[0] = v;
+        }
     }
-    for (d, &v) in targets.zip(values) {
-        *d += v;
+    if let (Some(d), Some(&v)) = (rest.first_mut(), v.get(whole)) {
+        if ADD {
+            *d += v;
+        } else {
+            *d = v;
+        }
     }
 }
 
