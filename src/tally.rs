@@ -87,11 +87,11 @@ struct Counters([Counter; Op::COUNT]);
 
 /// One kind's counter, alone in 16 bytes. Packed 8 bytes apart, two kinds that a kernel
 /// counts side by side (`sub` and `mul` of `p -= lr * g`) were updated as one 16-byte vector,
-/// loaded and stored at once; when the kernel before had stored them one by one, that load
-/// spanned two stores still on their way to the cache, which the CPU cannot forward to it,
-/// and it waited for them. A tiny model's step runs a kernel every few nanoseconds: xor and
-/// iris at batch 1 counted 14% and 6% slower than plain with the counters packed, 1% with
-/// them apart (`opcount bench`, 5 alternating runs each).
+/// loaded and stored at once. Most likely, when the kernel before had stored them one by
+/// one, that load spanned two stores still on their way to the cache, which the CPU cannot
+/// forward to it, and it waited for them. A tiny model's step runs a kernel every few
+/// nanoseconds: xor and iris at batch 1 counted 13-15% and 5-7% slower than plain with the
+/// counters packed, at most 3% with them apart (`opcount bench`, 5 alternating runs each).
 #[repr(align(16))]
 struct Counter(Cell<u64>);
 
