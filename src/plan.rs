@@ -217,7 +217,8 @@ impl Plan {
     /// examples with numbers of `scalar_bytes` bytes: parameters and their gradients, every
     /// value, the buffers the values' gradients share ([`Plan::gradient_slots`]), the scratch
     /// space for gradients that add up, the kernels' scratch space each node keeps for its
-    /// kernels, the largest node's buffers of one call, and max pooling's positions. Computed without allocating anything.
+    /// kernels, the largest node's buffers of one call, and max pooling's positions.
+    /// Computed without allocating anything.
     pub fn memory_bytes(&self, batch: usize, scalar_bytes: usize) -> u128 {
         let b = batch as u128;
         let mut values: u128 = 2 * self.params();

@@ -295,12 +295,6 @@ impl Operation for Conv2d {
         }
     }
 
-    /// The padded input and, backward, the patch gradients (every group's: C_in x window
-    /// rows) of the fewest examples a chunk takes (one, unless the output is small: see
-    /// `Geometry::narrow_chunk`). A convolution of one input channel per group (depthwise)
-    /// never holds the patch gradients: it computes each input plane's gradient whole, one
-    /// row of P patch gradients at a time (a row for each thread at work), so it is charged
-    /// one row.
     /// Weights packed once for the chunks of a forward pass ([`PackedRows`]).
     fn transient(&self) -> usize {
         let g = self.geometry;
@@ -310,6 +304,12 @@ impl Operation for Conv2d {
         PackedRows::<f32>::most_values((g.group_out(), g.patch())).saturating_mul(g.groups)
     }
 
+    /// The padded input and, backward, the patch gradients (every group's: C_in x window
+    /// rows) of the fewest examples a chunk takes (one, unless the output is small: see
+    /// `Geometry::narrow_chunk`). A convolution of one input channel per group (depthwise)
+    /// never holds the patch gradients: it computes each input plane's gradient whole, one
+    /// row of P patch gradients at a time (a row for each thread at work), so it is charged
+    /// one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
         // Saturating: a size past `usize` is a charge no budget grants, never a wrapped one.
