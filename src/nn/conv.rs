@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::dense::check_size;
 use super::gemm::{Operand, PackedRows, Start, Strided, gemm};
-use super::moves::{every_other, transpose_8x8};
+use super::moves::{copy_short, every_other, transpose_8x8};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
 use crate::error::Result;
@@ -639,7 +639,7 @@ fn pad<S: Scalar>(g: &Geometry, x: &[S], padded: &mut [S]) {
             .chunks_exact(g.width)
             .zip(dst.chunks_exact_mut(wp).skip(ph))
         {
-            dst_row[pw..pw + g.width].copy_from_slice(row);
+            copy_short(row, &mut dst_row[pw..pw + g.width]);
         }
     };
     let (plane, padded_plane) = (g.height * g.width, hp * wp);
@@ -724,6 +724,24 @@ impl<'a, S: Scalar> Patches<'a, S> {
         let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
         (self.channel0 + c) * hp * wp + i * wp + j
     }
+
+    /// [`Patches::row_offset`] of every row from `k` on, walking the window without dividing.
+    fn row_offsets(&self, k: usize) -> impl Iterator<Item = usize> {
+        let (hp, wp) = self.g.padded();
+        let (kh, kw) = self.g.kernel;
+        let (mut c, mut i, mut j) = (k / (kh * kw), k / kw % kh, k % kw);
+        std::iter::from_fn(move || {
+            let offset = (self.channel0 + c) * hp * wp + i * wp + j;
+            j += 1;
+            if j == kw {
+                (i, j) = (i + 1, 0);
+                if i == kh {
+                    (c, i) = (c + 1, 0);
+                }
+            }
+            Some(offset)
+        })
+    }
 }
 
 impl<S: Scalar> Patches<'_, S> {
@@ -757,7 +775,7 @@ impl<S: Scalar> Patches<'_, S> {
     #[inline(always)]
     fn read_run(&self, image: &[S], start: usize, dst: &mut [S]) {
         match self.g.stride.1 {
-            1 => dst.copy_from_slice(&image[start..start + dst.len()]),
+            1 => copy_short(&image[start..], dst),
             2 => every_other(&image[start..], dst),
             s => {
                 for (v, &x) in dst.iter_mut().zip(image[start..].iter().step_by(s)) {
@@ -790,23 +808,27 @@ impl<S: Scalar> Operand<S> for Patches<'_, S> {
         out: &mut [S],
     ) {
         let s = self.g.stride.1;
-        for r in 0..rows {
-            let image = &self.images[self.row_offset(r0 + r)..];
-            // Where the next value goes: panel `p`, column `j` of its row `r`.
-            let (mut p, mut j) = (0, 0);
-            self.runs(c0, cols, |start, run| {
-                let mut done = 0;
-                while done < run {
-                    let n = (width - j).min(run - done);
-                    let dst = &mut out[(p * rows + r) * width + j..][..n];
-                    self.read_run(image, start + done * s, dst);
-                    done += n;
-                    j += n;
-                    if j == width {
-                        (p, j) = (p + 1, 0);
-                    }
+        // The columns' runs, cut at the panels' edges, worked out once for every row: (panel,
+        // column in it, offset in the image from the row's first, length).
+        let mut pieces = Vec::with_capacity(cols.div_ceil(width) + cols / self.g.output().1 + 2);
+        let (mut p, mut j) = (0, 0);
+        self.runs(c0, cols, |start, run| {
+            let mut done = 0;
+            while done < run {
+                let n = (width - j).min(run - done);
+                pieces.push((p, j, start + done * s, n));
+                done += n;
+                j += n;
+                if j == width {
+                    (p, j) = (p + 1, 0);
                 }
-            });
+            }
+        });
+        for (r, offset) in (0..rows).zip(self.row_offsets(r0)) {
+            let image = &self.images[offset..];
+            for &(p, j, start, n) in &pieces {
+                self.read_run(image, start, &mut out[(p * rows + r) * width + j..][..n]);
+            }
         }
     }
 }

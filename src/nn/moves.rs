@@ -185,6 +185,44 @@ pub(crate) fn every_other<S: Copy + 'static>(src: &[S], dst: &mut [S]) {
     }
 }
 
+/// `dst = src[..dst.len()]` for a short run (a window row's positions, tens of values), in
+/// pieces of a size known to the compiler, the last piece overlapping the one before it
+/// where the length is not a whole number of pieces: a few vector moves rather than a call
+/// to the library's copy, whose call and length checks cost more than moving 50 values.
+///
+/// # Panics
+/// If `src` is shorter than `dst`.
+#[inline(always)]
+pub(crate) fn copy_short<S: Copy>(src: &[S], dst: &mut [S]) {
+    let n = dst.len();
+    let src = &src[..n];
+    match n {
+        16.. => {
+            let mut t = 0;
+            while t + 16 <= n {
+                dst[t..t + 16].copy_from_slice(&src[t..t + 16]);
+                t += 16;
+            }
+            if t < n {
+                dst[n - 16..].copy_from_slice(&src[n - 16..]);
+            }
+        }
+        8.. => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        4.. => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        _ => {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +286,26 @@ mod tests {
         check_6x8(|i| i as f32);
         check_6x8(|i| Counted::new(i as f32 * 2.0));
         check_6x8(|i| i as f64);
+    }
+
+    #[test]
+    fn a_short_copy_moves_every_value_of_every_length_and_nothing_else() {
+        fn check<S: Copy + PartialEq + std::fmt::Debug>(make: impl Fn(usize) -> S) {
+            let source: Vec<S> = (0..80).map(&make).collect();
+            for n in 0..70 {
+                let untouched = make(999);
+                let mut dst = vec![untouched; n + 2];
+                copy_short(&source[3..], &mut dst[1..n + 1]);
+                let want: Vec<S> = std::iter::once(untouched)
+                    .chain((3..n + 3).map(&make))
+                    .chain([untouched])
+                    .collect();
+                assert_eq!(dst, want, "length {n}");
+            }
+        }
+        check(|i| i as f32);
+        check(|i| Counted::new(i as f32 * 0.5));
+        check(|i| i as f64);
     }
 
     #[test]
