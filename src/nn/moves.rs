@@ -1,5 +1,5 @@
 //! Moving values between layouts in vector registers: square tiles transposed, every other
-//! value taken.
+//! value taken, short runs copied.
 //!
 //! Packing a matrix product's operands is mostly transposing small tiles, or reading a
 //! strided convolution's windows, and the compiler does not turn a generic tile's moves or a
@@ -7,7 +7,9 @@
 //! Values stored as an `f32` is (`f32` and the counted `f32`s, which wrap one and nothing
 //! else) are moved here as 4-byte lanes of AVX registers instead. This is data movement
 //! only, never arithmetic, and `f32` and `Counted<f32>` take the same path, so what is
-//! measured is still the program that runs; other types take the generic moves.
+//! measured is still the program that runs; other types take the generic moves. Short runs
+//! (`copy_short`) need no such care: copies of a size known to the compiler are vector moves
+//! for any type.
 
 use std::any::TypeId;
 
