@@ -189,8 +189,8 @@ pub(crate) fn every_other<S: Copy + 'static>(src: &[S], dst: &mut [S]) {
 
 /// `dst = src[..dst.len()]` for a short run (a window row's positions, tens of values), in
 /// pieces of a size known to the compiler, the last piece overlapping the one before it
-/// where the length is not a whole number of pieces: a few vector moves rather than a call
-/// to the library's copy, whose call and length checks cost more than moving 50 values.
+/// where the length is not a whole number of pieces: a few vector moves inline rather than a
+/// call to the library's copy for every run.
 ///
 /// # Panics
 /// If `src` is shorter than `dst`.
