@@ -717,15 +717,8 @@ impl<'a, S: Scalar> Patches<'a, S> {
         self.g.in_channels * hp * wp
     }
 
-    /// The offset in a padded image of patch row `k`'s element at position (0, 0).
-    fn row_offset(&self, k: usize) -> usize {
-        let (hp, wp) = self.g.padded();
-        let (kh, kw) = self.g.kernel;
-        let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
-        (self.channel0 + c) * hp * wp + i * wp + j
-    }
-
-    /// [`Patches::row_offset`] of every row from `k` on, walking the window without dividing.
+    /// The offset in a padded image of each patch row's element at position (0, 0), for rows
+    /// `k`, `k + 1` and on: the row's window cell walked without dividing.
     fn row_offsets(&self, k: usize) -> impl Iterator<Item = usize> {
         let (hp, wp) = self.g.padded();
         let (kh, kw) = self.g.kernel;
@@ -788,8 +781,12 @@ impl<S: Scalar> Patches<'_, S> {
 
 impl<S: Scalar> Operand<S> for Patches<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
-        for (r, dst) in out.chunks_exact_mut(cols).take(rows).enumerate() {
-            let image = &self.images[self.row_offset(r0 + r)..];
+        for (dst, offset) in out
+            .chunks_exact_mut(cols)
+            .take(rows)
+            .zip(self.row_offsets(r0))
+        {
+            let image = &self.images[offset..];
             let mut filled = 0;
             self.runs(c0, cols, |start, run| {
                 self.read_run(image, start, &mut dst[filled..filled + run]);
@@ -842,9 +839,7 @@ struct PatchesT<'a, S> {
 
 impl<'a, S: Scalar> PatchesT<'a, S> {
     fn new(patches: Patches<'a, S>) -> PatchesT<'a, S> {
-        let offsets = (0..patches.g.patch())
-            .map(|k| patches.row_offset(k))
-            .collect();
+        let offsets = patches.row_offsets(0).take(patches.g.patch()).collect();
         PatchesT { patches, offsets }
     }
 }
