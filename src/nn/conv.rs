@@ -12,7 +12,10 @@
 //! - weight gradient: `dW_g (C_out/G x K) = sum over chunks of dout_g (C_out/G x E*P)
 //!   patches_g^T`;
 //! - input gradient: `dpatches_g (K x E*P) = W_g^T dout_g`, then every patch entry that lies
-//!   inside the input (not in the padding) is added to its input position (`col2im`).
+//!   inside the input (not in the padding) is added to its input position (`col2im`). This
+//!   is done in blocks of input channels (their rows of `W_g^T`), each block's `col2im` right
+//!   after its product, while its patch gradients are in the cache: each thread takes its own
+//!   run of channels, and `dout_g` is packed once for all of them (`InputGradient`).
 //!
 //! Every product goes through `gemm`, which sums in ascending order from the first term, so
 //! chunking changes no sum: the weight gradient still runs over examples in order, then
@@ -23,7 +26,9 @@ mod depthwise;
 use rayon::prelude::*;
 
 use super::dense::check_size;
-use super::gemm::{Operand, PackedRows, Start, Strided, gemm};
+use super::gemm::{
+    self, Operand, PackedColumns, PackedRows, RowsFrom, Start, Strided, gemm, gemm_here,
+};
 use super::moves::{copy_short, every_other, transpose_8x8};
 use super::ops::{Backward, Kernel, Operation, ParamSpec};
 use crate::counts::Counts;
@@ -247,6 +252,8 @@ impl Conv2d {
             padded: Vec::new(),
             chunked: Vec::new(),
             scratch: Vec::new(),
+            packed: Vec::new(),
+            tuning: Tuning::DEFAULT,
         }
     }
 }
@@ -295,32 +302,38 @@ impl Operation for Conv2d {
         }
     }
 
-    /// Weights packed once for the chunks of a forward pass ([`PackedRows`]).
+    /// Weights packed once for the chunks of a forward pass, or transposed for those of a
+    /// backward pass ([`PackedRows`]).
     fn transient(&self) -> usize {
         let g = self.geometry;
         if g.group_in() == 1 && g.groups > 1 {
             return 0;
         }
-        PackedRows::<f32>::most_values((g.group_out(), g.patch())).saturating_mul(g.groups)
+        let (group_out, k) = (g.group_out(), g.patch());
+        let forward = PackedRows::<f32>::most_values((group_out, k));
+        let backward = PackedRows::<f32>::most_values((k, group_out));
+        forward.max(backward).saturating_mul(g.groups)
     }
 
-    /// The padded input and, backward, the patch gradients (every group's: C_in x window
-    /// rows) of the fewest examples a chunk takes (one, unless the output is small: see
-    /// `Geometry::narrow_chunk`). A convolution of one input channel per group (depthwise)
-    /// never holds the patch gradients: it computes each input plane's gradient whole, one
-    /// row of P patch gradients at a time (a row for each thread at work), so it is charged
-    /// one row.
+    /// The padded input of the fewest examples a chunk takes (one, unless the output is
+    /// small: see `Geometry::narrow_chunk`) and, backward, for their input gradient: a group's
+    /// output gradients packed, and each thread's block of patch gradients (see
+    /// `InputGradient`). A convolution of one input channel per group (depthwise) never holds
+    /// patch gradients: it computes each input plane's gradient whole, one row of P patch
+    /// gradients at a time (a row for each thread at work), so it is charged one row.
     fn workspace(&self) -> usize {
         let g = self.geometry;
         // Saturating: a size past `usize` is a charge no budget grants, never a wrapped one.
         // (`resolve` checked that one example's patch gradients fit.)
-        let chunk = |values: usize| g.narrow_chunk().saturating_mul(values);
+        let padded = g.narrow_chunk().saturating_mul(g.padded_len());
         if g.group_in() == 1 {
-            chunk(g.padded_len()).saturating_add(g.positions())
-        } else {
-            let patch_gradients = g.groups * g.patch() * g.positions();
-            chunk(g.padded_len().saturating_add(patch_gradients))
+            return padded.saturating_add(g.positions());
         }
+        let b = Tuning::DEFAULT.blocks(&g, g.narrow_chunk());
+        let per_block = g.window().saturating_mul(b.columns);
+        let blocks = b.tasks.saturating_mul(b.block).saturating_mul(per_block);
+        let packed = PackedColumns::<f32>::most_values((g.group_out(), b.columns));
+        padded.saturating_add(blocks).saturating_add(packed)
     }
 
     fn closed_form(&self, at: At<'_>, name: &str, grads: &[bool]) -> Result<NodeCounts> {
@@ -428,7 +441,11 @@ pub(crate) struct ConvKernel<S> {
     g: Geometry,
     padded: Vec<S>,
     chunked: Vec<S>,
+    /// Backward: each task's block of patch gradients.
     scratch: Vec<S>,
+    /// Backward: a group's output gradients packed for the input gradient's products.
+    packed: Vec<S>,
+    tuning: Tuning,
 }
 
 /// A chunk of examples holds at most this many values in each of its buffers (padded input,
@@ -537,7 +554,6 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let (x, w, mut dx) = (x[0], params[0], dx[0].as_deref_mut());
         let (dw, db) = dparams.split_at_mut(1);
         let (dw, mut db) = (&mut *dw[0], db.first_mut());
-        let scratch = &mut self.scratch;
         let g = self.g;
         let (k, p, group_out) = (g.patch(), g.positions(), g.group_out());
         let out_len = g.out_channels * p;
@@ -551,6 +567,8 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
         let chunks = x
             .chunks(chunk * g.input_len())
             .zip(dout.chunks(chunk * out_len));
+        // Worked out for the first chunk, the largest, when it is first needed.
+        let mut input_gradient = None;
         for (index, (xc, doutc)) in chunks.enumerate() {
             let first_chunk = index == 0;
             let examples = xc.len() / g.input_len();
@@ -562,7 +580,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 Start::Existing
             };
             let e0 = index * chunk;
-            let mut dxc = dx
+            let dxc = dx
                 .as_deref_mut()
                 .map(|dx| &mut dx[e0 * g.input_len()..(e0 + examples) * g.input_len()]);
             if let Some(db) = db.as_deref_mut() {
@@ -593,13 +611,6 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 }
                 continue;
             }
-            // A 1 x 1 window at stride 1 without padding, one example: the patch gradients are
-            // the input gradient itself (each input position has exactly one contribution, so
-            // `col2im` would add nothing), and the product writes them there.
-            let in_place = examples == 1 && g.is_pointwise();
-            if dxc.is_some() && !in_place {
-                scratch.resize(g.groups * k * n, S::zero());
-            }
             for group in 0..g.groups {
                 let dout_g = Chunked {
                     data: doutc,
@@ -607,25 +618,235 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                     row0: group * group_out,
                     row_len: p,
                 };
-                let weights = &w[group * group_out * k..][..group_out * k];
                 let patches_t = PatchesT::new(patches.of_group(group));
                 let dw_g = &mut dw[group * group_out * k..][..group_out * k];
                 gemm((group_out, k, n), &dout_g, &patches_t, start, dw_g);
-                if let Some(dxc) = dxc.as_deref_mut() {
+            }
+            let Some(dxc) = dxc else { continue };
+            if examples == 1 && g.is_pointwise() {
+                // A 1 x 1 window at stride 1 without padding, one example: the patch gradients
+                // are the input gradient itself (each input position has exactly one
+                // contribution, so `col2im` would add nothing), and the product writes them
+                // there.
+                for (group, dx_g) in dxc.chunks_exact_mut(k * n).enumerate() {
+                    let dout_g = Chunked {
+                        data: doutc,
+                        rows: g.out_channels,
+                        row0: group * group_out,
+                        row_len: p,
+                    };
                     let w_t = Strided {
-                        data: weights,
+                        data: &w[group * group_out * k..][..group_out * k],
                         row_stride: 1,
                         col_stride: k,
                     };
-                    let target = if in_place { dxc } else { &mut scratch[..] };
-                    let rows = &mut target[group * k * n..][..k * n];
-                    gemm((k, n, group_out), &w_t, &dout_g, Start::FirstProduct, rows);
+                    gemm((k, n, group_out), &w_t, &dout_g, Start::FirstProduct, dx_g);
                 }
-            }
-            if let Some(dxc) = dxc.filter(|_| !in_place) {
-                col2im(&g, scratch, examples, dxc);
+            } else {
+                let plan = input_gradient.get_or_insert_with(|| {
+                    let chunks = x.len().div_ceil(chunk * g.input_len());
+                    InputGradient::new(&g, self.tuning, w, examples, chunks)
+                });
+                let buffers = (&mut self.scratch, &mut self.packed);
+                plan.chunk(&g, w, doutc, examples, buffers, dxc);
             }
         }
+    }
+}
+
+/// How the input gradient shares out its work ([`InputGradient`]); tests make them small to
+/// reach every path on small shapes.
+#[derive(Copy, Clone, Debug)]
+struct Tuning {
+    /// A block's patch gradients hold about this many values (512 KiB of `f32`: they stay in
+    /// a core's cache between the product that writes them and `col2im` that reads them).
+    block_values: usize,
+    /// From this many multiply-adds on (a chunk's group), the work is split among threads.
+    parallel_work: usize,
+}
+
+impl Tuning {
+    const DEFAULT: Tuning = Tuning {
+        block_values: 1 << 17,
+        parallel_work: 1 << 18,
+    };
+
+    /// How the input gradient of chunks of `examples` is cut: how many tasks share out the
+    /// input channels, how many channels each task takes (the last one the rest), and how
+    /// many a block of a task holds: about as many as fit in `block_values`, in blocks of
+    /// nearly equal size, a whole number of register tiles high where the window allows.
+    fn blocks(self, g: &Geometry, examples: usize) -> Blocks {
+        let (window, channels) = (g.window(), g.group_in());
+        let columns = examples.saturating_mul(g.positions());
+        let multiply_adds = g
+            .patch()
+            .saturating_mul(columns)
+            .saturating_mul(g.group_out());
+        let tasks = if multiply_adds >= self.parallel_work {
+            rayon::current_num_threads().clamp(1, channels.max(1))
+        } else {
+            1
+        };
+        let tile = gemm::tile_rows();
+        let whole_tiles = tile / gcd(window, tile);
+        let per_task = channels.div_ceil(tasks).next_multiple_of(whole_tiles);
+        let fit = (self.block_values / window.saturating_mul(columns).max(1)).max(1);
+        let block = per_task
+            .div_ceil(per_task.div_ceil(fit))
+            .next_multiple_of(whole_tiles);
+        Blocks {
+            columns,
+            tasks: channels.div_ceil(per_task),
+            per_task,
+            block,
+        }
+    }
+}
+
+/// How [`Tuning::blocks`] cuts the input gradient of a chunk.
+#[derive(Copy, Clone, Debug)]
+struct Blocks {
+    /// The product's columns (positions of the chunk's examples).
+    columns: usize,
+    tasks: usize,
+    /// Input channels to a task.
+    per_task: usize,
+    /// Input channels to a block of a task.
+    block: usize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The input gradient of a backward pass, chunk by chunk, group by group. The group's output
+/// gradients are packed once ([`PackedColumns`]); then each task (one per thread) takes a run of the group's input channels, a block of channels at a time: the
+/// block's patch gradients `W_block^T dout_g` (window rows per channel) on the task's own
+/// thread, then `col2im` of each of the block's planes while they are still in that core's
+/// cache. Every sum is the one the whole patch-gradient matrix would have (a row's products
+/// in the same order, a position's contributions in the same order), whatever the blocks and
+/// the threads. The weights, transposed, are packed once for all chunks when there are
+/// several and the products are computed as they are given.
+struct InputGradient<S: Scalar> {
+    blocks: Blocks,
+    transposed: bool,
+    /// Each group's `W_g^T`, packed, if it is.
+    weights: Vec<PackedRows<S>>,
+    cells: Vec<Cell>,
+}
+
+impl<S: Scalar> InputGradient<S> {
+    /// The plan for chunks of `examples`, and `chunks` of them.
+    fn new(g: &Geometry, tuning: Tuning, w: &[S], examples: usize, chunks: usize) -> Self {
+        let (k, group_out, window) = (g.patch(), g.group_out(), g.window());
+        let blocks = tuning.blocks(g, examples);
+        let transposed = gemm::transposes((blocks.block * window, blocks.columns, group_out));
+        let weights = if chunks > 1 && !transposed {
+            w.chunks_exact(group_out * k)
+                .map(|w| PackedRows::oriented(&transposed_weights(w, k), (k, group_out), false))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let cells = (0..window).filter_map(|ij| Cell::new(g, ij)).collect();
+        InputGradient {
+            blocks,
+            transposed,
+            weights,
+            cells,
+        }
+    }
+
+    /// The input gradient of a chunk of `examples`.
+    fn chunk(
+        &self,
+        g: &Geometry,
+        w: &[S],
+        doutc: &[S],
+        examples: usize,
+        (scratch, packed): (&mut Vec<S>, &mut Vec<S>),
+        dx: &mut [S],
+    ) {
+        let (k, p, group_out, group_in) = (g.patch(), g.positions(), g.group_out(), g.group_in());
+        let (window, plane) = (g.window(), g.height * g.width);
+        let Blocks {
+            tasks,
+            per_task,
+            block,
+            ..
+        } = self.blocks;
+        let n = examples * p;
+        let block_len = block * window * n;
+        scratch.resize(tasks * block_len, S::zero());
+        for group in 0..g.groups {
+            let dout_g = Chunked {
+                data: doutc,
+                rows: g.out_channels,
+                row0: group * group_out,
+                row_len: p,
+            };
+            let buffer = std::mem::take(packed);
+            let dout_g = PackedColumns::new(buffer, &dout_g, (group_out, n), self.transposed);
+            let strided = transposed_weights(&w[group * group_out * k..][..group_out * k], k);
+            let weights: &dyn Operand<S> = match self.weights.get(group) {
+                Some(packed) => packed,
+                None => &strided,
+            };
+            // Each task's planes of this group, example by example, channel by channel.
+            let mut planes: Vec<Vec<&mut [S]>> = (0..tasks).map(|_| Vec::new()).collect();
+            for dx_e in dx.chunks_exact_mut(g.in_channels * plane) {
+                let dx_g = &mut dx_e[group * group_in * plane..][..group_in * plane];
+                for (c, dx_c) in dx_g.chunks_exact_mut(plane).enumerate() {
+                    planes[c / per_task].push(dx_c);
+                }
+            }
+            let run = |task: usize, planes: &mut [&mut [S]], scratch: &mut [S]| {
+                let channels = planes.len() / examples;
+                for b0 in (0..channels).step_by(block) {
+                    let cb = block.min(channels - b0);
+                    let w_t = RowsFrom {
+                        a: weights,
+                        r0: (task * per_task + b0) * window,
+                    };
+                    let dpatches = &mut scratch[..cb * window * n];
+                    let dims = (cb * window, n, group_out);
+                    gemm_here(dims, &w_t, &dout_g, Start::FirstProduct, dpatches);
+                    for e in 0..examples {
+                        for c in 0..cb {
+                            let dx_c = &mut *planes[e * channels + b0 + c];
+                            dx_c.fill(S::zero());
+                            let row = |ij: usize| &dpatches[(c * window + ij) * n + e * p..][..p];
+                            col2im_channel(g, &self.cells, row, dx_c);
+                        }
+                    }
+                }
+            };
+            if tasks == 1 {
+                run(0, &mut planes[0], scratch);
+            } else {
+                tally::parallel(|| {
+                    let parts: Vec<Counts> = planes
+                        .into_par_iter()
+                        .zip(scratch.par_chunks_mut(block_len))
+                        .enumerate()
+                        .map(|(task, (mut planes, scratch))| {
+                            tally::take(|| run(task, &mut planes, scratch)).1
+                        })
+                        .collect();
+                    ((), parts.into_iter().sum())
+                });
+            }
+            *packed = dout_g.into_buffer();
+        }
+    }
+}
+
+/// A group's weights `W_g` (C_out/G x K, row-major) seen as `W_g^T` (K x C_out/G).
+fn transposed_weights<S>(w: &[S], k: usize) -> Strided<'_, S> {
+    Strided {
+        data: w,
+        row_stride: 1,
+        col_stride: k,
     }
 }
 
@@ -1003,60 +1224,6 @@ impl<S: Scalar> Operand<S> for Chunked<'_, S> {
     }
 }
 
-/// Adds every patch gradient that lies inside the input to its input position, example by
-/// example and channel by channel (on all cores when there is enough of it). `dpatches` is
-/// the chunk's every group's patch gradients, C_in*window rows `(c, i, j)` by
-/// examples*P columns. Each position's sum starts from its first contribution (in the order
-/// `(i, j, y, x)`), so it costs one add less than it has contributions; positions no patch
-/// reaches get zero.
-fn col2im<S: Scalar>(g: &Geometry, dpatches: &[S], examples: usize, dx: &mut [S]) {
-    let plane = g.height * g.width;
-    let per_channel = g.window();
-    let p = g.positions();
-    dx.fill(S::zero());
-    let cells: Vec<Cell> = (0..per_channel).filter_map(|ij| Cell::new(g, ij)).collect();
-    // Plane `e * C_in + c` reads rows `c * window..(c + 1) * window` of the patch gradient,
-    // columns `e * P..(e + 1) * P`.
-    let rows_of = |index: usize| {
-        let (e, c) = (index / g.in_channels, index % g.in_channels);
-        let stride = examples * p;
-        move |ij: usize| {
-            let row = (c * per_channel + ij) * stride + e * p;
-            &dpatches[row..row + p]
-        }
-    };
-    if dpatches.len() < PARALLEL_COL2IM {
-        for (index, dxc) in dx.chunks_mut(plane).enumerate() {
-            col2im_channel(g, &cells, rows_of(index), dxc);
-        }
-        return;
-    }
-    // Several small planes to a task, each task's counts taken once.
-    let planes = (TASK_PATCHES / (per_channel * p).max(1)).max(1);
-    tally::parallel(|| {
-        let parts: Vec<Counts> = dx
-            .par_chunks_mut(planes * plane)
-            .enumerate()
-            .map(|(task, part)| {
-                let run = || {
-                    for (i, dxc) in part.chunks_mut(plane).enumerate() {
-                        col2im_channel(g, &cells, rows_of(task * planes + i), dxc);
-                    }
-                };
-                tally::take(run).1
-            })
-            .collect();
-        ((), parts.into_iter().sum())
-    });
-}
-
-/// A task of the parallel `col2im` takes at least this many patch gradients (whole planes).
-const TASK_PATCHES: usize = 1 << 13;
-
-/// Below this many patch gradients `col2im` runs on the calling thread alone: waking the
-/// other threads would cost more than it saves.
-const PARALLEL_COL2IM: usize = 1 << 16;
-
 /// Where the patch-gradient row of window cell `(i, j)` lands in an input plane, worked out
 /// once for all planes. The first contribution to input position `(yy, xx)` in the order
 /// `(i, j, y, x)` comes from the smallest window row `i` that reaches row `yy` and, among its
@@ -1347,6 +1514,11 @@ mod tests {
 
     /// Runs the kernels on made-up numbers and compares them with `reference` bit for bit.
     fn check_against_reference(g: Geometry, batch: usize, bias: bool) {
+        check_with(g, batch, bias, Tuning::DEFAULT);
+    }
+
+    /// [`check_against_reference`] with the input gradient's work shared out by `tuning`.
+    fn check_with(g: Geometry, batch: usize, bias: bool, tuning: Tuning) {
         let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
             (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
         };
@@ -1362,6 +1534,7 @@ mod tests {
         let (out, dw, dx) = reference(&g, &x, &w, if bias { &b } else { &zeros }, &dout);
 
         let mut conv = Conv2d { geometry: g, bias }.kernel::<f64>();
+        conv.tuning = tuning;
         let mut got = vec![0.0; out.len()];
         let params: Vec<&[f64]> = if bias { vec![&w, &b] } else { vec![&w] };
         conv.forward(&[&x], &params, &mut got);
@@ -1592,6 +1765,80 @@ mod tests {
                 step_bits(&mut conv, &x, &[&w, &b], &dout)
             };
             tally::assert_same_on_1_2_3_threads(run);
+        }
+    }
+
+    /// The input gradient in blocks of a few channels (as few as make whole register tiles,
+    /// and a last block shorter), shared out among tasks even where the product is small:
+    /// the definition's bits on 1, 2 and 3 threads, and the same bits and counts as with
+    /// the blocks and tasks of real sizes.
+    #[test]
+    fn input_gradients_in_small_blocks_give_the_definition_bit_for_bit() {
+        use crate::nn::ops::step_bits;
+        use crate::tally;
+        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
+            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
+        };
+        let geometry = |groups, kernel, stride, padding| Geometry {
+            in_channels: 7 * groups,
+            out_channels: 2 * groups,
+            groups,
+            kernel,
+            stride,
+            padding,
+            height: 7,
+            width: 9,
+        };
+        let cases = [
+            square((7, 5, 1), 3, 1, 1, (9, 8)),
+            square((13, 4, 1), 3, 2, 1, (6, 7)),
+            // Pointwise, several examples to a chunk (one example is computed in place).
+            square((9, 3, 1), 1, 1, 0, (4, 4)),
+            geometry(1, (2, 5), (2, 1), (1, 2)),
+            geometry(3, (3, 2), (1, 3), (2, 0)),
+            // An example to a chunk: the transposed weights packed once for all chunks.
+            square((8, 4, 1), 3, 1, 1, (64, 64)),
+        ];
+        let big = cases[cases.len() - 1];
+        assert_eq!(
+            big.chunk(&[
+                big.out_channels * big.positions(),
+                big.patch() * big.positions()
+            ]),
+            1
+        );
+        for g in cases {
+            for tuning in [
+                // As few channels to a block as fill a tile, or about three.
+                Tuning {
+                    block_values: 1,
+                    parallel_work: 0,
+                },
+                Tuning {
+                    block_values: 3 * g.window() * g.positions(),
+                    parallel_work: 0,
+                },
+            ] {
+                let x = seq(3 * g.input_len(), 23, 0.09);
+                let w = seq(g.out_channels * g.patch(), 11, 0.17);
+                let b = seq(g.out_channels, 5, 0.3);
+                let dout = seq(3 * g.out_channels * g.positions(), 19, 0.11);
+                let run = |tuning| {
+                    let mut conv = Conv2d {
+                        geometry: g,
+                        bias: true,
+                    }
+                    .kernel();
+                    conv.tuning = tuning;
+                    step_bits(&mut conv, &x, &[&w, &b], &dout)
+                };
+                let real = run(Tuning::DEFAULT);
+                tally::assert_same_on_1_2_3_threads(|| {
+                    check_with(g, 1, false, tuning);
+                    check_with(g, 3, true, tuning);
+                    assert_eq!(run(tuning), real, "{g:?}, {tuning:?}");
+                });
+            }
         }
     }
 

@@ -457,8 +457,32 @@ const NC: usize = 2048;
 /// Below this many multiply-adds a product runs on the calling thread alone.
 const PARALLEL_WORK: usize = 1 << 18;
 
-/// `C (m x n, row-major) = start + A (m x k) B (k x n)`.
+/// `C (m x n, row-major) = start + A (m x k) B (k x n)`, on all cores if it is large enough.
 pub(crate) fn gemm<S: Scalar>(
+    dims: (usize, usize, usize),
+    a: &dyn Operand<S>,
+    b: &dyn Operand<S>,
+    start: Start<'_, S>,
+    c: &mut [S],
+) {
+    product(rayon::current_num_threads(), dims, a, b, start, c);
+}
+
+/// [`gemm`] on the calling thread alone: for callers that share out their work among
+/// threads themselves (a convolution's input gradient, a block of channels to a task).
+pub(crate) fn gemm_here<S: Scalar>(
+    dims: (usize, usize, usize),
+    a: &dyn Operand<S>,
+    b: &dyn Operand<S>,
+    start: Start<'_, S>,
+    c: &mut [S],
+) {
+    product(1, dims, a, b, start, c);
+}
+
+/// [`gemm`] on at most `threads` threads.
+fn product<S: Scalar>(
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     a: &dyn Operand<S>,
     b: &dyn Operand<S>,
@@ -470,11 +494,14 @@ pub(crate) fn gemm<S: Scalar>(
         return;
     }
     let isa = Isa::detect();
-    // An A packed already ([`PackedRows`]) was packed for one orientation: as A in panels of
-    // the tile's rows, or as the B of the transpose in panels of its columns.
-    let transposed_pays = match a.packed_height() {
-        Some(height) => height != isa.tile().0,
-        None => transposing_pays((m, n, k), isa.lanes(), matches!(start, Start::Existing)),
+    // An operand packed already ([`PackedRows`], [`PackedColumns`]) was packed for one
+    // orientation: an A as A in panels of the tile's rows, or as the B of the transpose in
+    // panels of its columns; a B as B in panels of the tile's columns, or as the A of the
+    // transpose in panels of its rows.
+    let transposed_pays = match (a.packed_height(), b.packed_width()) {
+        (Some(height), _) => height != isa.tile().0,
+        (None, Some(width)) => width != isa.tile().1,
+        (None, None) => transposing_pays((m, n, k), isa.lanes(), matches!(start, Start::Existing)),
     };
     if transposed_pays {
         // C^T = B^T A^T: every element is the same products added in the same order of k
@@ -491,6 +518,7 @@ pub(crate) fn gemm<S: Scalar>(
         };
         gemm_as_is(
             isa,
+            threads,
             (n, m, k),
             &Transposed(b),
             &Transposed(a),
@@ -500,19 +528,19 @@ pub(crate) fn gemm<S: Scalar>(
         transpose((n, m), &transposed, c);
         return;
     }
-    gemm_as_is(isa, (m, n, k), a, b, start, c);
+    gemm_as_is(isa, threads, (m, n, k), a, b, start, c);
 }
 
 /// [`gemm`] computed as it is given, never transposed.
 fn gemm_as_is<S: Scalar>(
     isa: Isa,
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     a: &dyn Operand<S>,
     b: &dyn Operand<S>,
     start: Start<'_, S>,
     c: &mut [S],
 ) {
-    let threads = rayon::current_num_threads();
     let job = Job {
         rows: (0, m),
         columns: (0, n),
@@ -605,6 +633,13 @@ fn transposing_pays((m, n, k): (usize, usize, usize), lanes: usize, continues: b
     let copies = if continues { 4.0 } else { 2.0 } * m as f64 * n as f64;
     let transposed = tile_cost((n, m, k), lanes) + copies;
     transposed < 0.9 * tile_cost((m, n, k), lanes)
+}
+
+/// Whether a product of C (m x n) with sums of k from scratch is computed as its transpose on
+/// this machine (see `transposing_pays`): how an operand packed once for such products is
+/// laid out ([`PackedRows::oriented`], [`PackedColumns::new`]).
+pub(crate) fn transposes((m, n, k): (usize, usize, usize)) -> bool {
+    transposing_pays((m, n, k), Isa::detect().lanes(), false)
 }
 
 /// A rough cost of the register tiles and packing for C (m x n) with sums of k, in vector
@@ -701,14 +736,28 @@ impl<S: Scalar> PackedRows<S> {
     /// `a` (m x k) packed for this machine's tiles, for products `n` columns wide whose sums
     /// start afresh (from a bias or their first product); on all cores (moves only).
     pub(crate) fn new(a: &dyn Operand<S>, (m, k): (usize, usize), n: usize) -> PackedRows<S> {
-        let isa = Isa::detect();
-        let (rows, columns) = isa.tile();
-        let transposed = transposing_pays((m, n, k), isa.lanes(), false);
+        PackedRows::oriented(a, (m, k), transposes((m, n, k)))
+    }
+
+    /// `a` (m x k) packed for products computed as they are given (as A), or as their
+    /// transpose (as the B of the transpose) if `transposed`; see [`transposes`].
+    pub(crate) fn oriented(a: &dyn Operand<S>, (m, k): (usize, usize), transposed: bool) -> Self {
+        let (rows, columns) = Isa::detect().tile();
         let height = if transposed { columns } else { rows };
-        let len = m.next_multiple_of(height) * k;
         // A fresh buffer, freed with the operand: a convolution's weights packed for one pass,
         // not memory the network keeps (ResNet-18's largest is 9 MB).
-        let mut data = vec![S::zero(); len];
+        PackedRows::in_panels(Vec::new(), a, (m, k), height)
+    }
+
+    /// `a` (m x k) packed into `buffer` (grown if it is too short) in panels of `height` rows.
+    fn in_panels(
+        mut data: Vec<S>,
+        a: &dyn Operand<S>,
+        (m, k): (usize, usize),
+        height: usize,
+    ) -> PackedRows<S> {
+        let len = m.next_multiple_of(height) * k;
+        data.resize(len, S::zero());
         // One part per block of K and of rows (whole panels).
         let mut parts = Vec::new();
         let mut rest = &mut data[..len];
@@ -771,6 +820,129 @@ impl<S: Scalar> Operand<S> for PackedRows<S> {
     fn packed_height(&self) -> Option<usize> {
         Some(self.height)
     }
+}
+
+/// Rows `r0..` of an operand, as a matrix of their own: a block of rows of a [`PackedRows`]
+/// starting on a panel's edge reads its panels where they are.
+pub(crate) struct RowsFrom<'a, S> {
+    pub a: &'a dyn Operand<S>,
+    pub r0: usize,
+}
+
+impl<S: Scalar> Operand<S> for RowsFrom<'_, S> {
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        self.a.copy_block(self.r0 + r0, rows, c0, cols, out);
+    }
+
+    fn pack_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+        out: &mut [S],
+    ) {
+        self.a.pack_columns((self.r0 + r0, rows), cols, width, out);
+    }
+
+    fn pack_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        cols: (usize, usize),
+        height: usize,
+        out: &mut [S],
+    ) {
+        self.a.pack_rows((self.r0 + r0, rows), cols, height, out);
+    }
+
+    fn packed_rows(
+        &self,
+        (r0, rows): (usize, usize),
+        cols: (usize, usize),
+        height: usize,
+    ) -> Option<&[S]> {
+        self.a.packed_rows((self.r0 + r0, rows), cols, height)
+    }
+
+    fn packed_columns(
+        &self,
+        (r0, rows): (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+    ) -> Option<&[S]> {
+        self.a.packed_columns((self.r0 + r0, rows), cols, width)
+    }
+
+    fn packed_height(&self) -> Option<usize> {
+        self.a
+            .packed_height()
+            .filter(|&h| self.r0.is_multiple_of(h))
+    }
+
+    fn packed_width(&self) -> Option<usize> {
+        self.a.packed_width().filter(|_| self.r0.is_multiple_of(KC))
+    }
+}
+
+/// A B packed once for products with several A's of about the same height (a convolution's
+/// output gradients, by each block of input channels' weights): they then pack none of it,
+/// and threads share the panels instead of each packing their own. Like [`PackedRows`], it is
+/// packed for one orientation, chosen for products `m` rows high: as B, in panels of the
+/// register tile's columns, or, where the product is computed as its transpose, as that
+/// product's A, in panels of the tile's rows (a column panel of B is a row panel of B^T).
+/// Its buffer is handed in and given back, so that products repeated pass after pass reuse
+/// the pages.
+pub(crate) struct PackedColumns<S: Scalar>(PackedRows<S>);
+
+impl<S: Scalar> PackedColumns<S> {
+    /// `b` (k x n) packed into `buffer` for this machine's tiles, for products computed as
+    /// they are given (as B), or as their transpose (as the A of the transpose) if
+    /// `transposed` (see [`transposes`]); on all cores (moves only).
+    pub(crate) fn new(
+        buffer: Vec<S>,
+        b: &dyn Operand<S>,
+        (k, n): (usize, usize),
+        transposed: bool,
+    ) -> PackedColumns<S> {
+        let (rows, columns) = Isa::detect().tile();
+        let width = if transposed { rows } else { columns };
+        PackedColumns(PackedRows::in_panels(buffer, &Transposed(b), (n, k), width))
+    }
+
+    /// The most values a `PackedColumns` of a k x n matrix holds on this machine.
+    pub(crate) fn most_values((k, n): (usize, usize)) -> usize {
+        PackedRows::<S>::most_values((n, k))
+    }
+
+    /// Its buffer, for the next packing.
+    pub(crate) fn into_buffer(self) -> Vec<S> {
+        self.0.data
+    }
+}
+
+impl<S: Scalar> Operand<S> for PackedColumns<S> {
+    /// A value at a time (the products read the panels themselves).
+    fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
+        Transposed(&self.0).copy_block(r0, rows, c0, cols, out);
+    }
+
+    fn packed_columns(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        width: usize,
+    ) -> Option<&[S]> {
+        self.0.packed_rows(cols, rows, width)
+    }
+
+    fn packed_width(&self) -> Option<usize> {
+        self.0.packed_height()
+    }
+}
+
+/// The rows of this machine's register tile: a product whose height is a multiple of it
+/// runs in whole tiles.
+pub(crate) fn tile_rows() -> usize {
+    Isa::detect().tile().0
 }
 
 /// Whether `gemm` fuses each multiply and add on this machine (see the module's notes).
@@ -1377,6 +1549,67 @@ pub(crate) mod tests {
                     assert_eq!(product(&packed), product(&strided), "{m}x{n}x{k}");
                 }
             }
+        }
+        assert_eq!(orientations, [true; 2]);
+    }
+
+    #[test]
+    fn a_b_packed_once_gives_the_same_bits_and_counts_in_either_orientation() {
+        let mut orientations = [false; 2];
+        // (k, n, the height it is packed for, the heights of the products with it)
+        for &(k, n, packed_for, heights) in &[
+            // As B: columns that end in a part panel, three blocks of K (the last one row),
+            // two blocks of columns.
+            (513, 2100, 36, &[36, 7, 1][..]),
+            (64, 3136, 72, &[72, 18][..]),
+            // As the A of the transpose (products a few values past whole vectors wide).
+            (300, 49, 512, &[512, 100][..]),
+            (40, 17, 2100, &[2100, 3][..]),
+        ] {
+            let b: Vec<f64> = (0..k * n).map(|v| (v % 13) as f64 * 0.21 - 1.0).collect();
+            let cb = Counted::vec(&b);
+            let strided = Strided {
+                data: &cb,
+                row_stride: n,
+                col_stride: 1,
+            };
+            // A buffer handed in is reused, whatever it held.
+            let buffer = vec![Counted::new(9.0); 5];
+            let transposed = transposes((packed_for, n, k));
+            let packed = PackedColumns::new(buffer, &strided, (k, n), transposed);
+            let (rows, columns) = Isa::detect().tile();
+            let width = if transposed { rows } else { columns };
+            assert_eq!(packed.packed_width(), Some(width));
+            assert!(packed.0.data.len() <= PackedColumns::<f64>::most_values((k, n)));
+            orientations[usize::from(transposed)] = true;
+            for &m in heights {
+                let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 * 0.37 - 2.0).collect();
+                let bias: Vec<f64> = (0..m).map(|v| v as f64 * 0.5).collect();
+                let (ca, cbias) = (Counted::vec(&a), Counted::vec(&bias));
+                let a = Strided {
+                    data: &ca,
+                    row_stride: k,
+                    col_stride: 1,
+                };
+                for start in [Start::RowBias(&cbias[..]), Start::FirstProduct] {
+                    let product = |b: &dyn Operand<Counted<f64>>, here: bool| {
+                        let mut c = vec![Counted::new(0.0); m * n];
+                        let ((), counts) = tally::measure(|| {
+                            if here {
+                                gemm_here((m, n, k), &a, b, start, &mut c)
+                            } else {
+                                gemm((m, n, k), &a, b, start, &mut c)
+                            }
+                        });
+                        let bits: Vec<u64> = c.iter().map(|v| v.get().to_bits()).collect();
+                        (bits, counts)
+                    };
+                    let expected = product(&strided, false);
+                    assert_eq!(product(&packed, false), expected, "{m}x{n}x{k}");
+                    assert_eq!(product(&packed, true), expected, "{m}x{n}x{k}, here");
+                }
+            }
+            let _ = packed.into_buffer();
         }
         assert_eq!(orientations, [true; 2]);
     }
