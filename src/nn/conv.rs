@@ -689,7 +689,15 @@ impl Tuning {
         };
         let tile = gemm::tile_rows();
         let whole_tiles = tile / gcd(window, tile);
-        let per_task = channels.div_ceil(tasks).next_multiple_of(whole_tiles);
+        // Each task's first row on a tile's edge, unless that leaves a thread idle (6
+        // channels of 25 rows each on 2 threads: 3 channels each, not 6 and none).
+        let even = channels.div_ceil(tasks);
+        let aligned = even.next_multiple_of(whole_tiles);
+        let (per_task, whole_tasks) = if channels.div_ceil(aligned) == tasks {
+            (aligned, true)
+        } else {
+            (even, false)
+        };
         let fit = (self.block_values / window.saturating_mul(columns).max(1)).max(1);
         let block = per_task
             .div_ceil(per_task.div_ceil(fit))
@@ -699,6 +707,7 @@ impl Tuning {
             tasks: channels.div_ceil(per_task),
             per_task,
             block,
+            whole_tasks,
         }
     }
 }
@@ -713,6 +722,9 @@ struct Blocks {
     per_task: usize,
     /// Input channels to a block of a task.
     block: usize,
+    /// Whether every task's and block's first row of `W_g^T` is on a tile's edge, where a
+    /// packed operand's panels start.
+    whole_tasks: bool,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -741,7 +753,7 @@ impl<S: Scalar> InputGradient<S> {
         let (k, group_out, window) = (g.patch(), g.group_out(), g.window());
         let blocks = tuning.blocks(g, examples);
         let transposed = gemm::transposes((blocks.block * window, blocks.columns, group_out));
-        let weights = if chunks > 1 && !transposed {
+        let weights = if chunks > 1 && !transposed && blocks.whole_tasks {
             w.chunks_exact(group_out * k)
                 .map(|w| PackedRows::oriented(&transposed_weights(w, k), (k, group_out), false))
                 .collect()
@@ -1796,6 +1808,8 @@ mod tests {
             square((9, 3, 1), 1, 1, 0, (4, 4)),
             geometry(1, (2, 5), (2, 1), (1, 2)),
             geometry(3, (3, 2), (1, 3), (2, 0)),
+            // LeNet-5's second: on two threads, three channels of 25 rows each.
+            square((6, 16, 1), 5, 1, 0, (14, 14)),
             // An example to a chunk: the transposed weights packed once for all chunks.
             square((8, 4, 1), 3, 1, 1, (64, 64)),
         ];
