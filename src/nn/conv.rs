@@ -732,10 +732,10 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// The input gradient of a backward pass, chunk by chunk, group by group. The group's output
-/// gradients are packed once ([`PackedColumns`]); then each task (one per thread) takes a run of the group's input channels, a block of channels at a time: the
-/// block's patch gradients `W_block^T dout_g` (window rows per channel) on the task's own
-/// thread, then `col2im` of each of the block's planes while they are still in that core's
-/// cache. Every sum is the one the whole patch-gradient matrix would have (a row's products
+/// gradients are packed once ([`PackedColumns`]); then each task (one per thread) takes a
+/// run of the group's input channels, a block of channels at a time: the block's patch
+/// gradients `W_block^T dout_g` (window rows per channel) on the task's own thread, then
+/// `col2im` of each of the block's planes while they are still in that core's cache. Every sum is the one the whole patch-gradient matrix would have (a row's products
 /// in the same order, a position's contributions in the same order), whatever the blocks and
 /// the threads. The weights, transposed, are packed once for all chunks when there are
 /// several and the products are computed as they are given.
