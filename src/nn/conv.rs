@@ -596,12 +596,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 // the matrix product's tile does faster than the loops (many output channels
                 // side by side in vectors rather than a few chains of single values).
                 if g.groups == 1 {
-                    let dout = Chunked {
-                        data: doutc,
-                        rows: g.out_channels,
-                        row0: 0,
-                        row_len: p,
-                    };
+                    let dout = Chunked::of_group(&g, doutc, 0);
                     gemm((group_out, k, n), &dout, &PatchesT::new(patches), start, dw);
                 } else {
                     depthwise::weight_gradient(&g, patches.images, doutc, dw, first_chunk);
@@ -612,12 +607,7 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 continue;
             }
             for group in 0..g.groups {
-                let dout_g = Chunked {
-                    data: doutc,
-                    rows: g.out_channels,
-                    row0: group * group_out,
-                    row_len: p,
-                };
+                let dout_g = Chunked::of_group(&g, doutc, group);
                 let patches_t = PatchesT::new(patches.of_group(group));
                 let dw_g = &mut dw[group * group_out * k..][..group_out * k];
                 gemm((group_out, k, n), &dout_g, &patches_t, start, dw_g);
@@ -629,17 +619,8 @@ impl<S: Scalar> Kernel<S> for ConvKernel<S> {
                 // contribution, so `col2im` would add nothing), and the product writes them
                 // there.
                 for (group, dx_g) in dxc.chunks_exact_mut(k * n).enumerate() {
-                    let dout_g = Chunked {
-                        data: doutc,
-                        rows: g.out_channels,
-                        row0: group * group_out,
-                        row_len: p,
-                    };
-                    let w_t = Strided {
-                        data: &w[group * group_out * k..][..group_out * k],
-                        row_stride: 1,
-                        col_stride: k,
-                    };
+                    let dout_g = Chunked::of_group(&g, doutc, group);
+                    let w_t = transposed_weights(&w[group * group_out * k..][..group_out * k], k);
                     gemm((k, n, group_out), &w_t, &dout_g, Start::FirstProduct, dx_g);
                 }
             } else {
@@ -791,12 +772,7 @@ impl<S: Scalar> InputGradient<S> {
         let block_len = block * window * n;
         scratch.resize(tasks * block_len, S::zero());
         for group in 0..g.groups {
-            let dout_g = Chunked {
-                data: doutc,
-                rows: g.out_channels,
-                row0: group * group_out,
-                row_len: p,
-            };
+            let dout_g = Chunked::of_group(g, doutc, group);
             let buffer = std::mem::take(packed);
             let dout_g = PackedColumns::new(buffer, &dout_g, (group_out, n), self.transposed);
             let strided = transposed_weights(&w[group * group_out * k..][..group_out * k], k);
@@ -1188,6 +1164,19 @@ struct Chunked<'a, S> {
     row_len: usize,
 }
 
+impl<'a, S> Chunked<'a, S> {
+    /// The output gradients of a chunk (`dout`, every example's C_out x P), group `group`'s
+    /// rows.
+    fn of_group(g: &Geometry, dout: &'a [S], group: usize) -> Chunked<'a, S> {
+        Chunked {
+            data: dout,
+            rows: g.out_channels,
+            row0: group * g.group_out(),
+            row_len: g.positions(),
+        }
+    }
+}
+
 impl<S: Scalar> Operand<S> for Chunked<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         let example_len = self.rows * self.row_len;
@@ -1529,19 +1518,23 @@ mod tests {
         check_with(g, batch, bias, Tuning::DEFAULT);
     }
 
-    /// [`check_against_reference`] with the input gradient's work shared out by `tuning`.
-    fn check_with(g: Geometry, batch: usize, bias: bool, tuning: Tuning) {
+    /// Made-up input, weights, bias and output gradient for `batch` examples.
+    fn made_up(g: Geometry, batch: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
             (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
         };
-        let x = seq(batch * g.input_len(), 23, 0.09);
-        let w = seq(g.out_channels * g.patch(), 11, 0.17);
-        let b = if bias {
-            seq(g.out_channels, 5, 0.3)
-        } else {
-            Vec::new()
-        };
-        let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+        (
+            seq(batch * g.input_len(), 23, 0.09),
+            seq(g.out_channels * g.patch(), 11, 0.17),
+            seq(g.out_channels, 5, 0.3),
+            seq(batch * g.out_channels * g.positions(), 19, 0.11),
+        )
+    }
+
+    /// [`check_against_reference`] with the input gradient's work shared out by `tuning`.
+    fn check_with(g: Geometry, batch: usize, bias: bool, tuning: Tuning) {
+        let (x, w, b, dout) = made_up(g, batch);
+        let b = if bias { b } else { Vec::new() };
         let zeros = vec![0.0; g.out_channels];
         let (out, dw, dx) = reference(&g, &x, &w, if bias { &b } else { &zeros }, &dout);
 
@@ -1747,27 +1740,20 @@ mod tests {
         }
     }
 
-    /// The kernels that split their work among threads (`col2im` over planes, the depthwise
-    /// loops over channels and planes, several to a task) give the same bits and counts on
-    /// 1, 2 and 3 threads.
+    /// The kernels that split their work among threads (the input gradient's runs of
+    /// channels, the depthwise loops over channels and planes, several to a task) give the
+    /// same bits and counts on 1, 2 and 3 threads.
     #[test]
     fn same_bits_and_counts_on_1_2_3_threads() {
         use crate::nn::ops::step_bits;
         use crate::tally;
-        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
-            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
-        };
         for g in [
-            // Small planes, many to a task: col2im at stride 2, then depthwise at stride 2.
+            // Small planes: the input gradient at stride 2, then depthwise at stride 2.
             square((40, 24, 1), 3, 2, 1, (17, 17)),
             square((48, 48, 48), 3, 2, 1, (16, 15)),
             square((16, 16, 16), 3, 1, 1, (30, 30)),
         ] {
-            let batch = 3;
-            let x = seq(batch * g.input_len(), 23, 0.09);
-            let w = seq(g.out_channels * g.patch(), 11, 0.17);
-            let b = seq(g.out_channels, 5, 0.3);
-            let dout = seq(batch * g.out_channels * g.positions(), 19, 0.11);
+            let (x, w, b, dout) = made_up(g, 3);
             let run = || {
                 let mut conv = Conv2d {
                     geometry: g,
@@ -1788,9 +1774,6 @@ mod tests {
     fn input_gradients_in_small_blocks_give_the_definition_bit_for_bit() {
         use crate::nn::ops::step_bits;
         use crate::tally;
-        let seq = |n: usize, m: usize, scale: f64| -> Vec<f64> {
-            (0..n).map(|v| (v % m) as f64 * scale - 1.0).collect()
-        };
         let geometry = |groups, kernel, stride, padding| Geometry {
             in_channels: 7 * groups,
             out_channels: 2 * groups,
@@ -1833,10 +1816,7 @@ mod tests {
                     parallel_work: 0,
                 },
             ] {
-                let x = seq(3 * g.input_len(), 23, 0.09);
-                let w = seq(g.out_channels * g.patch(), 11, 0.17);
-                let b = seq(g.out_channels, 5, 0.3);
-                let dout = seq(3 * g.out_channels * g.positions(), 19, 0.11);
+                let (x, w, b, dout) = made_up(g, 3);
                 let run = |tuning| {
                     let mut conv = Conv2d {
                         geometry: g,

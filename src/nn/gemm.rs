@@ -822,8 +822,10 @@ impl<S: Scalar> Operand<S> for PackedRows<S> {
     }
 }
 
-/// Rows `r0..` of an operand, as a matrix of their own: a block of rows of a [`PackedRows`]
-/// starting on a panel's edge reads its panels where they are.
+/// Rows `r0..` of an A, as a matrix of their own: a block of rows of a [`PackedRows`]
+/// starting on a panel's edge reads its panels where they are. (As an A it is packed in
+/// panels of rows, or, in a product computed as its transpose, read through `Transposed`,
+/// which packs it in panels of rows too.)
 pub(crate) struct RowsFrom<'a, S> {
     pub a: &'a dyn Operand<S>,
     pub r0: usize,
@@ -832,16 +834,6 @@ pub(crate) struct RowsFrom<'a, S> {
 impl<S: Scalar> Operand<S> for RowsFrom<'_, S> {
     fn copy_block(&self, r0: usize, rows: usize, c0: usize, cols: usize, out: &mut [S]) {
         self.a.copy_block(self.r0 + r0, rows, c0, cols, out);
-    }
-
-    fn pack_columns(
-        &self,
-        (r0, rows): (usize, usize),
-        cols: (usize, usize),
-        width: usize,
-        out: &mut [S],
-    ) {
-        self.a.pack_columns((self.r0 + r0, rows), cols, width, out);
     }
 
     fn pack_rows(
@@ -863,23 +855,10 @@ impl<S: Scalar> Operand<S> for RowsFrom<'_, S> {
         self.a.packed_rows((self.r0 + r0, rows), cols, height)
     }
 
-    fn packed_columns(
-        &self,
-        (r0, rows): (usize, usize),
-        cols: (usize, usize),
-        width: usize,
-    ) -> Option<&[S]> {
-        self.a.packed_columns((self.r0 + r0, rows), cols, width)
-    }
-
     fn packed_height(&self) -> Option<usize> {
         self.a
             .packed_height()
             .filter(|&h| self.r0.is_multiple_of(h))
-    }
-
-    fn packed_width(&self) -> Option<usize> {
-        self.a.packed_width().filter(|_| self.r0.is_multiple_of(KC))
     }
 }
 
